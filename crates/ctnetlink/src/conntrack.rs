@@ -1,0 +1,407 @@
+//! The conntrack handle: dumps, exact deletes, creates and statistics over one socket.
+//!
+//! One request is in flight per handle (`&mut self`), which is what lets a dump stream straight
+//! from one reused receive buffer into the caller's callback.
+
+use std::io;
+use std::ops::ControlFlow;
+
+use crate::attr::MsgWriter;
+use crate::consts::*;
+use crate::error::{Error, ParseError, Result};
+use crate::filter::Filter;
+use crate::flow::{parse_flow, Flow};
+use crate::nl::*;
+use crate::request::{self, DeleteKey, NewFlow};
+use crate::socket::Socket;
+use crate::stats::{CpuStats, GlobalStats};
+
+/// A dump's datagrams are at most 32 KiB (the kernel caps `max_recvmsg_len`); 64 KiB is safe.
+const RX_BUF: usize = 64 * 1024;
+/// Keep each batch well under the socket send buffer.
+const TX_BATCH_BYTES: usize = 192 * 1024;
+/// A failed message's answer costs up to ~1 KiB of receive buffer (skb truesize).
+const RX_COST_PER_ANSWER: usize = 1024;
+
+/// What a dump saw.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DumpSummary {
+    /// Entries the kernel returned (after its own pre-selection).
+    pub seen: u64,
+    /// Entries that passed the user-space filter and reached the callback.
+    pub matched: u64,
+    /// Entries that did not parse; they are skipped, the first error is kept.
+    pub malformed: u64,
+    pub first_error: Option<ParseError>,
+    /// The kernel flagged the dump as interrupted (the table changed under it).
+    pub interrupted: bool,
+}
+
+/// The fate of one exact delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteOutcome {
+    Deleted,
+    /// ENOENT: the entry expired, someone else removed it, or the tuple now belongs to a newer
+    /// entry with another id (which we rightly did not touch).
+    AlreadyGone,
+    Failed(i32),
+}
+
+/// What a batch of creates did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CreateSummary {
+    pub created: u64,
+    pub existed: u64,
+    pub failed: u64,
+    pub first_errno: Option<i32>,
+}
+
+/// A ctnetlink connection in one network namespace.
+#[derive(Debug)]
+pub struct Conntrack {
+    sock: Socket,
+    rx: Vec<u8>,
+    tx: MsgWriter,
+    seq: u32,
+    /// Upper bound of messages per batch so that every failure answer fits the receive buffer.
+    batch_msgs: usize,
+}
+
+impl Conntrack {
+    /// Opens a handle in the caller's network namespace.
+    pub fn open() -> Result<Self> {
+        Self::with_socket(Socket::new()?)
+    }
+
+    /// Opens a handle in a named namespace (`/run/netns/NAME` or a path), or the caller's.
+    pub fn open_in(netns: Option<&str>) -> Result<Self> {
+        match netns {
+            None => Self::open(),
+            Some(name) => {
+                let sock = crate::netns::run_in(name, Socket::new)?;
+                Self::with_socket(sock)
+            }
+        }
+    }
+
+    fn with_socket(sock: Socket) -> Result<Self> {
+        let rcv = sock.set_rcvbuf(8 << 20);
+        sock.set_sndbuf(1 << 20);
+        let batch_msgs = (rcv / RX_COST_PER_ANSWER).clamp(16, 8192);
+        Ok(Conntrack {
+            sock,
+            rx: vec![0; RX_BUF],
+            tx: MsgWriter::with_capacity(TX_BATCH_BYTES + 4096),
+            seq: std::process::id().wrapping_mul(7919),
+            batch_msgs,
+        })
+    }
+
+    fn next_seq(&mut self, n: u32) -> u32 {
+        let s = self.seq;
+        self.seq = self.seq.wrapping_add(n);
+        s
+    }
+
+    fn send_tx(&mut self, op: &'static str) -> Result<()> {
+        self.sock
+            .send(self.tx.as_bytes())
+            .map_err(|e| io_to_error(op, e))
+    }
+
+    fn recv(&mut self, op: &'static str) -> Result<usize> {
+        self.sock.recv(&mut self.rx).map_err(|e| io_to_error(op, e))
+    }
+
+    /// Streams every entry that matches `filter` to `f`, straight from the receive buffer.
+    /// `f` may stop early with `ControlFlow::Break`; the rest of the dump is then drained unparsed.
+    pub fn dump<F>(&mut self, filter: &Filter, mut f: F) -> Result<DumpSummary>
+    where
+        F: FnMut(&Flow) -> ControlFlow<()>,
+    {
+        let mut sum = DumpSummary::default();
+        let mut stop = false;
+        for fam in filter.families() {
+            self.dump_family(fam, filter, &mut sum, &mut stop, &mut f)?;
+            if stop {
+                break;
+            }
+        }
+        Ok(sum)
+    }
+
+    fn dump_family<F>(
+        &mut self,
+        family: Option<crate::Family>,
+        filter: &Filter,
+        sum: &mut DumpSummary,
+        stop: &mut bool,
+        f: &mut F,
+    ) -> Result<()>
+    where
+        F: FnMut(&Flow) -> ControlFlow<()>,
+    {
+        const OP: &str = "dump conntrack table";
+        let seq = self.next_seq(1);
+        self.tx.clear();
+        request::dump(&mut self.tx, seq, family, filter);
+        self.send_tx(OP)?;
+        let entry_type = msg_type(IPCTNL_MSG_CT_NEW);
+        loop {
+            let n = self.recv(OP)?;
+            for m in Messages::new(&self.rx[..n]) {
+                let m = m.map_err(|source| Error::Malformed { op: OP, source })?;
+                if m.header.seq != seq {
+                    continue; // a late answer to an earlier request
+                }
+                if m.header.flags & NLM_F_DUMP_INTR != 0 {
+                    sum.interrupted = true;
+                }
+                match m.header.kind {
+                    NLMSG_DONE => return Ok(()),
+                    NLMSG_ERROR => {
+                        let (errno, msg) = m
+                            .error()
+                            .map_err(|source| Error::Malformed { op: OP, source })?;
+                        if errno == 0 {
+                            continue;
+                        }
+                        return Err(Error::from_errno(OP, errno, msg.map(str::to_string)));
+                    }
+                    NLMSG_OVERRUN | NLMSG_NOOP => continue,
+                    k if k == entry_type => {
+                        if *stop {
+                            continue;
+                        }
+                        sum.seen += 1;
+                        let parsed = m.nfgen().and_then(|(g, attrs)| parse_flow(g.family, attrs));
+                        match parsed {
+                            Ok(flow) => {
+                                if filter.matches(&flow) {
+                                    sum.matched += 1;
+                                    if f(&flow).is_break() {
+                                        *stop = true;
+                                    }
+                                }
+                            }
+                            Err(e) => {
+                                sum.malformed += 1;
+                                sum.first_error.get_or_insert(e);
+                            }
+                        }
+                    }
+                    _ => continue,
+                }
+            }
+        }
+    }
+
+    /// Collects a dump into a vector (for small tables and tests; scans should stream).
+    pub fn dump_vec(&mut self, filter: &Filter) -> Result<Vec<Flow>> {
+        let mut v = Vec::new();
+        self.dump(filter, |f| {
+            v.push(*f);
+            ControlFlow::Continue(())
+        })?;
+        Ok(v)
+    }
+
+    /// Sends a batch of messages built by `build` (one per item, no ACK flag) plus a trailing
+    /// ACKed no-op, and reports each item's answer to `on_answer(index, errno)` — only failures
+    /// answer, so everything not reported succeeded.
+    fn batch<T, B, A>(
+        &mut self,
+        op: &'static str,
+        items: &[T],
+        mut build: B,
+        mut on_answer: A,
+    ) -> Result<()>
+    where
+        B: FnMut(&mut MsgWriter, u32, &T) -> Result<()>,
+        A: FnMut(usize, i32),
+    {
+        let mut start = 0;
+        while start < items.len() {
+            self.tx.clear();
+            let base = self.seq;
+            let mut end = start;
+            while end < items.len()
+                && end - start < self.batch_msgs
+                && self.tx.len() < TX_BATCH_BYTES
+            {
+                let seq = base.wrapping_add((end - start) as u32);
+                build(&mut self.tx, seq, &items[end])?;
+                end += 1;
+            }
+            let count = (end - start) as u32;
+            let ack_seq = base.wrapping_add(count);
+            self.seq = ack_seq.wrapping_add(1);
+            request::noop_ack(&mut self.tx, ack_seq);
+            self.send_tx(op)?;
+            'recv: loop {
+                let n = self.recv(op)?;
+                for m in Messages::new(&self.rx[..n]) {
+                    let m = m.map_err(|source| Error::Malformed { op, source })?;
+                    if m.header.kind != NLMSG_ERROR {
+                        continue;
+                    }
+                    let (errno, msg) = m
+                        .error()
+                        .map_err(|source| Error::Malformed { op, source })?;
+                    let seq = m.header.seq;
+                    if seq == ack_seq {
+                        if errno != 0 {
+                            return Err(Error::from_errno(op, errno, msg.map(str::to_string)));
+                        }
+                        break 'recv;
+                    }
+                    let off = seq.wrapping_sub(base);
+                    if off < count && errno != 0 {
+                        if errno == libc::EPERM {
+                            return Err(Error::PermissionDenied { op });
+                        }
+                        on_answer(start + off as usize, errno);
+                    }
+                }
+            }
+            start = end;
+        }
+        Ok(())
+    }
+
+    /// Deletes exactly these entries (tuple + zone + id), many per `sendmsg`, and returns the
+    /// outcome of each, in order.
+    pub fn delete(&mut self, keys: &[DeleteKey]) -> Result<Vec<DeleteOutcome>> {
+        let mut out = vec![DeleteOutcome::Deleted; keys.len()];
+        self.batch(
+            "delete conntrack entries",
+            keys,
+            request::delete,
+            |i, errno| {
+                out[i] = if errno == libc::ENOENT {
+                    DeleteOutcome::AlreadyGone
+                } else {
+                    DeleteOutcome::Failed(errno)
+                }
+            },
+        )?;
+        Ok(out)
+    }
+
+    /// Creates entries, many per `sendmsg`.
+    pub fn create(&mut self, flows: &[NewFlow]) -> Result<CreateSummary> {
+        let mut sum = CreateSummary::default();
+        let mut failed = 0u64;
+        let mut existed = 0u64;
+        self.batch(
+            "create conntrack entries",
+            flows,
+            request::create,
+            |_, errno| {
+                if errno == libc::EEXIST {
+                    existed += 1;
+                } else {
+                    failed += 1;
+                    sum.first_errno.get_or_insert(errno);
+                }
+            },
+        )?;
+        sum.existed = existed;
+        sum.failed = failed;
+        sum.created = flows.len() as u64 - existed - failed;
+        Ok(sum)
+    }
+
+    /// The table's entry count and limit (no dump; what `conntrack -C` reads).
+    pub fn stats(&mut self) -> Result<GlobalStats> {
+        const OP: &str = "read conntrack statistics";
+        let seq = self.next_seq(1);
+        self.tx.clear();
+        request::stats(&mut self.tx, seq);
+        self.send_tx(OP)?;
+        let mut out = None;
+        loop {
+            let n = self.recv(OP)?;
+            for m in Messages::new(&self.rx[..n]) {
+                let m = m.map_err(|source| Error::Malformed { op: OP, source })?;
+                if m.header.seq != seq {
+                    continue;
+                }
+                match m.header.kind {
+                    NLMSG_ERROR => {
+                        let (errno, msg) = m
+                            .error()
+                            .map_err(|source| Error::Malformed { op: OP, source })?;
+                        if errno != 0 {
+                            return Err(Error::from_errno(OP, errno, msg.map(str::to_string)));
+                        }
+                        return out.ok_or(Error::Malformed {
+                            op: OP,
+                            source: ParseError::Missing { what: "statistics" },
+                        });
+                    }
+                    k if k == msg_type(IPCTNL_MSG_CT_GET_STATS) => {
+                        let (_, attrs) = m
+                            .nfgen()
+                            .map_err(|source| Error::Malformed { op: OP, source })?;
+                        out = Some(
+                            GlobalStats::parse(attrs)
+                                .map_err(|source| Error::Malformed { op: OP, source })?,
+                        );
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Per-CPU counters (what `conntrack -S` prints), straight from netlink: works on kernels
+    /// without `/proc/net/stat/nf_conntrack`.
+    pub fn stats_per_cpu(&mut self) -> Result<Vec<CpuStats>> {
+        const OP: &str = "read per-CPU conntrack statistics";
+        let seq = self.next_seq(1);
+        self.tx.clear();
+        request::stats_cpu(&mut self.tx, seq);
+        self.send_tx(OP)?;
+        let mut out = Vec::new();
+        loop {
+            let n = self.recv(OP)?;
+            for m in Messages::new(&self.rx[..n]) {
+                let m = m.map_err(|source| Error::Malformed { op: OP, source })?;
+                if m.header.seq != seq {
+                    continue;
+                }
+                match m.header.kind {
+                    NLMSG_DONE => return Ok(out),
+                    NLMSG_ERROR => {
+                        let (errno, msg) = m
+                            .error()
+                            .map_err(|source| Error::Malformed { op: OP, source })?;
+                        if errno != 0 {
+                            return Err(Error::from_errno(OP, errno, msg.map(str::to_string)));
+                        }
+                    }
+                    k if k == msg_type(IPCTNL_MSG_CT_GET_STATS_CPU) => {
+                        let (g, attrs) = m
+                            .nfgen()
+                            .map_err(|source| Error::Malformed { op: OP, source })?;
+                        out.push(
+                            CpuStats::parse(g.res_id, attrs)
+                                .map_err(|source| Error::Malformed { op: OP, source })?,
+                        );
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+pub(crate) fn io_to_error(op: &'static str, e: io::Error) -> Error {
+    match e.raw_os_error() {
+        Some(errno @ (libc::EPERM | libc::EACCES | libc::EOPNOTSUPP)) => {
+            Error::from_errno(op, errno, None)
+        }
+        _ => Error::Io { op, source: e },
+    }
+}

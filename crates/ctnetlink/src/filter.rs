@@ -1,0 +1,79 @@
+//! Dump filters: what the kernel may pre-select, and the user-space check that always follows.
+//!
+//! The kernel's `CTA_FILTER` only does exact matches, needs a concrete address family, and its
+//! IPv6 address compare is inverted (`!ipv6_addr_cmp` in `ctnetlink_filter_match_tuple`: a filter
+//! for fd00::1 returns everything *except* fd00::1). So IPv6 addresses are never sent to the
+//! kernel, ports only go with a protocol (the kernel ignores them otherwise), and every entry the
+//! kernel returns is checked again by [`Filter::matches`].
+
+use std::net::IpAddr;
+
+use crate::flow::{Family, Flow, Tuple};
+
+/// Exact matches on one direction's tuple.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TupleMatch {
+    pub src: Option<IpAddr>,
+    pub dst: Option<IpAddr>,
+    pub sport: Option<u16>,
+    pub dport: Option<u16>,
+}
+
+impl TupleMatch {
+    pub fn is_empty(&self) -> bool {
+        *self == TupleMatch::default()
+    }
+    #[inline]
+    fn matches(&self, t: &Tuple) -> bool {
+        self.src.is_none_or(|a| a == t.src)
+            && self.dst.is_none_or(|a| a == t.dst)
+            && self.sport.is_none_or(|p| Some(p) == t.sport())
+            && self.dport.is_none_or(|p| Some(p) == t.dport())
+    }
+    fn addresses(&self) -> impl Iterator<Item = &IpAddr> {
+        self.src.iter().chain(self.dst.iter())
+    }
+}
+
+/// What a dump should return. Empty means everything.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Filter {
+    pub family: Option<Family>,
+    pub proto: Option<u8>,
+    pub orig: TupleMatch,
+    pub reply: TupleMatch,
+    /// `(value, mask)`: entries with `mark & mask == value`.
+    pub mark: Option<(u32, u32)>,
+    /// `(value, mask)`: entries with `status & mask == value`.
+    pub status: Option<(u32, u32)>,
+    pub zone: Option<u16>,
+}
+
+impl Filter {
+    /// The user-space check. The kernel's pre-selection is only an optimisation.
+    #[inline]
+    pub fn matches(&self, f: &Flow) -> bool {
+        self.family.is_none_or(|fam| fam == f.family)
+            && self.proto.is_none_or(|p| p == f.orig.proto)
+            && self.orig.matches(&f.orig)
+            && self.reply.matches(&f.reply)
+            && self.mark.is_none_or(|(v, m)| f.mark.unwrap_or(0) & m == v)
+            && self.status.is_none_or(|(v, m)| f.status.0 & m == v)
+            && self.zone.is_none_or(|z| z == f.zone)
+    }
+
+    /// The address families this filter can match: the explicit family, or the family of the
+    /// addresses it names; empty when they contradict each other (nothing can match).
+    pub fn families(&self) -> Vec<Option<Family>> {
+        let mut fam = self.family;
+        for a in self.orig.addresses().chain(self.reply.addresses()) {
+            let af = Family::of(a);
+            match fam {
+                None => fam = Some(af),
+                Some(f) if f != af => return Vec::new(),
+                _ => {}
+            }
+        }
+        vec![fam]
+    }
+}

@@ -1,0 +1,313 @@
+//! Request encoders: pure functions that append ctnetlink messages to a [`MsgWriter`].
+//!
+//! Nothing here touches a socket, so every message can be checked byte by byte in tests.
+
+use std::net::IpAddr;
+
+use crate::attr::MsgWriter;
+use crate::consts::*;
+use crate::error::{Error, Result};
+use crate::filter::{Filter, TupleMatch};
+use crate::flow::{Family, Flow, TcpState, Tuple, L4};
+use crate::nl::*;
+
+/// What identifies one entry for an exact delete: original tuple, zone and the kernel's id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DeleteKey {
+    pub family: Family,
+    pub orig: Tuple,
+    pub zone: u16,
+    /// With an id the kernel refuses (ENOENT) to delete a newer entry that reuses the tuple.
+    pub id: Option<u32>,
+}
+
+impl From<&Flow> for DeleteKey {
+    fn from(f: &Flow) -> Self {
+        DeleteKey {
+            family: f.family,
+            orig: f.orig,
+            zone: f.zone,
+            id: f.id,
+        }
+    }
+}
+
+/// An entry to create (tests, benchmarks, the lab).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewFlow {
+    pub orig: Tuple,
+    /// DNAT target (backend address and port): the kernel computes the reply tuple from it and
+    /// sets DST_NAT, exactly as for a packet that hit a kube-proxy rule.
+    pub dnat: Option<(IpAddr, u16)>,
+    pub status: u32,
+    pub timeout: u32,
+    pub tcp_state: Option<TcpState>,
+    pub mark: Option<u32>,
+    pub zone: u16,
+}
+
+impl NewFlow {
+    /// A TCP ESTABLISHED/ASSURED entry, or a UDP one that has seen a reply.
+    pub fn established(orig: Tuple, dnat: Option<(IpAddr, u16)>) -> Self {
+        NewFlow {
+            orig,
+            dnat,
+            status: crate::Status::SEEN_REPLY | crate::Status::ASSURED,
+            timeout: 3600,
+            tcp_state: (orig.proto == IPPROTO_TCP).then_some(TcpState::ESTABLISHED),
+            mark: None,
+            zone: 0,
+        }
+    }
+}
+
+fn put_ip(w: &mut MsgWriter, src: Option<&IpAddr>, dst: Option<&IpAddr>) {
+    let n = w.begin_nest(CTA_TUPLE_IP);
+    if let Some(a) = src {
+        match a {
+            IpAddr::V4(a) => w.put(CTA_IP_V4_SRC, &a.octets()),
+            IpAddr::V6(a) => w.put(CTA_IP_V6_SRC, &a.octets()),
+        }
+    }
+    if let Some(a) = dst {
+        match a {
+            IpAddr::V4(a) => w.put(CTA_IP_V4_DST, &a.octets()),
+            IpAddr::V6(a) => w.put(CTA_IP_V6_DST, &a.octets()),
+        }
+    }
+    w.end_nest(n);
+}
+
+/// Appends a complete tuple nest.
+pub fn put_tuple(w: &mut MsgWriter, kind: u16, t: &Tuple) {
+    let n = w.begin_nest(kind);
+    put_ip(w, Some(&t.src), Some(&t.dst));
+    let p = w.begin_nest(CTA_TUPLE_PROTO);
+    w.put_u8(CTA_PROTO_NUM, t.proto);
+    match t.l4 {
+        L4::Ports { src, dst } => {
+            w.put_be16(CTA_PROTO_SRC_PORT, src);
+            w.put_be16(CTA_PROTO_DST_PORT, dst);
+        }
+        L4::Icmp { kind, code, id } => {
+            let v6 = matches!(t.src, IpAddr::V6(_));
+            let (i, ty, c) = if v6 {
+                (
+                    CTA_PROTO_ICMPV6_ID,
+                    CTA_PROTO_ICMPV6_TYPE,
+                    CTA_PROTO_ICMPV6_CODE,
+                )
+            } else {
+                (CTA_PROTO_ICMP_ID, CTA_PROTO_ICMP_TYPE, CTA_PROTO_ICMP_CODE)
+            };
+            w.put_be16(i, id);
+            w.put_u8(ty, kind);
+            w.put_u8(c, code);
+        }
+        L4::None => {}
+    }
+    w.end_nest(p);
+    w.end_nest(n);
+}
+
+/// Kernel filter flags and tuple values for one direction. IPv6 addresses are left out on
+/// purpose (the kernel's compare is inverted); ports only go with a protocol.
+fn kernel_tuple_flags(m: &TupleMatch, proto: Option<u8>) -> u32 {
+    let mut flags = 0;
+    if matches!(m.src, Some(IpAddr::V4(_))) {
+        flags |= FILTER_IP_SRC;
+    }
+    if matches!(m.dst, Some(IpAddr::V4(_))) {
+        flags |= FILTER_IP_DST;
+    }
+    if proto.is_some() {
+        flags |= FILTER_PROTO_NUM;
+        if m.sport.is_some() {
+            flags |= FILTER_SRC_PORT;
+        }
+        if m.dport.is_some() {
+            flags |= FILTER_DST_PORT;
+        }
+    }
+    flags
+}
+
+fn put_filter_tuple(w: &mut MsgWriter, kind: u16, m: &TupleMatch, proto: Option<u8>, flags: u32) {
+    let n = w.begin_nest(kind);
+    if flags & (FILTER_IP_SRC | FILTER_IP_DST) != 0 {
+        let src = m.src.as_ref().filter(|_| flags & FILTER_IP_SRC != 0);
+        let dst = m.dst.as_ref().filter(|_| flags & FILTER_IP_DST != 0);
+        put_ip(w, src, dst);
+    }
+    if let Some(p) = proto {
+        let pn = w.begin_nest(CTA_TUPLE_PROTO);
+        w.put_u8(CTA_PROTO_NUM, p);
+        if let Some(sp) = m.sport.filter(|_| flags & FILTER_SRC_PORT != 0) {
+            w.put_be16(CTA_PROTO_SRC_PORT, sp);
+        }
+        if let Some(dp) = m.dport.filter(|_| flags & FILTER_DST_PORT != 0) {
+            w.put_be16(CTA_PROTO_DST_PORT, dp);
+        }
+        w.end_nest(pn);
+    }
+    w.end_nest(n);
+}
+
+/// Appends a dump request for one family (`None`: all families). The kernel pre-selects what it
+/// safely can; the caller re-checks every entry with [`Filter::matches`].
+pub fn dump(w: &mut MsgWriter, seq: u32, family: Option<Family>, filter: &Filter) {
+    let af = family.map(Family::af).unwrap_or(libc::AF_UNSPEC as u8);
+    let m = w.begin_msg(
+        msg_type(IPCTNL_MSG_CT_GET),
+        NLM_F_REQUEST | NLM_F_DUMP,
+        seq,
+        af,
+        NFNETLINK_V0,
+        0,
+    );
+    if let Some((v, mask)) = filter.mark {
+        w.put_be32(CTA_MARK, v);
+        w.put_be32(CTA_MARK_MASK, mask);
+    }
+    if let Some((v, mask)) = filter.status {
+        w.put_be32(CTA_STATUS, v);
+        w.put_be32(CTA_STATUS_MASK, mask);
+    }
+    // CTA_FILTER needs a concrete family to parse addresses and ports.
+    if family.is_some() {
+        let of = kernel_tuple_flags(&filter.orig, filter.proto);
+        let rf = kernel_tuple_flags(&filter.reply, filter.proto);
+        if of != 0 || rf != 0 {
+            let n = w.begin_nest(CTA_FILTER);
+            if of != 0 {
+                w.put_ne32(CTA_FILTER_ORIG_FLAGS, of);
+            }
+            if rf != 0 {
+                w.put_ne32(CTA_FILTER_REPLY_FLAGS, rf);
+            }
+            w.end_nest(n);
+            if of != 0 {
+                put_filter_tuple(w, CTA_TUPLE_ORIG, &filter.orig, filter.proto, of);
+            }
+            if rf != 0 {
+                put_filter_tuple(w, CTA_TUPLE_REPLY, &filter.reply, filter.proto, rf);
+            }
+        }
+    }
+    w.end_msg(m);
+}
+
+/// Appends one exact delete. The message carries no ACK request: the kernel answers only on
+/// failure, and a trailing [`noop_ack`] tells when the whole batch has been processed.
+pub fn delete(w: &mut MsgWriter, seq: u32, key: &DeleteKey) -> Result<()> {
+    if Family::of(&key.orig.src) != key.family || Family::of(&key.orig.dst) != key.family {
+        // A DELETE without a usable tuple would be a table flush; never build one.
+        return Err(Error::Refused(
+            "a DELETE whose tuple does not match its family",
+        ));
+    }
+    let m = w.begin_msg(
+        msg_type(IPCTNL_MSG_CT_DELETE),
+        NLM_F_REQUEST,
+        seq,
+        key.family.af(),
+        NFNETLINK_V0,
+        0,
+    );
+    put_tuple(w, CTA_TUPLE_ORIG, &key.orig);
+    w.put_be16(CTA_ZONE, key.zone);
+    if let Some(id) = key.id {
+        w.put_be32(CTA_ID, id);
+    }
+    w.end_msg(m);
+    Ok(())
+}
+
+/// Appends one create (no ACK request; see [`delete`]).
+pub fn create(w: &mut MsgWriter, seq: u32, nf: &NewFlow) -> Result<()> {
+    let family = Family::of(&nf.orig.src);
+    if Family::of(&nf.orig.dst) != family
+        || nf.dnat.is_some_and(|(ip, _)| Family::of(&ip) != family)
+    {
+        return Err(Error::Refused("a NEW whose addresses mix families"));
+    }
+    let m = w.begin_msg(
+        msg_type(IPCTNL_MSG_CT_NEW),
+        NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL,
+        seq,
+        family.af(),
+        NFNETLINK_V0,
+        0,
+    );
+    put_tuple(w, CTA_TUPLE_ORIG, &nf.orig);
+    // The un-NATed inverse; the kernel rewrites it from CTA_NAT_DST and sets DST_NAT.
+    put_tuple(w, CTA_TUPLE_REPLY, &nf.orig.inverted());
+    w.put_be32(CTA_STATUS, nf.status);
+    w.put_be32(CTA_TIMEOUT, nf.timeout);
+    if let Some(mark) = nf.mark {
+        w.put_be32(CTA_MARK, mark);
+    }
+    if nf.zone != 0 {
+        w.put_be16(CTA_ZONE, nf.zone);
+    }
+    if let Some(st) = nf.tcp_state {
+        let p = w.begin_nest(CTA_PROTOINFO);
+        let t = w.begin_nest(CTA_PROTOINFO_TCP);
+        w.put_u8(CTA_PROTOINFO_TCP_STATE, st.0);
+        w.end_nest(t);
+        w.end_nest(p);
+    }
+    if let Some((ip, port)) = nf.dnat {
+        let n = w.begin_nest(CTA_NAT_DST);
+        match ip {
+            IpAddr::V4(a) => {
+                w.put(CTA_NAT_V4_MINIP, &a.octets());
+                w.put(CTA_NAT_V4_MAXIP, &a.octets());
+            }
+            IpAddr::V6(a) => {
+                w.put(CTA_NAT_V6_MINIP, &a.octets());
+                w.put(CTA_NAT_V6_MAXIP, &a.octets());
+            }
+        }
+        let p = w.begin_nest(CTA_NAT_PROTO);
+        w.put_be16(CTA_PROTONAT_PORT_MIN, port);
+        w.put_be16(CTA_PROTONAT_PORT_MAX, port);
+        w.end_nest(p);
+        w.end_nest(n);
+    }
+    w.end_msg(m);
+    Ok(())
+}
+
+/// Appends a NLMSG_NOOP that asks for an ACK: processed in order, so its ACK marks the end of a
+/// batch whose other messages only answer when they fail.
+pub fn noop_ack(w: &mut MsgWriter, seq: u32) {
+    let m = w.begin_bare_msg(NLMSG_NOOP, NLM_F_REQUEST | NLM_F_ACK, seq);
+    w.end_msg(m);
+}
+
+/// The global counters request (a *do* request: it needs the ACK flag).
+pub fn stats(w: &mut MsgWriter, seq: u32) {
+    let m = w.begin_msg(
+        msg_type(IPCTNL_MSG_CT_GET_STATS),
+        NLM_F_REQUEST | NLM_F_ACK,
+        seq,
+        libc::AF_UNSPEC as u8,
+        NFNETLINK_V0,
+        0,
+    );
+    w.end_msg(m);
+}
+
+/// The per-CPU counters request (a dump, one answer per CPU).
+pub fn stats_cpu(w: &mut MsgWriter, seq: u32) {
+    let m = w.begin_msg(
+        msg_type(IPCTNL_MSG_CT_GET_STATS_CPU),
+        NLM_F_REQUEST | NLM_F_DUMP,
+        seq,
+        libc::AF_UNSPEC as u8,
+        NFNETLINK_V0,
+        0,
+    );
+    w.end_msg(m);
+}

@@ -1,0 +1,49 @@
+//! The command line: one file per subcommand, this file only declares and dispatches.
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::exit::ExitCode;
+
+pub mod completions;
+pub mod filter_args;
+pub mod list;
+pub mod stats;
+
+/// Find and remove stale conntrack flows left behind by Kubernetes Service endpoint changes.
+#[derive(Debug, Parser)]
+#[command(name = "ghostbuster", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Log level filter (tracing syntax), e.g. `info` or `ghostbuster=debug`.
+    #[arg(long, global = true, env = "GHOSTBUSTER_LOG", default_value = "warn")]
+    pub log: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List conntrack entries (like `conntrack -L`, with filters and JSON).
+    List(list::ListArgs),
+    /// Table size, limit, utilization, entries per protocol and state, per-CPU counters.
+    Stats(stats::StatsArgs),
+    /// Print shell completions.
+    Completions(completions::CompletionsArgs),
+}
+
+/// Output formats shared by the commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Wide,
+    Json,
+    Ndjson,
+}
+
+/// Runs a parsed command line and returns the exit code it earned.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::List(a) => list::run(a),
+        Command::Stats(a) => stats::run(a),
+        Command::Completions(a) => completions::run(a),
+    }
+}

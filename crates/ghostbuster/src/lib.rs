@@ -1,0 +1,10 @@
+//! ghostbuster: find and remove the conntrack flows that Kubernetes Service endpoint changes leave
+//! behind, and watch the conntrack table's health.
+//!
+//! The binary is thin (`main.rs`); everything lives here so tests drive the same code.
+//! Layout: `cli/` one file per subcommand, `render` the shared flow JSON/table output, `cluster`
+//! the cluster model, `classify` the pure verdict function, `sweep` the deletes.
+
+pub mod cli;
+pub mod exit;
+pub mod render;

@@ -1,0 +1,32 @@
+//! The `ghostbuster` binary: parse the command line, set up logging, run, map errors to exit
+//! codes. Everything else lives in the library.
+
+use clap::Parser;
+use ghostbuster::cli::{self, Cli};
+use ghostbuster::exit::{code_of, ExitCode};
+
+fn main() -> std::process::ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            let code = if e.use_stderr() { ExitCode::Input } else { ExitCode::Ok };
+            return std::process::ExitCode::from(code as u8);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cli.log)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    match cli::run(cli) {
+        Ok(code) => std::process::ExitCode::from(code as u8),
+        Err(e) => {
+            eprintln!("ghostbuster: error: {e:#}");
+            std::process::ExitCode::from(code_of(&e) as u8)
+        }
+    }
+}

@@ -225,10 +225,12 @@ impl MsgWriter {
         self.buf.extend_from_slice(&(kind | F_NESTED).to_ne_bytes());
         start
     }
+    /// Closes a nest; like the kernel's `nla_nest_end`, the length includes the padding of the
+    /// last attribute.
     pub fn end_nest(&mut self, start: usize) {
+        self.pad();
         let len = (self.buf.len() - start) as u16;
         self.buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
-        self.pad();
     }
 }
 

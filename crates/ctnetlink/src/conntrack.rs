@@ -141,6 +141,45 @@ impl Conntrack {
     where
         F: FnMut(&Flow) -> ControlFlow<()>,
     {
+        self.dump_messages(family, filter, |m| {
+            if m.header.flags & NLM_F_DUMP_INTR != 0 {
+                sum.interrupted = true;
+            }
+            if *stop {
+                return;
+            }
+            sum.seen += 1;
+            match m.nfgen().and_then(|(g, attrs)| parse_flow(g.family, attrs)) {
+                Ok(flow) => {
+                    if filter.matches(&flow) {
+                        sum.matched += 1;
+                        if f(&flow).is_break() {
+                            *stop = true;
+                        }
+                    }
+                }
+                Err(e) => {
+                    sum.malformed += 1;
+                    sum.first_error.get_or_insert(e);
+                }
+            }
+        })
+    }
+
+    /// Hands every raw entry message of a dump (header included) to `f`: for byte captures,
+    /// fixtures and forensics. No user-space filtering happens here.
+    pub fn dump_raw<F>(&mut self, family: Option<crate::Family>, filter: &Filter, mut f: F) -> Result<()>
+    where
+        F: FnMut(&[u8]),
+    {
+        self.dump_messages(family, filter, |m| f(m.raw))
+    }
+
+    /// Sends one dump request and feeds each entry message to `on_entry` until NLMSG_DONE.
+    fn dump_messages<F>(&mut self, family: Option<crate::Family>, filter: &Filter, mut on_entry: F) -> Result<()>
+    where
+        F: FnMut(&Message<'_>),
+    {
         const OP: &str = "dump conntrack table";
         let seq = self.next_seq(1);
         self.tx.clear();
@@ -154,43 +193,16 @@ impl Conntrack {
                 if m.header.seq != seq {
                     continue; // a late answer to an earlier request
                 }
-                if m.header.flags & NLM_F_DUMP_INTR != 0 {
-                    sum.interrupted = true;
-                }
                 match m.header.kind {
                     NLMSG_DONE => return Ok(()),
                     NLMSG_ERROR => {
-                        let (errno, msg) = m
-                            .error()
-                            .map_err(|source| Error::Malformed { op: OP, source })?;
-                        if errno == 0 {
-                            continue;
-                        }
-                        return Err(Error::from_errno(OP, errno, msg.map(str::to_string)));
-                    }
-                    NLMSG_OVERRUN | NLMSG_NOOP => continue,
-                    k if k == entry_type => {
-                        if *stop {
-                            continue;
-                        }
-                        sum.seen += 1;
-                        let parsed = m.nfgen().and_then(|(g, attrs)| parse_flow(g.family, attrs));
-                        match parsed {
-                            Ok(flow) => {
-                                if filter.matches(&flow) {
-                                    sum.matched += 1;
-                                    if f(&flow).is_break() {
-                                        *stop = true;
-                                    }
-                                }
-                            }
-                            Err(e) => {
-                                sum.malformed += 1;
-                                sum.first_error.get_or_insert(e);
-                            }
+                        let (errno, msg) = m.error().map_err(|source| Error::Malformed { op: OP, source })?;
+                        if errno != 0 {
+                            return Err(Error::from_errno(OP, errno, msg.map(str::to_string)));
                         }
                     }
-                    _ => continue,
+                    k if k == entry_type => on_entry(&m),
+                    _ => {}
                 }
             }
         }

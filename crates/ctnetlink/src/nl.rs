@@ -42,6 +42,8 @@ pub struct Header {
 pub struct Message<'a> {
     pub header: Header,
     pub payload: &'a [u8],
+    /// The whole message, header included.
+    pub raw: &'a [u8],
 }
 
 /// The nfgenmsg that starts every netfilter payload.
@@ -164,6 +166,10 @@ impl<'a> Iterator for Messages<'a> {
         }
         let payload = &b[NLMSG_HDRLEN..len];
         self.buf = &b[align4(len).min(b.len())..];
-        Some(Ok(Message { header, payload }))
+        Some(Ok(Message {
+            header,
+            payload,
+            raw: &b[..len],
+        }))
     }
 }

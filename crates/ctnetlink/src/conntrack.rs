@@ -168,7 +168,12 @@ impl Conntrack {
 
     /// Hands every raw entry message of a dump (header included) to `f`: for byte captures,
     /// fixtures and forensics. No user-space filtering happens here.
-    pub fn dump_raw<F>(&mut self, family: Option<crate::Family>, filter: &Filter, mut f: F) -> Result<()>
+    pub fn dump_raw<F>(
+        &mut self,
+        family: Option<crate::Family>,
+        filter: &Filter,
+        mut f: F,
+    ) -> Result<()>
     where
         F: FnMut(&[u8]),
     {
@@ -176,7 +181,12 @@ impl Conntrack {
     }
 
     /// Sends one dump request and feeds each entry message to `on_entry` until NLMSG_DONE.
-    fn dump_messages<F>(&mut self, family: Option<crate::Family>, filter: &Filter, mut on_entry: F) -> Result<()>
+    fn dump_messages<F>(
+        &mut self,
+        family: Option<crate::Family>,
+        filter: &Filter,
+        mut on_entry: F,
+    ) -> Result<()>
     where
         F: FnMut(&Message<'_>),
     {
@@ -196,7 +206,9 @@ impl Conntrack {
                 match m.header.kind {
                     NLMSG_DONE => return Ok(()),
                     NLMSG_ERROR => {
-                        let (errno, msg) = m.error().map_err(|source| Error::Malformed { op: OP, source })?;
+                        let (errno, msg) = m
+                            .error()
+                            .map_err(|source| Error::Malformed { op: OP, source })?;
                         if errno != 0 {
                             return Err(Error::from_errno(OP, errno, msg.map(str::to_string)));
                         }

@@ -242,7 +242,9 @@ pub fn create(w: &mut MsgWriter, seq: u32, nf: &NewFlow) -> Result<()> {
     put_tuple(w, CTA_TUPLE_ORIG, &nf.orig);
     // The un-NATed inverse; the kernel rewrites it from CTA_NAT_DST and sets DST_NAT.
     put_tuple(w, CTA_TUPLE_REPLY, &nf.orig.inverted());
-    w.put_be32(CTA_STATUS, nf.status);
+    // The kernel marks a created entry CONFIRMED before applying CTA_STATUS and refuses (EBUSY)
+    // a status that would clear it, so the bit must be in ours.
+    w.put_be32(CTA_STATUS, nf.status | crate::Status::CONFIRMED);
     w.put_be32(CTA_TIMEOUT, nf.timeout);
     if let Some(mark) = nf.mark {
         w.put_be32(CTA_MARK, mark);

@@ -16,7 +16,9 @@ fn fixture(name: &str) -> Vec<u8> {
 }
 
 fn flow(name: &str) -> Flow {
-    parse_message(&fixture(name)).expect("parses").expect("is an entry")
+    parse_message(&fixture(name))
+        .expect("parses")
+        .expect("is an entry")
 }
 
 fn ip(s: &str) -> IpAddr {
@@ -38,10 +40,18 @@ const ALL: [&str; 8] = [
 fn ipv4_dnat_entry_has_every_field() {
     let f = flow("ipv4-tcp-dnat-established.bin");
     assert_eq!(f.family, Family::Ipv4);
-    assert_eq!(f.orig, Tuple::ports(ip("192.0.2.2"), 40000, ip("198.51.100.10"), 80, IPPROTO_TCP));
-    assert_eq!(f.reply, Tuple::ports(ip("203.0.113.7"), 8080, ip("192.0.2.2"), 40000, IPPROTO_TCP));
+    assert_eq!(
+        f.orig,
+        Tuple::ports(ip("192.0.2.2"), 40000, ip("198.51.100.10"), 80, IPPROTO_TCP)
+    );
+    assert_eq!(
+        f.reply,
+        Tuple::ports(ip("203.0.113.7"), 8080, ip("192.0.2.2"), 40000, IPPROTO_TCP)
+    );
     assert!(f.is_dnat());
-    assert!(f.status.has(Status::SEEN_REPLY | Status::ASSURED | Status::CONFIRMED));
+    assert!(f
+        .status
+        .has(Status::SEEN_REPLY | Status::ASSURED | Status::CONFIRMED));
     assert!(!f.unreplied());
     assert_eq!(f.tcp_state, Some(TcpState::ESTABLISHED));
     assert_eq!(f.state_name(), Some("ESTABLISHED"));
@@ -50,7 +60,10 @@ fn ipv4_dnat_entry_has_every_field() {
     assert!(f.id.is_some());
     assert!(f.timeout.is_some_and(|t| t > 0 && t <= 300));
     assert!(f.start_ns.is_some(), "timestamps were on");
-    assert!(f.orig_counters.is_some() && f.reply_counters.is_some(), "acct was on");
+    assert!(
+        f.orig_counters.is_some() && f.reply_counters.is_some(),
+        "acct was on"
+    );
     assert_eq!(f.use_count, Some(1));
 }
 
@@ -77,10 +90,31 @@ fn half_open_zone_sctp_and_icmp() {
     assert_eq!(sctp.state_name(), Some("ESTABLISHED"));
     assert_eq!(sctp.proto_name(), "sctp");
     let icmp = flow("ipv4-icmp-echo.bin");
-    assert_eq!(icmp.orig.l4, L4::Icmp { kind: 8, code: 0, id: 4242 });
-    assert_eq!(icmp.reply.l4, L4::Icmp { kind: 0, code: 0, id: 4242 });
+    assert_eq!(
+        icmp.orig.l4,
+        L4::Icmp {
+            kind: 8,
+            code: 0,
+            id: 4242
+        }
+    );
+    assert_eq!(
+        icmp.reply.l4,
+        L4::Icmp {
+            kind: 0,
+            code: 0,
+            id: 4242
+        }
+    );
     let icmp6 = flow("ipv6-icmpv6-echo.bin");
-    assert_eq!(icmp6.orig.l4, L4::Icmp { kind: 128, code: 0, id: 7 });
+    assert_eq!(
+        icmp6.orig.l4,
+        L4::Icmp {
+            kind: 128,
+            code: 0,
+            id: 7
+        }
+    );
     assert_eq!(icmp6.proto_name(), "icmpv6");
     let udp6 = flow("ipv6-udp-unreplied.bin");
     assert_eq!(udp6.orig.dport(), Some(53));
@@ -101,7 +135,10 @@ fn encoded_tuple_matches_kernel_bytes() {
         let mut w = MsgWriter::new();
         request::put_tuple(&mut w, CTA_TUPLE_ORIG, &f.orig);
         let ours = Attrs::new(w.as_bytes()).next().unwrap().unwrap();
-        assert_eq!(ours.payload, kernel_orig.payload, "{name}: tuple bytes differ");
+        assert_eq!(
+            ours.payload, kernel_orig.payload,
+            "{name}: tuple bytes differ"
+        );
     }
 }
 
@@ -151,7 +188,10 @@ fn ipv6_addresses_never_reach_the_kernel_filter() {
     let bytes = w.as_bytes();
     let addr = ip("2001:db8:2::7");
     let IpAddr::V6(a6) = addr else { unreachable!() };
-    assert!(!bytes.windows(16).any(|win| win == a6.octets()), "IPv6 address leaked into the filter");
+    assert!(
+        !bytes.windows(16).any(|win| win == a6.octets()),
+        "IPv6 address leaked into the filter"
+    );
     // The port still goes to the kernel (with the protocol).
     let m = Messages::new(bytes).next().unwrap().unwrap();
     let (_, attrs) = m.nfgen().unwrap();

@@ -1,0 +1,535 @@
+//! ctnetlink against the real kernel, inside throwaway namespaces: parse what was created,
+//! exact deletes, kernel filters against user-space filters, statistics against `conntrack`,
+//! events (and their loss). These live in netlab's tests because ctnetlink cannot depend on
+//! netlab (a dev-dependency cycle would build two copies of ctnetlink).
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use ctnetlink::consts::*;
+use ctnetlink::{
+    Conntrack, DeleteKey, DeleteOutcome, EventGroups, EventKind, EventSocket, Family, Filter, Flow,
+    NewFlow, Status, TcpState, Tuple, TupleMatch,
+};
+use netlab::NetNs;
+
+/// Kernel tests need root. Outside CI they skip with a reason; in CI a missing privilege fails.
+fn root_or_skip(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: needs root (CAP_NET_ADMIN), and CI must run kernel tests");
+    }
+    eprintln!("SKIP {test}: needs root to create network namespaces (run as root, or CI=true)");
+    false
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn tcp(src: &str, sport: u16, dst: &str, dport: u16) -> Tuple {
+    Tuple::ports(ip(src), sport, ip(dst), dport, IPPROTO_TCP)
+}
+
+fn udp(src: &str, sport: u16, dst: &str, dport: u16) -> Tuple {
+    Tuple::ports(ip(src), sport, ip(dst), dport, IPPROTO_UDP)
+}
+
+fn orig_set(flows: &[Flow]) -> BTreeSet<String> {
+    flows.iter().map(|f| format!("{:?}", f.orig)).collect()
+}
+
+/// A mixed table: IPv4 and IPv6, TCP/UDP/SCTP, DNAT'd and not, marks, two zones.
+fn mixed_entries() -> Vec<NewFlow> {
+    let mut v = Vec::new();
+    for i in 0..40u16 {
+        let backend = format!("203.0.113.{}", 1 + i % 5);
+        let mut nf = NewFlow::established(
+            tcp("192.0.2.2", 40000 + i, "198.51.100.10", 80),
+            Some((ip(&backend), 8080)),
+        );
+        nf.mark = Some((i % 4) as u32);
+        v.push(nf);
+        let mut u = NewFlow::established(
+            udp("192.0.2.3", 30000 + i, "198.51.100.53", 53),
+            Some((ip(&backend), 5353)),
+        );
+        if i % 3 == 0 {
+            u.status = 0; // unreplied
+        }
+        if i % 10 == 0 {
+            u.zone = 7;
+        }
+        v.push(u);
+        let backend6 = format!("2001:db8:2::{}", 1 + i % 5);
+        v.push(NewFlow::established(
+            tcp("2001:db8:1::2", 40000 + i, "2001:db8:3::10", 443),
+            Some((ip(&backend6), 8443)),
+        ));
+        v.push(NewFlow::established(
+            udp("2001:db8:1::3", 30000 + i, "2001:db8:3::53", 53),
+            None,
+        ));
+    }
+    v.push(NewFlow::established(
+        Tuple::ports(
+            ip("192.0.2.4"),
+            3868,
+            ip("198.51.100.20"),
+            3868,
+            IPPROTO_SCTP,
+        ),
+        Some((ip("203.0.113.9"), 3868)),
+    ));
+    v
+}
+
+#[test]
+fn created_entries_parse_back_field_by_field() {
+    if !root_or_skip("created_entries_parse_back_field_by_field") {
+        return;
+    }
+    let ns = NetNs::create("ct").unwrap();
+    let mut ct = Conntrack::open_in(Some(ns.name())).unwrap();
+    let mut nf = NewFlow::established(
+        tcp("192.0.2.2", 40000, "198.51.100.10", 80),
+        Some((ip("203.0.113.7"), 8080)),
+    );
+    nf.mark = Some(0x42);
+    nf.timeout = 1234;
+    let mut nf6 = NewFlow::established(
+        tcp("2001:db8:1::2", 40001, "2001:db8:3::10", 443),
+        Some((ip("2001:db8:2::7"), 8443)),
+    );
+    nf6.zone = 3;
+    let syn = NewFlow {
+        status: 0,
+        tcp_state: Some(TcpState::SYN_SENT),
+        ..NewFlow::established(
+            tcp("192.0.2.5", 40002, "198.51.100.10", 80),
+            Some((ip("203.0.113.8"), 8080)),
+        )
+    };
+    let s = ct.create(&[nf, nf6, syn]).unwrap();
+    assert_eq!(s.created, 3, "{s:?}");
+    let flows = ct.dump_vec(&Filter::default()).unwrap();
+    assert_eq!(flows.len(), 3);
+    let f4 = flows.iter().find(|f| f.orig == nf.orig).unwrap();
+    assert_eq!(f4.family, Family::Ipv4);
+    assert_eq!(f4.reply, tcp("203.0.113.7", 8080, "192.0.2.2", 40000));
+    assert!(
+        f4.is_dnat()
+            && f4
+                .status
+                .has(Status::ASSURED | Status::SEEN_REPLY | Status::CONFIRMED)
+    );
+    assert_eq!(f4.tcp_state, Some(TcpState::ESTABLISHED));
+    assert_eq!(f4.mark, Some(0x42));
+    assert!(f4.timeout.is_some_and(|t| t <= 1234 && t > 1200));
+    assert!(f4.id.is_some());
+    let f6 = flows.iter().find(|f| f.orig == nf6.orig).unwrap();
+    assert_eq!(f6.family, Family::Ipv6);
+    assert_eq!(f6.reply.src, ip("2001:db8:2::7"));
+    assert_eq!(f6.reply.sport(), Some(8443));
+    assert_eq!(f6.zone, 3);
+    let fs = flows.iter().find(|f| f.orig == syn.orig).unwrap();
+    assert!(fs.unreplied());
+    assert_eq!(fs.state_name(), Some("SYN_SENT"));
+
+    // conntrack -L sees the same entries the same way.
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns.name(), "conntrack", "-L", "-f", "ipv4"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("src=192.0.2.2 dst=198.51.100.10 sport=40000 dport=80"),
+        "{text}"
+    );
+    assert!(
+        text.contains("src=203.0.113.7 dst=192.0.2.2 sport=8080 dport=40000"),
+        "{text}"
+    );
+    assert!(text.contains("mark=66"), "{text}");
+}
+
+#[test]
+fn delete_with_an_old_id_never_hits_a_new_entry_with_the_same_tuple() {
+    if !root_or_skip("delete_with_an_old_id_never_hits_a_new_entry_with_the_same_tuple") {
+        return;
+    }
+    let ns = NetNs::create("ct").unwrap();
+    let mut ct = Conntrack::open_in(Some(ns.name())).unwrap();
+    let nf = NewFlow::established(
+        tcp("192.0.2.2", 40000, "198.51.100.10", 80),
+        Some((ip("203.0.113.7"), 8080)),
+    );
+    ct.create(&[nf]).unwrap();
+    let old = ct.dump_vec(&Filter::default()).unwrap()[0];
+    assert_eq!(
+        ct.delete(&[DeleteKey::from(&old)]).unwrap(),
+        vec![DeleteOutcome::Deleted]
+    );
+    // The kernel's id is a hash of the entry's address and original tuple, so a new entry that
+    // reuses both the tuple and the freed memory slot gets the same id (measured). In a real node
+    // other connections take freed slots in between; model that with one unrelated entry.
+    ct.create(&[NewFlow::established(
+        tcp("192.0.2.99", 1, "198.51.100.99", 1),
+        None,
+    )])
+    .unwrap();
+    // The tuple is reused by a new connection (to another backend).
+    let again = NewFlow::established(nf.orig, Some((ip("203.0.113.8"), 8080)));
+    ct.create(&[again]).unwrap();
+    let new = *ct
+        .dump_vec(&Filter::default())
+        .unwrap()
+        .iter()
+        .find(|f| f.orig == nf.orig)
+        .unwrap();
+    assert_ne!(new.id, old.id);
+    assert_eq!(
+        ct.delete(&[DeleteKey::from(&old)]).unwrap(),
+        vec![DeleteOutcome::AlreadyGone]
+    );
+    let left = ct.dump_vec(&Filter::default()).unwrap();
+    let survivor = left
+        .iter()
+        .find(|f| f.orig == nf.orig)
+        .expect("the new entry must survive");
+    assert_eq!(survivor.reply.src, ip("203.0.113.8"));
+}
+
+#[test]
+fn deleting_n_among_m_removes_exactly_those() {
+    if !root_or_skip("deleting_n_among_m_removes_exactly_those") {
+        return;
+    }
+    let ns = NetNs::create("ct").unwrap();
+    let mut ct = Conntrack::open_in(Some(ns.name())).unwrap();
+    let m = 6000u32;
+    let entries: Vec<NewFlow> = (0..m)
+        .map(|i| {
+            let src = format!("192.0.2.{}", 1 + i / 60000);
+            let dst = if i % 2 == 0 {
+                "198.51.100.10"
+            } else {
+                "2001:db8:3::10"
+            };
+            let src = if i % 2 == 0 {
+                src
+            } else {
+                "2001:db8:1::2".to_string()
+            };
+            let be = if i % 2 == 0 {
+                "203.0.113.7"
+            } else {
+                "2001:db8:2::7"
+            };
+            NewFlow::established(
+                Tuple::ports(
+                    ip(&src),
+                    1024 + (i % 60000) as u16,
+                    ip(dst),
+                    80,
+                    IPPROTO_TCP,
+                ),
+                Some((ip(be), 8080)),
+            )
+        })
+        .collect();
+    let s = ct.create(&entries).unwrap();
+    assert_eq!(s.created, m as u64, "{s:?}");
+    let all = ct.dump_vec(&Filter::default()).unwrap();
+    assert_eq!(all.len(), m as usize);
+    let victims: Vec<Flow> = all
+        .iter()
+        .copied()
+        .filter(|f| f.orig.sport().unwrap() % 3 == 0)
+        .collect();
+    let keys: Vec<DeleteKey> = victims.iter().map(DeleteKey::from).collect();
+    let out = ct.delete(&keys).unwrap();
+    assert!(
+        out.iter().all(|o| *o == DeleteOutcome::Deleted),
+        "every victim deleted"
+    );
+    let left = ct.dump_vec(&Filter::default()).unwrap();
+    assert_eq!(left.len(), all.len() - victims.len());
+    let left_set = orig_set(&left);
+    assert!(victims
+        .iter()
+        .all(|v| !left_set.contains(&format!("{:?}", v.orig))));
+    // Deleting them again: every one is already gone, nothing else is touched.
+    let again = ct.delete(&keys).unwrap();
+    assert!(again.iter().all(|o| *o == DeleteOutcome::AlreadyGone));
+    assert_eq!(ct.dump_vec(&Filter::default()).unwrap().len(), left.len());
+}
+
+#[test]
+fn kernel_filtered_dumps_equal_user_space_filtering() {
+    if !root_or_skip("kernel_filtered_dumps_equal_user_space_filtering") {
+        return;
+    }
+    let ns = NetNs::create("ct").unwrap();
+    let mut ct = Conntrack::open_in(Some(ns.name())).unwrap();
+    let s = ct.create(&mixed_entries()).unwrap();
+    assert_eq!(s.failed, 0, "{s:?}");
+    let all = ct.dump_vec(&Filter::default()).unwrap();
+    assert_eq!(all.len() as u64, s.created);
+    let filters = [
+        Filter {
+            reply: TupleMatch {
+                src: Some(ip("203.0.113.3")),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        Filter {
+            orig: TupleMatch {
+                dst: Some(ip("198.51.100.53")),
+                dport: Some(53),
+                ..Default::default()
+            },
+            proto: Some(IPPROTO_UDP),
+            ..Default::default()
+        },
+        Filter {
+            family: Some(Family::Ipv4),
+            proto: Some(IPPROTO_TCP),
+            ..Default::default()
+        },
+        Filter {
+            family: Some(Family::Ipv6),
+            ..Default::default()
+        },
+        // IPv6 addresses: filtered in user space only (the kernel's compare is inverted).
+        Filter {
+            reply: TupleMatch {
+                src: Some(ip("2001:db8:2::2")),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        Filter {
+            orig: TupleMatch {
+                src: Some(ip("2001:db8:1::3")),
+                sport: Some(30005),
+                ..Default::default()
+            },
+            proto: Some(IPPROTO_UDP),
+            ..Default::default()
+        },
+        Filter {
+            mark: Some((1, 3)),
+            ..Default::default()
+        },
+        Filter {
+            status: Some((0, Status::SEEN_REPLY)),
+            ..Default::default()
+        },
+        Filter {
+            status: Some((Status::DST_NAT, Status::DST_NAT)),
+            family: Some(Family::Ipv4),
+            ..Default::default()
+        },
+        Filter {
+            zone: Some(7),
+            ..Default::default()
+        },
+        Filter {
+            proto: Some(IPPROTO_SCTP),
+            reply: TupleMatch {
+                src: Some(ip("203.0.113.9")),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    ];
+    for (i, f) in filters.iter().enumerate() {
+        let kernel = ct.dump_vec(f).unwrap();
+        let user: Vec<Flow> = all.iter().copied().filter(|x| f.matches(x)).collect();
+        assert!(
+            !user.is_empty(),
+            "filter {i} should match something in the fixture table"
+        );
+        assert_eq!(orig_set(&kernel), orig_set(&user), "filter {i}: {f:?}");
+    }
+}
+
+#[test]
+fn stats_equal_conntrack_count_and_per_cpu_counters() {
+    if !root_or_skip("stats_equal_conntrack_count_and_per_cpu_counters") {
+        return;
+    }
+    let ns = NetNs::create("ct").unwrap();
+    let mut ct = Conntrack::open_in(Some(ns.name())).unwrap();
+    ct.create(&mixed_entries()).unwrap();
+    let g = ct.stats().unwrap();
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns.name(), "conntrack", "-C"])
+        .output()
+        .unwrap();
+    let c: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    assert_eq!(g.entries, c);
+    assert!(g.max_entries > 0);
+    let cpus = ct.stats_per_cpu().unwrap();
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns.name(), "conntrack", "-S"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut n = 0;
+    for line in text.lines() {
+        let mut fields = line.split_whitespace();
+        let cpu: u16 = fields
+            .next()
+            .unwrap()
+            .trim_start_matches("cpu=")
+            .parse()
+            .unwrap();
+        let mine = cpus.iter().find(|c| c.cpu == cpu).expect("same CPUs");
+        for kv in fields {
+            let (k, v) = kv.split_once('=').unwrap();
+            let v: u32 = v.parse().unwrap();
+            if let Some(i) = ctnetlink::CpuStats::NAMES.iter().position(|n| *n == k) {
+                assert_eq!(mine.values()[i], v, "cpu {cpu} counter {k}");
+            }
+        }
+        n += 1;
+    }
+    assert_eq!(n, cpus.len());
+    assert_eq!(
+        ctnetlink::CpuStats::sum(&cpus)[2],
+        c as u64,
+        "insert counts every created entry"
+    );
+}
+
+/// Turns on connection tracking for locally generated traffic in a namespace (the kernel only
+/// registers conntrack hooks in a namespace when a rule needs them).
+fn track(ns: &NetNs) {
+    let rules = "table inet gbtrack { chain out { type filter hook output priority 0; ct state new accept; }; }";
+    let st = Command::new("ip")
+        .args(["netns", "exec", ns.name(), "nft", rules])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+#[test]
+fn real_traffic_yields_new_then_destroy_events() {
+    if !root_or_skip("real_traffic_yields_new_then_destroy_events") {
+        return;
+    }
+    let ns = NetNs::create("ev").unwrap();
+    track(&ns);
+    let mut ev = EventSocket::open_in(Some(ns.name()), EventGroups::ALL, 1 << 20).unwrap();
+    ev.set_timeout(Some(Duration::from_millis(200))).unwrap();
+    // One UDP datagram on loopback inside the namespace: a NEW entry.
+    ns.run(|| {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.send_to(b"x", "127.0.0.1:9").unwrap();
+    })
+    .unwrap();
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline
+        && !seen
+            .iter()
+            .any(|(k, _): &(EventKind, Flow)| *k == EventKind::New)
+    {
+        ev.recv(|k, f| seen.push((k, *f))).unwrap();
+    }
+    let (_, new) = *seen
+        .iter()
+        .find(|(k, f)| *k == EventKind::New && f.orig.dport() == Some(9))
+        .expect("NEW event");
+    // Remove it: a DESTROY event for the same tuple.
+    let mut ct = Conntrack::open_in(Some(ns.name())).unwrap();
+    assert_eq!(
+        ct.delete(&[DeleteKey::from(&new)]).unwrap(),
+        vec![DeleteOutcome::Deleted]
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut destroyed = false;
+    while Instant::now() < deadline && !destroyed {
+        ev.recv(|k, f| destroyed |= k == EventKind::Destroy && f.orig == new.orig)
+            .unwrap();
+    }
+    assert!(destroyed, "DESTROY event after the delete");
+}
+
+#[test]
+fn an_event_flood_reports_lost_events_and_the_socket_recovers() {
+    if !root_or_skip("an_event_flood_reports_lost_events_and_the_socket_recovers") {
+        return;
+    }
+    let ns = NetNs::create("ev").unwrap();
+    let mut ev = EventSocket::open_in(Some(ns.name()), EventGroups::ALL, 16 * 1024).unwrap();
+    ev.set_timeout(Some(Duration::from_millis(200))).unwrap();
+    let mut ct = Conntrack::open_in(Some(ns.name())).unwrap();
+    let flood: Vec<NewFlow> = (0..20_000u32)
+        .map(|i| {
+            NewFlow::established(
+                udp(
+                    "192.0.2.2",
+                    1024 + (i % 60000) as u16,
+                    "198.51.100.53",
+                    53 + (i / 60000) as u16,
+                ),
+                None,
+            )
+        })
+        .collect();
+    ct.create(&flood).unwrap();
+    let mut lost = false;
+    let mut got = 0usize;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        match ev.recv(|_, _| got += 1) {
+            Err(ctnetlink::Error::EventsLost) => {
+                lost = true;
+                break;
+            }
+            Ok((0, _)) => break,
+            Ok(_) => {}
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+    assert!(
+        lost,
+        "a 16 KiB buffer cannot hold 20k events (got {got} before the loss)"
+    );
+    // The socket keeps working after the loss: drain, then new events arrive.
+    while let Ok((n, _)) = ev.recv(|_, _| {}) {
+        if n == 0 {
+            break;
+        }
+    }
+    ct.create(&[NewFlow::established(
+        udp("192.0.2.9", 999, "198.51.100.53", 53),
+        None,
+    )])
+    .unwrap();
+    let mut fresh = false;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline && !fresh {
+        match ev.recv(|_, f| fresh |= f.orig.sport() == Some(999)) {
+            Ok(_) | Err(ctnetlink::Error::EventsLost) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(fresh);
+}
+
+#[test]
+fn missing_namespace_and_missing_privilege_are_clear_errors() {
+    let e = Conntrack::open_in(Some("gbt-does-not-exist")).unwrap_err();
+    assert!(e.is_environment(), "{e}");
+    assert!(e.to_string().contains("gbt-does-not-exist"), "{e}");
+}

@@ -8,17 +8,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::process::exit(2);
     };
     let mut ct = ctnetlink::Conntrack::open_in(Some(&ns))?;
-    let mut n = 0;
     let mut msgs = Vec::new();
     ct.dump_raw(None, &ctnetlink::Filter::default(), |raw| {
         msgs.push(raw.to_vec())
     })?;
-    for raw in msgs {
+    for (n, raw) in msgs.into_iter().enumerate() {
         let flow = ctnetlink::parse_message(&raw)?.ok_or("not a conntrack entry")?;
         let name = format!("{dir}/{}-{}-{n}.bin", flow.family.name(), flow.proto_name());
         std::fs::write(&name, &raw)?;
         println!("{name}: {flow:?}");
-        n += 1;
     }
     Ok(())
 }

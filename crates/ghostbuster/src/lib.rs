@@ -5,6 +5,11 @@
 //! Layout: `cli/` one file per subcommand, `render` the shared flow JSON/table output, `cluster`
 //! the cluster model, `classify` the pure verdict function, `sweep` the deletes.
 
+pub mod audit;
+pub mod classify;
 pub mod cli;
+pub mod cluster;
 pub mod exit;
+pub mod policy;
 pub mod render;
+pub mod verdict;

@@ -10,7 +10,11 @@ fn main() -> std::process::ExitCode {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            let code = if e.use_stderr() { ExitCode::Input } else { ExitCode::Ok };
+            let code = if e.use_stderr() {
+                ExitCode::Input
+            } else {
+                ExitCode::Ok
+            };
             return std::process::ExitCode::from(code as u8);
         }
     };

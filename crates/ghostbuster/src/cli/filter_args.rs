@@ -105,10 +105,9 @@ impl FilterArgs {
             ..Default::default()
         };
         if let Some(p) = &self.proto {
-            f.proto = Some(
-                ctnetlink::proto_from_name(p)
-                    .with_context(|| format!("unknown protocol {p:?} (try tcp, udp, sctp, icmp or a number)"))?,
-            );
+            f.proto = Some(ctnetlink::proto_from_name(p).with_context(|| {
+                format!("unknown protocol {p:?} (try tcp, udp, sctp, icmp or a number)")
+            })?);
         }
         if let Some(m) = &self.mark {
             let (v, mask) = match m.split_once('/') {
@@ -154,7 +153,9 @@ impl FilterArgs {
                 (Some(t), Some(c)) => StateMatch::Both(t, c),
                 (Some(t), None) => StateMatch::Tcp(t),
                 (None, Some(c)) => StateMatch::Sctp(c),
-                (None, None) => bail!("unknown state {s:?} (e.g. ESTABLISHED, SYN_SENT, TIME_WAIT)"),
+                (None, None) => {
+                    bail!("unknown state {s:?} (e.g. ESTABLISHED, SYN_SENT, TIME_WAIT)")
+                }
             },
         };
         Ok((f, state))

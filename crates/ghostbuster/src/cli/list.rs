@@ -41,7 +41,9 @@ pub fn run(a: ListArgs) -> anyhow::Result<ExitCode> {
     let mut first = true;
     if !a.count {
         match a.output {
-            Output::Table | Output::Wide => render::write_header(&mut out, a.output == Output::Wide)?,
+            Output::Table | Output::Wide => {
+                render::write_header(&mut out, a.output == Output::Wide)?
+            }
             Output::Json => out.write_all(b"{\"flows\":[")?,
             Output::Ndjson => {}
         }
@@ -55,12 +57,15 @@ pub fn run(a: ListArgs) -> anyhow::Result<ExitCode> {
             return ControlFlow::Continue(());
         }
         let r = match a.output {
-            Output::Table | Output::Wide => render::write_row(&mut out, f, a.output == Output::Wide),
+            Output::Table | Output::Wide => {
+                render::write_row(&mut out, f, a.output == Output::Wide)
+            }
             Output::Json => {
                 let sep: &[u8] = if first { b"\n" } else { b",\n" };
                 first = false;
-                out.write_all(sep)
-                    .and_then(|_| serde_json::to_writer(&mut out, &render::FlowJson(f)).map_err(Into::into))
+                out.write_all(sep).and_then(|_| {
+                    serde_json::to_writer(&mut out, &render::FlowJson(f)).map_err(Into::into)
+                })
             }
             Output::Ndjson => serde_json::to_writer(&mut out, &render::FlowJson(f))
                 .map_err(Into::into)

@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::exit::ExitCode;
 
+pub mod audit;
 pub mod completions;
 pub mod filter_args;
 pub mod list;
@@ -26,6 +27,8 @@ pub enum Command {
     List(list::ListArgs),
     /// Table size, limit, utilization, entries per protocol and state, per-CPU counters.
     Stats(stats::StatsArgs),
+    /// Audit conntrack sysctls against what Kubernetes nodes need.
+    Audit(audit::AuditArgs),
     /// Print shell completions.
     Completions(completions::CompletionsArgs),
 }
@@ -44,6 +47,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::List(a) => list::run(a),
         Command::Stats(a) => stats::run(a),
+        Command::Audit(a) => audit::run(a),
         Command::Completions(a) => completions::run(a),
     }
 }

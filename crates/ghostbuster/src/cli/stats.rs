@@ -66,8 +66,11 @@ pub fn collect(ct: &mut Conntrack, per_cpu: bool) -> ctnetlink::Result<StatsRepo
     let per_cpu = per_cpu.then(|| {
         cpus.iter()
             .map(|c| {
-                let mut m: BTreeMap<&'static str, u64> =
-                    CpuStats::NAMES.iter().copied().zip(c.values().map(u64::from)).collect();
+                let mut m: BTreeMap<&'static str, u64> = CpuStats::NAMES
+                    .iter()
+                    .copied()
+                    .zip(c.values().map(u64::from))
+                    .collect();
                 m.insert("cpu", c.cpu as u64);
                 m
             })

@@ -1,0 +1,245 @@
+//! The benchmark: fill a namespace's conntrack table with N cluster-shaped DNAT entries
+//! (netlab::bulk, ~2 % pointing at deleted backends over ~200 services), then time, in the same
+//! run and on the same table, ghostbuster's commands against `conntrack -L` / `conntrack -C`.
+//! Prints wall time (median of the runs), peak RSS and the ratio to `conntrack -L`.
+//!
+//! `cargo bench -p ghostbuster --bench conntrack -- [--runs R] [N ...]` (default N: 262144 and
+//! 1000000). Needs root. When N exceeds the machine-wide `nf_conntrack_max`, the limit is raised
+//! for the run and restored at the end (printed), since a child namespace cannot hold more.
+//! Performance figures live here and in docs/performance.md, never in timed tests.
+
+use std::ffi::OsStr;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ctnetlink::{Conntrack, DeleteKey, Filter};
+use netlab::bulk::{self, BulkSpec};
+use netlab::NetNs;
+
+const MAX_PATH: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
+
+/// Restores `nf_conntrack_max` when dropped.
+struct MaxGuard(Option<String>);
+
+impl Drop for MaxGuard {
+    fn drop(&mut self) {
+        if let Some(old) = self.0.take() {
+            let _ = std::fs::write(MAX_PATH, &old);
+            println!("(restored nf_conntrack_max to {})", old.trim());
+        }
+    }
+}
+
+struct Sample {
+    wall: Duration,
+    rss_kib: u64,
+    ok: bool,
+}
+
+/// Runs a command with stdout to /dev/null, returning wall time and the child's peak RSS.
+fn run(cmd: &mut Command) -> Sample {
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+    let start = Instant::now();
+    let child = cmd.spawn().expect("spawn");
+    let pid = child.id() as i32;
+    let mut status = 0;
+    // SAFETY: rusage is plain data; wait4 fills it for our own child.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: pid is our child; status and ru are valid for writes.
+    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+    let wall = start.elapsed();
+    assert!(rc == pid, "wait4 failed");
+    let st = std::process::ExitStatus::from_raw(status);
+    std::mem::forget(child); // already reaped
+    Sample {
+        wall,
+        rss_kib: ru.ru_maxrss as u64,
+        ok: st.success(),
+    }
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+struct Row {
+    name: String,
+    wall: Duration,
+    rss_kib: u64,
+}
+
+fn bench(name: &str, runs: usize, mut make: impl FnMut() -> Command) -> Row {
+    let mut walls = Vec::new();
+    let mut rss = 0;
+    for _ in 0..runs {
+        let s = run(&mut make());
+        assert!(s.ok, "{name} failed");
+        walls.push(s.wall);
+        rss = rss.max(s.rss_kib);
+    }
+    Row {
+        name: name.to_string(),
+        wall: median(walls),
+        rss_kib: rss,
+    }
+}
+
+fn gb(ns: &str, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ghostbuster"));
+    c.args(args).arg("--netns").arg(ns);
+    c
+}
+
+fn in_ns<S: AsRef<OsStr>>(ns: &str, args: &[S]) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns]).args(args);
+    c
+}
+
+fn main() {
+    let mut sizes = Vec::new();
+    let mut runs = 3;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--bench" => {}
+            "--runs" => runs = args.next().and_then(|v| v.parse().ok()).unwrap_or(3),
+            other => match other.parse::<usize>() {
+                Ok(n) => sizes.push(n),
+                Err(_) => {
+                    eprintln!("usage: conntrack [--runs R] [N ...]");
+                    std::process::exit(2);
+                }
+            },
+        }
+    }
+    if sizes.is_empty() {
+        sizes = vec![262_144, 1_000_000];
+    }
+    if !netlab::is_root() {
+        eprintln!("SKIP: the benchmark needs root (network namespaces, conntrack)");
+        return;
+    }
+    let _ = netlab::cleanup_leftovers();
+    let biggest = *sizes.iter().max().unwrap_or(&0) as u64;
+    let old_max = std::fs::read_to_string(MAX_PATH).unwrap_or_default();
+    let mut guard = MaxGuard(None);
+    if old_max.trim().parse::<u64>().unwrap_or(0) < biggest + 1024 {
+        std::fs::write(MAX_PATH, (biggest + 1024).to_string()).expect("raise nf_conntrack_max");
+        println!(
+            "(raised the machine-wide nf_conntrack_max from {} to {} for this run)",
+            old_max.trim(),
+            biggest + 1024
+        );
+        guard.0 = Some(old_max);
+    }
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    println!("ghostbuster benchmark: {cpus} CPUs, median of {runs} runs\n");
+    for n in sizes {
+        one_size(n, runs);
+    }
+    drop(guard);
+}
+
+fn one_size(n: usize, runs: usize) {
+    let ns = NetNs::create("bnch").expect("namespace");
+    let spec = BulkSpec {
+        entries: n,
+        services: 200,
+        stale_fraction: 0.02,
+        ..BulkSpec::default()
+    };
+    let t = Instant::now();
+    let (cluster, truth) = bulk::fill(Some(ns.name()), &spec).expect("fill");
+    let fill = t.elapsed();
+    assert_eq!(truth.failed, 0, "fill failed: {truth:?}");
+    let dir = PathBuf::from(std::env::var("CARGO_TARGET_TMPDIR").unwrap_or_else(|_| "/tmp".into()))
+        .join(format!("gb-bench-{n}"));
+    bulk::write_truth(&dir, &spec, &cluster, &truth, false).expect("truth");
+    println!(
+        "## {n} entries ({} stale, {} services); filled in {:.2}s ({:.0} creates/s)\n",
+        truth.stale,
+        spec.services,
+        fill.as_secs_f64(),
+        truth.created as f64 / fill.as_secs_f64()
+    );
+    let name = ns.name().to_string();
+    let mut rows = vec![
+        bench("conntrack -L > /dev/null", runs, || {
+            in_ns(&name, &["conntrack", "-L"])
+        }),
+        bench("ghostbuster list --count", runs, || {
+            gb(&name, &["list", "--count"])
+        }),
+        bench("ghostbuster list -o ndjson", runs, || {
+            gb(&name, &["list", "-o", "ndjson"])
+        }),
+        bench("ghostbuster stats", runs, || gb(&name, &["stats"])),
+        bench("conntrack -C", runs, || in_ns(&name, &["conntrack", "-C"])),
+    ];
+    let cluster_file = dir.join("cluster.json");
+    if has_scan() {
+        let f = cluster_file.to_string_lossy().to_string();
+        rows.push(bench("ghostbuster scan", runs, || {
+            gb(&name, &["scan", "--from-file", &f, "-o", "json"])
+        }));
+    }
+    print_rows(&rows);
+
+    // Delete phase: exact deletes of the stale entries, in process, then (when available) the
+    // same through `ghostbuster sweep` after re-filling.
+    let mut ct = Conntrack::open_in(Some(&name)).expect("open");
+    let deleted: std::collections::HashSet<std::net::IpAddr> =
+        cluster.deleted.iter().map(|d| d.ip).collect();
+    let mut keys = Vec::new();
+    ct.dump(&Filter::default(), |f| {
+        if deleted.contains(&f.reply.src) {
+            keys.push(DeleteKey::from(f));
+        }
+        std::ops::ControlFlow::Continue(())
+    })
+    .expect("dump");
+    let t = Instant::now();
+    let out = ct.delete(&keys).expect("delete");
+    let d = t.elapsed();
+    let ok = out
+        .iter()
+        .filter(|o| **o == ctnetlink::DeleteOutcome::Deleted)
+        .count();
+    println!(
+        "\ndelete phase: {ok} of {} stale entries deleted in {:.1} ms = {:.0} deletes/s\n",
+        keys.len(),
+        d.as_secs_f64() * 1e3,
+        ok as f64 / d.as_secs_f64()
+    );
+}
+
+fn has_scan() -> bool {
+    Command::new(env!("CARGO_BIN_EXE_ghostbuster"))
+        .args(["scan", "--help"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn print_rows(rows: &[Row]) {
+    let base = rows[0].wall.as_secs_f64();
+    println!("| command | wall (median) | peak RSS | conntrack -L time / this |");
+    println!("|---|---:|---:|---:|");
+    for r in rows {
+        println!(
+            "| `{}` | {:.3} s | {:.1} MiB | {:.2}× |",
+            r.name,
+            r.wall.as_secs_f64(),
+            r.rss_kib as f64 / 1024.0,
+            base / r.wall.as_secs_f64()
+        );
+    }
+}

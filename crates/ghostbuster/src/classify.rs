@@ -1,0 +1,474 @@
+//! The decision table (issue #3, section 2): one pure, total function from a flow and the cluster
+//! to a [`Verdict`].
+//!
+//! Terms: S is the service port the flow's original destination (address, port, protocol) hits;
+//! the flow is NATed when its reply source (IP, port) differs from its original destination;
+//! b = the reply source is the backend; E(S) is the union of S's endpoints over *all* its slices in
+//! the flow's family, matched by the Service port's name. Default keep: a flow is removable only
+//! with evidence that its backend is gone, or when removing it cannot hurt (no connection exists;
+//! UDP, whose stale flows kube-proxy removes itself). Endpoints that are present but terminating
+//! are draining, hence healthy (kubernetes#101607, #100755: removing them breaks graceful
+//! shutdown).
+
+use std::net::IpAddr;
+
+use ctnetlink::{Flow, Status, TcpState};
+use jiff::Timestamp;
+
+use crate::cluster::{
+    Conditions, FrontendKind, FrontendMatch, Index, IpFamily, ObjectKey, Pod, PodTarget, Protocol,
+    Service, Tombstone, Uid,
+};
+use crate::policy::Policy;
+use crate::verdict::{
+    Age, Backend, Evidence, EvidenceSet, KeepReason, Owner, ServiceRef, Step, Trace, Verdict,
+    VerdictKind,
+};
+
+/// Classifies one flow. `now` is the time the flow was read (its age is `now - start`).
+/// Never panics, never does I/O.
+pub fn classify(flow: &Flow, index: &Index, policy: &Policy, now: Timestamp) -> Verdict {
+    let mut c = Classifier {
+        flow,
+        index,
+        policy,
+        age: age(flow, now, policy),
+        half_open: is_half_open(flow),
+        service: None,
+        newer: false,
+        v: Verdict {
+            kind: VerdictKind::NotService,
+            evidence: EvidenceSet::default(),
+            half_open: is_half_open(flow),
+            removable: false,
+            kept_because: None,
+            service: None,
+            backend: None,
+            now_owned_by: None,
+            trace: Trace::default(),
+        },
+    };
+    c.run();
+    c.v
+}
+
+/// Never saw a reply: TCP `SYN_SENT`, or no reply packet at all (`[UNREPLIED]`).
+pub fn is_half_open(flow: &Flow) -> bool {
+    flow.tcp_state == Some(TcpState::SYN_SENT) || !flow.status.has(Status::SEEN_REPLY)
+}
+
+fn age(flow: &Flow, now: Timestamp, policy: &Policy) -> Age {
+    let Some(start) = flow.start_ns else {
+        return Age::Unknown;
+    };
+    let age_ns = now.as_nanosecond() - i128::from(start);
+    let min_ns = i128::try_from(policy.min_age.as_nanos()).unwrap_or(i128::MAX);
+    let secs = i64::try_from(age_ns / 1_000_000_000).unwrap_or(i64::MAX);
+    if age_ns >= min_ns {
+        Age::Old {
+            secs: u64::try_from(secs).unwrap_or(0),
+        }
+    } else {
+        Age::Young {
+            secs,
+            min_secs: policy.min_age.as_secs(),
+        }
+    }
+}
+
+fn flow_start(flow: &Flow) -> Option<Timestamp> {
+    Timestamp::from_nanosecond(i128::from(flow.start_ns?)).ok()
+}
+
+struct Classifier<'a> {
+    flow: &'a Flow,
+    index: &'a Index,
+    policy: &'a Policy,
+    age: Age,
+    half_open: bool,
+    /// S, once a frontend matched.
+    service: Option<&'a Service>,
+    /// The flow started after the snapshot (rows 5 to 9 cannot judge it).
+    newer: bool,
+    v: Verdict,
+}
+
+/// What the listings of b's IP in S say.
+#[derive(Default)]
+struct InService {
+    /// b ∈ E(S): merged conditions.
+    member: Option<Conditions>,
+    /// b's IP ∈ E(S) on another port (that port and the pod).
+    other_port: Option<(u16, Option<PodTarget>)>,
+    /// b's IP is listed for S, in a slice that does not name S's port.
+    unresolved: bool,
+}
+
+impl<'a> Classifier<'a> {
+    fn step(&mut self, s: Step) {
+        self.v.trace.push(s);
+    }
+
+    fn verdict(&mut self, kind: VerdictKind) {
+        self.v.kind = kind;
+        self.step(Step::Row(kind));
+    }
+
+    fn old_enough(&self) -> bool {
+        !matches!(self.age, Age::Young { .. })
+    }
+
+    fn run(&mut self) {
+        let flow = self.flow;
+        let Some(protocol) = Protocol::from_ip_proto(flow.orig.proto) else {
+            self.step(Step::OtherProtocol(flow.orig.proto));
+            return self.verdict(VerdictKind::NotService);
+        };
+        let (Some(dport), Some(bport)) = (flow.orig.dport(), flow.reply.sport()) else {
+            self.step(Step::OtherProtocol(flow.orig.proto));
+            return self.verdict(VerdictKind::NotService);
+        };
+        let dst = flow.orig.dst;
+        let nated = (flow.reply.src, bport) != (dst, dport);
+        let backend = Backend {
+            ip: flow.reply.src,
+            port: bport,
+        };
+
+        let Some(fm) = self.index.frontend(dst, dport, protocol) else {
+            self.step(Step::NoFrontend);
+            let in_cidr = self.index.in_service_cidr(&dst);
+            self.step(Step::InServiceCidr(in_cidr));
+            if !in_cidr {
+                return self.verdict(VerdictKind::NotService);
+            }
+            let dnat = flow.is_dnat();
+            self.step(Step::Dnat(dnat));
+            self.step(Step::Nated(nated));
+            if !(dnat && nated) {
+                // Nothing rewrote it: traffic to an unused service address, not a Service flow.
+                return self.verdict(VerdictKind::NotService);
+            }
+            self.v.backend = Some(backend);
+            return self.service_gone(protocol, backend);
+        };
+
+        self.step(Step::Frontend(fm.kind));
+        self.service = Some(fm.service);
+        self.v.service = Some(service_ref(&fm));
+        self.step(Step::Nated(nated));
+        if !nated {
+            return self.not_nated(&fm, protocol);
+        }
+        self.v.backend = Some(backend);
+        self.nated(&fm, protocol, backend);
+    }
+
+    /// Row 2, or healthy.
+    fn not_nated(&mut self, fm: &FrontendMatch<'_>, protocol: Protocol) {
+        self.step(Step::HalfOpen(self.half_open));
+        if self.half_open {
+            let family = IpFamily::of(&self.flow.orig.dst);
+            let ready = self.index.slices_of(&fm.service.key).any(|s| {
+                s.family == family
+                    && s.port_for(&fm.port.name, protocol).is_some()
+                    && s.endpoints.iter().any(|e| e.conditions.ready())
+            });
+            self.step(Step::ReadyEndpoints(ready));
+            if ready {
+                self.step(Step::Age(self.age));
+                if self.old_enough() {
+                    self.verdict(VerdictKind::MissedDnat);
+                    self.v.evidence.insert(Evidence::HalfOpen);
+                    return self.decide(protocol, true, false);
+                }
+            }
+        }
+        self.verdict(VerdictKind::Healthy);
+    }
+
+    /// Rows 3 to 8.
+    fn nated(&mut self, fm: &FrontendMatch<'a>, protocol: Protocol, b: Backend) {
+        let svc = &fm.service.key;
+        let mut found = InService::default();
+        for view in self.index.endpoints_at(&b.ip) {
+            if view.slice.service != *svc {
+                continue;
+            }
+            match view.slice.port_for(&fm.port.name, protocol) {
+                Some(p) if p == b.port => {
+                    let c = view.endpoint.conditions;
+                    found.member = Some(found.member.map_or(c, |m| m.merge(c)));
+                }
+                Some(p) => found.other_port = Some((p, view.endpoint.pod.clone())),
+                None => found.unresolved = true,
+            }
+        }
+
+        if let Some(conditions) = found.member {
+            self.step(Step::InEndpoints(conditions));
+            self.step(Step::HalfOpen(self.half_open));
+            if self.half_open && !conditions.serving() {
+                self.step(Step::Age(self.age));
+                if self.old_enough() {
+                    self.verdict(VerdictKind::Unanswered);
+                    self.v.evidence.insert(Evidence::HalfOpen);
+                    return self.decide(protocol, true, false);
+                }
+            }
+            return self.verdict(VerdictKind::Healthy);
+        }
+        self.step(Step::NotInEndpoints);
+        self.newer = self.newer_than_snapshot();
+
+        if let Some((port, pod)) = found.other_port {
+            self.step(Step::OtherPort(port));
+            self.v.now_owned_by = Some(Owner {
+                namespace: Some(svc.namespace.clone()),
+                service: Some(svc.name.clone()),
+                pod: pod.map(|p| p.name),
+            });
+            self.verdict(VerdictKind::PortChanged);
+            return self.live_backend(protocol);
+        }
+        if found.unresolved {
+            self.step(Step::PortUnresolved);
+            return self.verdict(VerdictKind::Healthy);
+        }
+
+        let index: &'a Index = self.index;
+        let tombstone = index.tombstones().get(svc, &b.ip);
+        if index.is_node_address(&b.ip) {
+            self.step(Step::NodeAddress);
+            self.verdict(VerdictKind::Deselected);
+            return self.live_backend(protocol);
+        }
+
+        // Who holds the IP now: an endpoint of another service, or a live pod.
+        let other = index
+            .endpoints_at(&b.ip)
+            .filter(|v| v.slice.service != *svc)
+            .max_by_key(|v| v.endpoint.pod.is_some());
+        let pods = self.live_pods(&b.ip);
+        if let Some(view) = other {
+            self.step(Step::OtherServiceEndpoint);
+            self.v.now_owned_by = Some(Owner {
+                namespace: Some(view.slice.key.namespace.clone()),
+                service: Some(view.slice.service.name.clone()),
+                pod: view.endpoint.pod.as_ref().map(|p| p.name.clone()),
+            });
+            let holder = view.endpoint.pod.as_ref();
+            let holder_pod = holder.and_then(|t| {
+                index.pod(&ObjectKey {
+                    namespace: view.slice.key.namespace.clone(),
+                    name: t.name.clone(),
+                })
+            });
+            let holder_uid = holder.and_then(|t| t.uid.as_ref());
+            return self.owned_by_another(protocol, tombstone, holder_uid, holder_pod, pods);
+        }
+        if let Some(pod) = pods.first() {
+            self.step(Step::LivePod);
+            self.v.now_owned_by = Some(Owner {
+                namespace: Some(pod.key.namespace.clone()),
+                service: None,
+                pod: Some(pod.key.name.clone()),
+            });
+            return self.owned_by_another(protocol, tombstone, pod.uid.as_ref(), Some(pod), pods);
+        }
+
+        self.step(Step::NobodysEndpoint);
+        self.verdict(VerdictKind::EndpointGone);
+        if self.index.pods_complete() && !self.newer {
+            self.step(Step::NoPod);
+            self.v.evidence.insert(Evidence::PodAbsent);
+        }
+        self.tombstone_evidence(tombstone);
+        self.protocol_evidence(protocol);
+        if self.v.evidence.is_empty() {
+            self.v.evidence.insert(Evidence::SnapshotOnly);
+        }
+        let enough = self.v.evidence.suffices() || self.policy.trust_snapshot;
+        self.decide(protocol, enough, true);
+    }
+
+    /// Rows 6 and 7 once the IP is known to be held by someone else: `ip_reused` with evidence
+    /// that it is another pod, `deselected` without.
+    fn owned_by_another(
+        &mut self,
+        protocol: Protocol,
+        tombstone: Option<&Tombstone>,
+        holder_uid: Option<&Uid>,
+        holder_pod: Option<&Pod>,
+        pods: Vec<&Pod>,
+    ) {
+        let start = flow_start(self.flow);
+        let created_after = start.is_some_and(|start| {
+            holder_pod
+                .into_iter()
+                .chain(pods.iter().copied())
+                .any(|p| p.created.is_some_and(|c| c > start))
+        });
+        let last_uid = tombstone.and_then(|t| t.pod.as_ref()?.uid.as_ref());
+        let replaced = match (last_uid, holder_uid) {
+            (Some(last), Some(now)) => last != now,
+            _ => false,
+        };
+        if created_after {
+            self.step(Step::PodCreatedAfterFlow);
+            self.v.evidence.insert(Evidence::PodCreatedAfterFlow);
+        }
+        if replaced {
+            self.step(Step::PodReplaced);
+            self.v.evidence.insert(Evidence::PodReplaced);
+        }
+        if created_after || replaced {
+            self.verdict(VerdictKind::IpReused);
+            self.tombstone_evidence(tombstone);
+            self.protocol_evidence(protocol);
+            return self.decide(protocol, true, true);
+        }
+        self.verdict(VerdictKind::Deselected);
+        self.live_backend(protocol);
+    }
+
+    /// Rows 5 and 7: the backend is (probably) alive. UDP and half-open flows go (nothing to
+    /// break; kube-proxy does the same for UDP); TCP/SCTP only with `--include-deselected`.
+    fn live_backend(&mut self, protocol: Protocol) {
+        self.protocol_evidence(protocol);
+        let cannot_hurt = !self.v.evidence.is_empty();
+        if !cannot_hurt && !self.policy.include_deselected {
+            self.v.kept_because = Some(KeepReason::LivePod);
+            return;
+        }
+        self.decide(protocol, true, true);
+    }
+
+    /// Row 9: UDP goes; TCP/SCTP only with evidence that the backend is gone too, since a deleted
+    /// Service's pods may live on and kube-proxy lets TCP finish. `--trust-snapshot` does not
+    /// apply: a deleted Service's pods are absent from every slice whether alive or not.
+    fn service_gone(&mut self, protocol: Protocol, b: Backend) {
+        self.verdict(VerdictKind::ServiceGone);
+        let listed = self.index.endpoints_at(&b.ip).next().is_some();
+        let alive = !self.live_pods(&b.ip).is_empty();
+        self.newer = self.newer_than_snapshot();
+        if listed || alive {
+            self.step(if listed {
+                Step::OtherServiceEndpoint
+            } else {
+                Step::LivePod
+            });
+        } else if self.index.pods_complete() && !self.newer {
+            self.step(Step::NoPod);
+            self.v.evidence.insert(Evidence::PodAbsent);
+        }
+        let tombstone = self.index.tombstones().at(&b.ip).first();
+        if !listed && !alive {
+            self.tombstone_evidence(tombstone);
+        }
+        self.protocol_evidence(protocol);
+        if self.v.evidence.is_empty() {
+            self.v.evidence.insert(Evidence::SnapshotOnly);
+        }
+        let enough = self.v.evidence.suffices();
+        self.decide(protocol, enough, true);
+    }
+
+    /// Evidence that holds whatever the cluster says: UDP (kube-proxy removes such flows itself),
+    /// and half-open once older than `--min-age` (a younger SYN may still be answered, and
+    /// removing its entry would drop the SYN-ACK in flight).
+    fn protocol_evidence(&mut self, protocol: Protocol) {
+        if protocol == Protocol::Udp {
+            self.v.evidence.insert(Evidence::Udp);
+        }
+        if self.half_open && self.old_enough() {
+            self.v.evidence.insert(Evidence::HalfOpen);
+        }
+    }
+
+    fn tombstone_evidence(&mut self, tombstone: Option<&Tombstone>) {
+        let Some(t) = tombstone else { return };
+        let pod_gone = t.pod_gone || (t.managed && t.was_terminating());
+        self.step(Step::Tombstone {
+            terminating: t.was_terminating(),
+            pod_gone,
+        });
+        self.v.evidence.insert(Evidence::EndpointRemoved);
+        if pod_gone {
+            self.v.evidence.insert(Evidence::PodGone);
+        }
+    }
+
+    fn live_pods(&self, ip: &IpAddr) -> Vec<&'a Pod> {
+        let index: &'a Index = self.index;
+        index.pods_at(ip).filter(|p| p.is_alive()).collect()
+    }
+
+    /// The flow began after the cluster snapshot: a backend missing from the snapshot may simply
+    /// be newer than it (a pod created after the export).
+    fn newer_than_snapshot(&mut self) -> bool {
+        let newer = match (flow_start(self.flow), self.index.snapshot_time()) {
+            (Some(start), Some(snap)) => start > snap,
+            _ => false,
+        };
+        if newer {
+            self.step(Step::NewerThanSnapshot);
+        }
+        newer
+    }
+
+    /// Sets `removable` from the table's answer (`table_allows`) and the policy.
+    /// `needs_absence`: the row relies on the backend's absence from the slices, which proves
+    /// nothing for Services whose endpoints are not the EndpointSlice controller's Pods.
+    fn decide(&mut self, protocol: Protocol, table_allows: bool, needs_absence: bool) {
+        let svc = self.service;
+        let is_api_server = svc.is_some_and(Service::is_api_server);
+        let unmanaged = needs_absence
+            && svc.is_some_and(|s| {
+                let tomb_unmanaged = self
+                    .v
+                    .backend
+                    .and_then(|b| self.index.tombstones().get(&s.key, &b.ip))
+                    .is_some_and(|t| !t.managed);
+                !s.has_selector || self.index.proves_nothing(&s.key) || tomb_unmanaged
+            });
+        let newer = needs_absence && self.newer;
+        let keep = if newer {
+            Some(KeepReason::NewerThanSnapshot)
+        } else if !table_allows {
+            Some(KeepReason::NoEvidence)
+        } else if !self.policy.allows_zone(self.flow.zone) {
+            Some(KeepReason::Zone)
+        } else if !self.policy.protocols.contains(protocol) {
+            Some(KeepReason::Protocol)
+        } else if !self
+            .policy
+            .allows_namespace(svc.map(|s| s.key.namespace.as_str()))
+        {
+            Some(KeepReason::Namespace)
+        } else if is_api_server && !self.policy.include_unmanaged {
+            Some(KeepReason::ApiServer)
+        } else if unmanaged && !self.policy.include_unmanaged {
+            Some(KeepReason::Unmanaged)
+        } else {
+            None
+        };
+        self.v.removable = keep.is_none();
+        self.v.kept_because = keep;
+    }
+}
+
+fn service_ref(fm: &FrontendMatch<'_>) -> ServiceRef {
+    ServiceRef {
+        namespace: fm.service.key.namespace.clone(),
+        name: fm.service.key.name.clone(),
+        port: fm.port.port,
+        port_name: fm.port.name.clone(),
+        protocol: fm.port.protocol,
+        node_port: match fm.kind {
+            FrontendKind::NodePort => fm.port.node_port,
+            _ => None,
+        },
+        frontend: fm.kind,
+    }
+}

@@ -1,0 +1,490 @@
+//! Loading the cluster from `kubectl` output: `--from-file PATH` (`-` for stdin).
+//!
+//! Accepts JSON or YAML; a `List` (`kubectl get services,endpointslices,pods,nodes,servicecidrs -A
+//! -o json`), a typed list (`ServiceList` from the raw API, whose items carry no `kind`), a single
+//! object, a JSON array of objects, several concatenated JSON documents, or multi-document YAML.
+//! List items are streamed one at a time into the [`Index`] and dropped, so a 100 MB export never
+//! sits in memory as API structs. Other kinds are counted, not failed on: one [`Warning`] per kind.
+//! A file that does not parse, or an object the index rejects, is an [`Error`] naming the file and
+//! the line and column.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use jiff::Timestamp;
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize as _;
+use serde_json::{Map, Value};
+
+use super::event::{Kind, Object};
+use super::index::{Index, IndexConfig};
+
+/// Why loading failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read {file}: {source}")]
+    Io {
+        file: String,
+        #[source]
+        source: io::Error,
+    },
+    /// Syntax errors and rejected objects, with the position the parser had reached.
+    #[error("{file}:{line}:{column}: {message}")]
+    Parse {
+        file: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{file}: {message}")]
+    Invalid { file: String, message: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Objects of a kind ghostbuster does not read, counted once per kind.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Warning {
+    pub api_version: String,
+    pub kind: String,
+    pub count: usize,
+    /// The first file it was seen in.
+    pub file: String,
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "ignored {} object{} of kind {} ({}), first in {}: only Services, EndpointSlices \
+             (discovery.k8s.io/v1), Nodes, ServiceCIDRs and Pods are read",
+            self.count,
+            if self.count == 1 { "" } else { "s" },
+            self.kind,
+            if self.api_version.is_empty() {
+                "no apiVersion"
+            } else {
+                &self.api_version
+            },
+            self.file
+        )
+    }
+}
+
+/// The result of a load.
+#[derive(Debug)]
+pub struct Loaded {
+    pub index: Index,
+    /// When the cluster was observed: `--snapshot-time`, else the newest file modification time
+    /// (stdin counts as read now).
+    pub snapshot_time: Timestamp,
+    pub warnings: Vec<Warning>,
+    /// Objects read per kind.
+    pub objects: BTreeMap<Kind, usize>,
+}
+
+/// Loads `paths` (`-` is stdin) into one index.
+pub fn load(
+    paths: &[PathBuf],
+    config: IndexConfig,
+    snapshot_time: Option<Timestamp>,
+) -> Result<Loaded> {
+    let mut loader = Loader::new(config);
+    for p in paths {
+        loader.add_path(p)?;
+    }
+    Ok(loader.finish(snapshot_time))
+}
+
+/// Builds an index from several sources.
+pub struct Loader {
+    index: Index,
+    now: Timestamp,
+    newest: Option<Timestamp>,
+    ignored: BTreeMap<(String, String), Warning>,
+    objects: BTreeMap<Kind, usize>,
+}
+
+impl Loader {
+    pub fn new(config: IndexConfig) -> Self {
+        Loader {
+            index: Index::new(config),
+            now: Timestamp::now(),
+            newest: None,
+            ignored: BTreeMap::new(),
+            objects: BTreeMap::new(),
+        }
+    }
+
+    /// Reads a file, or stdin for `-`.
+    pub fn add_path(&mut self, path: &Path) -> Result<()> {
+        if path.as_os_str() == "-" {
+            self.seen_at(self.now);
+            return self.add_reader("<stdin>", io::stdin().lock());
+        }
+        let name = path.display().to_string();
+        let io_err = |source| Error::Io {
+            file: name.clone(),
+            source,
+        };
+        let file = File::open(path).map_err(io_err)?;
+        let mtime = file.metadata().and_then(|m| m.modified()).map_err(io_err)?;
+        self.seen_at(Timestamp::try_from(mtime).unwrap_or(self.now));
+        self.add_reader(&name, file)
+    }
+
+    /// Reads one source; `name` is used in messages.
+    pub fn add_reader(&mut self, name: &str, reader: impl Read) -> Result<()> {
+        let mut reader = BufReader::with_capacity(64 * 1024, reader);
+        let io_err = |source| Error::Io {
+            file: name.to_owned(),
+            source,
+        };
+        let first = loop {
+            let buf = reader.fill_buf().map_err(io_err)?;
+            match buf.iter().position(|b| !b.is_ascii_whitespace()) {
+                Some(i) => break Some(buf[i]),
+                None if buf.is_empty() => break None,
+                None => {
+                    let n = buf.len();
+                    reader.consume(n);
+                }
+            }
+        };
+        match first {
+            None => Err(Error::Invalid {
+                file: name.to_owned(),
+                message: "is empty".into(),
+            }),
+            Some(b'{' | b'[') => self.add_json(name, reader),
+            Some(_) => {
+                let mut text = String::new();
+                reader.read_to_string(&mut text).map_err(io_err)?;
+                self.add_yaml(name, &text)
+            }
+        }
+    }
+
+    /// Reads JSON or YAML text.
+    pub fn add_str(&mut self, name: &str, text: &str) -> Result<()> {
+        self.add_reader(name, text.as_bytes())
+    }
+
+    /// The index and what was seen. The snapshot time is `snapshot_time` if given.
+    pub fn finish(mut self, snapshot_time: Option<Timestamp>) -> Loaded {
+        let snapshot_time = snapshot_time.or(self.newest).unwrap_or(self.now);
+        self.index.set_snapshot_time(Some(snapshot_time));
+        let pods = self.objects.get(&Kind::Pod).copied().unwrap_or(0);
+        self.index.set_pods_complete(pods > 0);
+        Loaded {
+            index: self.index,
+            snapshot_time,
+            warnings: self.ignored.into_values().collect(),
+            objects: self.objects,
+        }
+    }
+
+    fn seen_at(&mut self, t: Timestamp) {
+        self.newest = Some(self.newest.map_or(t, |n| n.max(t)));
+    }
+
+    fn add_json(&mut self, name: &str, reader: impl Read) -> Result<()> {
+        let mut de = serde_json::Deserializer::from_reader(reader);
+        let mut doc = 0;
+        loop {
+            doc += 1;
+            let seed = DocumentSeed {
+                sink: Sink {
+                    loader: self,
+                    file: name,
+                },
+                doc,
+            };
+            seed.deserialize(&mut de)
+                .map_err(|e| json_error(name, &e))?;
+            if de.end().is_ok() {
+                return Ok(());
+            }
+        }
+    }
+
+    fn add_yaml(&mut self, name: &str, text: &str) -> Result<()> {
+        for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+            let seed = DocumentSeed {
+                sink: Sink {
+                    loader: self,
+                    file: name,
+                },
+                doc: i + 1,
+            };
+            seed.deserialize(doc).map_err(|e| yaml_error(name, &e))?;
+        }
+        Ok(())
+    }
+
+    /// One object: typed and indexed if its kind is ours, counted otherwise.
+    fn object(&mut self, file: &str, value: Value, list_kind: Option<&str>) -> Result<(), String> {
+        let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+        let (api_version, kind) = match (text(&value, "apiVersion"), text(&value, "kind")) {
+            (a, Some(k)) => (a.unwrap_or_default(), k),
+            // Raw API lists (`ServiceList`) leave kind and apiVersion out of their items.
+            (a, None) => match list_kind.and_then(|l| l.strip_suffix("List")) {
+                Some(k) if !k.is_empty() => (a.unwrap_or_default(), k.to_owned()),
+                _ => return Err("object has no \"kind\"".into()),
+            },
+        };
+        let Some(k) = Kind::from_type(&api_version, &kind)
+            .or_else(|| api_version.is_empty().then(|| item_kind(&kind)).flatten())
+        else {
+            let w = self
+                .ignored
+                .entry((api_version.clone(), kind.clone()))
+                .or_insert_with(|| Warning {
+                    api_version,
+                    kind,
+                    count: 0,
+                    file: file.to_owned(),
+                });
+            w.count += 1;
+            return Ok(());
+        };
+        let name = describe(&value);
+        let typed = |e: serde_json::Error| format!("{k} {name}: {e}");
+        let obj: Object = match k {
+            Kind::Service => {
+                Object::Service(Box::new(serde_json::from_value(value).map_err(typed)?))
+            }
+            Kind::EndpointSlice => {
+                Object::EndpointSlice(Box::new(serde_json::from_value(value).map_err(typed)?))
+            }
+            Kind::Node => Object::Node(Box::new(serde_json::from_value(value).map_err(typed)?)),
+            Kind::ServiceCidr => {
+                Object::ServiceCidr(Box::new(serde_json::from_value(value).map_err(typed)?))
+            }
+            Kind::Pod => Object::Pod(Box::new(serde_json::from_value(value).map_err(typed)?)),
+        };
+        self.index
+            .insert(&obj, self.now)
+            .map_err(|e| e.to_string())?;
+        *self.objects.entry(k).or_default() += 1;
+        Ok(())
+    }
+}
+
+/// A kind name alone, for items of a raw typed list (their apiVersion is the list's).
+fn item_kind(kind: &str) -> Option<Kind> {
+    Kind::ALL.into_iter().find(|k| k.as_str() == kind)
+}
+
+/// `namespace/name` of an untyped object, for messages.
+fn describe(value: &Value) -> String {
+    let m = value.get("metadata");
+    let get = |k: &str| m.and_then(|m| m.get(k)).and_then(Value::as_str);
+    match (get("namespace"), get("name")) {
+        (Some(ns), Some(n)) => format!("{ns}/{n}"),
+        (None, Some(n)) => n.to_owned(),
+        _ => "<unnamed>".to_owned(),
+    }
+}
+
+fn json_error(file: &str, e: &serde_json::Error) -> Error {
+    Error::Parse {
+        file: file.to_owned(),
+        line: e.line(),
+        column: e.column(),
+        message: strip_position(&e.to_string()),
+    }
+}
+
+fn yaml_error(file: &str, e: &serde_yaml_ng::Error) -> Error {
+    match e.location() {
+        Some(loc) => Error::Parse {
+            file: file.to_owned(),
+            line: loc.line(),
+            column: loc.column(),
+            message: strip_position(&e.to_string()),
+        },
+        None => Error::Invalid {
+            file: file.to_owned(),
+            message: e.to_string(),
+        },
+    }
+}
+
+/// serde_json and serde_yaml_ng append " at line L column C" (libyaml adds the context's position
+/// too); the position is printed once, in front.
+fn strip_position(msg: &str) -> String {
+    match msg.find(" at line ") {
+        Some(i) if msg[i..].contains(" column ") => msg[..i].to_owned(),
+        _ => msg.to_owned(),
+    }
+}
+
+/// Where the objects go.
+struct Sink<'l> {
+    loader: &'l mut Loader,
+    file: &'l str,
+}
+
+/// One top-level document: a list (items streamed), one object, or an array of objects.
+struct DocumentSeed<'l> {
+    sink: Sink<'l>,
+    doc: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for DocumentSeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for DocumentSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a Kubernetes object or List")
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(()) // an empty YAML document
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut i = 0;
+        let Sink { loader, file } = self.sink;
+        while seq
+            .next_element_seed(ItemSeed {
+                loader: &mut *loader,
+                file,
+                list_kind: None,
+                place: Place::Item(i),
+            })?
+            .is_some()
+        {
+            i += 1;
+        }
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let Sink { loader, file } = self.sink;
+        let mut fields = Map::new();
+        let mut was_list = false;
+        while let Some(key) = map.next_key::<String>()? {
+            if key == "items" {
+                was_list = true;
+                let list_kind = fields
+                    .get("kind")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+                map.next_value_seed(ItemsSeed {
+                    loader: &mut *loader,
+                    file,
+                    list_kind,
+                })?;
+            } else {
+                let v: Value = map.next_value()?;
+                fields.insert(key, v);
+            }
+        }
+        if was_list {
+            return Ok(());
+        }
+        loader
+            .object(file, Value::Object(fields), None)
+            .map_err(|e| de::Error::custom(Place::Document(self.doc).with(&e)))
+    }
+}
+
+/// Where in a file an object sits, for messages.
+#[derive(Clone, Copy)]
+enum Place {
+    Document(usize),
+    Item(usize),
+}
+
+impl Place {
+    fn with(self, msg: &str) -> String {
+        match self {
+            Place::Document(1) => msg.to_owned(),
+            Place::Document(n) => format!("document {n}: {msg}"),
+            Place::Item(i) => format!("items[{i}]: {msg}"),
+        }
+    }
+}
+
+/// The `items` array of a list.
+struct ItemsSeed<'l> {
+    loader: &'l mut Loader,
+    file: &'l str,
+    list_kind: Option<String>,
+}
+
+impl<'de> DeserializeSeed<'de> for ItemsSeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ItemsSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a list of Kubernetes objects")
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(()) // "items": null
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut i = 0;
+        while seq
+            .next_element_seed(ItemSeed {
+                loader: &mut *self.loader,
+                file: self.file,
+                list_kind: self.list_kind.as_deref(),
+                place: Place::Item(i),
+            })?
+            .is_some()
+        {
+            i += 1;
+        }
+        Ok(())
+    }
+}
+
+/// One list item, parsed alone and handed to the index before the next is read.
+struct ItemSeed<'l> {
+    loader: &'l mut Loader,
+    file: &'l str,
+    list_kind: Option<&'l str>,
+    place: Place,
+}
+
+impl<'de> DeserializeSeed<'de> for ItemSeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        let value = Value::deserialize(d)?;
+        if !value.is_object() {
+            return Err(de::Error::custom(
+                self.place.with("expected a Kubernetes object"),
+            ));
+        }
+        self.loader
+            .object(self.file, value, self.list_kind)
+            .map_err(|e| de::Error::custom(self.place.with(&e)))
+    }
+}

@@ -1,0 +1,818 @@
+//! The compact cluster index: frontends → service ports, backend IPs → slice endpoints, pods by IP.
+//!
+//! It keeps no API structs: each object is reduced on arrival (see `service.rs`, `slice.rs`, ...)
+//! and the lookups the classifier needs are hash tables of small integer references into slabs.
+//! All slices of a Service are looked at together: an endpoint moving from one slice to another
+//! (two watch events) is not a removal, and E(S) is the union of every slice of S in the flow's
+//! family.
+//!
+//! The index is changed only through [`Index::apply`], which is pure and synchronous (as
+//! kube-runtime's `Store::apply_watcher_event`): the file loader feeds it once, the agent feeds it
+//! watch events, tests feed it whatever they like.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+
+use jiff::Timestamp;
+
+use super::cidr::Cidr;
+use super::error::Result;
+use super::event::{Event, Kind, Object};
+use super::meta;
+use super::model::{IpFamily, ObjectKey, Protocol, Uid};
+use super::name::{Name, NamePool};
+use super::node::{Node, ServiceCidr};
+use super::one_or_many::OneOrMany;
+use super::pod::Pod;
+use super::service::{FrontendKind, Service, ServicePort};
+use super::slab::Slab;
+use super::slice::{Endpoint, Slice};
+use super::tombstone::{Tombstone, Tombstones};
+
+/// What the index needs to know that is not in the API objects.
+#[derive(Clone, Debug, Default)]
+pub struct IndexConfig {
+    /// This node's name (`--node-name` / `NODE_NAME`): its Node's addresses serve NodePorts.
+    pub node_name: Option<String>,
+    /// More addresses NodePorts are reachable on (the scanned namespace's local addresses).
+    pub local_addresses: Vec<IpAddr>,
+    /// Service CIDRs given on the command line, for clusters without ServiceCIDR objects.
+    pub service_cidrs: Vec<Cidr>,
+}
+
+/// What an [`Index::apply`] changed that the agent may want to react to.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// `(service, ip)`: the IP left every slice of the service (a tombstone was recorded).
+    pub endpoints_removed: Vec<(ObjectKey, IpAddr)>,
+    /// `(service, ip)`: the IP became an endpoint of a service it was not an endpoint of.
+    pub endpoints_added: Vec<(ObjectKey, IpAddr)>,
+    /// Services deleted.
+    pub services_removed: Vec<ObjectKey>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.endpoints_removed.is_empty()
+            && self.endpoints_added.is_empty()
+            && self.services_removed.is_empty()
+    }
+
+    fn extend(&mut self, other: Changes) {
+        self.endpoints_removed.extend(other.endpoints_removed);
+        self.endpoints_added.extend(other.endpoints_added);
+        self.services_removed.extend(other.services_removed);
+    }
+}
+
+/// A Service port reached through a frontend.
+#[derive(Clone, Copy, Debug)]
+pub struct FrontendMatch<'a> {
+    pub service: &'a Service,
+    pub port: &'a ServicePort,
+    pub kind: FrontendKind,
+}
+
+/// One listing of an IP: an endpoint in a slice.
+#[derive(Clone, Copy, Debug)]
+pub struct EndpointView<'a> {
+    pub slice: &'a Slice,
+    pub endpoint: &'a Endpoint,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct FrontendKey {
+    ip: IpAddr,
+    port: u16,
+    protocol: Protocol,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PortRef {
+    service: u32,
+    port: u16,
+    kind: FrontendKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct EndpointRef {
+    slice: u32,
+    endpoint: u32,
+}
+
+#[derive(Debug, Default)]
+struct ServiceSlices {
+    ids: Vec<u32>,
+    /// How many of them prove nothing about pods ([`Slice::proves_nothing`]).
+    proving_nothing: u32,
+}
+
+/// An object already reduced to its compact form.
+enum Entry {
+    Service(Service),
+    Slice(Slice),
+    /// A slice kube-proxy ignores; applying it removes an earlier version.
+    IgnoredSlice(ObjectKey),
+    Node(Node),
+    ServiceCidr(ServiceCidr),
+    Pod(Pod),
+}
+
+impl Entry {
+    fn key(&self) -> &ObjectKey {
+        match self {
+            Entry::Service(o) => &o.key,
+            Entry::Slice(o) => &o.key,
+            Entry::IgnoredSlice(k) => k,
+            Entry::Node(o) => &o.key,
+            Entry::ServiceCidr(o) => &o.key,
+            Entry::Pod(o) => &o.key,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Relist {
+    entries: Vec<Entry>,
+    /// Objects that were listed but rejected: their previous version is kept, not deleted.
+    rejected: HashSet<ObjectKey>,
+}
+
+/// The cluster as the classifier sees it.
+#[derive(Default)]
+pub struct Index {
+    node_name: Option<Name>,
+    configured_local: Vec<IpAddr>,
+    configured_cidrs: Vec<Cidr>,
+    pool: NamePool,
+
+    services: Slab<Service>,
+    service_ids: HashMap<ObjectKey, u32>,
+    frontends: HashMap<FrontendKey, OneOrMany<PortRef>>,
+    node_ports: HashMap<(u16, Protocol), OneOrMany<PortRef>>,
+
+    slices: Slab<Slice>,
+    slice_ids: HashMap<ObjectKey, u32>,
+    slices_of: HashMap<ObjectKey, ServiceSlices>,
+    by_ip: HashMap<IpAddr, OneOrMany<EndpointRef>>,
+
+    pods: Slab<Pod>,
+    pod_ids: HashMap<ObjectKey, u32>,
+    pods_by_ip: HashMap<IpAddr, OneOrMany<u32>>,
+    pods_complete: bool,
+
+    nodes: HashMap<ObjectKey, Node>,
+    node_ips: HashMap<IpAddr, u32>,
+    local_ips: HashSet<IpAddr>,
+
+    cidr_objects: HashMap<ObjectKey, Vec<Cidr>>,
+    cidrs: Vec<Cidr>,
+
+    tombstones: Tombstones,
+    relists: HashMap<Kind, Relist>,
+    snapshot_time: Option<Timestamp>,
+    removals_since_purge: usize,
+}
+
+impl Index {
+    pub fn new(config: IndexConfig) -> Self {
+        let mut index = Index::default();
+        index.node_name = config.node_name.as_deref().map(|n| index.pool.intern(n));
+        index.configured_local = config.local_addresses;
+        index.configured_cidrs = config.service_cidrs;
+        index.refresh_local_ips();
+        index.refresh_cidrs();
+        index
+    }
+
+    /// Applies one event at time `now` (used for tombstones). On error the index is unchanged.
+    pub fn apply(&mut self, event: Event, now: Timestamp) -> Result<Changes> {
+        let mut changes = Changes::default();
+        match event {
+            Event::Apply(obj) => {
+                let entry = self.reduce(&obj)?;
+                self.upsert(entry, now, &mut changes);
+            }
+            Event::Delete(obj) => {
+                let (kind, key, uid) = self.identify(&obj)?;
+                self.remove(kind, &key, uid.as_ref(), now, &mut changes);
+            }
+            Event::Init(kind) => {
+                self.relists.insert(kind, Relist::default());
+            }
+            Event::InitApply(obj) => {
+                let kind = obj.kind();
+                let reduced = self.reduce(&obj);
+                let relist = self.relists.entry(kind).or_default();
+                match reduced {
+                    Ok(entry) => relist.entries.push(entry),
+                    Err(e) => {
+                        if let Ok((_, key, _)) = self.identify(&obj) {
+                            self.relists.entry(kind).or_default().rejected.insert(key);
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+            Event::InitDone(kind) => {
+                let relist = self.relists.remove(&kind).unwrap_or_default();
+                self.finish_relist(kind, relist, now, &mut changes);
+            }
+        }
+        Ok(changes)
+    }
+
+    /// Applies `obj` as added (the file loader's path).
+    pub fn insert(&mut self, obj: &Object, now: Timestamp) -> Result<()> {
+        let entry = self.reduce(obj)?;
+        self.upsert(entry, now, &mut Changes::default());
+        Ok(())
+    }
+
+    // --- configuration and metadata -----------------------------------------------------------
+
+    /// When the cluster state was observed: `None` for a live index (the agent).
+    pub fn snapshot_time(&self) -> Option<Timestamp> {
+        self.snapshot_time
+    }
+
+    pub fn set_snapshot_time(&mut self, t: Option<Timestamp>) {
+        self.snapshot_time = t;
+    }
+
+    /// True when the index holds every Pod of the cluster, so "no pod has this IP" is evidence.
+    pub fn pods_complete(&self) -> bool {
+        self.pods_complete
+    }
+
+    pub fn set_pods_complete(&mut self, complete: bool) {
+        self.pods_complete = complete;
+    }
+
+    pub fn tombstones(&self) -> &Tombstones {
+        &self.tombstones
+    }
+
+    pub fn tombstones_mut(&mut self) -> &mut Tombstones {
+        &mut self.tombstones
+    }
+
+    /// Counts of what is indexed: (services, slices, endpoints, pods).
+    pub fn counts(&self) -> Counts {
+        Counts {
+            services: self.services.len(),
+            slices: self.slices.len(),
+            endpoints: self.slices.iter().map(|(_, s)| s.endpoints.len()).sum(),
+            pods: self.pods.len(),
+            nodes: self.nodes.len(),
+            tombstones: self.tombstones.len(),
+        }
+    }
+
+    // --- lookups ------------------------------------------------------------------------------
+
+    /// The Service port a flow to `ip:port/protocol` was sent to, as kube-proxy would match it:
+    /// address frontends first, then NodePorts on this node's addresses (in the Service's families).
+    pub fn frontend(&self, ip: IpAddr, port: u16, protocol: Protocol) -> Option<FrontendMatch<'_>> {
+        let key = FrontendKey { ip, port, protocol };
+        if let Some(refs) = self.frontends.get(&key) {
+            if let Some(m) = refs.as_slice().iter().find_map(|r| self.port_ref(r)) {
+                return Some(m);
+            }
+        }
+        if !self.local_ips.contains(&ip) {
+            return None;
+        }
+        let refs = self.node_ports.get(&(port, protocol))?;
+        refs.as_slice()
+            .iter()
+            .filter_map(|r| self.port_ref(r))
+            .find(|m| m.service.families.contains(IpFamily::of(&ip)))
+    }
+
+    fn port_ref(&self, r: &PortRef) -> Option<FrontendMatch<'_>> {
+        let service = self.services.get(r.service)?;
+        Some(FrontendMatch {
+            service,
+            port: service.ports.get(usize::from(r.port))?,
+            kind: r.kind,
+        })
+    }
+
+    pub fn in_service_cidr(&self, ip: &IpAddr) -> bool {
+        self.cidrs.iter().any(|c| c.contains(ip))
+    }
+
+    pub fn service_cidrs(&self) -> &[Cidr] {
+        &self.cidrs
+    }
+
+    pub fn service(&self, key: &ObjectKey) -> Option<&Service> {
+        self.services.get(*self.service_ids.get(key)?)
+    }
+
+    pub fn services(&self) -> impl Iterator<Item = &Service> {
+        self.services.iter().map(|(_, s)| s)
+    }
+
+    /// Every slice endpoint listing `ip`, in any Service.
+    pub fn endpoints_at(&self, ip: &IpAddr) -> impl Iterator<Item = EndpointView<'_>> {
+        let refs = self.by_ip.get(ip).map_or(&[][..], OneOrMany::as_slice);
+        refs.iter().filter_map(|r| {
+            let slice = self.slices.get(r.slice)?;
+            Some(EndpointView {
+                slice,
+                endpoint: slice.endpoints.get(r.endpoint as usize)?,
+            })
+        })
+    }
+
+    /// Every slice of the Service `key` (a Service may have slices before or after itself).
+    pub fn slices_of(&self, key: &ObjectKey) -> impl Iterator<Item = &Slice> {
+        let ids = self
+            .slices_of
+            .get(key)
+            .map_or(&[][..], |s| s.ids.as_slice());
+        ids.iter().filter_map(|&id| self.slices.get(id))
+    }
+
+    /// True when some slice of the Service is not the pod controller's, or lists an endpoint that
+    /// is not a Pod: the Service's endpoint changes prove nothing about pods.
+    pub fn proves_nothing(&self, key: &ObjectKey) -> bool {
+        self.slices_of
+            .get(key)
+            .is_some_and(|s| s.proving_nothing > 0)
+    }
+
+    /// Pods whose `status.podIPs` include `ip`.
+    pub fn pods_at(&self, ip: &IpAddr) -> impl Iterator<Item = &Pod> {
+        let ids = self.pods_by_ip.get(ip).map_or(&[][..], OneOrMany::as_slice);
+        ids.iter().filter_map(|&id| self.pods.get(id))
+    }
+
+    pub fn pod(&self, key: &ObjectKey) -> Option<&Pod> {
+        self.pods.get(*self.pod_ids.get(key)?)
+    }
+
+    /// True for an address of any Node, or of this node (host-network endpoints live there).
+    pub fn is_node_address(&self, ip: &IpAddr) -> bool {
+        self.node_ips.contains_key(ip) || self.local_ips.contains(ip)
+    }
+
+    /// Addresses on which this node serves NodePorts.
+    pub fn local_addresses(&self) -> impl Iterator<Item = &IpAddr> {
+        self.local_ips.iter()
+    }
+
+    // --- reducing API objects ----------------------------------------------------------------
+
+    fn reduce(&mut self, obj: &Object) -> Result<Entry> {
+        let pool = &mut self.pool;
+        Ok(match obj {
+            Object::Service(o) => Entry::Service(Service::from_api(o, pool)?),
+            Object::EndpointSlice(o) => match Slice::from_api(o, pool)? {
+                Some(s) => Entry::Slice(s),
+                None => Entry::IgnoredSlice(meta::key(&o.metadata, Kind::EndpointSlice, pool)?),
+            },
+            Object::Node(o) => Entry::Node(Node::from_api(o, pool)?),
+            Object::ServiceCidr(o) => Entry::ServiceCidr(ServiceCidr::from_api(o, pool)?),
+            Object::Pod(o) => Entry::Pod(Pod::from_api(o, pool)?),
+        })
+    }
+
+    /// Kind, key and uid: enough to delete, even for an object that would not reduce.
+    fn identify(&mut self, obj: &Object) -> Result<(Kind, ObjectKey, Option<Uid>)> {
+        let kind = obj.kind();
+        let m = match obj {
+            Object::Service(o) => &o.metadata,
+            Object::EndpointSlice(o) => &o.metadata,
+            Object::Node(o) => &o.metadata,
+            Object::ServiceCidr(o) => &o.metadata,
+            Object::Pod(o) => &o.metadata,
+        };
+        Ok((
+            kind,
+            meta::key(m, kind, &mut self.pool)?,
+            meta::uid(m, &mut self.pool),
+        ))
+    }
+
+    // --- upserts and removals -----------------------------------------------------------------
+
+    fn upsert(&mut self, entry: Entry, now: Timestamp, changes: &mut Changes) {
+        match entry {
+            Entry::Service(s) => self.upsert_service(s),
+            Entry::Slice(s) => {
+                let key = s.key.clone();
+                self.replace_slice(&key, Some(s), now, changes);
+            }
+            Entry::IgnoredSlice(key) => self.replace_slice(&key, None, now, changes),
+            Entry::Node(n) => self.upsert_node(n),
+            Entry::ServiceCidr(c) => {
+                self.cidr_objects.insert(c.key, c.cidrs);
+                self.refresh_cidrs();
+            }
+            Entry::Pod(p) => self.upsert_pod(p),
+        }
+    }
+
+    fn remove(
+        &mut self,
+        kind: Kind,
+        key: &ObjectKey,
+        uid: Option<&Uid>,
+        now: Timestamp,
+        changes: &mut Changes,
+    ) {
+        // A delete for an older incarnation (same name, other uid) must not remove the new one.
+        let stale = |stored: Option<&Uid>| matches!((stored, uid), (Some(a), Some(b)) if a != b);
+        match kind {
+            Kind::Service => {
+                let Some(&id) = self.service_ids.get(key) else {
+                    return;
+                };
+                if stale(self.services.get(id).and_then(|s| s.uid.as_ref())) {
+                    return;
+                }
+                self.service_ids.remove(key);
+                if let Some(old) = self.services.remove(id) {
+                    self.unlink_frontends(id, &old);
+                    changes.services_removed.push(old.key);
+                }
+            }
+            Kind::EndpointSlice => {
+                let Some(&id) = self.slice_ids.get(key) else {
+                    return;
+                };
+                if stale(self.slices.get(id).and_then(|s| s.uid.as_ref())) {
+                    return;
+                }
+                self.replace_slice(key, None, now, changes);
+            }
+            Kind::Pod => {
+                let Some(&id) = self.pod_ids.get(key) else {
+                    return;
+                };
+                if stale(self.pods.get(id).and_then(|p| p.uid.as_ref())) {
+                    return;
+                }
+                self.pod_ids.remove(key);
+                if let Some(old) = self.pods.remove(id) {
+                    self.unlink_pod(id, &old);
+                }
+            }
+            Kind::Node => {
+                if let Some(old) = self.nodes.remove(key) {
+                    self.count_node_ips(&old, false);
+                    if self.is_this_node(key) {
+                        self.refresh_local_ips();
+                    }
+                }
+            }
+            Kind::ServiceCidr => {
+                if self.cidr_objects.remove(key).is_some() {
+                    self.refresh_cidrs();
+                }
+            }
+        }
+        self.removals_since_purge += 1;
+        if self.removals_since_purge > 1024 && self.removals_since_purge > self.pool.len() / 4 {
+            self.pool.purge();
+            self.removals_since_purge = 0;
+        }
+    }
+
+    fn finish_relist(&mut self, kind: Kind, relist: Relist, now: Timestamp, changes: &mut Changes) {
+        let listed: HashSet<&ObjectKey> = relist
+            .entries
+            .iter()
+            .map(Entry::key)
+            .chain(&relist.rejected)
+            .collect();
+        let current: Vec<ObjectKey> = match kind {
+            Kind::Service => self.service_ids.keys().cloned().collect(),
+            Kind::EndpointSlice => self.slice_ids.keys().cloned().collect(),
+            Kind::Pod => self.pod_ids.keys().cloned().collect(),
+            Kind::Node => self.nodes.keys().cloned().collect(),
+            Kind::ServiceCidr => self.cidr_objects.keys().cloned().collect(),
+        };
+        let gone: Vec<ObjectKey> = current
+            .into_iter()
+            .filter(|k| !listed.contains(k))
+            .collect();
+        drop(listed);
+        let mut local = Changes::default();
+        for key in &gone {
+            self.remove(kind, key, None, now, &mut local);
+        }
+        for entry in relist.entries {
+            self.upsert(entry, now, &mut local);
+        }
+        // An endpoint that moved between two slices during the relist shows up as removed and
+        // added again: neither happened.
+        let removed: HashSet<(ObjectKey, IpAddr)> =
+            local.endpoints_removed.iter().cloned().collect();
+        let added: HashSet<(ObjectKey, IpAddr)> = local.endpoints_added.iter().cloned().collect();
+        local.endpoints_removed.retain(|x| !added.contains(x));
+        local.endpoints_added.retain(|x| !removed.contains(x));
+        changes.extend(local);
+        self.pool.purge();
+    }
+
+    fn upsert_service(&mut self, s: Service) {
+        let id = match self.service_ids.get(&s.key) {
+            Some(&id) => {
+                if let Some(old) = self.services.get(id).cloned() {
+                    self.unlink_frontends(id, &old);
+                }
+                if let Some(slot) = self.services.get_mut(id) {
+                    *slot = s;
+                }
+                id
+            }
+            None => {
+                let key = s.key.clone();
+                let id = self.services.insert(s);
+                self.service_ids.insert(key, id);
+                id
+            }
+        };
+        let Some(s) = self.services.get(id) else {
+            return;
+        };
+        for (i, p) in s.ports.iter().enumerate() {
+            let Ok(port) = u16::try_from(i) else { break };
+            for &(ip, kind) in &s.frontends {
+                let key = FrontendKey {
+                    ip,
+                    port: p.port,
+                    protocol: p.protocol,
+                };
+                let r = PortRef {
+                    service: id,
+                    port,
+                    kind,
+                };
+                push(&mut self.frontends, key, r);
+            }
+            if let (Some(np), None) = (p.node_port, s.not_proxied) {
+                let r = PortRef {
+                    service: id,
+                    port,
+                    kind: FrontendKind::NodePort,
+                };
+                push(&mut self.node_ports, (np, p.protocol), r);
+            }
+        }
+    }
+
+    fn unlink_frontends(&mut self, id: u32, s: &Service) {
+        for p in &s.ports {
+            for &(ip, _) in &s.frontends {
+                let key = FrontendKey {
+                    ip,
+                    port: p.port,
+                    protocol: p.protocol,
+                };
+                pull(&mut self.frontends, key, |r| r.service == id);
+            }
+            if let Some(np) = p.node_port {
+                pull(&mut self.node_ports, (np, p.protocol), |r| r.service == id);
+            }
+        }
+    }
+
+    /// Replaces (or removes, with `None`) the slice `key`, recording tombstones for IPs that left
+    /// every slice of their Service and reviving those that came back.
+    fn replace_slice(
+        &mut self,
+        key: &ObjectKey,
+        new: Option<Slice>,
+        now: Timestamp,
+        changes: &mut Changes,
+    ) {
+        let old_id = self.slice_ids.get(key).copied();
+        // (service, ip) pairs whose membership may change, and whether they were members before.
+        let mut affected: Vec<(ObjectKey, IpAddr, bool)> = Vec::new();
+        let mut seen = HashSet::new();
+        let old_slice = old_id.and_then(|id| self.slices.get(id));
+        for s in old_slice.into_iter().chain(new.as_ref()) {
+            for e in &s.endpoints {
+                if seen.insert((s.service.clone(), e.ip)) {
+                    let was = self.lists(&s.service, &e.ip);
+                    affected.push((s.service.clone(), e.ip, was));
+                }
+            }
+        }
+
+        let old = old_id.and_then(|id| {
+            let old = self.slices.remove(id)?;
+            self.unlink_slice(id, &old);
+            self.slice_ids.remove(key);
+            Some(old)
+        });
+        if let Some(s) = new {
+            let id = self.slices.insert(s);
+            self.slice_ids.insert(key.clone(), id);
+            self.link_slice(id);
+        }
+
+        for (service, ip, was) in affected {
+            let is = self.lists(&service, &ip);
+            if was && !is {
+                let last = old
+                    .as_ref()
+                    .filter(|s| s.service == service)
+                    .and_then(|s| Some((s, s.endpoints.iter().find(|e| e.ip == ip)?)));
+                if let Some((s, e)) = last {
+                    self.tombstones.bury(Tombstone {
+                        service: service.clone(),
+                        ip,
+                        ports: s.ports.clone(),
+                        pod: e.pod.clone(),
+                        conditions: e.conditions,
+                        managed: s.managed && e.pod.is_some(),
+                        removed_at: now,
+                        pod_gone: false,
+                    });
+                    changes.endpoints_removed.push((service, ip));
+                }
+            } else if !was && is {
+                self.tombstones.revive(&service, &ip);
+                changes.endpoints_added.push((service, ip));
+            }
+        }
+    }
+
+    /// True when some slice of `service` lists `ip`.
+    fn lists(&self, service: &ObjectKey, ip: &IpAddr) -> bool {
+        self.endpoints_at(ip).any(|v| v.slice.service == *service)
+    }
+
+    fn link_slice(&mut self, id: u32) {
+        let Some(s) = self.slices.get(id) else { return };
+        for (i, e) in s.endpoints.iter().enumerate() {
+            let r = EndpointRef {
+                slice: id,
+                endpoint: i as u32,
+            };
+            push(&mut self.by_ip, e.ip, r);
+        }
+        let group = self.slices_of.entry(s.service.clone()).or_default();
+        group.ids.push(id);
+        group.proving_nothing += u32::from(s.proves_nothing());
+    }
+
+    fn unlink_slice(&mut self, id: u32, s: &Slice) {
+        for e in &s.endpoints {
+            pull(&mut self.by_ip, e.ip, |r| r.slice == id);
+        }
+        if let Some(group) = self.slices_of.get_mut(&s.service) {
+            group.ids.retain(|&i| i != id);
+            group.proving_nothing -= u32::from(s.proves_nothing());
+            if group.ids.is_empty() {
+                self.slices_of.remove(&s.service);
+            }
+        }
+    }
+
+    fn upsert_pod(&mut self, p: Pod) {
+        let id = match self.pod_ids.get(&p.key) {
+            Some(&id) => {
+                if let Some(old) = self.pods.get(id).cloned() {
+                    self.unlink_pod(id, &old);
+                }
+                if let Some(slot) = self.pods.get_mut(id) {
+                    *slot = p;
+                }
+                id
+            }
+            None => {
+                let key = p.key.clone();
+                let id = self.pods.insert(p);
+                self.pod_ids.insert(key, id);
+                id
+            }
+        };
+        let ips = self.pods.get(id).map(|p| p.ips.clone()).unwrap_or_default();
+        for ip in ips {
+            push(&mut self.pods_by_ip, ip, id);
+        }
+    }
+
+    fn unlink_pod(&mut self, id: u32, p: &Pod) {
+        for ip in &p.ips {
+            pull(&mut self.pods_by_ip, *ip, |&i| i == id);
+        }
+    }
+
+    fn upsert_node(&mut self, n: Node) {
+        self.count_node_ips(&n, true);
+        let this = self.is_this_node(&n.key);
+        if let Some(old) = self.nodes.insert(n.key.clone(), n) {
+            self.count_node_ips(&old, false);
+        }
+        if this {
+            self.refresh_local_ips();
+        }
+    }
+
+    fn is_this_node(&self, key: &ObjectKey) -> bool {
+        self.node_name.as_ref() == Some(&key.name)
+    }
+
+    fn count_node_ips(&mut self, n: &Node, add: bool) {
+        for ip in &n.addresses {
+            if add {
+                *self.node_ips.entry(*ip).or_default() += 1;
+            } else if let Some(c) = self.node_ips.get_mut(ip) {
+                *c -= 1;
+                if *c == 0 {
+                    self.node_ips.remove(ip);
+                }
+            }
+        }
+    }
+
+    fn refresh_local_ips(&mut self) {
+        let node = self.node_name.as_ref().and_then(|name| {
+            self.nodes.get(&ObjectKey {
+                namespace: Name::new(""),
+                name: name.clone(),
+            })
+        });
+        self.local_ips = self
+            .configured_local
+            .iter()
+            .chain(node.into_iter().flat_map(|n| &n.addresses))
+            .copied()
+            .collect();
+    }
+
+    fn refresh_cidrs(&mut self) {
+        let mut cidrs = self.configured_cidrs.clone();
+        for c in self.cidr_objects.values().flatten() {
+            if !cidrs.contains(c) {
+                cidrs.push(*c);
+            }
+        }
+        self.cidrs = cidrs;
+    }
+}
+
+impl std::fmt::Debug for Index {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Index")
+            .field("counts", &self.counts())
+            .field("snapshot_time", &self.snapshot_time)
+            .field("pods_complete", &self.pods_complete)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Sizes of an index.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub services: usize,
+    pub slices: usize,
+    pub endpoints: usize,
+    pub pods: usize,
+    pub nodes: usize,
+    pub tombstones: usize,
+}
+
+fn push<K: std::hash::Hash + Eq, V: Copy + PartialEq>(
+    map: &mut HashMap<K, OneOrMany<V>>,
+    key: K,
+    v: V,
+) {
+    match map.entry(key) {
+        std::collections::hash_map::Entry::Occupied(mut o) => o.get_mut().push(v),
+        std::collections::hash_map::Entry::Vacant(e) => {
+            e.insert(OneOrMany::One(v));
+        }
+    }
+}
+
+fn pull<K: std::hash::Hash + Eq, V: Copy + PartialEq>(
+    map: &mut HashMap<K, OneOrMany<V>>,
+    key: K,
+    pred: impl Fn(&V) -> bool,
+) {
+    if let Some(vs) = map.get_mut(&key) {
+        if vs.remove_where(pred) {
+            map.remove(&key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_can_be_shared_between_threads() {
+        fn shared<T: Send + Sync>() {}
+        shared::<Index>();
+    }
+}

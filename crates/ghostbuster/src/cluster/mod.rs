@@ -1,0 +1,31 @@
+//! The cluster model: Services, EndpointSlices, Nodes, ServiceCIDRs and Pods, reduced to a compact
+//! [`Index`] that answers the classifier's questions, fed by [`Index::apply`] from files
+//! ([`file`]) or, in the agent, from watches.
+
+mod cidr;
+mod error;
+mod event;
+pub mod file;
+mod index;
+mod meta;
+mod model;
+mod name;
+mod node;
+mod one_or_many;
+mod pod;
+mod service;
+mod slab;
+mod slice;
+mod tombstone;
+
+pub use cidr::{Cidr, CidrError};
+pub use error::{Error, Result};
+pub use event::{Event, Kind, Object};
+pub use index::{Changes, Counts, EndpointView, FrontendMatch, Index, IndexConfig};
+pub use model::{Conditions, IpFamilies, IpFamily, ObjectKey, PodTarget, Protocol, Uid};
+pub use name::{Name, NamePool};
+pub use node::{Node, ServiceCidr};
+pub use pod::{Pod, PodPhase};
+pub use service::{FrontendKind, NotProxied, Service, ServicePort};
+pub use slice::{Endpoint, Slice, SlicePort, POD_CONTROLLER};
+pub use tombstone::{Tombstone, Tombstones};

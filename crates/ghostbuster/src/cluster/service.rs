@@ -1,0 +1,194 @@
+//! A Service as kube-proxy programs it: its frontends and ports, nothing else.
+//!
+//! Follows pkg/proxy/servicechangetracker.go and serviceport.go: every `spec.clusterIPs` entry,
+//! `spec.externalIPs` and `status.loadBalancer.ingress[].ip` (unless `ipMode: Proxy`, where the
+//! load balancer proxies and no DNAT to the VIP happens on the node), each only in the families the
+//! Service has a ClusterIP in (a per-family proxier skips a Service without a ClusterIP of its
+//! family). NodePorts are kept per port and matched against node addresses at lookup time.
+
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1 as api;
+use serde::Serialize;
+
+use super::error::{Error, Result};
+use super::event::Kind;
+use super::meta;
+use super::model::{IpFamilies, IpFamily, ObjectKey, Protocol, Uid};
+use super::name::{Name, NamePool};
+
+const LABEL_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
+const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
+
+/// How a flow's destination reached a Service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FrontendKind {
+    ClusterIp,
+    NodePort,
+    ExternalIp,
+    LoadBalancer,
+}
+
+/// Why kube-proxy does not program a Service (pkg/proxy/util `ShouldSkipService` and the label
+/// selector of kube-proxy's informers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotProxied {
+    Headless,
+    ExternalName,
+    ProxyNameLabel,
+    HeadlessLabel,
+}
+
+/// One `spec.ports[]` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePort {
+    /// `""` for an unnamed port; slices name their ports after it.
+    pub name: Name,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub node_port: Option<u16>,
+}
+
+/// The compact form of a Service.
+#[derive(Clone, Debug)]
+pub struct Service {
+    pub key: ObjectKey,
+    pub uid: Option<Uid>,
+    /// `Some` when kube-proxy ignores the Service: it has no frontends then.
+    pub not_proxied: Option<NotProxied>,
+    /// A Service without selector gets its endpoints from someone else (manual Endpoints mirrored
+    /// into slices, a custom controller): their disappearance proves nothing about a pod.
+    pub has_selector: bool,
+    /// Families of the ClusterIPs.
+    pub families: IpFamilies,
+    /// Address frontends (ClusterIPs, external IPs, load-balancer IPs), already family-filtered.
+    pub frontends: Vec<(IpAddr, FrontendKind)>,
+    pub ports: Vec<ServicePort>,
+}
+
+impl Service {
+    /// `default/kubernetes`: its endpoints are the API servers, maintained by the API server itself.
+    pub fn is_api_server(&self) -> bool {
+        &*self.key.namespace == "default" && &*self.key.name == "kubernetes"
+    }
+
+    /// Converts an API Service; rejects what the API server would never have stored.
+    pub fn from_api(svc: &api::Service, pool: &mut NamePool) -> Result<Self> {
+        let key = meta::key(&svc.metadata, Kind::Service, pool)?;
+        let invalid = |reason: String| Error::invalid(Kind::Service, &key, reason);
+        let spec = svc
+            .spec
+            .as_ref()
+            .ok_or_else(|| invalid("has no spec".into()))?;
+
+        let labelled = |l| meta::label(&svc.metadata, l).is_some();
+        let cluster_ips: Vec<&str> = match (&spec.cluster_ips, &spec.cluster_ip) {
+            (Some(ips), _) if !ips.is_empty() => ips.iter().map(String::as_str).collect(),
+            (_, Some(ip)) if !ip.is_empty() => vec![ip.as_str()],
+            _ => Vec::new(),
+        };
+        let not_proxied = if spec.type_.as_deref() == Some("ExternalName") {
+            Some(NotProxied::ExternalName)
+        } else if cluster_ips.first() == Some(&"None") {
+            Some(NotProxied::Headless)
+        } else if labelled(LABEL_PROXY_NAME) {
+            Some(NotProxied::ProxyNameLabel)
+        } else if labelled(LABEL_HEADLESS) {
+            Some(NotProxied::HeadlessLabel)
+        } else {
+            None
+        };
+
+        let mut ports = Vec::new();
+        for (i, p) in spec.ports.iter().flatten().enumerate() {
+            let port = port_number(p.port).ok_or_else(|| {
+                invalid(format!("spec.ports[{i}].port {} is not 1-65535", p.port))
+            })?;
+            let protocol = Protocol::from_k8s(p.protocol.as_deref()).ok_or_else(|| {
+                invalid(format!(
+                    "spec.ports[{i}].protocol {:?} is not TCP, UDP or SCTP",
+                    p.protocol.as_deref().unwrap_or_default()
+                ))
+            })?;
+            let node_port = match p.node_port {
+                None | Some(0) => None,
+                Some(n) => Some(port_number(n).ok_or_else(|| {
+                    invalid(format!("spec.ports[{i}].nodePort {n} is not 1-65535"))
+                })?),
+            };
+            ports.push(ServicePort {
+                name: pool.intern(p.name.as_deref().unwrap_or_default()),
+                port,
+                protocol,
+                node_port,
+            });
+        }
+
+        let mut svc_out = Service {
+            key: key.clone(),
+            uid: meta::uid(&svc.metadata, pool),
+            not_proxied,
+            has_selector: spec.selector.as_ref().is_some_and(|s| !s.is_empty()),
+            families: IpFamilies::default(),
+            frontends: Vec::new(),
+            ports,
+        };
+        if not_proxied.is_some() {
+            return Ok(svc_out);
+        }
+        if cluster_ips.is_empty() {
+            return Err(invalid(
+                "spec.clusterIP is missing (was the object exported from the API server?)".into(),
+            ));
+        }
+        if svc_out.ports.is_empty() {
+            return Err(invalid("spec.ports is empty".into()));
+        }
+        for (i, ip) in cluster_ips.iter().enumerate() {
+            let ip: IpAddr = ip.parse().map_err(|_| {
+                invalid(format!("spec.clusterIPs[{i}] {ip:?} is not an IP address"))
+            })?;
+            svc_out.families.insert(IpFamily::of(&ip));
+            svc_out.frontends.push((ip, FrontendKind::ClusterIp));
+        }
+        for (i, ip) in spec.external_ips.iter().flatten().enumerate() {
+            let ip: IpAddr = ip.parse().map_err(|_| {
+                invalid(format!("spec.externalIPs[{i}] {ip:?} is not an IP address"))
+            })?;
+            svc_out.push_frontend(ip, FrontendKind::ExternalIp);
+        }
+        let ingress = svc
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref());
+        for (i, ing) in ingress.into_iter().flatten().enumerate() {
+            let Some(ip) = ing.ip.as_deref().filter(|ip| !ip.is_empty()) else {
+                continue; // hostname-only ingress: no VIP on the node
+            };
+            if ing.ip_mode.as_deref() == Some("Proxy") {
+                continue;
+            }
+            let ip: IpAddr = ip.parse().map_err(|_| {
+                invalid(format!(
+                    "status.loadBalancer.ingress[{i}].ip {ip:?} is not an IP address"
+                ))
+            })?;
+            svc_out.push_frontend(ip, FrontendKind::LoadBalancer);
+        }
+        Ok(svc_out)
+    }
+
+    fn push_frontend(&mut self, ip: IpAddr, kind: FrontendKind) {
+        if self.families.contains(IpFamily::of(&ip))
+            && !self.frontends.iter().any(|(a, _)| *a == ip)
+        {
+            self.frontends.push((ip, kind));
+        }
+    }
+}
+
+pub(crate) fn port_number(p: i32) -> Option<u16> {
+    u16::try_from(p).ok().filter(|&p| p != 0)
+}

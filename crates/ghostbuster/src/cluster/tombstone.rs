@@ -1,0 +1,117 @@
+//! Tombstones: endpoints that left every slice of their Service, remembered for a while.
+//!
+//! Since Kubernetes 1.26 a terminating pod stays in its slices (`terminating: true`) until the pod
+//! object is deleted, so an endpoint that leaves *every* slice of its Service means the pod is gone
+//! or no longer selected. That moment is the agent's strongest evidence; a snapshot cannot see it.
+//! The agent confirms with one GET of the pod named here before removing TCP flows, and skips the
+//! GET when the endpoint was last seen terminating.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use jiff::Timestamp;
+use serde::Serialize;
+
+use super::model::{Conditions, ObjectKey, PodTarget};
+use super::slice::SlicePort;
+
+/// An endpoint that left every slice of its Service.
+#[derive(Clone, Debug, Serialize)]
+pub struct Tombstone {
+    pub service: ObjectKey,
+    pub ip: IpAddr,
+    /// The ports of the slice it was last listed in.
+    #[serde(skip)]
+    pub ports: Vec<SlicePort>,
+    pub pod: Option<PodTarget>,
+    /// Its conditions when last listed.
+    pub conditions: Conditions,
+    /// Listed by the pod controller with a Pod `targetRef`: its removal says something about a pod.
+    pub managed: bool,
+    pub removed_at: Timestamp,
+    /// Set by the agent once the API server confirmed the pod is gone (404, other uid or IP).
+    pub pod_gone: bool,
+}
+
+impl Tombstone {
+    /// The endpoint was draining when it left: its removal means the pod object was deleted.
+    pub fn was_terminating(&self) -> bool {
+        self.conditions.terminating()
+    }
+}
+
+/// Tombstones by backend IP.
+#[derive(Default, Debug)]
+pub struct Tombstones {
+    by_ip: HashMap<IpAddr, Vec<Tombstone>>,
+    len: usize,
+}
+
+impl Tombstones {
+    /// Every tombstone at `ip` (one per Service the IP left).
+    pub fn at(&self, ip: &IpAddr) -> &[Tombstone] {
+        self.by_ip.get(ip).map_or(&[], Vec::as_slice)
+    }
+
+    pub fn get(&self, service: &ObjectKey, ip: &IpAddr) -> Option<&Tombstone> {
+        self.at(ip).iter().find(|t| t.service == *service)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Tombstone> {
+        self.by_ip.values().flatten()
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Records `t`, replacing an older tombstone of the same service and IP.
+    pub(crate) fn bury(&mut self, t: Tombstone) {
+        let list = self.by_ip.entry(t.ip).or_default();
+        if let Some(old) = list.iter_mut().find(|o| o.service == t.service) {
+            *old = t;
+        } else {
+            list.push(t);
+            self.len += 1;
+        }
+    }
+
+    /// Forgets the tombstone of `service` at `ip`: the IP is an endpoint of it again.
+    pub(crate) fn revive(&mut self, service: &ObjectKey, ip: &IpAddr) {
+        if let Some(list) = self.by_ip.get_mut(ip) {
+            let before = list.len();
+            list.retain(|t| t.service != *service);
+            self.len -= before - list.len();
+            if list.is_empty() {
+                self.by_ip.remove(ip);
+            }
+        }
+    }
+
+    /// Drops tombstones recorded before `cutoff`; returns how many.
+    pub fn expire(&mut self, cutoff: Timestamp) -> usize {
+        let before = self.len;
+        self.by_ip.retain(|_, list| {
+            list.retain(|t| t.removed_at >= cutoff);
+            !list.is_empty()
+        });
+        self.len = self.by_ip.values().map(Vec::len).sum();
+        before - self.len
+    }
+
+    /// Marks the tombstones at `ip` that name pod `pod_name` as confirmed gone; returns how many.
+    pub fn mark_pod_gone(&mut self, ip: &IpAddr, pod_name: &str) -> usize {
+        let mut n = 0;
+        for t in self.by_ip.get_mut(ip).into_iter().flatten() {
+            if t.pod.as_ref().is_some_and(|p| &*p.name == pod_name) {
+                t.pod_gone = true;
+                n += 1;
+            }
+        }
+        n
+    }
+}

@@ -1,0 +1,80 @@
+//! Shared by the real-kernel tests: the root/tool gate and conntrack listing through the
+//! `conntrack` tool (test code only; the product uses ctnetlink).
+
+#![allow(dead_code)]
+
+use std::process::Command;
+
+/// True when the test may run. Outside CI a missing privilege or tool is a skip with a printed
+/// reason; in CI (`CI` set) it is a failure, so a green CI run always means the tests ran.
+pub fn lab_available(test: &str) -> bool {
+    let mut missing = Vec::new();
+    if !netlab::is_root() {
+        missing.push("root (CAP_NET_ADMIN + CAP_SYS_ADMIN)".to_string());
+    }
+    for (tool, package) in [
+        ("ip", "iproute2"),
+        ("nft", "nftables"),
+        ("conntrack", "conntrack"),
+    ] {
+        let found = Command::new(tool)
+            .arg(if tool == "ip" { "-V" } else { "--version" })
+            .output()
+            .is_ok();
+        if !found {
+            missing.push(format!("`{tool}` (apt-get install {package})"));
+        }
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let reason = format!("{test} needs {}", missing.join(", "));
+    if std::env::var_os("CI").is_some() {
+        panic!("{reason}; in CI this is a failure, not a skip");
+    }
+    eprintln!("SKIP {reason}");
+    false
+}
+
+/// `conntrack -L` lines of namespace `netns` (`-f ipv6` when `v6`).
+pub fn conntrack_list(netns: &str, v6: bool) -> Vec<String> {
+    let mut args = vec!["netns", "exec", netns, "conntrack", "-L"];
+    if v6 {
+        args.extend(["-f", "ipv6"]);
+    }
+    let out = Command::new("ip")
+        .args(&args)
+        .output()
+        .expect("run conntrack -L");
+    assert!(
+        out.status.success(),
+        "conntrack -L failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Deletes the entries whose reply source is `backend` (`conntrack -D --reply-src`), the manual
+/// fix from the seeds; returns how many went.
+pub fn conntrack_delete_backend(netns: &str, backend: &str) -> usize {
+    let mut args = vec![
+        "netns",
+        "exec",
+        netns,
+        "conntrack",
+        "-D",
+        "--reply-src",
+        backend,
+    ];
+    if backend.contains(':') {
+        args.extend(["-f", "ipv6"]);
+    }
+    let out = Command::new("ip")
+        .args(&args)
+        .output()
+        .expect("run conntrack -D");
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}

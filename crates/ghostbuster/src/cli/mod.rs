@@ -5,9 +5,12 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::exit::ExitCode;
 
 pub mod audit;
+pub mod cluster_args;
 pub mod completions;
+pub mod explain;
 pub mod filter_args;
 pub mod list;
+pub mod scan;
 pub mod stats;
 
 /// Find and remove stale conntrack flows left behind by Kubernetes Service endpoint changes.
@@ -29,6 +32,12 @@ pub enum Command {
     Stats(stats::StatsArgs),
     /// Audit conntrack sysctls against what Kubernetes nodes need.
     Audit(audit::AuditArgs),
+    /// Find flows whose Service backend is gone (read-only).
+    Scan(scan::ScanArgs),
+    /// Scan, then remove the stale flows that are safe to remove (exact deletes).
+    Sweep(scan::SweepArgs),
+    /// Show the verdict for one flow or IP and every rule it passed through.
+    Explain(explain::ExplainArgs),
     /// Print shell completions.
     Completions(completions::CompletionsArgs),
 }
@@ -48,6 +57,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::List(a) => list::run(a),
         Command::Stats(a) => stats::run(a),
         Command::Audit(a) => audit::run(a),
+        Command::Scan(a) => scan::run_scan(a),
+        Command::Sweep(a) => scan::run_sweep(a),
+        Command::Explain(a) => explain::run(a),
         Command::Completions(a) => completions::run(a),
     }
 }

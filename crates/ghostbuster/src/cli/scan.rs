@@ -1,0 +1,371 @@
+//! `ghostbuster scan` (report) and `ghostbuster sweep` (report, then remove what is removable).
+//!
+//! Order matters for safety: the cluster view is loaded and validated first (bad input exits 2
+//! before the kernel is touched), then one dump is classified, then the removable flows are
+//! deleted exactly (tuple + zone + id), in batches.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use anyhow::Context;
+use clap::Args;
+use ctnetlink::{Conntrack, Filter};
+use serde::ser::{SerializeMap, Serializer};
+use serde::Serialize;
+
+use super::cluster_args::{ClusterArgs, PolicyArgs};
+use super::Output;
+use crate::exit::{input_error, ExitCode};
+use crate::render;
+use crate::scan::{scan, Finding, ScanReport};
+use crate::sweep::{sweep, Outcome, SweepTotals};
+use crate::verdict::{Evidence, VerdictKind};
+
+#[derive(Debug, Args)]
+pub struct ScanArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    /// table (grouped by service), wide (every flow that is not healthy), or json.
+    #[arg(long, short = 'o', value_enum, default_value = "table")]
+    pub output: Output,
+    /// Exit 1 when removable flows exist (scan) or remain (sweep).
+    #[arg(long)]
+    pub exit_code: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SweepArgs {
+    #[command(flatten)]
+    pub scan: ScanArgs,
+    /// Report what would be removed, remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// One finding as the shared flow object plus verdict fields (and `result` in a sweep).
+struct FindingJson<'a> {
+    finding: &'a Finding,
+    outcome: Option<Outcome>,
+}
+
+impl Serialize for FindingJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let v = &self.finding.verdict;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("verdict", &v.kind)?;
+        m.serialize_entry("evidence", &v.evidence)?;
+        m.serialize_entry("half_open", &v.half_open)?;
+        m.serialize_entry("removable", &v.removable)?;
+        m.serialize_entry("kept_because", &v.kept_because)?;
+        render::flow_fields(&mut m, &self.finding.flow)?;
+        m.serialize_entry("service", &v.service)?;
+        m.serialize_entry("backend", &v.backend)?;
+        m.serialize_entry("now_owned_by", &v.now_owned_by)?;
+        m.serialize_entry("reason", &v.reason())?;
+        if let Some(o) = self.outcome {
+            m.serialize_entry("result", o.as_str())?;
+        }
+        m.end()
+    }
+}
+
+#[derive(Serialize)]
+struct Document<'a> {
+    scanned: u64,
+    snapshot_time: String,
+    flows: Vec<FindingJson<'a>>,
+    summary: BTreeMap<&'static str, u64>,
+    #[serde(skip_serializing_if = "Option::is_none", flatten)]
+    sweep: Option<SweepTotals>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dry_run: Option<bool>,
+    elapsed_seconds: f64,
+}
+
+pub fn run_scan(a: ScanArgs) -> anyhow::Result<ExitCode> {
+    run(a, None)
+}
+
+pub fn run_sweep(a: SweepArgs) -> anyhow::Result<ExitCode> {
+    let dry = a.dry_run;
+    run(a.scan, Some(dry))
+}
+
+fn run(a: ScanArgs, sweep_mode: Option<bool>) -> anyhow::Result<ExitCode> {
+    if a.output == Output::Ndjson {
+        return Err(input_error(anyhow::anyhow!(
+            "scan and sweep print table, wide or json"
+        )));
+    }
+    let policy = a.policy.policy().map_err(input_error)?;
+    let loaded = a.cluster.load()?;
+    let mut ct = Conntrack::open_in(a.cluster.netns.as_deref()).context("open conntrack")?;
+    let report = scan(&mut ct, &loaded.index, &policy, &Filter::default())
+        .context("scan the conntrack table")?;
+    if report.dump.malformed > 0 {
+        tracing::warn!(malformed = report.dump.malformed, first = ?report.dump.first_error, "entries that did not parse were skipped");
+    }
+    let (outcomes, totals, first_errno) = match sweep_mode {
+        Some(dry) => {
+            let (o, t, e) = sweep(&mut ct, &report.findings, dry).context("delete stale flows")?;
+            (Some(o), Some(t), e)
+        }
+        None => (None, None, None),
+    };
+    let snapshot = loaded.snapshot_time.to_string();
+    print(
+        &a,
+        &report,
+        &snapshot,
+        outcomes.as_deref(),
+        totals,
+        sweep_mode,
+    )?;
+    if let Some(e) = first_errno {
+        tracing::warn!(
+            "some deletes failed: {}",
+            std::io::Error::from_raw_os_error(e)
+        );
+    }
+    let mut code = ExitCode::Ok;
+    if a.exit_code {
+        let remaining = match (&outcomes, sweep_mode) {
+            (Some(o), Some(false)) => o
+                .iter()
+                .zip(&report.findings)
+                .filter(|(o, f)| f.verdict.removable && **o == Outcome::Failed)
+                .count() as u64,
+            _ => report.removable,
+        };
+        if remaining > 0 {
+            code = code.max(ExitCode::Found);
+        }
+    }
+    if totals.is_some_and(|t| t.failed > 0) {
+        code = code.max(ExitCode::DeleteFailed);
+    }
+    Ok(code)
+}
+
+fn summary(report: &ScanReport) -> BTreeMap<&'static str, u64> {
+    let mut s: BTreeMap<&'static str, u64> = report
+        .counts
+        .iter()
+        .filter(|(k, _)| k.is_stale())
+        .map(|(k, n)| (k.as_str(), *n))
+        .collect();
+    s.insert("removable", report.removable);
+    s
+}
+
+fn print(
+    a: &ScanArgs,
+    report: &ScanReport,
+    snapshot: &str,
+    outcomes: Option<&[Outcome]>,
+    totals: Option<SweepTotals>,
+    sweep_mode: Option<bool>,
+) -> anyhow::Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    match a.output {
+        Output::Json | Output::Ndjson => {
+            let doc = Document {
+                scanned: report.scanned,
+                snapshot_time: snapshot.to_string(),
+                flows: report
+                    .findings
+                    .iter()
+                    .enumerate()
+                    .map(|(i, f)| FindingJson {
+                        finding: f,
+                        outcome: outcomes.map(|o| o[i]),
+                    })
+                    .collect(),
+                summary: summary(report),
+                sweep: totals,
+                dry_run: sweep_mode,
+                elapsed_seconds: report.elapsed.as_secs_f64(),
+            };
+            serde_json::to_writer_pretty(&mut out, &doc)?;
+            writeln!(out)?;
+        }
+        Output::Table => print_table(&mut out, report)?,
+        Output::Wide => print_wide(&mut out, report, outcomes)?,
+    }
+    if a.output != Output::Json {
+        print_footer(&mut out, report, snapshot, totals, sweep_mode)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+type GroupKey = (String, String, VerdictKind);
+
+fn print_table(out: &mut impl Write, report: &ScanReport) -> std::io::Result<()> {
+    // Group by service port and verdict: counts, removable, an example backend, evidence seen.
+    let mut groups: BTreeMap<GroupKey, (u64, u64, String, Vec<Evidence>, Option<&'static str>)> =
+        BTreeMap::new();
+    for f in &report.findings {
+        let v = &f.verdict;
+        let (svc, port) = match &v.service {
+            Some(s) => (
+                format!("{}/{}", s.namespace, s.name),
+                format!(
+                    "{}/{}{}",
+                    s.port,
+                    s.protocol,
+                    if s.port_name.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", s.port_name)
+                    }
+                ),
+            ),
+            None => (
+                "(service gone)".to_string(),
+                format!(
+                    "{}/{}",
+                    f.flow.orig.dport().unwrap_or(0),
+                    f.flow.proto_name()
+                ),
+            ),
+        };
+        let g = groups
+            .entry((svc, port, v.kind))
+            .or_insert_with(|| (0, 0, String::new(), Vec::new(), None));
+        g.0 += 1;
+        g.1 += v.removable as u64;
+        if g.2.is_empty() {
+            g.2 = v
+                .backend
+                .map(|b| render::endpoint(&b.ip, Some(b.port)))
+                .unwrap_or_else(|| render::endpoint(&f.flow.orig.dst, f.flow.orig.dport()));
+        }
+        for e in v.evidence.iter() {
+            if !g.3.contains(&e) {
+                g.3.push(e);
+            }
+        }
+        if !v.removable && g.4.is_none() {
+            g.4 = v.kept_because.map(|k| k.explain());
+        }
+    }
+    if groups.is_empty() {
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<36} {:<22} {:<14} {:>7} {:>9}  {:<28} EVIDENCE",
+        "SERVICE", "PORT", "VERDICT", "FLOWS", "REMOVABLE", "BACKEND (EXAMPLE)"
+    )?;
+    let mut kept_notes = Vec::new();
+    for ((svc, port, kind), (n, r, ex, ev, kept)) in &groups {
+        let ev: Vec<&str> = ev.iter().map(|e| e.as_str()).collect();
+        writeln!(
+            out,
+            "{svc:<36} {port:<22} {:<14} {n:>7} {r:>9}  {ex:<28} {}",
+            kind.as_str(),
+            ev.join(",")
+        )?;
+        if let Some(k) = kept {
+            if !kept_notes.contains(k) {
+                kept_notes.push(*k);
+            }
+        }
+    }
+    for k in kept_notes {
+        writeln!(out, "note: some flows are kept: {k}")?;
+    }
+    Ok(())
+}
+
+fn print_wide(
+    out: &mut impl Write,
+    report: &ScanReport,
+    outcomes: Option<&[Outcome]>,
+) -> std::io::Result<()> {
+    if report.findings.is_empty() {
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<14} {:<9} {:<5} {:<45} {:<28} {:<30} EVIDENCE / WHY",
+        "VERDICT", "ACTION", "PROTO", "ORIGINAL", "BACKEND", "SERVICE"
+    )?;
+    for (i, f) in report.findings.iter().enumerate() {
+        let v = &f.verdict;
+        let action = match outcomes {
+            Some(o) => o[i].as_str(),
+            None if v.removable => "remove",
+            None => "keep",
+        };
+        let o = &f.flow.orig;
+        let svc = v
+            .service
+            .as_ref()
+            .map(|s| format!("{}/{}:{}", s.namespace, s.name, s.port))
+            .unwrap_or_else(|| "-".into());
+        let ev: Vec<&str> = v.evidence.iter().map(|e| e.as_str()).collect();
+        writeln!(
+            out,
+            "{:<14} {:<9} {:<5} {:<45} {:<28} {:<30} {}{}",
+            v.kind.as_str(),
+            action,
+            f.flow.proto_name(),
+            format!(
+                "{} -> {}",
+                render::endpoint(&o.src, o.sport()),
+                render::endpoint(&o.dst, o.dport())
+            ),
+            v.backend
+                .map(|b| render::endpoint(&b.ip, Some(b.port)))
+                .unwrap_or_else(|| "-".into()),
+            svc,
+            ev.join(","),
+            v.kept_because
+                .map(|k| format!(" (kept: {})", k.explain()))
+                .unwrap_or_default(),
+        )?;
+    }
+    Ok(())
+}
+
+fn print_footer(
+    out: &mut impl Write,
+    report: &ScanReport,
+    snapshot: &str,
+    totals: Option<SweepTotals>,
+    sweep_mode: Option<bool>,
+) -> std::io::Result<()> {
+    let stale: u64 = report
+        .counts
+        .iter()
+        .filter(|(k, _)| k.is_stale())
+        .map(|(_, n)| n)
+        .sum();
+    let healthy = report
+        .counts
+        .get(&VerdictKind::Healthy)
+        .copied()
+        .unwrap_or(0);
+    writeln!(
+        out,
+        "\nscanned {} flows in {:.2}s (snapshot {snapshot}): {healthy} healthy service flows, {stale} not healthy, {} removable",
+        report.scanned,
+        report.elapsed.as_secs_f64(),
+        report.removable
+    )?;
+    match (sweep_mode, totals) {
+        (Some(true), _) => writeln!(out, "dry run: nothing was removed")?,
+        (Some(false), Some(t)) => writeln!(
+            out,
+            "removed {} flows ({} already gone, {} failed)",
+            t.deleted, t.already_gone, t.failed
+        )?,
+        _ => {}
+    }
+    Ok(())
+}

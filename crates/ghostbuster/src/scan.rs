@@ -1,0 +1,102 @@
+//! A scan: stream the conntrack table through the classifier and keep only what is not healthy.
+//!
+//! Healthy and non-service flows are counted, never stored, so memory depends on the number of
+//! ghosts, not on the table size.
+
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
+use std::time::{Duration, Instant};
+
+use ctnetlink::{Conntrack, DumpSummary, Filter, Flow};
+use jiff::Timestamp;
+
+use crate::classify::classify;
+use crate::cluster::Index;
+use crate::policy::Policy;
+use crate::verdict::{Verdict, VerdictKind};
+
+/// A flow that is not healthy, with its verdict.
+#[derive(Debug, Clone)]
+pub struct Finding {
+    pub flow: Flow,
+    pub verdict: Verdict,
+}
+
+/// What a scan saw.
+#[derive(Debug)]
+pub struct ScanReport {
+    pub scanned: u64,
+    pub counts: BTreeMap<VerdictKind, u64>,
+    pub removable: u64,
+    pub findings: Vec<Finding>,
+    pub dump: DumpSummary,
+    pub elapsed: Duration,
+    pub now: Timestamp,
+}
+
+impl ScanReport {
+    pub fn removable_findings(&self) -> impl Iterator<Item = &Finding> {
+        self.findings.iter().filter(|f| f.verdict.removable)
+    }
+}
+
+/// Classifies every flow of the table that matches `filter`. `keep` decides which non-healthy
+/// flows are kept in the report (all of them for `scan`; `explain` keeps healthy ones too via
+/// [`classify_matching`]).
+pub fn scan(
+    ct: &mut Conntrack,
+    index: &Index,
+    policy: &Policy,
+    filter: &Filter,
+) -> ctnetlink::Result<ScanReport> {
+    let start = Instant::now();
+    let now = Timestamp::now();
+    let mut counts: BTreeMap<VerdictKind, u64> = BTreeMap::new();
+    let mut findings = Vec::new();
+    let mut scanned = 0u64;
+    let mut removable = 0u64;
+    let dump = ct.dump(filter, |flow| {
+        scanned += 1;
+        let v = classify(flow, index, policy, now);
+        *counts.entry(v.kind).or_insert(0) += 1;
+        if v.kind.is_stale() {
+            removable += v.removable as u64;
+            findings.push(Finding {
+                flow: *flow,
+                verdict: v,
+            });
+        }
+        ControlFlow::Continue(())
+    })?;
+    Ok(ScanReport {
+        scanned,
+        counts,
+        removable,
+        findings,
+        dump,
+        elapsed: start.elapsed(),
+        now,
+    })
+}
+
+/// Classifies every flow for which `select` is true, healthy ones included (for `explain`).
+pub fn classify_matching(
+    ct: &mut Conntrack,
+    index: &Index,
+    policy: &Policy,
+    filter: &Filter,
+    mut select: impl FnMut(&Flow) -> bool,
+) -> ctnetlink::Result<Vec<Finding>> {
+    let now = Timestamp::now();
+    let mut out = Vec::new();
+    ct.dump(filter, |flow| {
+        if select(flow) {
+            out.push(Finding {
+                flow: *flow,
+                verdict: classify(flow, index, policy, now),
+            });
+        }
+        ControlFlow::Continue(())
+    })?;
+    Ok(out)
+}

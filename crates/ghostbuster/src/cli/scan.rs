@@ -204,53 +204,60 @@ fn print(
 
 type GroupKey = (String, String, VerdictKind);
 
+/// One line of the grouped table: a service port and verdict.
+#[derive(Default)]
+struct Group {
+    flows: u64,
+    removable: u64,
+    example: String,
+    evidence: Vec<Evidence>,
+    kept: Option<&'static str>,
+}
+
+fn group_key(f: &Finding) -> GroupKey {
+    let v = &f.verdict;
+    match &v.service {
+        Some(s) => (
+            format!("{}/{}", s.namespace, s.name),
+            if s.port_name.is_empty() {
+                format!("{}/{}", s.port, s.protocol)
+            } else {
+                format!("{}/{} ({})", s.port, s.protocol, s.port_name)
+            },
+            v.kind,
+        ),
+        None => (
+            "(service gone)".to_string(),
+            format!(
+                "{}/{}",
+                f.flow.orig.dport().unwrap_or(0),
+                f.flow.proto_name()
+            ),
+            v.kind,
+        ),
+    }
+}
+
 fn print_table(out: &mut impl Write, report: &ScanReport) -> std::io::Result<()> {
-    // Group by service port and verdict: counts, removable, an example backend, evidence seen.
-    let mut groups: BTreeMap<GroupKey, (u64, u64, String, Vec<Evidence>, Option<&'static str>)> =
-        BTreeMap::new();
+    let mut groups: BTreeMap<GroupKey, Group> = BTreeMap::new();
     for f in &report.findings {
         let v = &f.verdict;
-        let (svc, port) = match &v.service {
-            Some(s) => (
-                format!("{}/{}", s.namespace, s.name),
-                format!(
-                    "{}/{}{}",
-                    s.port,
-                    s.protocol,
-                    if s.port_name.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" ({})", s.port_name)
-                    }
-                ),
-            ),
-            None => (
-                "(service gone)".to_string(),
-                format!(
-                    "{}/{}",
-                    f.flow.orig.dport().unwrap_or(0),
-                    f.flow.proto_name()
-                ),
-            ),
-        };
-        let g = groups
-            .entry((svc, port, v.kind))
-            .or_insert_with(|| (0, 0, String::new(), Vec::new(), None));
-        g.0 += 1;
-        g.1 += v.removable as u64;
-        if g.2.is_empty() {
-            g.2 = v
+        let g = groups.entry(group_key(f)).or_default();
+        g.flows += 1;
+        g.removable += v.removable as u64;
+        if g.example.is_empty() {
+            g.example = v
                 .backend
                 .map(|b| render::endpoint(&b.ip, Some(b.port)))
                 .unwrap_or_else(|| render::endpoint(&f.flow.orig.dst, f.flow.orig.dport()));
         }
         for e in v.evidence.iter() {
-            if !g.3.contains(&e) {
-                g.3.push(e);
+            if !g.evidence.contains(&e) {
+                g.evidence.push(e);
             }
         }
-        if !v.removable && g.4.is_none() {
-            g.4 = v.kept_because.map(|k| k.explain());
+        if !v.removable && g.kept.is_none() {
+            g.kept = v.kept_because.map(|k| k.explain());
         }
     }
     if groups.is_empty() {
@@ -262,17 +269,20 @@ fn print_table(out: &mut impl Write, report: &ScanReport) -> std::io::Result<()>
         "SERVICE", "PORT", "VERDICT", "FLOWS", "REMOVABLE", "BACKEND (EXAMPLE)"
     )?;
     let mut kept_notes = Vec::new();
-    for ((svc, port, kind), (n, r, ex, ev, kept)) in &groups {
-        let ev: Vec<&str> = ev.iter().map(|e| e.as_str()).collect();
+    for ((svc, port, kind), g) in &groups {
+        let ev: Vec<&str> = g.evidence.iter().map(|e| e.as_str()).collect();
         writeln!(
             out,
-            "{svc:<36} {port:<22} {:<14} {n:>7} {r:>9}  {ex:<28} {}",
+            "{svc:<36} {port:<22} {:<14} {:>7} {:>9}  {:<28} {}",
             kind.as_str(),
+            g.flows,
+            g.removable,
+            g.example,
             ev.join(",")
         )?;
-        if let Some(k) = kept {
-            if !kept_notes.contains(k) {
-                kept_notes.push(*k);
+        if let Some(k) = g.kept {
+            if !kept_notes.contains(&k) {
+                kept_notes.push(k);
             }
         }
     }

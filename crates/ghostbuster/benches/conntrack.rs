@@ -9,7 +9,6 @@
 //! Performance figures live here and in docs/performance.md, never in timed tests.
 
 use std::ffi::OsStr;
-use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -38,25 +37,33 @@ struct Sample {
     ok: bool,
 }
 
-/// Runs a command with stdout to /dev/null, returning wall time and the child's peak RSS.
-fn run(cmd: &mut Command) -> Sample {
-    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+/// Runs a command with stdout to /dev/null under GNU time, returning wall time and the child's
+/// peak RSS. (wait4's ru_maxrss would include this process's own footprint copied at fork.)
+fn run(cmd: &Command) -> Sample {
+    let rss_file = std::env::temp_dir().join(format!("gb-bench-rss-{}", std::process::id()));
+    let mut timed = Command::new("/usr/bin/time");
+    timed
+        .arg("-o")
+        .arg(&rss_file)
+        .args(["-f", "%M"])
+        .arg(cmd.get_program())
+        .args(cmd.get_args())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     let start = Instant::now();
-    let child = cmd.spawn().expect("spawn");
-    let pid = child.id() as i32;
-    let mut status = 0;
-    // SAFETY: rusage is plain data; wait4 fills it for our own child.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: pid is our child; status and ru are valid for writes.
-    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+    let status = timed
+        .status()
+        .expect("run /usr/bin/time (apt-get install time)");
     let wall = start.elapsed();
-    assert!(rc == pid, "wait4 failed");
-    let st = std::process::ExitStatus::from_raw(status);
-    std::mem::forget(child); // already reaped
+    let rss_kib = std::fs::read_to_string(&rss_file)
+        .ok()
+        .and_then(|s| s.lines().last().and_then(|l| l.trim().parse().ok()))
+        .unwrap_or(0);
+    let _ = std::fs::remove_file(&rss_file);
     Sample {
         wall,
-        rss_kib: ru.ru_maxrss as u64,
-        ok: st.success(),
+        rss_kib,
+        ok: status.success(),
     }
 }
 
@@ -75,7 +82,7 @@ fn bench(name: &str, runs: usize, mut make: impl FnMut() -> Command) -> Row {
     let mut walls = Vec::new();
     let mut rss = 0;
     for _ in 0..runs {
-        let s = run(&mut make());
+        let s = run(&make());
         assert!(s.ok, "{name} failed");
         walls.push(s.wall);
         rss = rss.max(s.rss_kib);
@@ -169,6 +176,13 @@ fn one_size(n: usize, runs: usize) {
         truth.created as f64 / fill.as_secs_f64()
     );
     let name = ns.name().to_string();
+    let f = dir.join("cluster.json").to_string_lossy().to_string();
+    let mut stale = Vec::new();
+    bulk::for_each_flow(&spec, &cluster, |p| {
+        if p.stale {
+            stale.push(p.flow);
+        }
+    });
     let mut rows = vec![
         bench("conntrack -L > /dev/null", runs, || {
             in_ns(&name, &["conntrack", "-L"])
@@ -181,19 +195,42 @@ fn one_size(n: usize, runs: usize) {
         }),
         bench("ghostbuster stats", runs, || gb(&name, &["stats"])),
         bench("conntrack -C", runs, || in_ns(&name, &["conntrack", "-C"])),
-    ];
-    let cluster_file = dir.join("cluster.json");
-    if has_scan() {
-        let f = cluster_file.to_string_lossy().to_string();
-        rows.push(bench("ghostbuster scan", runs, || {
+        bench("ghostbuster scan", runs, || {
+            gb(&name, &["scan", "--from-file", &f])
+        }),
+        bench("ghostbuster scan -o json", runs, || {
             gb(&name, &["scan", "--from-file", &f, "-o", "json"])
-        }));
+        }),
+    ];
+    // Sweep: the stale entries are re-created before each run, outside the timing.
+    let mut ct = Conntrack::open_in(Some(&name)).expect("open");
+    let mut walls = Vec::new();
+    let mut rss = 0;
+    for _ in 0..runs {
+        ct.create(&stale).expect("re-create stale entries");
+        let s = run(&gb(
+            &name,
+            &["sweep", "--trust-snapshot", "--from-file", &f],
+        ));
+        assert!(s.ok, "sweep failed");
+        walls.push(s.wall);
+        rss = rss.max(s.rss_kib);
     }
+    let left = ct.dump_vec(&Filter::default()).expect("dump").len();
+    assert_eq!(
+        left as u64,
+        truth.created - truth.stale,
+        "sweep removed exactly the stale entries"
+    );
+    rows.push(Row {
+        name: format!("ghostbuster sweep --trust-snapshot ({} stale)", stale.len()),
+        wall: median(walls),
+        rss_kib: rss,
+    });
     print_rows(&rows);
 
-    // Delete phase: exact deletes of the stale entries, in process, then (when available) the
-    // same through `ghostbuster sweep` after re-filling.
-    let mut ct = Conntrack::open_in(Some(&name)).expect("open");
+    // Delete phase alone (in process): exact deletes of the stale entries.
+    ct.create(&stale).expect("re-create stale entries");
     let deleted: std::collections::HashSet<std::net::IpAddr> =
         cluster.deleted.iter().map(|d| d.ip).collect();
     let mut keys = Vec::new();
@@ -217,16 +254,6 @@ fn one_size(n: usize, runs: usize) {
         d.as_secs_f64() * 1e3,
         ok as f64 / d.as_secs_f64()
     );
-}
-
-fn has_scan() -> bool {
-    Command::new(env!("CARGO_BIN_EXE_ghostbuster"))
-        .args(["scan", "--help"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
 }
 
 fn print_rows(rows: &[Row]) {

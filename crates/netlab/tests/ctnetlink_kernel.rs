@@ -533,3 +533,56 @@ fn missing_namespace_and_missing_privilege_are_clear_errors() {
     assert!(e.is_environment(), "{e}");
     assert!(e.to_string().contains("gbt-does-not-exist"), "{e}");
 }
+
+/// Real traffic through kube-proxy-shaped rules: the parsed entry shows the Service VIP as the
+/// original destination and the pod as the reply source, with DST_NAT set (IPv4 and IPv6).
+#[test]
+fn real_dnat_traffic_parses_with_vip_and_backend() {
+    use netlab::{http_get, plan, Lab, PodSpec, ServerSpec, Service, ServicePort};
+    if !root_or_skip("real_dnat_traffic_parses_with_vip_and_backend") {
+        return;
+    }
+    let mut lab = Lab::new().unwrap();
+    let pod = lab
+        .add_pod(PodSpec::backend("web-a").serve(ServerSpec::http(8080, 200, "web-a")))
+        .unwrap();
+    let (eps, pod_ips) = (pod.endpoints(), pod.ips());
+    let client = lab
+        .add_pod(PodSpec::client("client"))
+        .unwrap()
+        .netns()
+        .to_string();
+    let web = Service::new("default", "web")
+        .cluster_ip(plan::vip_v4(20))
+        .cluster_ip(plan::vip_v6(20))
+        .port(ServicePort::tcp("http", 80, 8080))
+        .endpoints(eps);
+    lab.sync_services(&[web]).unwrap();
+    for vip in [
+        IpAddr::from(plan::vip_v4(20)),
+        IpAddr::from(plan::vip_v6(20)),
+    ] {
+        let a = http_get(&client, (vip, 80).into(), Duration::from_secs(2)).unwrap();
+        assert_eq!(a.status, 200);
+    }
+    let mut ct = Conntrack::open_in(Some(lab.node_netns())).unwrap();
+    let flows = ct
+        .dump_vec(&Filter {
+            proto: Some(IPPROTO_TCP),
+            ..Default::default()
+        })
+        .unwrap();
+    for vip in [
+        IpAddr::from(plan::vip_v4(20)),
+        IpAddr::from(plan::vip_v6(20)),
+    ] {
+        let f = flows
+            .iter()
+            .find(|f| f.orig.dst == vip && f.orig.dport() == Some(80))
+            .unwrap_or_else(|| panic!("an entry to {vip}: {flows:?}"));
+        assert!(f.is_dnat(), "{f:?}");
+        assert!(pod_ips.contains(&f.reply.src), "{f:?}");
+        assert_eq!(f.reply.sport(), Some(8080));
+        assert_eq!(f.family, Family::of(&vip));
+    }
+}

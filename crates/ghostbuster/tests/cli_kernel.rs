@@ -84,7 +84,8 @@ fn list_and_stats_agree_with_conntrack_tools_on_a_filled_table() {
         .unwrap()
         .ip
         .to_string();
-    for ip in [dead4] {
+    {
+        let ip = dead4;
         let (_, cnt, _) = gb(&["list", "--netns", n, "--reply-src", &ip, "--count"]);
         let theirs = conntrack(n, &["-L", "--reply-src", &ip]).lines().count() as u64;
         assert_eq!(

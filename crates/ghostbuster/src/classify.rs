@@ -17,7 +17,7 @@ use jiff::Timestamp;
 
 use crate::cluster::{
     Conditions, FrontendKind, FrontendMatch, Index, IpFamily, ObjectKey, Pod, PodTarget, Protocol,
-    Service, Tombstone, Uid,
+    Service, SweepMode, Tombstone, Uid,
 };
 use crate::policy::Policy;
 use crate::verdict::{
@@ -446,6 +446,8 @@ impl<'a> Classifier<'a> {
             .allows_namespace(svc.map(|s| s.key.namespace.as_str()))
         {
             Some(KeepReason::Namespace)
+        } else if svc.is_some_and(|s| matches!(s.mode, Some(SweepMode::Off | SweepMode::Report))) {
+            Some(KeepReason::Annotation)
         } else if is_api_server && !self.policy.include_unmanaged {
             Some(KeepReason::ApiServer)
         } else if unmanaged && !self.policy.include_unmanaged {

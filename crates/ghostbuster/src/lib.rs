@@ -5,10 +5,12 @@
 //! Layout: `cli/` one file per subcommand, `render` the shared flow JSON/table output, `cluster`
 //! the cluster model, `classify` the pure verdict function, `sweep` the deletes.
 
+pub mod agent;
 pub mod audit;
 pub mod classify;
 pub mod cli;
 pub mod cluster;
+pub mod demo;
 pub mod exit;
 pub mod local_addrs;
 pub mod policy;

@@ -225,6 +225,8 @@ pub enum KeepReason {
     ApiServer,
     /// The Service's endpoints are not the EndpointSlice controller's Pods.
     Unmanaged,
+    /// The Service's `ghostbuster.io/mode` annotation is `report` or `off`.
+    Annotation,
 }
 
 impl KeepReason {
@@ -240,6 +242,9 @@ impl KeepReason {
             KeepReason::Protocol => "protocol not selected by --protocols",
             KeepReason::Namespace => "namespace not selected by --namespace/--exclude-namespace",
             KeepReason::ApiServer => "default/kubernetes (the API servers) is never swept",
+            KeepReason::Annotation => {
+                "the Service's ghostbuster.io/mode annotation says report or off"
+            }
             KeepReason::Unmanaged => {
                 "the Service's endpoints are not Pods of the EndpointSlice controller"
             }

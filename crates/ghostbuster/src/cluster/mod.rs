@@ -26,6 +26,6 @@ pub use model::{Conditions, IpFamilies, IpFamily, ObjectKey, PodTarget, Protocol
 pub use name::{Name, NamePool};
 pub use node::{Node, ServiceCidr};
 pub use pod::{Pod, PodPhase};
-pub use service::{FrontendKind, NotProxied, Service, ServicePort};
+pub use service::{FrontendKind, NotProxied, Service, ServicePort, SweepMode, MODE_ANNOTATION};
 pub use slice::{Endpoint, Slice, SlicePort, POD_CONTROLLER};
 pub use tombstone::{Tombstone, Tombstones};

@@ -65,6 +65,34 @@ pub struct Service {
     /// Address frontends (ClusterIPs, external IPs, load-balancer IPs), already family-filtered.
     pub frontends: Vec<(IpAddr, FrontendKind)>,
     pub ports: Vec<ServicePort>,
+    /// The `ghostbuster.io/mode` annotation: an operator's per-Service override.
+    pub mode: Option<SweepMode>,
+}
+
+/// Per-Service override (`ghostbuster.io/mode: off|report|sweep`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SweepMode {
+    /// Neither reported nor removed.
+    Off,
+    /// Reported, never removed.
+    Report,
+    /// The default: removed when the decision table says so.
+    Sweep,
+}
+
+/// The annotation that sets [`SweepMode`].
+pub const MODE_ANNOTATION: &str = "ghostbuster.io/mode";
+
+impl SweepMode {
+    /// An unknown value is taken as `report`: the safe reading of an operator's intent to
+    /// restrict.
+    pub fn parse(s: &str) -> Self {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "off" => SweepMode::Off,
+            "sweep" => SweepMode::Sweep,
+            _ => SweepMode::Report,
+        }
+    }
 }
 
 impl Service {
@@ -133,6 +161,12 @@ impl Service {
             families: IpFamilies::default(),
             frontends: Vec::new(),
             ports,
+            mode: svc
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(MODE_ANNOTATION))
+                .map(|v| SweepMode::parse(v)),
         };
         if not_proxied.is_some() {
             return Ok(svc_out);

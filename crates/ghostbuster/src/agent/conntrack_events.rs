@@ -1,0 +1,154 @@
+//! Conntrack NEW events: catch flows created toward a backend that is already gone.
+//!
+//! While kube-proxy lags, or with session affinity, new packets can still be DNAT'd to a backend
+//! that left its Service; each such NEW event is a ghost being (re)created. Per-event work is one
+//! hash lookup; the reactor does the rest, coalesced. Lost events (ENOBUFS) mean "resync": one full
+//! pass, however many overflows happen before it runs.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ctnetlink::{EventGroups, EventKind, EventSocket};
+
+use super::reactor::{Shared, Work};
+
+/// What the event thread counts, for metrics.
+pub trait EventSink: Send {
+    fn lost(&self);
+    fn recreated(&self, backend: IpAddr);
+}
+
+/// Per-backend backoff: a backend that keeps coming back is re-examined at most every
+/// `min`..`max`, doubling while it recurs (kube-proxy lag or session affinity).
+struct Backoff {
+    next: HashMap<IpAddr, (Instant, Duration)>,
+    min: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn ready(&mut self, ip: IpAddr, now: Instant) -> bool {
+        match self.next.get_mut(&ip) {
+            Some((at, step)) if now < *at => false,
+            Some((at, step)) => {
+                *step = (*step * 2).min(self.max);
+                *at = now + *step;
+                true
+            }
+            None => {
+                self.next.insert(ip, (now + self.min, self.min));
+                true
+            }
+        }
+    }
+    fn forget_older_than(&mut self, now: Instant, age: Duration) {
+        self.next
+            .retain(|_, (at, _)| now.saturating_duration_since(*at) < age);
+    }
+}
+
+/// Opens the subscription (so errors surface at start) and returns the loop to run on a thread.
+pub fn subscribe(netns: Option<&str>) -> ctnetlink::Result<EventSocket> {
+    let s = EventSocket::open_in(
+        netns,
+        EventGroups {
+            new: true,
+            update: false,
+            destroy: false,
+        },
+        8 << 20,
+    )?;
+    s.set_timeout(Some(Duration::from_millis(250)))?;
+    Ok(s)
+}
+
+/// Reads events until `stop`; sends work to the reactor.
+pub fn run(
+    mut sock: EventSocket,
+    shared: Arc<Shared>,
+    work: Sender<Work>,
+    sink: impl EventSink,
+    stop: Arc<AtomicBool>,
+) {
+    let mut backoff = Backoff {
+        next: HashMap::new(),
+        min: Duration::from_millis(100),
+        max: Duration::from_secs(10),
+    };
+    let mut resync_pending_since: Option<Instant> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let mut hits: Vec<IpAddr> = Vec::new();
+        let r = {
+            let dead = shared
+                .dead_backends
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            sock.recv(|kind, f| {
+                if kind == EventKind::New
+                    && f.is_dnat()
+                    && !dead.is_empty()
+                    && dead.contains(&f.reply.src)
+                {
+                    hits.push(f.reply.src);
+                }
+            })
+        };
+        let now = Instant::now();
+        match r {
+            Ok(_) => {}
+            Err(ctnetlink::Error::EventsLost) => {
+                sink.lost();
+                // One full pass per burst of overflows.
+                if resync_pending_since
+                    .is_none_or(|t| now.duration_since(t) > Duration::from_secs(1))
+                {
+                    resync_pending_since = Some(now);
+                    if work.send(Work::Full).is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "conntrack events failed; relying on periodic scans");
+                return;
+            }
+        }
+        for ip in hits {
+            sink.recreated(ip);
+            if backoff.ready(ip, now) && work.send(Work::Backend(ip)).is_err() {
+                return;
+            }
+        }
+        backoff.forget_older_than(now, Duration::from_secs(600));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_while_a_backend_recurs() {
+        let mut b = Backoff {
+            next: HashMap::new(),
+            min: Duration::from_millis(100),
+            max: Duration::from_millis(400),
+        };
+        let ip: IpAddr = "203.0.113.7".parse().unwrap();
+        let t0 = Instant::now();
+        assert!(b.ready(ip, t0));
+        assert!(!b.ready(ip, t0 + Duration::from_millis(50)));
+        assert!(b.ready(ip, t0 + Duration::from_millis(100)));
+        // Step is now 200 ms.
+        assert!(!b.ready(ip, t0 + Duration::from_millis(250)));
+        assert!(b.ready(ip, t0 + Duration::from_millis(300)));
+        // Capped at 400 ms.
+        assert!(b.ready(ip, t0 + Duration::from_millis(700)));
+        assert!(!b.ready(ip, t0 + Duration::from_millis(1000)));
+        assert!(b.ready(ip, t0 + Duration::from_millis(1100)));
+    }
+}

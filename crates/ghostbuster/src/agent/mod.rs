@@ -1,0 +1,9 @@
+//! The node agent (`ghostbuster agent`): keeps the cluster index current from watches, and removes
+//! ghost flows within milliseconds of a backend leaving its Service — once the delete gate opens.
+//!
+//! - [`gate`]: the pure delete gate (sync, kube-proxy lag, evidence, circuit breaker);
+//! - [`reactor`]: the one thread that dumps and deletes, fed with coalesced work.
+
+pub mod conntrack_events;
+pub mod gate;
+pub mod reactor;

@@ -1,0 +1,514 @@
+//! The reactor: the one thread that reads and changes the conntrack table for the agent.
+//!
+//! Dumps run inside `recvmsg`, so they live here, off the async runtime's workers. Work arrives as
+//! [`Work`] items (a backend to look at, a full pass) and is coalesced: a burst of endpoint
+//! changes during a rollout becomes one targeted pass per backend, and any number of "events were
+//! lost" signals become one full pass. A backend whose gate is not open yet (kube-proxy behind,
+//! grace running) is parked with a due time and looked at again then.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use ctnetlink::{Conntrack, Filter, TupleMatch};
+use jiff::Timestamp;
+
+use super::gate::{self, Breaker, Global, Hold};
+use crate::classify::classify;
+use crate::cluster::{Index, ObjectKey};
+use crate::policy::Policy;
+use crate::scan::{scan, Finding};
+use crate::sweep::{sweep, Outcome, SweepTotals};
+use crate::verdict::VerdictKind;
+
+/// What the reactor is asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Work {
+    /// Look at the flows of this backend (it left a Service, or was seen again in a NEW event).
+    Backend(IpAddr),
+    /// Scan the whole table (periodic resync, lost events, a deleted Service).
+    Full,
+}
+
+/// What a pod GET said about the pod a tombstone names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodFate {
+    /// 404, another uid, or another IP: the backend is gone.
+    Gone,
+    /// Still there (maybe terminating): keep its flows.
+    Alive,
+    /// The API could not be asked: keep, try again later.
+    Unknown,
+}
+
+/// The outside world the reactor needs, behind small traits so the loop can be driven by tests
+/// and by the real API/kube-proxy clients alike.
+pub trait World: Send {
+    /// The time kube-proxy last synced its rules, when it can be read.
+    fn kube_proxy_synced_at(&mut self) -> Option<Timestamp>;
+    /// Is the pod `namespace/name` (uid, ip) gone?
+    fn pod_fate(&mut self, namespace: &str, name: &str, uid: Option<&str>, ip: IpAddr) -> PodFate;
+    /// The global gate's current inputs (sync/freshness of watches, dataplane mode, dry run).
+    fn global(&mut self) -> Global;
+    /// Called after every pass with what happened.
+    fn report(&mut self, pass: &PassReport);
+}
+
+/// The result of one pass, for metrics, logs, Events and `/debug/recent`.
+#[derive(Debug, Clone)]
+pub struct PassReport {
+    pub kind: PassKind,
+    pub started: Instant,
+    pub elapsed: Duration,
+    pub scanned: u64,
+    pub service_flows: u64,
+    /// Every flow that is not healthy, with the sweep's outcome (Kept when held).
+    pub findings: Vec<(Finding, Outcome)>,
+    pub totals: SweepTotals,
+    /// Why nothing was removed, when something removable was held back.
+    pub held: Option<Hold>,
+    /// For targeted passes: when the backend left its Service, and when the gate opened.
+    pub removed_at: Option<Timestamp>,
+    pub gate_opened: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PassKind {
+    Full,
+    Targeted,
+}
+
+impl PassKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            PassKind::Full => "full",
+            PassKind::Targeted => "targeted",
+        }
+    }
+}
+
+/// Reactor settings.
+#[derive(Debug, Clone)]
+pub struct ReactorConfig {
+    pub policy: Policy,
+    pub grace: Duration,
+    pub resync_interval: Duration,
+    pub breaker: Breaker,
+    /// How long tombstones are kept.
+    pub tombstone_ttl: Duration,
+}
+
+/// The reactor's shared state with the rest of the agent.
+pub struct Shared {
+    pub index: RwLock<Index>,
+    /// Backends with tombstones: the conntrack event thread looks NEW flows up here.
+    pub dead_backends: RwLock<HashSet<IpAddr>>,
+    pub first_full_pass_done: AtomicBool,
+    pub circuit_open: AtomicBool,
+}
+
+impl Shared {
+    pub fn new(index: Index) -> Arc<Self> {
+        Arc::new(Shared {
+            index: RwLock::new(index),
+            dead_backends: RwLock::new(HashSet::new()),
+            first_full_pass_done: AtomicBool::new(false),
+            circuit_open: AtomicBool::new(false),
+        })
+    }
+}
+
+/// Runs until `stop` is set or the work channel closes. `ct` is the conntrack handle of the
+/// namespace the agent serves.
+pub fn run(
+    mut ct: Conntrack,
+    shared: Arc<Shared>,
+    work: Receiver<Work>,
+    mut world: impl World,
+    cfg: ReactorConfig,
+    stop: Arc<AtomicBool>,
+) {
+    // Backends waiting for their gate, with the time to look again.
+    let mut parked: HashMap<IpAddr, Instant> = HashMap::new();
+    let mut next_full = Instant::now();
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let now = Instant::now();
+        let next_due = parked
+            .values()
+            .copied()
+            .min()
+            .unwrap_or(next_full)
+            .min(next_full);
+        let wait = next_due
+            .saturating_duration_since(now)
+            .min(Duration::from_millis(250));
+        let mut full = false;
+        let mut backends: HashSet<IpAddr> = HashSet::new();
+        match work.recv_timeout(wait) {
+            Ok(w) => {
+                absorb(w, &mut full, &mut backends);
+                // Coalesce everything already queued.
+                while let Ok(w) = work.try_recv() {
+                    absorb(w, &mut full, &mut backends);
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let now = Instant::now();
+        if now >= next_full {
+            full = true;
+        }
+        parked.retain(|ip, due| {
+            if *due <= now {
+                backends.insert(*ip);
+                false
+            } else {
+                true
+            }
+        });
+        expire_tombstones(&shared, cfg.tombstone_ttl);
+        if full {
+            next_full = Instant::now() + cfg.resync_interval;
+            let r = full_pass(&mut ct, &shared, &mut world, &cfg, &mut parked);
+            shared.first_full_pass_done.store(true, Ordering::Relaxed);
+            world.report(&r);
+        }
+        for ip in backends {
+            if let Some(r) = targeted_pass(&mut ct, &shared, &mut world, &cfg, ip, &mut parked) {
+                world.report(&r);
+            }
+        }
+    }
+}
+
+fn absorb(w: Work, full: &mut bool, backends: &mut HashSet<IpAddr>) {
+    match w {
+        Work::Full => *full = true,
+        Work::Backend(ip) => {
+            backends.insert(ip);
+        }
+    }
+}
+
+fn expire_tombstones(shared: &Shared, ttl: Duration) {
+    let cutoff = Timestamp::now()
+        .checked_sub(jiff::SignedDuration::try_from(ttl).unwrap_or_default())
+        .unwrap_or(Timestamp::UNIX_EPOCH);
+    let mut ix = shared.index.write().unwrap_or_else(|e| e.into_inner());
+    if ix.tombstones_mut().expire(cutoff) > 0
+        || shared.dead_backends.read().map(|d| d.len()).unwrap_or(0) != 0
+    {
+        let live: HashSet<IpAddr> = ix.tombstones().iter().map(|t| t.ip).collect();
+        drop(ix);
+        *shared
+            .dead_backends
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = live;
+    }
+}
+
+/// The earliest removal time among the tombstones at `ip` whose gate is not open yet, or `Ok`.
+fn backend_gate(
+    shared: &Shared,
+    world: &mut impl World,
+    cfg: &ReactorConfig,
+    ip: IpAddr,
+) -> Result<Option<Timestamp>, Duration> {
+    let removed: Vec<Timestamp> = {
+        let ix = shared.index.read().unwrap_or_else(|e| e.into_inner());
+        ix.tombstones()
+            .at(&ip)
+            .iter()
+            .map(|t| t.removed_at)
+            .collect()
+    };
+    let Some(latest) = removed.iter().max().copied() else {
+        return Ok(None);
+    };
+    let synced = world.kube_proxy_synced_at();
+    match gate::kube_proxy_caught_up(latest, synced, cfg.grace, Timestamp::now()) {
+        Ok(()) => Ok(Some(latest)),
+        Err((_, again)) => Err(again),
+    }
+}
+
+/// Asks the API server about the pods named by the tombstones at `ip` — only when this node
+/// holds flows to it, and never for an endpoint last seen terminating (its removal already means
+/// the pod object was deleted).
+fn confirm_pods(shared: &Shared, world: &mut impl World, ip: IpAddr) {
+    let asks: Vec<(String, String, Option<String>)> = {
+        let ix = shared.index.read().unwrap_or_else(|e| e.into_inner());
+        ix.tombstones()
+            .at(&ip)
+            .iter()
+            .filter(|t| t.managed && !t.pod_gone && !t.was_terminating())
+            .filter_map(|t| {
+                // A Pod targetRef lives in the namespace of its Service's slices.
+                t.pod.as_ref().map(|p| {
+                    (
+                        t.service.namespace.to_string(),
+                        p.name.to_string(),
+                        p.uid.as_ref().map(|u| u.to_string()),
+                    )
+                })
+            })
+            .collect()
+    };
+    for (ns, name, uid) in asks {
+        if world.pod_fate(&ns, &name, uid.as_deref(), ip) == PodFate::Gone {
+            let mut ix = shared.index.write().unwrap_or_else(|e| e.into_inner());
+            ix.tombstones_mut().mark_pod_gone(&ip, &name);
+        }
+    }
+}
+
+fn backend_filter(ip: IpAddr) -> Filter {
+    Filter {
+        reply: TupleMatch {
+            src: Some(ip),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+fn targeted_pass(
+    ct: &mut Conntrack,
+    shared: &Shared,
+    world: &mut impl World,
+    cfg: &ReactorConfig,
+    ip: IpAddr,
+    parked: &mut HashMap<IpAddr, Instant>,
+) -> Option<PassReport> {
+    let started = Instant::now();
+    let removed_at = match backend_gate(shared, world, cfg, ip) {
+        Ok(t) => t,
+        Err(again) => {
+            parked.insert(ip, Instant::now() + again);
+            return None;
+        }
+    };
+    let gate_opened = Instant::now();
+    let filter = backend_filter(ip);
+    // Only ask the API server when this node holds flows to the backend.
+    let mut any = false;
+    let _ = ct.dump(&filter, |_| {
+        any = true;
+        std::ops::ControlFlow::Break(())
+    });
+    if !any {
+        return None;
+    }
+    confirm_pods(shared, world, ip);
+    let report = {
+        let ix = shared.index.read().unwrap_or_else(|e| e.into_inner());
+        match scan(ct, &ix, &cfg.policy, &filter) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(backend = %ip, error = %e, "targeted scan failed");
+                return None;
+            }
+        }
+    };
+    let service_flows = report.scanned;
+    Some(act(
+        ct,
+        shared,
+        world,
+        cfg,
+        PassKind::Targeted,
+        report.findings,
+        report.scanned,
+        service_flows,
+        started,
+        removed_at,
+        Some(gate_opened),
+    ))
+}
+
+fn full_pass(
+    ct: &mut Conntrack,
+    shared: &Shared,
+    world: &mut impl World,
+    cfg: &ReactorConfig,
+    parked: &mut HashMap<IpAddr, Instant>,
+) -> PassReport {
+    let started = Instant::now();
+    let report = {
+        let ix = shared.index.read().unwrap_or_else(|e| e.into_inner());
+        scan(ct, &ix, &cfg.policy, &Filter::default())
+    };
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "full scan failed");
+            return PassReport {
+                kind: PassKind::Full,
+                started,
+                elapsed: started.elapsed(),
+                scanned: 0,
+                service_flows: 0,
+                findings: Vec::new(),
+                totals: SweepTotals::default(),
+                held: None,
+                removed_at: None,
+                gate_opened: None,
+            };
+        }
+    };
+    let service_flows = report.scanned
+        - report
+            .counts
+            .get(&VerdictKind::NotService)
+            .copied()
+            .unwrap_or(0);
+    // Backends removed so recently that kube-proxy may not have caught up are left to their
+    // targeted pass; confirm pods for the others that need it.
+    let mut findings = report.findings;
+    let backends: BTreeMap<IpAddr, ()> = findings
+        .iter()
+        .filter(|f| f.verdict.kind.is_stale())
+        .filter_map(|f| f.verdict.backend.map(|b| (b.ip, ())))
+        .collect();
+    let mut not_yet: HashSet<IpAddr> = HashSet::new();
+    let mut reclassify = false;
+    for ip in backends.keys() {
+        match backend_gate(shared, world, cfg, *ip) {
+            Ok(Some(_)) => {
+                confirm_pods(shared, world, *ip);
+                reclassify = true;
+            }
+            Ok(None) => {}
+            Err(again) => {
+                parked.insert(*ip, Instant::now() + again);
+                not_yet.insert(*ip);
+            }
+        }
+    }
+    if reclassify {
+        // Evidence may have changed (pods confirmed gone): judge the stale flows again.
+        let ix = shared.index.read().unwrap_or_else(|e| e.into_inner());
+        let now = Timestamp::now();
+        for f in &mut findings {
+            f.verdict = classify(&f.flow, &ix, &cfg.policy, now);
+        }
+    }
+    for f in &mut findings {
+        if f.verdict.backend.is_some_and(|b| not_yet.contains(&b.ip)) {
+            f.verdict.removable = false;
+        }
+    }
+    act(
+        ct,
+        shared,
+        world,
+        cfg,
+        PassKind::Full,
+        findings,
+        report.scanned,
+        service_flows,
+        started,
+        None,
+        None,
+    )
+}
+
+/// Applies the global gate and the circuit breaker, then deletes.
+#[allow(clippy::too_many_arguments)]
+fn act(
+    ct: &mut Conntrack,
+    shared: &Shared,
+    world: &mut impl World,
+    cfg: &ReactorConfig,
+    kind: PassKind,
+    findings: Vec<Finding>,
+    scanned: u64,
+    service_flows: u64,
+    started: Instant,
+    removed_at: Option<Timestamp>,
+    gate_opened: Option<Instant>,
+) -> PassReport {
+    let planned = findings.iter().filter(|f| f.verdict.removable).count() as u64;
+    let mut held = world.global().check().err();
+    let trips = kind == PassKind::Full && cfg.breaker.trips(planned, service_flows)
+        || planned > cfg.breaker.max_deletes_per_pass;
+    shared.circuit_open.store(trips, Ordering::Relaxed);
+    if held.is_none() && trips {
+        tracing::warn!(
+            planned,
+            service_flows,
+            "circuit breaker open: too many removals at once; reporting only"
+        );
+        held = Some(Hold::CircuitOpen);
+    }
+    let dry = held.is_some() || planned == 0;
+    let (outcomes, totals) = match sweep(ct, &findings, dry) {
+        Ok((o, t, _)) => (o, t),
+        Err(e) => {
+            tracing::warn!(error = %e, "delete failed");
+            (
+                vec![Outcome::Failed; findings.len()],
+                SweepTotals {
+                    failed: planned,
+                    ..Default::default()
+                },
+            )
+        }
+    };
+    let held = if planned > 0 { held } else { None };
+    PassReport {
+        kind,
+        started,
+        elapsed: started.elapsed(),
+        scanned,
+        service_flows,
+        findings: findings.into_iter().zip(outcomes).collect(),
+        totals,
+        held,
+        removed_at,
+        gate_opened,
+    }
+}
+
+/// Backends that left a Service, from an index change: what the reactor should look at.
+pub fn work_from_changes(changes: &crate::cluster::Changes) -> Vec<Work> {
+    let mut w: Vec<Work> = Vec::new();
+    let mut seen = HashSet::new();
+    for (_, ip) in changes
+        .endpoints_removed
+        .iter()
+        .chain(&changes.endpoints_added)
+    {
+        if seen.insert(*ip) {
+            w.push(Work::Backend(*ip));
+        }
+    }
+    if !changes.services_removed.is_empty() {
+        w.push(Work::Full);
+    }
+    w
+}
+
+/// Keys of Services mentioned by a set of findings (for Events and logs).
+pub fn services_of(findings: &[(Finding, Outcome)]) -> Vec<ObjectKey> {
+    let mut v: Vec<ObjectKey> = Vec::new();
+    for (f, _) in findings {
+        if let Some(s) = &f.verdict.service {
+            let k = ObjectKey::new(&s.namespace, &s.name);
+            if !v.contains(&k) {
+                v.push(k);
+            }
+        }
+    }
+    v
+}

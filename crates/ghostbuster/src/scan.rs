@@ -3,7 +3,7 @@
 //! Healthy and non-service flows are counted, never stored, so memory depends on the number of
 //! ghosts, not on the table size.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
@@ -11,7 +11,7 @@ use ctnetlink::{Conntrack, DumpSummary, Filter, Flow};
 use jiff::Timestamp;
 
 use crate::classify::classify;
-use crate::cluster::Index;
+use crate::cluster::{Index, Name};
 use crate::policy::Policy;
 use crate::verdict::{Verdict, VerdictKind};
 
@@ -32,6 +32,17 @@ pub struct ScanReport {
     pub dump: DumpSummary,
     pub elapsed: Duration,
     pub now: Timestamp,
+    /// Entries per (protocol, state), when asked for ([`ScanOptions::tally`]).
+    pub by_state: BTreeMap<(u8, &'static str), u64>,
+    /// Service flows per Service, when asked for ([`ScanOptions::tally`]).
+    pub by_service: HashMap<(Name, Name), u64>,
+}
+
+/// Extra bookkeeping a scan can do on the way (the agent's metrics).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ScanOptions {
+    /// Count entries per protocol state and service flows per Service.
+    pub tally: bool,
 }
 
 impl ScanReport {
@@ -40,14 +51,24 @@ impl ScanReport {
     }
 }
 
-/// Classifies every flow of the table that matches `filter`. `keep` decides which non-healthy
-/// flows are kept in the report (all of them for `scan`; `explain` keeps healthy ones too via
-/// [`classify_matching`]).
+/// Classifies every flow of the table that matches `filter` and keeps the ones that are not
+/// healthy (`explain`, which also wants healthy ones, uses [`classify_matching`]).
 pub fn scan(
     ct: &mut Conntrack,
     index: &Index,
     policy: &Policy,
     filter: &Filter,
+) -> ctnetlink::Result<ScanReport> {
+    scan_with(ct, index, policy, filter, ScanOptions::default())
+}
+
+/// [`scan`] with extra bookkeeping.
+pub fn scan_with(
+    ct: &mut Conntrack,
+    index: &Index,
+    policy: &Policy,
+    filter: &Filter,
+    opts: ScanOptions,
 ) -> ctnetlink::Result<ScanReport> {
     let start = Instant::now();
     let now = Timestamp::now();
@@ -55,10 +76,22 @@ pub fn scan(
     let mut findings = Vec::new();
     let mut scanned = 0u64;
     let mut removable = 0u64;
+    let mut by_state: BTreeMap<(u8, &'static str), u64> = BTreeMap::new();
+    let mut by_service: HashMap<(Name, Name), u64> = HashMap::new();
     let dump = ct.dump(filter, |flow| {
         scanned += 1;
         let v = classify(flow, index, policy, now);
         *counts.entry(v.kind).or_insert(0) += 1;
+        if opts.tally {
+            if let Some(st) = flow.state_name() {
+                *by_state.entry((flow.proto(), st)).or_insert(0) += 1;
+            }
+            if let Some(s) = &v.service {
+                *by_service
+                    .entry((s.namespace.clone(), s.name.clone()))
+                    .or_insert(0) += 1;
+            }
+        }
         if v.kind.is_stale() {
             removable += v.removable as u64;
             findings.push(Finding {
@@ -76,6 +109,8 @@ pub fn scan(
         dump,
         elapsed: start.elapsed(),
         now,
+        by_state,
+        by_service,
     })
 }
 

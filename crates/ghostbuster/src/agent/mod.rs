@@ -6,4 +6,5 @@
 
 pub mod conntrack_events;
 pub mod gate;
+pub mod k8s_events;
 pub mod reactor;

@@ -7,6 +7,7 @@ use crate::exit::ExitCode;
 pub mod audit;
 pub mod cluster_args;
 pub mod completions;
+pub mod demo;
 pub mod explain;
 pub mod filter_args;
 pub mod list;
@@ -40,6 +41,8 @@ pub enum Command {
     Explain(explain::ExplainArgs),
     /// Print shell completions.
     Completions(completions::CompletionsArgs),
+    /// Reproduce the ghost-pod failures in throwaway namespaces and fix them
+    Demo(demo::DemoArgs),
 }
 
 /// Output formats shared by the commands.
@@ -61,5 +64,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sweep(a) => scan::run_sweep(a),
         Command::Explain(a) => explain::run(a),
         Command::Completions(a) => completions::run(a),
+        Command::Demo(a) => demo::run(a),
     }
 }

@@ -1,0 +1,151 @@
+//! Kubernetes Events (events.k8s.io/v1) on a Service when its ghost flows were removed:
+//! "Removed 12 stale conntrack flows on node N to 203.0.113.7:5432 (pod db-0 gone 3s ago)".
+//!
+//! At most one Event per Service per node per window (5 minutes): removals inside the window are
+//! aggregated and posted when it ends, so a 500-pod rollout does not flood the API server.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::api::{Api, PostParams};
+
+/// A Service, by namespace and name.
+pub type ServiceName = (String, String);
+
+#[derive(Debug, Default)]
+struct Pending {
+    flows: u64,
+    backends: BTreeSet<String>,
+    pods: BTreeSet<String>,
+    /// How long before the removal the oldest backend left, when known.
+    gone_for: Option<Duration>,
+}
+
+/// Aggregates removals and posts them as Events.
+pub struct EventPoster {
+    client: kube::Client,
+    node: String,
+    window: Duration,
+    last_post: HashMap<ServiceName, Instant>,
+    pending: HashMap<ServiceName, Pending>,
+}
+
+impl EventPoster {
+    pub fn new(client: kube::Client, node: impl Into<String>, window: Duration) -> Self {
+        EventPoster {
+            client,
+            node: node.into(),
+            window,
+            last_post: HashMap::new(),
+            pending: HashMap::new(),
+        }
+    }
+
+    /// Notes `flows` removed flows of `service` to `backend` (`ip:port`).
+    pub fn record(
+        &mut self,
+        service: ServiceName,
+        flows: u64,
+        backend: String,
+        pod: Option<String>,
+        gone_for: Option<Duration>,
+    ) {
+        let p = self.pending.entry(service).or_default();
+        p.flows += flows;
+        p.backends.insert(backend);
+        if let Some(pod) = pod {
+            p.pods.insert(pod);
+        }
+        p.gone_for = match (p.gone_for, gone_for) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+    }
+
+    /// The note of an aggregated Event.
+    fn note(&self, p: &Pending) -> String {
+        let backends: Vec<&str> = p.backends.iter().map(String::as_str).take(3).collect();
+        let more = p.backends.len().saturating_sub(3);
+        let mut s = format!(
+            "Removed {} stale conntrack flow{} on node {} to {}{}",
+            p.flows,
+            if p.flows == 1 { "" } else { "s" },
+            self.node,
+            backends.join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        );
+        if !p.pods.is_empty() {
+            let pods: Vec<&str> = p.pods.iter().map(String::as_str).take(3).collect();
+            s.push_str(&format!(" (pod {} gone", pods.join(", ")));
+            if let Some(d) = p.gone_for {
+                s.push_str(&format!(" {:.0}s ago", d.as_secs_f64()));
+            }
+            s.push(')');
+        }
+        s
+    }
+
+    /// Posts what is due (no Event for this Service within the window). Returns how many were
+    /// posted; failures are logged and dropped (Events are best effort).
+    pub async fn flush(&mut self, now: Instant) -> usize {
+        let due: Vec<ServiceName> = self
+            .pending
+            .keys()
+            .filter(|k| {
+                self.last_post
+                    .get(*k)
+                    .is_none_or(|t| now.duration_since(*t) >= self.window)
+            })
+            .cloned()
+            .collect();
+        let mut posted = 0;
+        for key in due {
+            let Some(p) = self.pending.remove(&key) else {
+                continue;
+            };
+            let note = self.note(&p);
+            self.last_post.insert(key.clone(), now);
+            let ev = Event {
+                metadata: ObjectMeta {
+                    generate_name: Some(format!("{}.ghostbuster.", key.1)),
+                    namespace: Some(key.0.clone()),
+                    ..Default::default()
+                },
+                event_time: Some(MicroTime(jiff::Timestamp::now())),
+                action: Some("RemoveStaleFlows".into()),
+                reason: Some("StaleConntrackFlowsRemoved".into()),
+                note: Some(note),
+                type_: Some("Normal".into()),
+                reporting_controller: Some("ghostbuster.io/agent".into()),
+                reporting_instance: Some(format!("ghostbuster-{}", self.node)),
+                regarding: Some(ObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("Service".into()),
+                    namespace: Some(key.0.clone()),
+                    name: Some(key.1.clone()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let api: Api<Event> = Api::namespaced(self.client.clone(), &key.0);
+            match api.create(&PostParams::default(), &ev).await {
+                Ok(_) => posted += 1,
+                Err(e) => {
+                    tracing::warn!(service = %format!("{}/{}", key.0, key.1), error = %e, "posting an Event failed")
+                }
+            }
+        }
+        // Forget services quiet for a long time.
+        let window = self.window;
+        self.last_post
+            .retain(|_, t| now.duration_since(*t) < window * 4);
+        posted
+    }
+}

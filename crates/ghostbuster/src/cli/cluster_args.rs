@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use jiff::Timestamp;
 
-use crate::cluster::{file, Cidr, IndexConfig, Protocol};
+use crate::cluster::{file, Cidr, IndexConfig, Kind, Protocol};
 use crate::exit::input_error;
 use crate::policy::Policy;
 
@@ -128,6 +128,21 @@ impl ClusterArgs {
             file::load(&self.from_file, config, self.snapshot_time).map_err(input_error)?;
         for w in &loaded.warnings {
             tracing::warn!("{w}");
+        }
+        // Every cluster has Services (at least default/kubernetes). An export without any is the
+        // wrong file, and judged against it every DNAT'd UDP flow in the service CIDRs would be
+        // `service_gone`, hence removed.
+        if !loaded.objects.contains_key(&Kind::Service) {
+            let files: Vec<String> = self
+                .from_file
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            return Err(input_error(anyhow::anyhow!(
+                "no Service objects in {}: export the cluster with `kubectl get \
+                 services,endpointslices,pods,nodes,servicecidrs -A -o json`; nothing was changed",
+                files.join(", ")
+            )));
         }
         Ok(loaded)
     }

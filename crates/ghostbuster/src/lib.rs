@@ -17,4 +17,5 @@ pub mod policy;
 pub mod render;
 pub mod scan;
 pub mod sweep;
+pub mod telemetry;
 pub mod verdict;

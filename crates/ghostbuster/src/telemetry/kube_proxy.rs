@@ -1,0 +1,584 @@
+//! What the agent asks kube-proxy on its node: when it last synced its rules (the delete gate
+//! waits until that is later than an endpoint's removal), and its mode (IPVS: report only).
+//!
+//! - `GET http://127.0.0.1:10249/metrics`, sample `kubeproxy_sync_proxy_rules_last_timestamp_seconds`
+//!   (a gauge of Unix seconds set after every successful sync, `pkg/proxy/metrics`). When several
+//!   samples exist (a label per IP family) the *oldest* counts: the gate must wait for both.
+//! - `GET http://127.0.0.1:10256/healthz`: `{"lastUpdated": "...", "currentTime": "...",
+//!   "nodeEligible": true}`, times in Go's `time.Time.String()` layout
+//!   (`2024-05-01 10:20:30.123456789 +0000 UTC m=+12.5`), not RFC 3339 (both are parsed).
+//!   **`lastUpdated` is not a sync time**: while kube-proxy is healthy it answers the current
+//!   time (`pkg/proxy/healthcheck/proxy_health.go`: "the returned lastUpdated value is recent if
+//!   the server is healthy"). It proves only that no change waited longer than kube-proxy's health
+//!   timeout (2 × its sync period). So [`KubeProxy::last_sync`] reads the metric only, and
+//!   [`KubeProxy::healthz`] is a separate, weaker signal.
+//! - `GET http://127.0.0.1:10249/proxyMode`: `iptables`, `nftables`, `ipvs`, ...
+//!
+//! The HTTP client is a few lines over `tokio::net::TcpStream` (HTTP/1.1, `Connection: close`,
+//! chunked bodies decoded, a size cap and one timeout around everything): three loopback GETs do
+//! not justify an HTTP client stack. Every URL is configurable; `https` is not supported (kube-proxy
+//! serves these over plain HTTP).
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::audit::host::HttpUrl;
+
+pub const DEFAULT_METRICS_URL: &str = "http://127.0.0.1:10249/metrics";
+pub const DEFAULT_HEALTHZ_URL: &str = "http://127.0.0.1:10256/healthz";
+pub const DEFAULT_PROXY_MODE_URL: &str = "http://127.0.0.1:10249/proxyMode";
+/// Loopback answers take milliseconds; a stuck kube-proxy must not stall the gate.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+/// kube-proxy's /metrics is tens of KiB; refuse anything absurd.
+pub const MAX_RESPONSE: u64 = 8 * 1024 * 1024;
+/// The gauge kube-proxy sets after each successful rule sync.
+pub const SYNC_METRIC: &str = "kubeproxy_sync_proxy_rules_last_timestamp_seconds";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kube-proxy URL {url:?}: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error(
+        "GET {url}: no answer within {timeout:?} (is kube-proxy running on this node with its \
+         metrics/healthz address on loopback? see --kube-proxy-metrics-url)"
+    )]
+    Timeout { url: String, timeout: Duration },
+    #[error("GET {url}: {source}")]
+    Io {
+        url: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("GET {url}: answered HTTP {status}")]
+    Status { url: String, status: u16 },
+    #[error("GET {url}: {reason}")]
+    Malformed { url: String, reason: String },
+    #[error("GET {url}: no sample of {metric} (kube-proxy has not synced yet, or this is not kube-proxy)")]
+    NoSample { url: String, metric: &'static str },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An HTTP answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub content_type: Option<String>,
+    pub body: String,
+}
+
+/// GETs `url`, all of it within `timeout`.
+pub async fn get(url: &HttpUrl, timeout: Duration) -> Result<Response> {
+    let shown = display(url);
+    match tokio::time::timeout(timeout, get_inner(url)).await {
+        Err(_) => Err(Error::Timeout {
+            url: shown,
+            timeout,
+        }),
+        Ok(Err(GetError::Io(source))) => Err(Error::Io { url: shown, source }),
+        Ok(Err(GetError::Malformed(reason))) => Err(Error::Malformed { url: shown, reason }),
+        Ok(Ok(r)) => Ok(r),
+    }
+}
+
+enum GetError {
+    Io(std::io::Error),
+    Malformed(String),
+}
+
+impl From<std::io::Error> for GetError {
+    fn from(e: std::io::Error) -> Self {
+        GetError::Io(e)
+    }
+}
+
+async fn get_inner(url: &HttpUrl) -> Result<Response, GetError> {
+    let mut stream = TcpStream::connect((url.host.as_str(), url.port)).await?;
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: ghostbuster/{}\r\nAccept: */*\r\n\
+         Connection: close\r\n\r\n",
+        url.path,
+        host_header(url),
+        env!("CARGO_PKG_VERSION"),
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut raw = Vec::new();
+    (&mut stream)
+        .take(MAX_RESPONSE + 1)
+        .read_to_end(&mut raw)
+        .await?;
+    if raw.len() as u64 > MAX_RESPONSE {
+        return Err(GetError::Malformed(format!(
+            "answer larger than {MAX_RESPONSE} bytes"
+        )));
+    }
+    parse_response(&raw).map_err(GetError::Malformed)
+}
+
+fn host_header(url: &HttpUrl) -> String {
+    if url.host.contains(':') {
+        format!("[{}]:{}", url.host, url.port)
+    } else {
+        format!("{}:{}", url.host, url.port)
+    }
+}
+
+fn display(url: &HttpUrl) -> String {
+    format!("http://{}{}", host_header(url), url.path)
+}
+
+/// Parses a complete HTTP/1.x response read until the server closed the connection.
+pub fn parse_response(raw: &[u8]) -> Result<Response, String> {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| (i, i + 4))
+        .or_else(|| {
+            raw.windows(2)
+                .position(|w| w == b"\n\n")
+                .map(|i| (i, i + 2))
+        })
+        .ok_or("the answer has no complete HTTP header")?;
+    let head = std::str::from_utf8(&raw[..split.0]).map_err(|_| "the HTTP header is not UTF-8")?;
+    let mut lines = head.lines();
+    let status_line = lines.next().unwrap_or_default();
+    let mut parts = status_line.split_whitespace();
+    let proto = parts.next().unwrap_or_default();
+    if !proto.starts_with("HTTP/1.") {
+        return Err(format!(
+            "not an HTTP/1 answer: {:?}",
+            truncate(status_line, 60)
+        ));
+    }
+    let status: u16 = parts
+        .next()
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("no status code in {:?}", truncate(status_line, 60)))?;
+    let (mut chunked, mut length, mut content_type) = (false, None, None);
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        match name.trim().to_ascii_lowercase().as_str() {
+            "transfer-encoding" => chunked = value.to_ascii_lowercase().contains("chunked"),
+            "content-length" => {
+                length = Some(
+                    value
+                        .parse::<usize>()
+                        .map_err(|_| format!("bad Content-Length {value:?}"))?,
+                )
+            }
+            "content-type" => content_type = Some(value.to_string()),
+            _ => {}
+        }
+    }
+    let rest = &raw[split.1..];
+    let body = if chunked {
+        dechunk(rest)?
+    } else if let Some(n) = length {
+        rest.get(..n)
+            .ok_or_else(|| format!("body shorter than its Content-Length {n}"))?
+            .to_vec()
+    } else {
+        rest.to_vec()
+    };
+    let body = String::from_utf8(body).map_err(|_| "the body is not UTF-8".to_string())?;
+    Ok(Response {
+        status,
+        content_type,
+        body,
+    })
+}
+
+/// Decodes a `Transfer-Encoding: chunked` body (RFC 9112 §7.1; extensions and trailers ignored).
+fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    loop {
+        let eol = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or("truncated chunk size line")?;
+        let line = std::str::from_utf8(&rest[..eol]).map_err(|_| "bad chunk size line")?;
+        let size_hex = line.split(';').next().unwrap_or_default().trim();
+        let size = usize::from_str_radix(size_hex, 16)
+            .map_err(|_| format!("bad chunk size {:?}", truncate(size_hex, 20)))?;
+        rest = &rest[eol + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        let chunk = rest.get(..size).ok_or("truncated chunk")?;
+        out.extend_from_slice(chunk);
+        rest = rest.get(size..).ok_or("truncated chunk")?;
+        rest = rest.strip_prefix(b"\r\n").ok_or("chunk without CRLF")?;
+    }
+}
+
+fn truncate(s: &str, n: usize) -> &str {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// The oldest sample of `metric` in a Prometheus text exposition (Unix seconds, as a float; NaN
+/// and infinities are skipped). `None` when there is no usable sample.
+pub fn parse_metric_min(text: &str, metric: &str) -> Option<f64> {
+    text.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(metric)?;
+            let rest = if let Some(labelled) = rest.strip_prefix('{') {
+                // Label values may contain '}' only inside quotes; kube-proxy's never do, but
+                // skip quoted text anyway.
+                let mut in_quotes = false;
+                let mut escaped = false;
+                let end = labelled.char_indices().find_map(|(i, c)| {
+                    match (c, in_quotes, escaped) {
+                        (_, true, true) => escaped = false,
+                        ('\\', true, false) => escaped = true,
+                        ('"', _, false) => in_quotes = !in_quotes,
+                        ('}', false, _) => return Some(i),
+                        _ => {}
+                    }
+                    None
+                })?;
+                &labelled[end + 1..]
+            } else if rest.starts_with([' ', '\t']) {
+                rest
+            } else {
+                // Another metric with this one's name as a prefix (`..._seconds_count`).
+                return None;
+            };
+            let value: f64 = rest.split_whitespace().next()?.parse().ok()?;
+            value.is_finite().then_some(value)
+        })
+        .min_by(f64::total_cmp)
+}
+
+/// Unix seconds to a timestamp.
+fn from_unix_seconds(secs: f64) -> Option<Timestamp> {
+    Timestamp::from_nanosecond((secs * 1e9).round() as i128).ok()
+}
+
+/// A time as kube-proxy's /healthz writes it: Go's `time.Time.String()`
+/// (`2006-01-02 15:04:05.999999999 -0700 MST`, maybe with ` m=+1.5`), or RFC 3339.
+pub fn parse_go_time(s: &str) -> Option<Timestamp> {
+    let s = s.trim();
+    if let Ok(t) = s.parse::<Timestamp>() {
+        return Some(t);
+    }
+    let mut parts = s.split_whitespace();
+    let (date, time, offset) = (parts.next()?, parts.next()?, parts.next()?);
+    // The fourth word is the zone abbreviation (redundant with the offset), then maybe `m=±…`.
+    if offset.len() != 5 || !offset.starts_with(['+', '-']) {
+        return None;
+    }
+    let offset = format!("{}:{}", &offset[..3], &offset[3..]);
+    format!("{date}T{time}{offset}").parse().ok()
+}
+
+/// kube-proxy's `/healthz` answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Healthz {
+    /// HTTP 200 (503 when a change has waited longer than its health timeout, or the node is
+    /// being deleted).
+    pub healthy: bool,
+    /// The current time while healthy; the last sync of the late IP family otherwise. Not a sync
+    /// time: see the module documentation.
+    pub last_updated: Timestamp,
+    pub current_time: Option<Timestamp>,
+    pub node_eligible: Option<bool>,
+}
+
+/// Parses the `/healthz` body.
+pub fn parse_healthz(body: &str) -> Result<(Timestamp, Option<Timestamp>, Option<bool>), String> {
+    let v: serde_json::Value =
+        serde_json::from_str(body).map_err(|e| format!("healthz is not JSON: {e}"))?;
+    let time = |k: &str| v.get(k).and_then(|x| x.as_str()).and_then(parse_go_time);
+    let last = v
+        .get("lastUpdated")
+        .and_then(|x| x.as_str())
+        .ok_or("healthz has no lastUpdated")?;
+    let last_updated =
+        parse_go_time(last).ok_or_else(|| format!("unreadable lastUpdated {last:?}"))?;
+    Ok((
+        last_updated,
+        time("currentTime"),
+        v.get("nodeEligible").and_then(|x| x.as_bool()),
+    ))
+}
+
+/// Where kube-proxy answers (flags `--kube-proxy-metrics-url`, `--kube-proxy-healthz-url`,
+/// `--kube-proxy-mode-url`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeProxyConfig {
+    pub metrics_url: String,
+    pub healthz_url: String,
+    pub proxy_mode_url: String,
+    pub timeout: Duration,
+}
+
+impl Default for KubeProxyConfig {
+    fn default() -> Self {
+        KubeProxyConfig {
+            metrics_url: DEFAULT_METRICS_URL.to_string(),
+            healthz_url: DEFAULT_HEALTHZ_URL.to_string(),
+            proxy_mode_url: DEFAULT_PROXY_MODE_URL.to_string(),
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+}
+
+/// A client for the node's kube-proxy.
+#[derive(Debug, Clone)]
+pub struct KubeProxy {
+    metrics: HttpUrl,
+    healthz: HttpUrl,
+    proxy_mode: HttpUrl,
+    timeout: Duration,
+}
+
+impl KubeProxy {
+    /// Validates the URLs.
+    pub fn new(config: &KubeProxyConfig) -> Result<Self> {
+        let parse = |url: &str| {
+            HttpUrl::parse(url).map_err(|reason| Error::BadUrl {
+                url: url.to_string(),
+                reason,
+            })
+        };
+        Ok(KubeProxy {
+            metrics: parse(&config.metrics_url)?,
+            healthz: parse(&config.healthz_url)?,
+            proxy_mode: parse(&config.proxy_mode_url)?,
+            timeout: config.timeout,
+        })
+    }
+
+    async fn get_ok(&self, url: &HttpUrl) -> Result<Response> {
+        let r = get(url, self.timeout).await?;
+        if r.status != 200 {
+            return Err(Error::Status {
+                url: display(url),
+                status: r.status,
+            });
+        }
+        Ok(r)
+    }
+
+    /// When kube-proxy last synced its rules (`kubeproxy_sync_proxy_rules_last_timestamp_seconds`;
+    /// the oldest sample when there are several). Unix epoch (0) means it has not synced since it
+    /// started.
+    pub async fn last_sync(&self) -> Result<Timestamp> {
+        let r = self.get_ok(&self.metrics).await?;
+        let url = || display(&self.metrics);
+        let secs = parse_metric_min(&r.body, SYNC_METRIC).ok_or_else(|| Error::NoSample {
+            url: url(),
+            metric: SYNC_METRIC,
+        })?;
+        from_unix_seconds(secs).ok_or_else(|| Error::Malformed {
+            url: url(),
+            reason: format!("{SYNC_METRIC} {secs} is not a time"),
+        })
+    }
+
+    /// kube-proxy's `/healthz` (a 503 is an answer too: `healthy: false`).
+    pub async fn healthz(&self) -> Result<Healthz> {
+        let r = get(&self.healthz, self.timeout).await?;
+        if r.status != 200 && r.status != 503 {
+            return Err(Error::Status {
+                url: display(&self.healthz),
+                status: r.status,
+            });
+        }
+        let (last_updated, current_time, node_eligible) =
+            parse_healthz(&r.body).map_err(|reason| Error::Malformed {
+                url: display(&self.healthz),
+                reason,
+            })?;
+        Ok(Healthz {
+            healthy: r.status == 200,
+            last_updated,
+            current_time,
+            node_eligible,
+        })
+    }
+
+    /// kube-proxy's mode, lowercase (`iptables`, `nftables`, `ipvs`, `kernelspace`).
+    pub async fn proxy_mode(&self) -> Result<String> {
+        let r = self.get_ok(&self.proxy_mode).await?;
+        let mode = r.body.trim();
+        let word = !mode.is_empty()
+            && mode.len() <= 32
+            && mode
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !word {
+            return Err(Error::Malformed {
+                url: display(&self.proxy_mode),
+                reason: format!("unexpected proxyMode body {:?}", truncate(mode, 40)),
+            });
+        }
+        Ok(mode.to_ascii_lowercase())
+    }
+}
+
+/// kube-proxy's IPVS mode leaves a dummy `kube-ipvs0` interface holding every ClusterIP.
+pub const IPVS_INTERFACE: &str = "kube-ipvs0";
+
+/// Whether the namespace (`netns`, or ours) has a `kube-ipvs0` link. The lookup runs on a thread
+/// inside the namespace: `if_nametoindex` asks the kernel through a socket of the caller's
+/// network namespace (`/sys/class/net` would show the namespace sysfs was mounted in instead).
+pub fn ipvs_interface_present(netns: Option<&str>) -> ctnetlink::Result<bool> {
+    fn here() -> ctnetlink::Result<bool> {
+        let name = std::ffi::CString::new(IPVS_INTERFACE).map_err(|_| ctnetlink::Error::Io {
+            op: "look up kube-ipvs0",
+            source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+        })?;
+        // SAFETY: `name` is a valid NUL-terminated string that outlives the call.
+        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        if index != 0 {
+            return Ok(true);
+        }
+        let err = std::io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::ENODEV) | Some(libc::ENXIO) | None | Some(0) => Ok(false),
+            _ => Err(ctnetlink::Error::Io {
+                op: "look up kube-ipvs0",
+                source: err,
+            }),
+        }
+    }
+    match netns {
+        None => here(),
+        Some(ns) => ctnetlink::netns::run_in(ns, here),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Shaped after a real kube-proxy 1.3x /metrics (Prometheus text 0.0.4 from client_golang).
+    const METRICS: &str = "\
+# HELP kubeproxy_sync_proxy_rules_duration_seconds [ALPHA] SyncProxyRules latency in seconds
+# TYPE kubeproxy_sync_proxy_rules_duration_seconds histogram
+kubeproxy_sync_proxy_rules_duration_seconds_bucket{le=\"0.001\"} 0
+kubeproxy_sync_proxy_rules_duration_seconds_bucket{le=\"+Inf\"} 42
+kubeproxy_sync_proxy_rules_duration_seconds_sum 1.2345
+kubeproxy_sync_proxy_rules_duration_seconds_count 42
+# HELP kubeproxy_sync_proxy_rules_last_timestamp_seconds [ALPHA] The last time proxy rules were successfully synced
+# TYPE kubeproxy_sync_proxy_rules_last_timestamp_seconds gauge
+kubeproxy_sync_proxy_rules_last_timestamp_seconds 1.7149573123456e+09
+# HELP kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds [ALPHA] The last time a sync of proxy rules was queued
+# TYPE kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds gauge
+kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds 1.7149573200000e+09
+";
+
+    #[test]
+    fn reads_the_sync_gauge_not_its_neighbours() {
+        let v = parse_metric_min(METRICS, SYNC_METRIC).unwrap();
+        assert_eq!(v, 1.7149573123456e9);
+        let t = from_unix_seconds(v).unwrap();
+        assert_eq!(t.as_millisecond(), 1_714_957_312_345);
+        assert_eq!(parse_metric_min("# nothing\n", SYNC_METRIC), None);
+        assert_eq!(
+            parse_metric_min(
+                "kubeproxy_sync_proxy_rules_last_timestamp_seconds NaN\n",
+                SYNC_METRIC
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn several_families_give_the_oldest() {
+        let text = "\
+kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family=\"IPv4\"} 1.7e+09
+kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family=\"IPv6\",x=\"a}b\"} 1.6e+09 1714957312000
+";
+        assert_eq!(parse_metric_min(text, SYNC_METRIC), Some(1.6e9));
+    }
+
+    #[test]
+    fn parses_go_and_rfc3339_times() {
+        let t = parse_go_time("2024-05-06 01:01:52.345678901 +0000 UTC m=+1234.567890123").unwrap();
+        assert_eq!(t.to_string(), "2024-05-06T01:01:52.345678901Z");
+        let t = parse_go_time("2024-05-06 03:01:52 +0200 CEST").unwrap();
+        assert_eq!(t.to_string(), "2024-05-06T01:01:52Z");
+        let t = parse_go_time("2024-05-06T01:01:52Z").unwrap();
+        assert_eq!(t.as_second(), 1_714_957_312);
+        // Go's zero time: kube-proxy has never synced.
+        assert!(parse_go_time("0001-01-01 00:00:00 +0000 UTC").is_some());
+        assert!(parse_go_time("yesterday").is_none());
+        assert!(parse_go_time("2024-05-06 01:01:52 UTC").is_none());
+    }
+
+    #[test]
+    fn parses_healthz_bodies() {
+        let body = r#"{"lastUpdated": "2024-05-06 01:01:52.1 +0000 UTC m=+95.2","currentTime": "2024-05-06 01:01:52.1 +0000 UTC m=+95.2", "nodeEligible": true}"#;
+        let (last, now, eligible) = parse_healthz(body).unwrap();
+        assert_eq!(last.as_second(), 1_714_957_312);
+        assert_eq!(now, Some(last));
+        assert_eq!(eligible, Some(true));
+        // Older kube-proxy: no nodeEligible.
+        let (_, _, eligible) = parse_healthz(
+            r#"{"lastUpdated": "2019-01-01 00:00:00 +0000 UTC","currentTime": "2019-01-01 00:00:05 +0000 UTC"}"#,
+        )
+        .unwrap();
+        assert_eq!(eligible, None);
+        assert!(parse_healthz("ok").is_err());
+        assert!(parse_healthz(r#"{"currentTime": "x"}"#).is_err());
+    }
+
+    #[test]
+    fn parses_plain_chunked_and_sized_responses() {
+        let r = parse_response(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 8\r\n\r\niptablesEXTRA",
+        )
+        .unwrap();
+        assert_eq!((r.status, r.body.as_str()), (200, "iptables"));
+        assert_eq!(r.content_type.as_deref(), Some("text/plain; charset=utf-8"));
+        let r = parse_response(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4;ext=1\r\nipta\r\n4\r\nbles\r\n0\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(r.body, "iptables");
+        let r = parse_response(b"HTTP/1.0 503 Service Unavailable\r\n\r\n{}").unwrap();
+        assert_eq!((r.status, r.body.as_str()), (503, "{}"));
+        for bad in [
+            &b"SSH-2.0-OpenSSH_9.6\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n9\r\nabc",
+            b"HTTP/1.1 OK\r\n\r\n",
+            b"HTTP/2 200\r\n\r\n",
+        ] {
+            assert!(
+                parse_response(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_bad_urls() {
+        let cfg = KubeProxyConfig {
+            metrics_url: "https://127.0.0.1:10249/metrics".into(),
+            ..Default::default()
+        };
+        let e = KubeProxy::new(&cfg).unwrap_err();
+        assert!(e.to_string().contains("only http://"), "{e}");
+        assert!(KubeProxy::new(&KubeProxyConfig::default()).is_ok());
+    }
+
+    #[test]
+    fn our_namespace_has_no_ipvs_interface() {
+        // The test machines run no kube-proxy in IPVS mode.
+        assert!(!ipvs_interface_present(None).unwrap());
+    }
+}

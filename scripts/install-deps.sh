@@ -10,6 +10,7 @@ command -v sysctl >/dev/null 2>&1 || need+=(procps)
 command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
 command -v kmod >/dev/null 2>&1 || need+=(kmod)
 [ -x /usr/bin/time ] || need+=(time)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "missing: ${need[*]} — install them as root: apt-get install -y ${need[*]}" >&2

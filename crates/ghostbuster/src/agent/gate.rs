@@ -82,23 +82,29 @@ impl Global {
     }
 }
 
-/// Rule 2 for one backend removed at `removed_at`: has kube-proxy synced its rules since? With
-/// kube-proxy's last sync time unknown, wait `grace` after the removal. Returns when to look again
-/// when not yet.
+/// Rule 2 for one backend removed at `removed_at` (when the agent saw it leave): has kube-proxy
+/// synced its rules since? With kube-proxy's last sync time unknown, wait `grace` after the
+/// removal. Returns when to look again when not yet.
+///
+/// `max_wait` bounds the wait on a readable kube-proxy: when kube-proxy happened to apply the
+/// change a moment *before* the agent saw it, its next sync is only its periodic one
+/// (`syncPeriod`, 30 s by default), so after that long its rules are as current as they get.
 pub fn kube_proxy_caught_up(
     removed_at: Timestamp,
     kube_proxy_synced_at: Option<Timestamp>,
     grace: Duration,
+    max_wait: Duration,
     now: Timestamp,
 ) -> Result<(), (Hold, Duration)> {
+    let elapsed: Duration = now
+        .duration_since(removed_at)
+        .try_into()
+        .unwrap_or(Duration::ZERO);
     match kube_proxy_synced_at {
         Some(sync) if sync > removed_at => Ok(()),
-        Some(_) => Err((Hold::KubeProxyBehind, Duration::from_millis(200))),
+        Some(_) if elapsed >= max_wait => Ok(()),
+        Some(_) => Err((Hold::KubeProxyBehind, Duration::from_millis(100))),
         None => {
-            let elapsed = now
-                .duration_since(removed_at)
-                .try_into()
-                .unwrap_or(Duration::ZERO);
             if elapsed >= grace {
                 Ok(())
             } else {
@@ -159,28 +165,32 @@ mod tests {
         assert_eq!(g.check(), Err(Hold::DryRun));
     }
 
+    const MAX: Duration = Duration::from_secs(35);
+
     #[test]
     fn kube_proxy_must_have_synced_after_the_removal() {
         let g = Duration::from_secs(2);
-        assert!(kube_proxy_caught_up(t(10), Some(t(11)), g, t(11)).is_ok());
+        assert!(kube_proxy_caught_up(t(10), Some(t(11)), g, MAX, t(11)).is_ok());
         assert!(matches!(
-            kube_proxy_caught_up(t(10), Some(t(10)), g, t(30)),
+            kube_proxy_caught_up(t(10), Some(t(10)), g, MAX, t(30)),
             Err((Hold::KubeProxyBehind, _))
         ));
         assert!(matches!(
-            kube_proxy_caught_up(t(10), Some(t(9)), g, t(30)),
+            kube_proxy_caught_up(t(10), Some(t(9)), g, MAX, t(30)),
             Err((Hold::KubeProxyBehind, _))
         ));
+        // kube-proxy applied it just before we saw it: its periodic sync bounds the wait.
+        assert!(kube_proxy_caught_up(t(10), Some(t(9)), g, MAX, t(45)).is_ok());
     }
 
     #[test]
     fn without_kube_proxy_wait_the_grace() {
         let g = Duration::from_secs(2);
-        let r = kube_proxy_caught_up(t(10), None, g, t(11));
+        let r = kube_proxy_caught_up(t(10), None, g, MAX, t(11));
         assert!(matches!(r, Err((Hold::Grace, d)) if d == Duration::from_secs(1)));
-        assert!(kube_proxy_caught_up(t(10), None, g, t(12)).is_ok());
+        assert!(kube_proxy_caught_up(t(10), None, g, MAX, t(12)).is_ok());
         // A clock that went backwards is not a reason to delete early.
-        assert!(kube_proxy_caught_up(t(10), None, g, t(5)).is_err());
+        assert!(kube_proxy_caught_up(t(10), None, g, MAX, t(5)).is_err());
     }
 
     #[test]

@@ -2,9 +2,17 @@
 //! ghost flows within milliseconds of a backend leaving its Service — once the delete gate opens.
 //!
 //! - [`gate`]: the pure delete gate (sync, kube-proxy lag, evidence, circuit breaker);
-//! - [`reactor`]: the one thread that dumps and deletes, fed with coalesced work.
+//! - [`reactor`]: the one thread that dumps and deletes, fed with coalesced work;
+//! - [`conntrack_events`]: NEW events toward backends already gone;
+//! - [`k8s_events`]: aggregated Kubernetes Events on Services;
+//! - [`world`]: the reactor's view of kube-proxy, the API server and the telemetry;
+//! - [`run`]: the wiring.
 
 pub mod conntrack_events;
 pub mod gate;
 pub mod k8s_events;
 pub mod reactor;
+pub mod run;
+pub mod world;
+
+pub use run::main;

@@ -18,9 +18,9 @@ use jiff::Timestamp;
 
 use super::gate::{self, Breaker, Global, Hold};
 use crate::classify::classify;
-use crate::cluster::{Index, ObjectKey};
+use crate::cluster::{Index, Name, ObjectKey};
 use crate::policy::Policy;
-use crate::scan::{scan, Finding};
+use crate::scan::{scan, scan_with, Finding, ScanOptions};
 use crate::sweep::{sweep, Outcome, SweepTotals};
 use crate::verdict::VerdictKind;
 
@@ -55,6 +55,8 @@ pub trait World: Send {
     fn global(&mut self) -> Global;
     /// Called after every pass with what happened.
     fn report(&mut self, pass: &PassReport);
+    /// Called on every turn of the loop (at least every 250 ms): the liveness heartbeat.
+    fn tick(&mut self) {}
 }
 
 /// The result of one pass, for metrics, logs, Events and `/debug/recent`.
@@ -73,6 +75,9 @@ pub struct PassReport {
     /// For targeted passes: when the backend left its Service, and when the gate opened.
     pub removed_at: Option<Timestamp>,
     pub gate_opened: Option<Instant>,
+    /// Full passes: entries per (protocol, state) and service flows per Service.
+    pub by_state: BTreeMap<(u8, &'static str), u64>,
+    pub by_service: HashMap<(Name, Name), u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +100,8 @@ impl PassKind {
 pub struct ReactorConfig {
     pub policy: Policy,
     pub grace: Duration,
+    /// Longest wait for a readable kube-proxy to sync after a removal (its `syncPeriod` + slack).
+    pub kube_proxy_max_wait: Duration,
     pub resync_interval: Duration,
     pub breaker: Breaker,
     /// How long tombstones are kept.
@@ -138,6 +145,7 @@ pub fn run(
         if stop.load(Ordering::Relaxed) {
             return;
         }
+        world.tick();
         let now = Instant::now();
         let next_due = parked
             .values()
@@ -236,7 +244,13 @@ fn backend_gate(
         return Ok(None);
     };
     let synced = world.kube_proxy_synced_at();
-    match gate::kube_proxy_caught_up(latest, synced, cfg.grace, Timestamp::now()) {
+    match gate::kube_proxy_caught_up(
+        latest,
+        synced,
+        cfg.grace,
+        cfg.kube_proxy_max_wait,
+        Timestamp::now(),
+    ) {
         Ok(()) => Ok(Some(latest)),
         Err((_, again)) => Err(again),
     }
@@ -346,7 +360,13 @@ fn full_pass(
     let started = Instant::now();
     let report = {
         let ix = shared.index.read().unwrap_or_else(|e| e.into_inner());
-        scan(ct, &ix, &cfg.policy, &Filter::default())
+        scan_with(
+            ct,
+            &ix,
+            &cfg.policy,
+            &Filter::default(),
+            ScanOptions { tally: true },
+        )
     };
     let report = match report {
         Ok(r) => r,
@@ -363,9 +383,12 @@ fn full_pass(
                 held: None,
                 removed_at: None,
                 gate_opened: None,
+                by_state: BTreeMap::new(),
+                by_service: HashMap::new(),
             };
         }
     };
+    let (by_state, by_service) = (report.by_state, report.by_service);
     let service_flows = report.scanned
         - report
             .counts
@@ -408,7 +431,7 @@ fn full_pass(
             f.verdict.removable = false;
         }
     }
-    act(
+    let mut r = act(
         ct,
         shared,
         world,
@@ -420,7 +443,10 @@ fn full_pass(
         started,
         None,
         None,
-    )
+    );
+    r.by_state = by_state;
+    r.by_service = by_service;
+    r
 }
 
 /// Applies the global gate and the circuit breaker, then deletes.
@@ -477,6 +503,8 @@ fn act(
         held,
         removed_at,
         gate_opened,
+        by_state: BTreeMap::new(),
+        by_service: HashMap::new(),
     }
 }
 

@@ -8,8 +8,9 @@ use anyhow::{bail, Context};
 use clap::Args;
 use jiff::Timestamp;
 
+use crate::cluster::kube as live;
 use crate::cluster::{file, Cidr, IndexConfig, Kind, Protocol};
-use crate::exit::input_error;
+use crate::exit::{input_error, CodedError, ExitCode};
 use crate::policy::Policy;
 
 #[derive(Debug, Clone, Args)]
@@ -31,6 +32,11 @@ pub struct ClusterArgs {
     /// Service CIDRs, for clusters without ServiceCIDR objects (before 1.33); repeatable.
     #[arg(long = "service-cidr", value_name = "CIDR")]
     pub service_cidrs: Vec<Cidr>,
+    /// Without --from-file the cluster is read live from the API server, with this kubeconfig
+    /// (several paths separated by ':' are merged, as kubectl does); default: ~/.kube/config, or
+    /// the pod's service account.
+    #[arg(long, env = "KUBECONFIG", value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -108,15 +114,11 @@ impl PolicyArgs {
 }
 
 impl ClusterArgs {
-    /// Loads the cluster view; every failure is an input error (exit 2) and happens before any
-    /// conntrack access, so nothing is deleted on bad input.
+    /// Loads the cluster view: the `--from-file` exports, or else one live read of the API
+    /// server. Bad files and kubeconfigs are input errors (exit 2); an unreachable API server or
+    /// refused credentials or permissions are environment errors (exit 3). Every failure happens
+    /// before any conntrack access, so nothing is deleted on a bad view.
     pub fn load(&self) -> anyhow::Result<file::Loaded> {
-        if self.from_file.is_empty() {
-            return Err(input_error(anyhow::anyhow!(
-                "no cluster view: pass --from-file with an export of \
-                 `kubectl get services,endpointslices,pods,nodes,servicecidrs -A -o json`"
-            )));
-        }
         let local = crate::local_addrs::of(self.netns.as_deref())
             .context("read the namespace's local addresses")?;
         let config = IndexConfig {
@@ -124,6 +126,9 @@ impl ClusterArgs {
             local_addresses: local,
             service_cidrs: self.service_cidrs.clone(),
         };
+        if self.from_file.is_empty() {
+            return self.load_live(config);
+        }
         let loaded =
             file::load(&self.from_file, config, self.snapshot_time).map_err(input_error)?;
         for w in &loaded.warnings {
@@ -145,5 +150,66 @@ impl ClusterArgs {
             )));
         }
         Ok(loaded)
+    }
+
+    /// One live read of the API server (a small runtime of its own: this is called from
+    /// synchronous code).
+    fn load_live(&self, config: IndexConfig) -> anyhow::Result<file::Loaded> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("start the runtime for reading the API server")?;
+        let read = runtime.block_on(async {
+            let mut kc = live::config(self.kubeconfig.as_deref()).await?;
+            // A one-shot command should fail in seconds, not wait out kube's watch-sized timeouts.
+            kc.connect_timeout = Some(Duration::from_secs(10));
+            kc.read_timeout = Some(Duration::from_secs(60));
+            let client = live::client_from(kc)?;
+            live::read_once(&client, live::ReadConfig::new(config)).await
+        });
+        let mut index = read.map_err(|e| {
+            let code = if e.is_environment() {
+                ExitCode::Environment
+            } else {
+                ExitCode::Input
+            };
+            anyhow::Error::from(CodedError {
+                code,
+                error: anyhow::Error::new(e).context("read the cluster from the API server"),
+            })
+        })?;
+        let counts = index.counts();
+        // Every cluster has default/kubernetes: no Service at all means a view that would make
+        // every DNAT'd flow look like a deleted Service's.
+        if counts.services == 0 {
+            return Err(CodedError {
+                code: ExitCode::Environment,
+                error: anyhow::anyhow!(
+                    "the API server listed no Services (not even default/kubernetes); nothing \
+                     was changed"
+                ),
+            }
+            .into());
+        }
+        let snapshot_time = self
+            .snapshot_time
+            .or(index.snapshot_time())
+            .unwrap_or_else(Timestamp::now);
+        index.set_snapshot_time(Some(snapshot_time));
+        let objects = [
+            (Kind::Service, counts.services),
+            (Kind::EndpointSlice, counts.slices),
+            (Kind::Node, counts.nodes),
+            (Kind::Pod, counts.pods),
+        ]
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .collect();
+        Ok(file::Loaded {
+            index,
+            snapshot_time,
+            warnings: Vec::new(),
+            objects,
+        })
     }
 }

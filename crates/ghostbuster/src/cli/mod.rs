@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::exit::ExitCode;
 
+pub mod agent;
 pub mod audit;
 pub mod cluster_args;
 pub mod completions;
@@ -21,6 +22,9 @@ pub struct Cli {
     /// Log level filter (tracing syntax), e.g. `info` or `ghostbuster=debug`.
     #[arg(long, global = true, env = "GHOSTBUSTER_LOG", default_value = "warn")]
     pub log: String,
+    /// Log format: human text, or one JSON object per line (the agent's default in the DaemonSet).
+    #[arg(long, global = true, env = "GHOSTBUSTER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -39,6 +43,8 @@ pub enum Command {
     Sweep(scan::SweepArgs),
     /// Show the verdict for one flow or IP and every rule it passed through.
     Explain(explain::ExplainArgs),
+    /// Run the node agent: watch the cluster, remove ghosts as endpoints leave, export metrics.
+    Agent(agent::AgentArgs),
     /// Print shell completions.
     Completions(completions::CompletionsArgs),
     /// Reproduce the ghost-pod failures in throwaway namespaces and fix them
@@ -63,6 +69,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Scan(a) => scan::run_scan(a),
         Command::Sweep(a) => scan::run_sweep(a),
         Command::Explain(a) => explain::run(a),
+        Command::Agent(a) => agent::run(a),
         Command::Completions(a) => completions::run(a),
         Command::Demo(a) => demo::run(a),
     }

@@ -7,6 +7,7 @@ mod error;
 mod event;
 pub mod file;
 mod index;
+pub mod kube;
 mod meta;
 mod model;
 mod name;

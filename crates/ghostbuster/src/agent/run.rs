@@ -1,0 +1,364 @@
+//! Wiring: one tokio runtime for the API watches, the admin server and Events; three plain
+//! threads for the kernel (the reactor, the conntrack event reader, the table sampler), so a
+//! million-entry dump never blocks an async worker.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use jiff::Timestamp;
+use tokio::net::TcpListener;
+
+use super::conntrack_events::{self, EventSink};
+use super::gate::Breaker;
+use super::k8s_events::EventPoster;
+use super::reactor::{self, ReactorConfig, Shared, Work};
+use super::world::AgentWorld;
+use crate::cli::agent::AgentArgs;
+use crate::cli::audit::{AuditArgs, AuditOutput};
+use crate::cluster::kube::{self as kube_source, PodChecker, WatchConfig, WatchHealth};
+use crate::cluster::{Event, Index, IndexConfig, Kind};
+use crate::exit::{CodedError, ExitCode};
+use crate::telemetry::admin::{self, AdminState};
+use crate::telemetry::health::{Readiness, ReportOnly};
+use crate::telemetry::kube_proxy::{KubeProxy, KubeProxyConfig};
+use crate::telemetry::metrics::{Metrics, MetricsConfig};
+
+/// `ghostbuster agent`: builds the runtime, binds the admin listener, runs until SIGTERM/SIGINT.
+pub fn main(a: AgentArgs) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    rt.block_on(async move {
+        let listener = TcpListener::bind(a.listen).await.map_err(|e| {
+            env_error(anyhow::anyhow!(
+                "bind the admin server to {}: {e}",
+                a.listen
+            ))
+        })?;
+        let client = kube_source::client(a.kubeconfig.as_deref())
+            .await
+            .map_err(|e| env_error(anyhow::anyhow!("connect to the Kubernetes API: {e:#}")))?;
+        run(a, client, listener, shutdown_signal()).await
+    })
+}
+
+fn env_error(e: anyhow::Error) -> anyhow::Error {
+    CodedError {
+        code: ExitCode::Environment,
+        error: e,
+    }
+    .into()
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+struct Sink(Arc<Metrics>);
+
+impl EventSink for Sink {
+    fn lost(&self) {
+        self.0.events_lost();
+    }
+    fn recreated(&self, _backend: std::net::IpAddr) {
+        self.0.record_recreated(1);
+    }
+}
+
+/// Runs the agent with its API client and admin listener given (tests bind port 0 and point the
+/// client at a fake API server) until `shutdown` resolves.
+pub async fn run(
+    a: AgentArgs,
+    client: kube::Client,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<ExitCode> {
+    let netns = a.netns.clone();
+    // The kernel first: without CAP_NET_ADMIN or conntrack there is nothing to do.
+    let ct = ctnetlink::Conntrack::open_in(netns.as_deref()).context("open conntrack")?;
+    let mut probe = ctnetlink::Conntrack::open_in(netns.as_deref()).context("open conntrack")?;
+    probe
+        .stats()
+        .context("read conntrack statistics (the agent needs CAP_NET_ADMIN)")?;
+    let local = crate::local_addrs::of(netns.as_deref()).context("read local addresses")?;
+    let index = Index::new(IndexConfig {
+        node_name: Some(a.node_name.clone()),
+        local_addresses: local,
+        service_cidrs: a.service_cidrs.clone(),
+    });
+    let shared = Shared::new(index);
+    let policy = a.policy.policy()?;
+
+    let metrics = Arc::new(Metrics::new(MetricsConfig {
+        max_service_series: a.max_service_series,
+        per_cpu: a.per_cpu_metrics,
+        ..MetricsConfig::default()
+    }));
+    let kinds = [
+        "services",
+        "endpointslices",
+        "nodes",
+        "pods",
+        "servicecidrs",
+    ];
+    let readiness = Readiness::new(kinds);
+    let admin_state = AdminState::new(metrics.clone(), readiness.clone());
+    admin_state.set_mode(!a.dry_run);
+    let stop = Arc::new(AtomicBool::new(false));
+
+    // Admin server.
+    let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let admin_task = tokio::spawn(admin::serve(listener, admin_state.clone(), async {
+        let _ = admin_stop_rx.await;
+    }));
+
+    // Where ghostbuster must not act: IPVS (kube-proxy's mode, or a kube-ipvs0 link).
+    let kube_proxy = KubeProxy::new(&KubeProxyConfig {
+        metrics_url: a.kube_proxy_metrics_url.clone(),
+        healthz_url: a.kube_proxy_healthz_url.clone(),
+        proxy_mode_url: a.kube_proxy_mode_url.clone(),
+        ..KubeProxyConfig::default()
+    })
+    .map_err(|e| crate::exit::input_error(anyhow::anyhow!("kube-proxy URL: {e}")))?;
+    let dataplane = Arc::new(Mutex::new(None));
+    let ipvs_link =
+        crate::telemetry::kube_proxy::ipvs_interface_present(netns.as_deref()).unwrap_or(false);
+    let mode = kube_proxy.proxy_mode().await.ok();
+    if ipvs_link || mode.as_deref() == Some("ipvs") {
+        let why = "kube-proxy runs in IPVS mode: IPVS recreates conntrack entries, so ghostbuster only reports".to_string();
+        tracing::warn!("{why}");
+        *dataplane.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+    }
+
+    // The audit at start, exported as metrics and logged.
+    let audit_args = AuditArgs {
+        netns: netns.clone(),
+        output: AuditOutput::Json,
+        emit_sysctl: None,
+        exit_code: false,
+        kube_proxy_url: a.kube_proxy_mode_url.clone(),
+    };
+    match tokio::task::spawn_blocking(move || crate::cli::audit::gather(&audit_args)).await {
+        Ok(Ok(facts)) => {
+            let findings = crate::audit::check(&facts);
+            for f in findings
+                .iter()
+                .filter(|f| f.severity >= crate::audit::Severity::Warn)
+            {
+                tracing::warn!(check = %f.check, current = ?f.current, recommended = ?f.recommended, "audit: {}", f.reason);
+            }
+            metrics.set_sysctl_checks(&findings);
+        }
+        Ok(Err(e)) => tracing::warn!(error = %format!("{e:#}"), "audit failed"),
+        Err(e) => tracing::warn!(error = %e, "audit task failed"),
+    }
+
+    // Watches → index.
+    let health = Arc::new(WatchHealth::new());
+    let (ev_tx, mut ev_rx) = tokio::sync::mpsc::channel::<Event>(4096);
+    let watch_task = tokio::spawn(kube_source::watch_cluster(
+        client.clone(),
+        WatchConfig {
+            node_name: a.node_name.clone(),
+            watch_service_cidrs: true,
+        },
+        ev_tx,
+        health.clone(),
+    ));
+    let (work_tx, work_rx) = mpsc::channel::<Work>();
+    {
+        let shared = shared.clone();
+        let work_tx = work_tx.clone();
+        let metrics = metrics.clone();
+        let readiness = readiness.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = ev_rx.recv().await {
+                let done_kind = match &ev {
+                    Event::InitDone(k) => Some(*k),
+                    _ => None,
+                };
+                let changes = {
+                    let mut ix = shared.index.write().unwrap_or_else(|e| e.into_inner());
+                    ix.apply(ev, Timestamp::now())
+                };
+                if let Some(k) = done_kind {
+                    readiness.synced(kind_name(k));
+                }
+                match changes {
+                    Ok(c) => {
+                        let n = (c.endpoints_removed.len()
+                            + c.endpoints_added.len()
+                            + c.services_removed.len()) as u64;
+                        if n > 0 {
+                            metrics.endpoint_changes(n);
+                        }
+                        if !c.endpoints_removed.is_empty() {
+                            let ix = shared.index.read().unwrap_or_else(|e| e.into_inner());
+                            let dead = ix.tombstones().iter().map(|t| t.ip).collect();
+                            drop(ix);
+                            *shared
+                                .dead_backends
+                                .write()
+                                .unwrap_or_else(|e| e.into_inner()) = dead;
+                        }
+                        for w in reactor::work_from_changes(&c) {
+                            let _ = work_tx.send(w);
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "ignored a cluster object"),
+                }
+            }
+        });
+    }
+
+    // Gate inputs that change over time: watch sync and freshness.
+    {
+        let health = health.clone();
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            loop {
+                metrics.set_synced(health.all_synced());
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+
+    // Events.
+    let poster = a.events.then(|| {
+        Arc::new(tokio::sync::Mutex::new(EventPoster::new(
+            client.clone(),
+            a.node_name.clone(),
+            Duration::from_secs(300),
+        )))
+    });
+    if let Some(p) = poster.clone() {
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                p.lock().await.flush(Instant::now()).await;
+            }
+        });
+    }
+
+    // The reactor.
+    let world = AgentWorld {
+        rt: tokio::runtime::Handle::current(),
+        kube_proxy,
+        pods: PodChecker::new(client.clone(), Duration::from_secs(5)),
+        health: health.clone(),
+        watch_stale_after: a.watch_stale_after,
+        dry_run: a.dry_run,
+        dataplane: dataplane.clone(),
+        admin: admin_state.clone(),
+        events: poster,
+        log_removed_flows: a.log_removed_flows,
+        first_full_pass: Arc::new(AtomicBool::new(false)),
+    };
+    let cfg = ReactorConfig {
+        policy,
+        grace: a.grace,
+        kube_proxy_max_wait: a.kube_proxy_max_wait,
+        resync_interval: a.resync_interval,
+        breaker: Breaker {
+            max_deletes_per_pass: a.max_deletes_per_pass,
+            ..Breaker::default()
+        },
+        tombstone_ttl: a.tombstone_ttl,
+    };
+    // The first full pass waits for the watches: a pass over an empty index would report every
+    // flow as not_service (harmless, but noise).
+    {
+        let shared = shared.clone();
+        let stop = stop.clone();
+        let health = health.clone();
+        std::thread::Builder::new()
+            .name("gb-reactor".into())
+            .spawn(move || {
+                while !health.all_synced() && !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                reactor::run(ct, shared, work_rx, world, cfg, stop)
+            })
+            .context("start the reactor thread")?;
+    }
+
+    // Conntrack NEW events.
+    match conntrack_events::subscribe(netns.as_deref()) {
+        Ok(sock) => {
+            let shared = shared.clone();
+            let work_tx = work_tx.clone();
+            let stop = stop.clone();
+            let sink = Sink(metrics.clone());
+            std::thread::Builder::new()
+                .name("gb-ct-events".into())
+                .spawn(move || conntrack_events::run(sock, shared, work_tx, sink, stop))
+                .context("start the event thread")?;
+        }
+        Err(e) => tracing::warn!(error = %e, "no conntrack events; relying on periodic scans"),
+    }
+
+    // Table sampler: size, limit, per-CPU counters, every 15 s.
+    {
+        let metrics = metrics.clone();
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("gb-table".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok(g) = probe.stats() {
+                        metrics.set_table(g);
+                    }
+                    if let Ok(c) = probe.stats_per_cpu() {
+                        metrics.update_cpu_stats(&c);
+                    }
+                    for _ in 0..60 {
+                        if stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        std::thread::sleep(Duration::from_millis(250));
+                    }
+                }
+            })
+            .context("start the table sampler")?;
+    }
+    tracing::info!(node = %a.node_name, dry_run = a.dry_run, "agent started");
+    if a.dry_run {
+        admin_state.set_report_only(vec![ReportOnly::new("dry_run", "--dry-run")]);
+    }
+
+    shutdown.await;
+    tracing::info!("shutting down");
+    stop.store(true, Ordering::Relaxed);
+    drop(work_tx);
+    watch_task.abort();
+    let _ = admin_stop_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(1), admin_task).await;
+    Ok(ExitCode::Ok)
+}
+
+fn kind_name(k: Kind) -> &'static str {
+    match k {
+        Kind::Service => "services",
+        Kind::EndpointSlice => "endpointslices",
+        Kind::Node => "nodes",
+        Kind::Pod => "pods",
+        Kind::ServiceCidr => "servicecidrs",
+    }
+}

@@ -1,0 +1,80 @@
+//! `ghostbuster agent`: the node agent (a DaemonSet pod on every node).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::cluster_args::{parse_duration, PolicyArgs};
+use crate::cluster::Cidr;
+use crate::exit::ExitCode;
+
+#[derive(Debug, Clone, Args)]
+pub struct AgentArgs {
+    /// kubeconfig to use; default: in-cluster config, then KUBECONFIG / ~/.kube/config.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// This node's name (the downward API's spec.nodeName): its Node and its Pods are watched.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: String,
+    /// Serve another network namespace than the agent's own (tests, labs).
+    #[arg(long)]
+    pub netns: Option<String>,
+    /// Service CIDRs, for clusters without ServiceCIDR objects (before 1.33); repeatable.
+    #[arg(long = "service-cidr", value_name = "CIDR")]
+    pub service_cidrs: Vec<Cidr>,
+    /// Address of the admin server (/metrics, /healthz, /readyz, /debug/recent).
+    #[arg(long, env = "GHOSTBUSTER_LISTEN", default_value = "127.0.0.1:9477")]
+    pub listen: SocketAddr,
+    /// Report only: never delete.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Without a readable kube-proxy sync time, wait this long after an endpoint's removal.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub grace: Duration,
+    /// Longest wait for a readable kube-proxy to report a sync after a removal: kube-proxy may
+    /// have applied the change just before the agent saw it, and then only its periodic sync
+    /// (`syncPeriod`, 30 s by default) moves its timestamp.
+    #[arg(long, default_value = "35s", value_parser = parse_duration)]
+    pub kube_proxy_max_wait: Duration,
+    /// Full scan interval: the source of truth behind the fast paths.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub resync_interval: Duration,
+    /// Circuit breaker: never more deletes than this in one pass.
+    #[arg(long, default_value_t = 100_000)]
+    pub max_deletes_per_pass: u64,
+    /// Cap of per-service metric series; the rest is aggregated as service="_other".
+    #[arg(long, default_value_t = 100)]
+    pub max_service_series: usize,
+    /// Post Kubernetes Events on Services when flows were removed.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub events: bool,
+    /// Log one line per removed flow (forensics: "did you kill my connection?").
+    #[arg(long)]
+    pub log_removed_flows: bool,
+    /// kube-proxy's metrics endpoint (its last sync time).
+    #[arg(long, default_value = "http://127.0.0.1:10249/metrics")]
+    pub kube_proxy_metrics_url: String,
+    /// kube-proxy's health endpoint (`lastUpdated`), used when the metrics cannot be read.
+    #[arg(long, default_value = "http://127.0.0.1:10256/healthz")]
+    pub kube_proxy_healthz_url: String,
+    /// kube-proxy's mode endpoint (iptables, nftables, ipvs).
+    #[arg(long, default_value = "http://127.0.0.1:10249/proxyMode")]
+    pub kube_proxy_mode_url: String,
+    /// Export per-CPU conntrack counters with a `cpu` label (default: summed).
+    #[arg(long)]
+    pub per_cpu_metrics: bool,
+    /// How long an endpoint that left its Service is remembered as evidence.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub tombstone_ttl: Duration,
+    /// A watch silent for longer than this is stale (BOOKMARKs arrive about every minute).
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub watch_stale_after: Duration,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+}
+
+pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
+    crate::agent::main(a)
+}

@@ -1,0 +1,416 @@
+//! Watching the cluster: one list-then-watch loop per kind, all feeding one channel.
+//!
+//! Per kind, as client-go's reflector: list from the API server's watch cache
+//! (`resourceVersion=0`, `limit` pages, later pages by `continue` only), then watch from the
+//! list's resourceVersion with BOOKMARKs; a dropped or timed-out watch resumes from the last
+//! resourceVersion seen; `410 Gone` (an ERROR event or the HTTP status) means events were lost and
+//! forces a relist; a continue token that expired mid-list restarts the list at the latest
+//! version. Errors wait a jittered backoff. A relist is sent as `Init`, `InitApply`...,
+//! `InitDone`, so the index swaps in the new view only when it is complete and reports every
+//! endpoint the relist dropped exactly once.
+//!
+//! Scope, for memory and API load: Services, EndpointSlices and ServiceCIDRs cluster-wide, but
+//! only this node's Node (`metadata.name=`) and Pods (`spec.nodeName=`): never every Pod of the
+//! cluster (~25 KB each, and O(nodes × pods) API load).
+
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ::kube::api::{Api, ListParams, WatchEvent, WatchParams};
+use ::kube::core::ObjectList;
+use ::kube::{Client, Resource, ResourceExt};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::ServiceCIDR;
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+
+use super::backoff::Backoff;
+use super::health::{KindState, WatchHealth};
+use super::strip::strip;
+use crate::cluster::{Event, Kind, Object};
+
+/// What to watch.
+#[derive(Clone, Debug)]
+pub struct WatchConfig {
+    /// This node: its Node object and the Pods scheduled to it are watched.
+    pub node_name: String,
+    /// Watch ServiceCIDRs (stopped by itself when the API server answers 404).
+    pub watch_service_cidrs: bool,
+}
+
+/// How to watch: defaults as client-go and kube-rs; tests shorten them.
+#[derive(Clone, Debug)]
+pub struct WatchTuning {
+    /// Objects per list page.
+    pub page_size: u32,
+    /// `timeoutSeconds` of each watch request: the server ends the watch after it and the loop
+    /// resumes from the last resourceVersion (kube's default, 290 s, stays below its client read
+    /// timeout).
+    pub watch_timeout: Duration,
+    /// With nothing at all received for this long (not even a BOOKMARK), the connection is taken
+    /// for dead and the watch restarted.
+    pub idle_timeout: Duration,
+    /// First and longest wait after an error (jittered).
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for WatchTuning {
+    fn default() -> Self {
+        WatchTuning {
+            page_size: 500,
+            watch_timeout: Duration::from_secs(290),
+            idle_timeout: Duration::from_secs(295),
+            backoff_min: Duration::from_millis(800),
+            backoff_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Watches the cluster until `tx`'s receiver is dropped, sending every change; `health` follows
+/// each kind. Never returns on API errors: it retries (with backoff) and says so in `health`.
+pub async fn watch_cluster(
+    client: Client,
+    cfg: WatchConfig,
+    tx: mpsc::Sender<Event>,
+    health: Arc<WatchHealth>,
+) {
+    watch_cluster_with(client, cfg, WatchTuning::default(), tx, health).await;
+}
+
+/// [`watch_cluster`] with explicit [`WatchTuning`].
+pub async fn watch_cluster_with(
+    client: Client,
+    cfg: WatchConfig,
+    tuning: WatchTuning,
+    tx: mpsc::Sender<Event>,
+    health: Arc<WatchHealth>,
+) {
+    if !cfg.watch_service_cidrs {
+        health.set_state(Kind::ServiceCidr, KindState::Off);
+    }
+    let node = format!("metadata.name={}", cfg.node_name);
+    let on_node = format!("spec.nodeName={}", cfg.node_name);
+    let w = |kind, fields: Option<&str>| Watch {
+        client: client.clone(),
+        kind,
+        fields: fields.map(str::to_owned),
+        cfg: &tuning,
+        tx: &tx,
+        health: &health,
+    };
+    let all = async {
+        tokio::join!(
+            run::<Service>(w(Kind::Service, None)),
+            run::<EndpointSlice>(w(Kind::EndpointSlice, None)),
+            run::<Node>(w(Kind::Node, Some(&node))),
+            async {
+                if cfg.watch_service_cidrs {
+                    run::<ServiceCIDR>(w(Kind::ServiceCidr, None)).await;
+                }
+            },
+            run::<Pod>(w(Kind::Pod, Some(&on_node))),
+        )
+    };
+    tokio::select! {
+        () = tx.closed() => {}
+        _ = all => {}
+    }
+}
+
+/// The objects this module lists and watches.
+pub(super) trait Watched:
+    Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static
+{
+    fn into_object(self) -> Object;
+}
+
+macro_rules! watched {
+    ($($t:ty),*) => {$(
+        impl Watched for $t {
+            fn into_object(self) -> Object {
+                let mut o = Object::from(self);
+                strip(&mut o);
+                o
+            }
+        }
+    )*};
+}
+watched!(Service, EndpointSlice, Node, ServiceCIDR, Pod);
+
+/// One page of a list. `any_version`: from the watch cache (`resourceVersion=0`), as client-go's
+/// reflector lists; kube's `ListParams` drops `resourceVersion=0` when a limit is set, so it is
+/// added here. Later pages carry only `continue` (the API server refuses a resourceVersion with
+/// it).
+pub(super) async fn list_page<K: Watched>(
+    client: &Client,
+    fields: Option<&str>,
+    limit: u32,
+    continue_token: Option<&str>,
+    any_version: bool,
+) -> Result<ObjectList<K>, ::kube::Error> {
+    let mut lp = ListParams::default().limit(limit);
+    if let Some(f) = fields {
+        lp = lp.fields(f);
+    }
+    if let Some(c) = continue_token {
+        lp = lp.continue_token(c);
+    }
+    let path = K::url_path(&(), None);
+    let mut req = ::kube::core::Request::new(path)
+        .list(&lp)
+        .map_err(::kube::Error::BuildRequest)?;
+    if any_version && continue_token.is_none() {
+        let uri = format!("{}&resourceVersion=0", req.uri());
+        *req.uri_mut() = uri
+            .parse()
+            .map_err(|e| ::kube::Error::Service(format!("list URL {uri:?}: {e}").into()))?;
+    }
+    client.request::<ObjectList<K>>(req).await
+}
+
+struct Watch<'a> {
+    client: Client,
+    kind: Kind,
+    fields: Option<String>,
+    cfg: &'a WatchTuning,
+    tx: &'a mpsc::Sender<Event>,
+    health: &'a WatchHealth,
+}
+
+/// Why a list ended without a resourceVersion to watch from.
+enum ListEnd {
+    /// The receiver is gone.
+    Closed,
+    /// 404: the API server does not have this API.
+    Unavailable,
+    /// A continue token expired mid-list: list again, at the latest version.
+    Expired,
+    Failed(::kube::Error),
+}
+
+/// Why a watch ended.
+enum WatchEnd {
+    Closed,
+    /// 410 Gone: relist. `quiet`: nothing arrived since the list (do not relist in a hot loop).
+    Gone {
+        quiet: bool,
+    },
+}
+
+impl Watch<'_> {
+    async fn send(&self, event: Event) -> bool {
+        self.tx.send(event).await.is_ok()
+    }
+
+    /// Waits `delay`, or less if the receiver goes away (then false).
+    async fn pause(&self, delay: Duration) -> bool {
+        tokio::select! {
+            () = tokio::time::sleep(delay) => true,
+            () = self.tx.closed() => false,
+        }
+    }
+
+    fn failed(&self, what: &str, e: &dyn std::fmt::Display) {
+        let msg = format!("{what} {}s: {e}", self.kind);
+        tracing::warn!(kind = %self.kind, "{msg}");
+        self.health.record_error(self.kind, &msg);
+    }
+
+    /// Lists every object, sending Init, InitApply... InitDone; returns the resourceVersion to
+    /// watch from.
+    async fn list<K: Watched>(&self, any_version: bool) -> Result<String, ListEnd> {
+        let kind = self.kind;
+        if self.health.state(kind) != KindState::Pending {
+            self.health.count_relist(kind);
+            self.health.set_state(kind, KindState::Listing);
+        }
+        if !self.send(Event::Init(kind)).await {
+            return Err(ListEnd::Closed);
+        }
+        let mut token: Option<String> = None;
+        loop {
+            let page = list_page::<K>(
+                &self.client,
+                self.fields.as_deref(),
+                self.cfg.page_size,
+                token.as_deref(),
+                any_version,
+            )
+            .await;
+            let page = match page {
+                Ok(p) => p,
+                Err(::kube::Error::Api(s)) if s.code == 404 => return Err(ListEnd::Unavailable),
+                Err(::kube::Error::Api(s)) if s.code == 410 && token.is_some() => {
+                    return Err(ListEnd::Expired)
+                }
+                Err(e) => return Err(ListEnd::Failed(e)),
+            };
+            self.health.touch(kind);
+            self.health.count_events(kind, page.items.len() as u64);
+            for item in page.items {
+                if !self.send(Event::InitApply(item.into_object())).await {
+                    return Err(ListEnd::Closed);
+                }
+            }
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(next) => token = Some(next),
+                None => {
+                    let rv = page.metadata.resource_version.unwrap_or_default();
+                    if !self.send(Event::InitDone(kind)).await {
+                        return Err(ListEnd::Closed);
+                    }
+                    self.health.set_state(kind, KindState::Synced);
+                    return Ok(rv);
+                }
+            }
+        }
+    }
+
+    /// Watches from `rv` until 410 Gone (or the receiver goes away), resuming after drops.
+    async fn watch<K: Watched>(&self, mut rv: String, backoff: &mut Backoff) -> WatchEnd {
+        let kind = self.kind;
+        let api: Api<K> = Api::all(self.client.clone());
+        // kube refuses 295 s and more (its client read timeout is 295 s).
+        let secs = self.cfg.watch_timeout.as_secs().clamp(1, 294);
+        let mut wp = WatchParams::default().timeout(u32::try_from(secs).unwrap_or(290));
+        if let Some(f) = &self.fields {
+            wp = wp.fields(f);
+        }
+        let mut quiet = true;
+        loop {
+            let stream = match api.watch(&wp, &rv).await {
+                Ok(s) => s,
+                Err(::kube::Error::Api(s)) if s.code == 410 => return WatchEnd::Gone { quiet },
+                Err(e) => {
+                    self.failed("watch", &e);
+                    if !self.pause(backoff.next_delay()).await {
+                        return WatchEnd::Closed;
+                    }
+                    continue;
+                }
+            };
+            self.health.touch(kind);
+            let started = Instant::now();
+            let mut received = false;
+            let mut stream = std::pin::pin!(stream);
+            loop {
+                let next = tokio::time::timeout(self.cfg.idle_timeout, stream.next()).await;
+                let event = match next {
+                    // Silence beyond the idle timeout: the connection is presumed dead.
+                    Err(_) => {
+                        tracing::debug!(%kind, "watch idle, restarting");
+                        break;
+                    }
+                    // The server ended the watch (timeout, or a cut connection): resume, at
+                    // once unless it ends them as fast as they start.
+                    Ok(None) => {
+                        if !received
+                            && started.elapsed() < Duration::from_secs(1)
+                            && !self.pause(backoff.next_delay()).await
+                        {
+                            return WatchEnd::Closed;
+                        }
+                        break;
+                    }
+                    Ok(Some(Ok(e))) => e,
+                    Ok(Some(Err(e))) => {
+                        self.failed("watch", &e);
+                        if !self.pause(backoff.next_delay()).await {
+                            return WatchEnd::Closed;
+                        }
+                        break;
+                    }
+                };
+                received = true;
+                let out = match event {
+                    WatchEvent::Added(o) | WatchEvent::Modified(o) => {
+                        rv = o.resource_version().unwrap_or_default();
+                        Event::Apply(o.into_object())
+                    }
+                    WatchEvent::Deleted(o) => {
+                        rv = o.resource_version().unwrap_or_default();
+                        Event::Delete(o.into_object())
+                    }
+                    WatchEvent::Bookmark(b) => {
+                        rv = b.metadata.resource_version;
+                        quiet = false;
+                        self.health.touch(kind);
+                        continue;
+                    }
+                    WatchEvent::Error(s) if s.code == 410 => return WatchEnd::Gone { quiet },
+                    WatchEvent::Error(s) => {
+                        self.failed("watch", &format!("{} {}: {}", s.code, s.reason, s.message));
+                        if !self.pause(backoff.next_delay()).await {
+                            return WatchEnd::Closed;
+                        }
+                        break;
+                    }
+                };
+                quiet = false;
+                backoff.reset();
+                self.health.touch(kind);
+                self.health.count_events(kind, 1);
+                if !self.send(out).await {
+                    return WatchEnd::Closed;
+                }
+            }
+        }
+    }
+}
+
+/// List, watch, relist on 410; forever (until the receiver goes or the API turns out absent).
+async fn run<K: Watched>(w: Watch<'_>) {
+    let mut backoff = Backoff::new(w.cfg.backoff_min, w.cfg.backoff_max);
+    let mut any_version = true;
+    loop {
+        let rv = match w.list::<K>(any_version).await {
+            Ok(rv) => {
+                backoff.reset();
+                rv
+            }
+            Err(ListEnd::Closed) => return,
+            Err(ListEnd::Unavailable) if w.kind == Kind::ServiceCidr => {
+                tracing::warn!(
+                    "the API server has no ServiceCIDRs (networking.k8s.io/v1, Kubernetes 1.33+): \
+                     not watching them; give the service ranges with --service-cidr"
+                );
+                w.health.set_state(w.kind, KindState::Unavailable);
+                return;
+            }
+            Err(ListEnd::Unavailable) => {
+                w.failed("list", &"404 Not Found: the API server does not serve them");
+                if !w.pause(backoff.next_delay()).await {
+                    return;
+                }
+                continue;
+            }
+            Err(ListEnd::Expired) => {
+                // As client-go: the watch cache is behind; read the latest version instead.
+                any_version = false;
+                continue;
+            }
+            Err(ListEnd::Failed(e)) => {
+                w.failed("list", &e);
+                if !w.pause(backoff.next_delay()).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        any_version = true;
+        match w.watch::<K>(rv, &mut backoff).await {
+            WatchEnd::Closed => return,
+            WatchEnd::Gone { quiet } => {
+                tracing::debug!(kind = %w.kind, "watch expired (410 Gone): relisting");
+                // A watch that dies with 410 right after its list must not relist in a hot loop.
+                if quiet && !w.pause(backoff.next_delay()).await {
+                    return;
+                }
+            }
+        }
+    }
+}

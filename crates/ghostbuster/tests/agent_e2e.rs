@@ -1,0 +1,587 @@
+//! The agent end to end: the real binary against a netlab node (real DNAT'd traffic, a backend
+//! that vanishes silently), the in-process fake API server (real list/watch protocol, enforcing
+//! the rendered ClusterRole), and a fake kube-proxy whose last sync time the test controls.
+//!
+//! What this does NOT cover: a real kube-apiserver (none can run on these machines), real
+//! kube-proxy (its rules are netlab's rendering of kube-proxy's nftables proxier).
+
+mod scan_support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fake_apiserver::{FakeApiServer, Rbac};
+use netlab::plan::vip_v4;
+use netlab::{Endpoint, Service, ServicePort};
+use scan_support::*;
+use serde_json::Value;
+
+/// A kube-proxy that only answers what the agent asks: its last sync time and its mode.
+struct FakeKubeProxy {
+    addr: SocketAddr,
+    sync: Arc<Mutex<f64>>,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl FakeKubeProxy {
+    fn start(mode: &'static str) -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let sync = Arc::new(Mutex::new(now_secs() - 600.0));
+        let s2 = sync.clone();
+        let addr = rt.block_on(async move {
+            let app = axum::Router::new()
+                .route(
+                    "/metrics",
+                    axum::routing::get(move || {
+                        let v = *s2.lock().unwrap();
+                        async move {
+                            format!(
+                                "# HELP kubeproxy_sync_proxy_rules_last_timestamp_seconds [ALPHA] The last time proxy rules were successfully synced\n\
+                                 # TYPE kubeproxy_sync_proxy_rules_last_timestamp_seconds gauge\n\
+                                 kubeproxy_sync_proxy_rules_last_timestamp_seconds {v:.3}\n"
+                            )
+                        }
+                    }),
+                )
+                .route("/proxyMode", axum::routing::get(move || async move { mode }));
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap();
+            tokio::spawn(async move { axum::serve(l, app).await });
+            addr
+        });
+        FakeKubeProxy {
+            addr,
+            sync,
+            _rt: rt,
+        }
+    }
+    /// kube-proxy syncs: like the real one (minSyncPeriod 1 s), a moment after the change it
+    /// reacts to, so its timestamp is later than the agent's view of the removal.
+    fn synced_now(&self) {
+        std::thread::sleep(Duration::from_millis(300));
+        *self.sync.lock().unwrap() = now_secs();
+    }
+}
+
+fn now_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET path` on 127.0.0.1:port: (status, body).
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(
+        &SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(1),
+    )
+    .ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+/// The metric's value summed over all its series (0 when absent).
+fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+struct Agent {
+    child: Child,
+    port: u16,
+    _kubeconfig: tempfile_path::Path,
+}
+
+mod tempfile_path {
+    /// A file removed on drop.
+    pub struct Path(pub std::path::PathBuf);
+    impl Drop for Path {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+impl Agent {
+    fn start(api: &FakeApiServer, node_ns: &str, kp: &FakeKubeProxy, extra: &[&str]) -> Agent {
+        let kc = std::env::temp_dir().join(format!(
+            "gb-agent-kubeconfig-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::write(&kc, api.kubeconfig()).unwrap();
+        let port = free_port();
+        let kp_url = |p: &str| format!("http://{}{p}", kp.addr);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ghostbuster"));
+        cmd.args([
+            "--log",
+            "info",
+            "agent",
+            "--node-name",
+            netlab::node::NODE_NAME,
+            "--netns",
+            node_ns,
+        ])
+        .arg("--kubeconfig")
+        .arg(&kc)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--kube-proxy-metrics-url", &kp_url("/metrics")])
+        .args(["--kube-proxy-healthz-url", &kp_url("/healthz")])
+        .args(["--kube-proxy-mode-url", &kp_url("/proxyMode")])
+        .args(["--grace", "2s", "--min-age", "1s"])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+        let child = cmd.spawn().expect("start the agent");
+        Agent {
+            child,
+            port,
+            _kubeconfig: tempfile_path::Path(kc),
+        }
+    }
+
+    fn wait_ready(&self, within: Duration) -> bool {
+        let until = Instant::now() + within;
+        while Instant::now() < until {
+            if matches!(http_get(self.port, "/readyz"), Some((200, _))) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+
+    fn metrics(&self) -> String {
+        http_get(self.port, "/metrics")
+            .map(|(_, b)| b)
+            .unwrap_or_default()
+    }
+
+    /// SIGTERM; returns how long the agent took to exit.
+    fn stop(mut self) -> Duration {
+        let t = Instant::now();
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        loop {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return t.elapsed();
+            }
+            if t.elapsed() > Duration::from_secs(10) {
+                let _ = self.child.kill();
+                return t.elapsed();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Loads the lab's objects into the fake API server (create, then apply for updates).
+fn publish(api: &FakeApiServer, objects: &Value) {
+    for item in objects["items"].as_array().unwrap() {
+        api.apply(item.clone());
+    }
+}
+
+/// The ClusterRole the deploy/ manifests give the agent, rendered by kustomize.
+fn rendered_rbac() -> Option<Rbac> {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy");
+    let out = Command::new("kubectl")
+        .args(["kustomize", root])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    Rbac::from_manifests(&String::from_utf8_lossy(&out.stdout)).ok()
+}
+
+fn web(eps: &[Endpoint]) -> Service {
+    Service::new("shop", "web")
+        .cluster_ip(vip_v4(30))
+        .port(ServicePort::tcp("http", 80, HTTP))
+        .endpoints(v4(eps))
+}
+
+/// The seed-000 story with the agent: an endpoint leaves its Service by a watch event; the agent
+/// waits for kube-proxy to catch up, then removes the ghosts; the pooled connections fail fast
+/// and recover; a healthy connection to the live backend keeps working; metrics, /debug/recent and
+/// an Event tell about it; the API server never refused a request of the rendered ClusterRole.
+#[test]
+fn an_endpoint_removed_by_a_watch_event_is_swept_once_kube_proxy_caught_up() {
+    let Some(mut s) = Story::start("agent_e2e_main", true) else {
+        return;
+    };
+    let a = s.backend("web-a", "shop", "web", &[]);
+    let b = s.backend("web-b", "shop", "web", &[]);
+    let vip = SocketAddr::from((vip_v4(30), 80));
+    s.lab.sync_services(&[web(&a)]).unwrap();
+    let ghost = pool(&s.client, vip, 2);
+    expect_answers(&ghost, 2, "ghost pool");
+
+    let api = FakeApiServer::start_in_thread().unwrap();
+    let rbac = rendered_rbac();
+    if rbac.is_none() && std::env::var_os("CI").is_some() {
+        panic!("kubectl kustomize deploy/ failed: CI must prove the ClusterRole sufficient");
+    }
+    api.set_rbac(rbac.clone());
+    publish(&api, &s.lab.kubernetes_objects());
+    let kp = FakeKubeProxy::start("nftables");
+    let agent = Agent::start(&api, &s.node(), &kp, &[]);
+    assert!(
+        agent.wait_ready(Duration::from_secs(20)),
+        "agent never became ready"
+    );
+
+    // Rolling update: kube-proxy's rules move to B, A vanishes silently, the API says so.
+    s.lab.sync_services(&[web(&b)]).unwrap();
+    let dead = ip_of(&a, false);
+    s.lab.delete_pod_silently("web-a").unwrap();
+    let healthy = pool(&s.client, vip, 2);
+    expect_answers(&healthy, 2, "healthy pool");
+    let hung = expect_hang(&ghost, 2, Duration::from_secs(1));
+    let before = mark(&healthy);
+    publish(&api, &s.lab.kubernetes_objects());
+    api.delete("pods", "shop", "web-a");
+
+    // kube-proxy has not synced since the removal: the gate holds, the ghosts stay.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        entries_to(&table(&s.node()), dead).len(),
+        2,
+        "deleted before kube-proxy caught up"
+    );
+
+    // kube-proxy syncs: the ghosts go, within a fraction of a second.
+    kp.synced_now();
+    let t = Instant::now();
+    while !entries_to(&table(&s.node()), dead).is_empty() && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let took = t.elapsed();
+    assert!(
+        entries_to(&table(&s.node()), dead).is_empty(),
+        "ghosts still there after {took:?}"
+    );
+    eprintln!("ghosts removed {took:?} after kube-proxy's sync became visible");
+
+    expect_fail_fast_and_recover(ghost, &hung, Some("web-b"), Duration::from_secs(8));
+    expect_untouched(healthy, &before, &["web-b"], "healthy pool");
+
+    let m = agent.metrics();
+    assert!(
+        metric_sum(&m, "ghostbuster_flows_removed_total") >= 2.0,
+        "{m}"
+    );
+    assert!(
+        metric_sum(&m, "ghostbuster_reaction_seconds_count") >= 1.0,
+        "{m}"
+    );
+    assert!(
+        metric_sum(&m, "ghostbuster_endpoint_changes_total") >= 1.0,
+        "{m}"
+    );
+    assert_eq!(metric_sum(&m, "ghostbuster_cluster_synced"), 1.0, "{m}");
+    let (code, recent) = http_get(agent.port, "/debug/recent").unwrap();
+    assert_eq!(code, 200);
+    let recent: Value = serde_json::from_str(&recent).unwrap();
+    let removed: Vec<&Value> = recent
+        .as_array()
+        .or_else(|| recent["flows"].as_array())
+        .map(|v| v.iter().collect())
+        .unwrap_or_default();
+    assert!(
+        removed.iter().filter(|f| f["result"] == "deleted").count() >= 2,
+        "{recent:#}"
+    );
+
+    // An aggregated Event on the Service.
+    let until = Instant::now() + Duration::from_secs(8);
+    let mut events = api.events();
+    while events.is_empty() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(100));
+        events = api.events();
+    }
+    let note = events
+        .iter()
+        .filter_map(|e| e["note"].as_str())
+        .find(|n| n.contains("stale conntrack flow"))
+        .unwrap_or_else(|| panic!("no Event: {events:#?}"))
+        .to_string();
+    assert!(note.contains("Removed 2 stale conntrack flows"), "{note}");
+    assert!(note.contains(&dead.to_string()), "{note}");
+
+    if rbac.is_some() {
+        assert!(
+            api.forbidden().is_empty(),
+            "requests the ClusterRole does not allow: {:#?}",
+            api.forbidden()
+        );
+    }
+    // Never an unfiltered pod list or watch: only this node's pods.
+    for r in api.requests() {
+        if r.resource == "pods" && (r.verb == "list" || r.verb == "watch") {
+            assert!(
+                r.param("fieldSelector")
+                    .is_some_and(|f| f.contains("spec.nodeName")),
+                "unfiltered pods request: {r:?}"
+            );
+        }
+    }
+    let exit = agent.stop();
+    assert!(exit < Duration::from_secs(2), "SIGTERM took {exit:?}");
+}
+
+/// Report only: `--dry-run` reports the ghosts (the seeds' `conntrack_stale_entries`) and
+/// deletes nothing.
+#[test]
+fn dry_run_reports_and_deletes_nothing() {
+    let Some(mut s) = Story::start("agent_e2e_dry_run", false) else {
+        return;
+    };
+    let a = s.backend("web-a", "shop", "web", &[]);
+    let b = s.backend("web-b", "shop", "web", &[]);
+    let vip = SocketAddr::from((vip_v4(31), 80));
+    let web31 = |eps: &[Endpoint]| {
+        Service::new("shop", "web")
+            .cluster_ip(vip_v4(31))
+            .port(ServicePort::tcp("http", 80, HTTP))
+            .endpoints(v4(eps))
+    };
+    s.lab.sync_services(&[web31(&a)]).unwrap();
+    let ghost = pool(&s.client, vip, 2);
+    expect_answers(&ghost, 2, "ghost pool");
+    let api = FakeApiServer::start_in_thread().unwrap();
+    publish(&api, &s.lab.kubernetes_objects());
+    let kp = FakeKubeProxy::start("nftables");
+    kp.synced_now();
+    let agent = Agent::start(
+        &api,
+        &s.node(),
+        &kp,
+        &["--dry-run", "--resync-interval", "1s"],
+    );
+    assert!(agent.wait_ready(Duration::from_secs(20)));
+    s.lab.sync_services(&[web31(&b)]).unwrap();
+    let dead = ip_of(&a, false);
+    s.lab.delete_pod_silently("web-a").unwrap();
+    publish(&api, &s.lab.kubernetes_objects());
+    api.delete("pods", "shop", "web-a");
+    std::thread::sleep(Duration::from_millis(300));
+    kp.synced_now();
+    // Two full passes later: reported, not removed.
+    let until = Instant::now() + Duration::from_secs(6);
+    let mut m = agent.metrics();
+    while metric_sum(&m, "conntrack_stale_entries") < 2.0 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(200));
+        m = agent.metrics();
+    }
+    assert!(metric_sum(&m, "conntrack_stale_entries") >= 2.0, "{m}");
+    assert_eq!(
+        metric_sum(&m, "ghostbuster_flows_removed_total"),
+        0.0,
+        "{m}"
+    );
+    assert!(m.contains("ghostbuster_mode{mode=\"report\"} 1"), "{m}");
+    assert_eq!(
+        entries_to(&table(&s.node()), dead).len(),
+        2,
+        "dry run deleted"
+    );
+    drop(ghost);
+}
+
+/// No delete before the cluster view is complete: with the EndpointSlice list hanging, the agent
+/// never becomes ready and never deletes, even though its (empty) view would call every flow
+/// stale.
+#[test]
+fn nothing_is_deleted_before_every_watch_synced() {
+    let Some(mut s) = Story::start("agent_e2e_unsynced", false) else {
+        return;
+    };
+    let a = s.backend("web-a", "shop", "web", &[]);
+    let vip = SocketAddr::from((vip_v4(32), 80));
+    let svc = Service::new("shop", "web")
+        .cluster_ip(vip_v4(32))
+        .port(ServicePort::tcp("http", 80, HTTP))
+        .endpoints(v4(&a));
+    s.lab.sync_services(&[svc]).unwrap();
+    let live = pool(&s.client, vip, 2);
+    expect_answers(&live, 2, "pool");
+    let api = FakeApiServer::start_in_thread().unwrap();
+    // The cluster without the slices, and a slice list that never finishes.
+    let objects = without_kind(s.lab.kubernetes_objects(), "EndpointSlice");
+    publish(&api, &objects);
+    api.hang_lists("endpointslices", true);
+    let kp = FakeKubeProxy::start("nftables");
+    kp.synced_now();
+    let agent = Agent::start(
+        &api,
+        &s.node(),
+        &kp,
+        &["--resync-interval", "1s", "--trust-snapshot"],
+    );
+    assert!(
+        !agent.wait_ready(Duration::from_secs(4)),
+        "ready without a synced view"
+    );
+    assert_eq!(entries_to(&table(&s.node()), ip_of(&a, false)).len(), 2);
+    let before = mark(&live);
+    expect_untouched(live, &before, &["web-a"], "live pool");
+    let m = agent.metrics();
+    assert_eq!(
+        metric_sum(&m, "ghostbuster_flows_removed_total"),
+        0.0,
+        "{m}"
+    );
+    assert_eq!(metric_sum(&m, "ghostbuster_cluster_synced"), 0.0, "{m}");
+}
+
+/// A pod that left the Service but is alive (the GET answers the same uid and IP) keeps its TCP
+/// flows (`deselected`), and so does a Service annotated `ghostbuster.io/mode: report`.
+#[test]
+fn a_deselected_live_pod_and_an_annotated_service_keep_their_flows() {
+    let Some(mut s) = Story::start("agent_e2e_keep", false) else {
+        return;
+    };
+    let a = s.backend("web-a", "shop", "web", &[]);
+    let b = s.backend("web-b", "shop", "web", &[]);
+    let c = s.backend("api-a", "shop", "api", &[]);
+    let d = s.backend("api-b", "shop", "api", &[]);
+    let web33 = |eps: &[Endpoint]| {
+        Service::new("shop", "web")
+            .cluster_ip(vip_v4(33))
+            .port(ServicePort::tcp("http", 80, HTTP))
+            .endpoints(v4(eps))
+    };
+    let api34 = |eps: &[Endpoint]| {
+        Service::new("shop", "api")
+            .cluster_ip(vip_v4(34))
+            .port(ServicePort::tcp("http", 80, HTTP))
+            .endpoints(v4(eps))
+    };
+    s.lab.sync_services(&[web33(&a), api34(&c)]).unwrap();
+    let blue = pool(&s.client, SocketAddr::from((vip_v4(33), 80)), 2);
+    let annotated = pool(&s.client, SocketAddr::from((vip_v4(34), 80)), 2);
+    expect_answers(&blue, 2, "blue");
+    expect_answers(&annotated, 2, "annotated");
+    let api = FakeApiServer::start_in_thread().unwrap();
+    let mut objects = s.lab.kubernetes_objects();
+    object_mut(&mut objects, "Service", "api")["metadata"]["annotations"] =
+        serde_json::json!({"ghostbuster.io/mode": "report"});
+    publish(&api, &objects);
+    let kp = FakeKubeProxy::start("nftables");
+    let agent = Agent::start(&api, &s.node(), &kp, &["--resync-interval", "1s"]);
+    assert!(agent.wait_ready(Duration::from_secs(20)));
+    // Blue/green: web moves to b while a stays alive; api's a is deleted for real.
+    s.lab.sync_services(&[web33(&b), api34(&d)]).unwrap();
+    s.lab.delete_pod_silently("api-a").unwrap();
+    let mut objects = s.lab.kubernetes_objects();
+    object_mut(&mut objects, "Service", "api")["metadata"]["annotations"] =
+        serde_json::json!({"ghostbuster.io/mode": "report"});
+    publish(&api, &objects);
+    api.delete("pods", "shop", "api-a");
+    kp.synced_now();
+    let before_blue = mark(&blue);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        entries_to(&table(&s.node()), ip_of(&a, false)).len(),
+        2,
+        "deselected live pod's flows removed"
+    );
+    assert_eq!(
+        entries_to(&table(&s.node()), ip_of(&c, false)).len(),
+        2,
+        "annotated service's flows removed"
+    );
+    expect_untouched(blue, &before_blue, &["web-a"], "blue pool");
+    let until = Instant::now() + Duration::from_secs(8);
+    let mut m = agent.metrics();
+    while metric_sum(&m, "conntrack_stale_entries") < 4.0 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(200));
+        m = agent.metrics();
+    }
+    assert!(metric_sum(&m, "conntrack_stale_entries") >= 4.0, "{m}");
+    assert_eq!(
+        metric_sum(&m, "ghostbuster_flows_removed_total"),
+        0.0,
+        "{m}"
+    );
+    drop(annotated);
+}
+
+/// The circuit breaker: a pass that would remove more than `--max-deletes-per-pass` reports only
+/// and says so in metrics.
+#[test]
+fn the_circuit_breaker_holds_a_mass_removal() {
+    let Some(mut s) = Story::start("agent_e2e_breaker", false) else {
+        return;
+    };
+    let a = s.backend("web-a", "shop", "web", &[]);
+    let b = s.backend("web-b", "shop", "web", &[]);
+    let web35 = |eps: &[Endpoint]| {
+        Service::new("shop", "web")
+            .cluster_ip(vip_v4(35))
+            .port(ServicePort::tcp("http", 80, HTTP))
+            .endpoints(v4(eps))
+    };
+    s.lab.sync_services(&[web35(&a)]).unwrap();
+    let ghost = pool(&s.client, SocketAddr::from((vip_v4(35), 80)), 3);
+    expect_answers(&ghost, 3, "pool");
+    let api = FakeApiServer::start_in_thread().unwrap();
+    publish(&api, &s.lab.kubernetes_objects());
+    let kp = FakeKubeProxy::start("nftables");
+    let agent = Agent::start(&api, &s.node(), &kp, &["--max-deletes-per-pass", "2"]);
+    assert!(agent.wait_ready(Duration::from_secs(20)));
+    s.lab.sync_services(&[web35(&b)]).unwrap();
+    s.lab.delete_pod_silently("web-a").unwrap();
+    publish(&api, &s.lab.kubernetes_objects());
+    api.delete("pods", "shop", "web-a");
+    kp.synced_now();
+    let until = Instant::now() + Duration::from_secs(5);
+    let mut m = agent.metrics();
+    while metric_sum(&m, "ghostbuster_circuit_open") < 1.0 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(100));
+        m = agent.metrics();
+    }
+    assert_eq!(metric_sum(&m, "ghostbuster_circuit_open"), 1.0, "{m}");
+    assert_eq!(
+        entries_to(&table(&s.node()), ip_of(&a, false)).len(),
+        3,
+        "breaker did not hold"
+    );
+    drop(ghost);
+}

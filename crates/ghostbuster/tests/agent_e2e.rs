@@ -585,3 +585,73 @@ fn the_circuit_breaker_holds_a_mass_removal() {
     );
     drop(ghost);
 }
+
+/// Seed 004: a table above 75 % of `nf_conntrack_max` gets a warning Event on the Node (and a log
+/// line), once. The limit is machine-wide and never changed here; the namespace is filled to 76 %
+/// of it with synthetic entries.
+#[test]
+fn a_filling_table_warns_on_the_node() {
+    let Some(s) = Story::start("agent_e2e_table_full", false) else {
+        return;
+    };
+    let max: u64 = std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let want = max * 76 / 100 + 1;
+    if want > 800_000 {
+        eprintln!("SKIP a_filling_table_warns_on_the_node: nf_conntrack_max is {max}; filling 76 % of it would take too long here");
+        return;
+    }
+    let mut ct = ctnetlink::Conntrack::open_in(Some(&s.node())).unwrap();
+    let flows: Vec<ctnetlink::NewFlow> = (0..want)
+        .map(|i| {
+            let src = std::net::Ipv4Addr::new(192, 0, 2, (i % 250) as u8 + 1);
+            let t = ctnetlink::Tuple::ports(
+                src.into(),
+                1024 + ((i / 250) % 60000) as u16,
+                std::net::Ipv4Addr::new(198, 51, 100, 200 + (i / 15_000_000) as u8).into(),
+                53 + (i / (250 * 60000)) as u16,
+                17,
+            );
+            ctnetlink::NewFlow::established(t, None)
+        })
+        .collect();
+    let made = ct.create(&flows).unwrap();
+    assert_eq!(made.created, want, "{made:?}");
+    let api = FakeApiServer::start_in_thread().unwrap();
+    publish(&api, &with_api_server(s.lab.kubernetes_objects()));
+    let kp = FakeKubeProxy::start("nftables");
+    let agent = Agent::start(&api, &s.node(), &kp, &[]);
+    let until = Instant::now() + Duration::from_secs(15);
+    let warning = loop {
+        let found = api
+            .events()
+            .into_iter()
+            .find(|e| e["reason"] == "ConntrackTableFilling");
+        if found.is_some() || Instant::now() > until {
+            break found;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let ev = warning.unwrap_or_else(|| panic!("no Node Event: {:#?}", api.events()));
+    assert_eq!(ev["regarding"]["kind"], "Node");
+    assert_eq!(ev["regarding"]["name"], netlab::node::NODE_NAME);
+    assert_eq!(ev["type"], "Warning");
+    let note = ev["note"].as_str().unwrap();
+    assert!(note.contains("over 75%"), "{note}");
+    let m = agent.metrics();
+    assert!(
+        metric_sum(&m, "ghostbuster_conntrack_entries") >= want as f64,
+        "{m}"
+    );
+    // Once per threshold per 30 minutes.
+    std::thread::sleep(Duration::from_secs(1));
+    let n = api
+        .events()
+        .into_iter()
+        .filter(|e| e["reason"] == "ConntrackTableFilling")
+        .count();
+    assert_eq!(n, 1);
+}

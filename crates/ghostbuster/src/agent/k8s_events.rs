@@ -149,3 +149,38 @@ impl EventPoster {
         posted
     }
 }
+
+/// Posts a Warning Event about the Node (table utilization): best effort.
+pub async fn post_node_warning(
+    client: kube::Client,
+    node: String,
+    reason: &'static str,
+    note: String,
+) {
+    let node = node.as_str();
+    let ev = Event {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{node}.ghostbuster.")),
+            namespace: Some("default".into()),
+            ..Default::default()
+        },
+        event_time: Some(MicroTime(jiff::Timestamp::now())),
+        action: Some("WatchConntrackTable".into()),
+        reason: Some(reason.into()),
+        note: Some(note),
+        type_: Some("Warning".into()),
+        reporting_controller: Some("ghostbuster.io/agent".into()),
+        reporting_instance: Some(format!("ghostbuster-{node}")),
+        regarding: Some(ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Node".into()),
+            name: Some(node.into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let api: Api<Event> = Api::namespaced(client, "default");
+    if let Err(e) = api.create(&PostParams::default(), &ev).await {
+        tracing::warn!(node, error = %e, "posting the Node Event failed");
+    }
+}

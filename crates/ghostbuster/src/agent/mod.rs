@@ -5,6 +5,7 @@
 //! - [`reactor`]: the one thread that dumps and deletes, fed with coalesced work;
 //! - [`conntrack_events`]: NEW events toward backends already gone;
 //! - [`k8s_events`]: aggregated Kubernetes Events on Services;
+//! - [`table_alarm`]: warnings when the table crosses 75 % and 90 %;
 //! - [`world`]: the reactor's view of kube-proxy, the API server and the telemetry;
 //! - [`run`]: the wiring.
 
@@ -13,6 +14,7 @@ pub mod gate;
 pub mod k8s_events;
 pub mod reactor;
 pub mod run;
+pub mod table_alarm;
 pub mod world;
 
 pub use run::main;

@@ -15,6 +15,7 @@ use super::conntrack_events::{self, EventSink};
 use super::gate::Breaker;
 use super::k8s_events::EventPoster;
 use super::reactor::{self, ReactorConfig, Shared, Work};
+use super::table_alarm::UtilizationAlarm;
 use super::world::AgentWorld;
 use crate::cli::agent::AgentArgs;
 use crate::cli::audit::{AuditArgs, AuditOutput};
@@ -155,6 +156,7 @@ pub async fn run(
         exit_code: false,
         kube_proxy_url: a.kube_proxy_mode_url.clone(),
     };
+    let mut audit_findings = Vec::new();
     match tokio::task::spawn_blocking(move || crate::cli::audit::gather(&audit_args)).await {
         Ok(Ok(facts)) => {
             let findings = crate::audit::check(&facts);
@@ -165,6 +167,7 @@ pub async fn run(
                 tracing::warn!(check = %f.check, current = ?f.current, recommended = ?f.recommended, "audit: {}", f.reason);
             }
             metrics.set_sysctl_checks(&findings);
+            audit_findings = findings;
         }
         Ok(Err(e)) => tracing::warn!(error = %format!("{e:#}"), "audit failed"),
         Err(e) => tracing::warn!(error = %e, "audit task failed"),
@@ -258,6 +261,7 @@ pub async fn run(
     }
 
     // The reactor.
+    let top_services: Arc<Mutex<Vec<(String, u64)>>> = Arc::new(Mutex::new(Vec::new()));
     let world = AgentWorld {
         rt: tokio::runtime::Handle::current(),
         kube_proxy,
@@ -270,6 +274,7 @@ pub async fn run(
         events: poster,
         log_removed_flows: a.log_removed_flows,
         first_full_pass: Arc::new(AtomicBool::new(false)),
+        top_services: top_services.clone(),
     };
     let cfg = ReactorConfig {
         policy,
@@ -314,19 +319,69 @@ pub async fn run(
         Err(e) => tracing::warn!(error = %e, "no conntrack events; relying on periodic scans"),
     }
 
-    // Table sampler: size, limit, per-CPU counters, every 15 s.
+    // Table sampler: size, limit, per-CPU counters every 15 s; warnings at 75 % and 90 %; the
+    // audit again every 10 minutes, logging what changed.
     {
         let metrics = metrics.clone();
         let stop = stop.clone();
+        let rt = tokio::runtime::Handle::current();
+        let client = client.clone();
+        let node = a.node_name.clone();
+        let top_services = top_services.clone();
+        let audit_args = AuditArgs {
+            netns: netns.clone(),
+            output: AuditOutput::Json,
+            emit_sysctl: None,
+            exit_code: false,
+            kube_proxy_url: a.kube_proxy_mode_url.clone(),
+        };
+        let mut previous = audit_findings.clone();
         std::thread::Builder::new()
             .name("gb-table".into())
             .spawn(move || {
+                let mut alarm = UtilizationAlarm::new(Duration::from_secs(1800));
+                let mut last_audit = Instant::now();
                 while !stop.load(Ordering::Relaxed) {
                     if let Ok(g) = probe.stats() {
                         metrics.set_table(g);
+                        if let Some(t) = alarm.check(g.utilization(), Instant::now()) {
+                            let top = top_services
+                                .lock()
+                                .map(|t| t.iter().map(|(s, n)| format!("{s} ({n})")).collect::<Vec<_>>().join(", "))
+                                .unwrap_or_default();
+                            let note = format!(
+                                "conntrack table on node {node} is {:.0}% full ({} of {} entries; over {:.0}%); top services: {}",
+                                g.utilization() * 100.0,
+                                g.entries,
+                                g.max_entries,
+                                t * 100.0,
+                                if top.is_empty() { "unknown yet".into() } else { top }
+                            );
+                            tracing::warn!(threshold = t, entries = g.entries, max = g.max_entries, "{note}");
+                            rt.spawn(super::k8s_events::post_node_warning(
+                                client.clone(),
+                                node.clone(),
+                                "ConntrackTableFilling",
+                                note,
+                            ));
+                        }
                     }
                     if let Ok(c) = probe.stats_per_cpu() {
                         metrics.update_cpu_stats(&c);
+                    }
+                    if last_audit.elapsed() >= Duration::from_secs(600) {
+                        last_audit = Instant::now();
+                        if let Ok(facts) = crate::cli::audit::gather(&audit_args) {
+                            let now = crate::audit::check(&facts);
+                            for f in &now {
+                                let before = previous.iter().find(|p| p.check == f.check);
+                                if before.is_none_or(|b| b.severity != f.severity || b.current != f.current) {
+                                    tracing::warn!(check = %f.check, severity = ?f.severity, current = ?f.current, "audit changed: {}", f.reason);
+                                }
+                            }
+                            metrics.set_sysctl_checks(&now);
+                            previous = now;
+                        }
                     }
                     for _ in 0..60 {
                         if stop.load(Ordering::Relaxed) {

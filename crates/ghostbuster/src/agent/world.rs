@@ -33,6 +33,8 @@ pub struct AgentWorld {
     pub events: Option<Arc<tokio::sync::Mutex<EventPoster>>>,
     pub log_removed_flows: bool,
     pub first_full_pass: Arc<AtomicBool>,
+    /// The biggest services by entries at the last full pass, for table-full warnings.
+    pub top_services: Arc<Mutex<Vec<(String, u64)>>>,
 }
 
 impl World for AgentWorld {

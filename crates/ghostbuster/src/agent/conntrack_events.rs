@@ -3,7 +3,7 @@
 //! While kube-proxy lags, or with session affinity, new packets can still be DNAT'd to a backend
 //! that left its Service; each such NEW event is a ghost being (re)created. Per-event work is one
 //! hash lookup; the reactor does the rest, coalesced. Lost events (ENOBUFS) mean "resync": one full
-//! pass, however many overflows happen before it runs.
+//! pass once the overflows stop (at most `RESYNC_MAX_DELAY` later), however many happen.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -15,6 +15,12 @@ use std::time::{Duration, Instant};
 use ctnetlink::{EventGroups, EventKind, EventSocket};
 
 use super::reactor::{Shared, Work};
+
+/// After lost events, the full pass waits until no overflow happened for this long (the
+/// socket's read timeout, 250 ms, bounds how late that is noticed)...
+const RESYNC_QUIET: Duration = Duration::from_secs(1);
+/// ... or, under an overflow that never ends, this long.
+const RESYNC_MAX_DELAY: Duration = Duration::from_secs(10);
 
 /// What the event thread counts, for metrics.
 pub trait EventSink: Send {
@@ -44,6 +50,10 @@ impl Backoff {
                 true
             }
         }
+    }
+    /// When `ip` may be examined again.
+    fn due(&self, ip: IpAddr) -> Option<Instant> {
+        self.next.get(&ip).map(|(at, _)| *at)
     }
     fn forget_older_than(&mut self, now: Instant, age: Duration) {
         self.next
@@ -79,7 +89,13 @@ pub fn run(
         min: Duration::from_millis(100),
         max: Duration::from_secs(10),
     };
-    let mut resync_pending_since: Option<Instant> = None;
+    // Events were lost since this time (and last at `lost_last`): one full pass once the
+    // overflows stop, so the pass sees the whole burst's flows, however many overflows it took.
+    let mut lost_since: Option<Instant> = None;
+    let mut lost_last = Instant::now();
+    // Backends seen again while backing off: examined when their backoff ends, not forgotten
+    // (else the last ghost recreated inside a backoff window lives until the periodic full scan).
+    let mut deferred: HashMap<IpAddr, Instant> = HashMap::new();
     while !stop.load(Ordering::Relaxed) {
         let mut hits: Vec<IpAddr> = Vec::new();
         let r = {
@@ -102,23 +118,42 @@ pub fn run(
             Ok(_) => {}
             Err(ctnetlink::Error::EventsLost) => {
                 sink.lost();
-                // One full pass per burst of overflows.
-                if resync_pending_since
-                    .is_none_or(|t| now.duration_since(t) > Duration::from_secs(1))
-                {
-                    resync_pending_since = Some(now);
-                    if work.send(Work::Full).is_err() {
-                        return;
-                    }
-                }
+                lost_since.get_or_insert(now);
+                lost_last = now;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "conntrack events failed; relying on periodic scans");
                 return;
             }
         }
+        if let Some(since) = lost_since {
+            if now.duration_since(lost_last) >= RESYNC_QUIET
+                || now.duration_since(since) >= RESYNC_MAX_DELAY
+            {
+                lost_since = None;
+                if work.send(Work::Full).is_err() {
+                    return;
+                }
+            }
+        }
         for ip in hits {
             sink.recreated(ip);
+            if backoff.ready(ip, now) {
+                deferred.remove(&ip);
+                if work.send(Work::Backend(ip)).is_err() {
+                    return;
+                }
+            } else if let Some(at) = backoff.due(ip) {
+                deferred.insert(ip, at);
+            }
+        }
+        let due: Vec<IpAddr> = deferred
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(ip, _)| *ip)
+            .collect();
+        for ip in due {
+            deferred.remove(&ip);
             if backoff.ready(ip, now) && work.send(Work::Backend(ip)).is_err() {
                 return;
             }

@@ -1,0 +1,577 @@
+//! More of the agent end to end (issue #4, section 5), each story against the real kernel in a
+//! netlab node namespace, with a real ghost (a pooled TCP connection or a UDP flow to a backend
+//! that vanished silently) and a connection that must survive: a 410 relist that drops an
+//! endpoint, a conntrack event overflow (ENOBUFS), a terminating pod, and a ghost recreated by
+//! kube-proxy rules that still point at the dead backend.
+//!
+//! The helpers are `agent_support`'s; the agent's stderr is captured so the tests can count its
+//! `pass` lines.
+
+mod agent_support;
+mod scan_support;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use agent_support::*;
+use fake_apiserver::FakeApiServer;
+use netlab::plan::vip_v4;
+use netlab::{Endpoint, ServerSpec, Service, ServicePort, UdpClient, UdpConfig};
+use scan_support::*;
+use serde_json::Value;
+
+/// The agent of [`agent_support::Agent::command`], with its stderr captured (and echoed) so the
+/// tests can count its `pass` lines.
+struct LoggedAgent {
+    child: Child,
+    port: u16,
+    log: Arc<Mutex<Vec<String>>>,
+    _kubeconfig: tempfile_path::Path,
+}
+
+impl LoggedAgent {
+    fn start(api: &FakeApiServer, node_ns: &str, kp: &FakeKubeProxy, extra: &[&str]) -> Self {
+        let launch = Launch {
+            kubeconfig: api.kubeconfig(),
+            kube_proxy: kp.addr,
+            netns: Some(node_ns.to_string()),
+            wrapper: Vec::new(),
+            scrape_ns: None,
+            port: free_port(),
+        };
+        let kc = Agent::kubeconfig_file(&launch.kubeconfig);
+        let mut child = Agent::command(&launch, &kc.0, extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the agent");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("agent stderr");
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("agent: {line}");
+                sink.lock().unwrap().push(line);
+            }
+        });
+        LoggedAgent {
+            child,
+            port: launch.port,
+            log,
+            _kubeconfig: kc,
+        }
+    }
+
+    fn wait_ready(&self, within: Duration) -> bool {
+        let until = Instant::now() + within;
+        while Instant::now() < until {
+            if matches!(http_get(self.port, "/readyz"), Some((200, _))) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+
+    fn metrics(&self) -> String {
+        http_get(self.port, "/metrics")
+            .map(|(_, b)| b)
+            .unwrap_or_default()
+    }
+
+    /// The `pass` lines of `kind` that deleted something: their `deleted=N`.
+    fn deleting_passes(&self, kind: &str) -> Vec<u64> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|l| strip_ansi(l))
+            .filter(|l| l.contains(" pass ") && l.contains(&format!("kind=\"{kind}\"")))
+            .filter_map(|l| field(&l, "deleted")?.parse::<u64>().ok())
+            .filter(|&n| n > 0)
+            .collect()
+    }
+}
+
+impl Drop for LoggedAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The line without ANSI colour sequences.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `name=VALUE` of a log line (unquoted).
+fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+        .map(|v| v.trim_matches('"'))
+}
+
+/// One series of a metric: the value of the line `name{...label...} V` (0 when absent).
+fn metric_series(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{') && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn scans(agent: &LoggedAgent, kind: &str) -> f64 {
+    metric_series(
+        &agent.metrics(),
+        "ghostbuster_scan_duration_seconds_count",
+        &format!("kind=\"{kind}\""),
+    )
+}
+
+/// kube-proxy keeps syncing (its timestamp moves on) until `done`, at most `within`.
+fn sync_until(kp: &FakeKubeProxy, within: Duration, done: impl Fn() -> bool) -> Duration {
+    let t = Instant::now();
+    while !done() && t.elapsed() < within {
+        kp.synced_now();
+    }
+    t.elapsed()
+}
+
+fn web(vip: u8, eps: &[Endpoint]) -> Service {
+    Service::new("shop", "web")
+        .cluster_ip(vip_v4(vip))
+        .port(ServicePort::tcp("http", 80, HTTP))
+        .endpoints(v4(eps))
+}
+
+fn gets_of_pod(api: &FakeApiServer, name: &str) -> usize {
+    api.requests()
+        .iter()
+        .filter(|r| r.verb == "get" && r.resource == "pods" && r.name.as_deref() == Some(name))
+        .count()
+}
+
+/// Test 1. The endpoint's removal is invisible to the watches (the watch cache "fell behind"):
+/// only the relist after the 410 shows it. The agent must turn that relist into exactly one
+/// targeted sweep of the dead backend, keep the healthy connection, and a later relist that
+/// changes nothing must remove nothing more.
+#[test]
+fn a_relist_after_410_that_drops_an_endpoint_sweeps_that_backend_once() {
+    let Some(mut s) = Story::start("agent_more_relist", true) else {
+        return;
+    };
+    let a = s.backend("web-a", "shop", "web", &[]);
+    let b = s.backend("web-b", "shop", "web", &[]);
+    let vip = SocketAddr::from((vip_v4(40), 80));
+    s.lab.sync_services(&[web(40, &a)]).unwrap();
+    let ghost = pool(&s.client, vip, 2);
+    expect_answers(&ghost, 2, "ghost pool");
+
+    let api = FakeApiServer::start_in_thread().unwrap();
+    publish(&api, &s.lab.kubernetes_objects());
+    let kp = FakeKubeProxy::start("nftables");
+    let agent = LoggedAgent::start(&api, &s.node(), &kp, &[]);
+    assert!(agent.wait_ready(Duration::from_secs(20)), "never ready");
+
+    s.lab.sync_services(&[web(40, &b)]).unwrap();
+    let dead = ip_of(&a, false);
+    s.lab.delete_pod_silently("web-a").unwrap();
+    let healthy = pool(&s.client, vip, 2);
+    expect_answers(&healthy, 2, "healthy pool");
+    let hung = expect_hang(&ghost, 2, Duration::from_millis(500));
+    let before = mark(&healthy);
+    let lists_before = api.count("list", "endpointslices");
+
+    // The removal, unseen by every watch; then 410 for all of them.
+    let objects = s.lab.kubernetes_objects();
+    api.lose_events(|api| {
+        publish(api, &objects);
+        api.delete("pods", "shop", "web-a");
+    });
+    let took = sync_until(&kp, Duration::from_secs(10), || {
+        entries_to(&table(&s.node()), dead).is_empty()
+    });
+    assert!(
+        entries_to(&table(&s.node()), dead).is_empty(),
+        "ghosts still there {took:?} after the relist"
+    );
+    assert!(
+        api.count("list", "endpointslices") > lists_before,
+        "the agent never relisted"
+    );
+    eprintln!("ghosts removed {took:?} after the 410");
+    expect_fail_fast_and_recover(ghost, &hung, Some("web-b"), Duration::from_secs(8));
+
+    // A second 410 (nothing changed): a relist that must not cause another removal.
+    let lists = api.count("list", "endpointslices");
+    api.expire_watches();
+    let until = Instant::now() + Duration::from_secs(5);
+    while api.count("list", "endpointslices") == lists && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        api.count("list", "endpointslices") > lists,
+        "no second relist"
+    );
+    for _ in 0..5 {
+        kp.synced_now();
+    }
+    expect_untouched(healthy, &before, &["web-b"], "healthy pool");
+
+    let targeted = agent.deleting_passes("targeted");
+    let full = agent.deleting_passes("full");
+    let m = agent.metrics();
+    eprintln!(
+        "deleting passes: targeted {targeted:?}, full {full:?}; targeted scans {}",
+        scans(&agent, "targeted")
+    );
+    assert_eq!(
+        targeted,
+        vec![2],
+        "exactly one targeted sweep removing both ghosts"
+    );
+    assert!(full.is_empty(), "a full pass removed something: {full:?}");
+    assert_eq!(
+        metric_sum(&m, "ghostbuster_flows_removed_total"),
+        2.0,
+        "{m}"
+    );
+}
+
+/// An established UDP entry from 192.0.2.0/24 to 198.51.100.200:53, distinct for each `i`.
+fn flood_flow(i: u64) -> ctnetlink::NewFlow {
+    let src = std::net::Ipv4Addr::new(192, 0, 2, (i % 250) as u8 + 1);
+    let t = ctnetlink::Tuple::ports(
+        src.into(),
+        1024 + ((i / 250) % 60000) as u16,
+        std::net::Ipv4Addr::new(198, 51, 100, 200).into(),
+        53,
+        17,
+    );
+    ctnetlink::NewFlow::established(t, None)
+}
+
+/// Test 2. A flood of NEW events overflows the agent's 8 MiB event socket: every overflow counts
+/// as lost events, and the whole burst becomes one full scan (not one per overflow). The healthy
+/// connection survives it.
+#[test]
+fn an_event_overflow_becomes_one_full_scan() {
+    let Some(mut s) = Story::start("agent_more_enobufs", false) else {
+        return;
+    };
+    let max: u64 = std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let b = s.backend("web-b", "shop", "web", &[]);
+    let vip = SocketAddr::from((vip_v4(41), 80));
+    s.lab.sync_services(&[web(41, &b)]).unwrap();
+    let healthy = pool(&s.client, vip, 2);
+    expect_answers(&healthy, 2, "healthy pool");
+    let api = FakeApiServer::start_in_thread().unwrap();
+    publish(&api, &s.lab.kubernetes_objects());
+    let kp = FakeKubeProxy::start("nftables");
+    kp.synced_now();
+    let agent = LoggedAgent::start(&api, &s.node(), &kp, &[]);
+    assert!(agent.wait_ready(Duration::from_secs(20)), "never ready");
+    // The first full pass is done once ready; the next periodic one is 60 s away.
+    let until = Instant::now() + Duration::from_secs(3);
+    while scans(&agent, "full") < 1.0 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let full_before = scans(&agent, "full");
+    assert!(full_before >= 1.0);
+    let before = mark(&healthy);
+
+    let existing = table(&s.node()).len() as u64;
+    let want = 200_000u64.min(max.saturating_sub(existing + 1000));
+    // Two creators at once (one per core), as fast as ctnetlink takes them: the agent's reader
+    // shares the CPUs with them and falls behind.
+    let t = Instant::now();
+    let made: u64 = std::thread::scope(|sc| {
+        let creators: Vec<_> = (0..2u64)
+            .map(|k| {
+                let node = s.node();
+                sc.spawn(move || {
+                    let mut ct = ctnetlink::Conntrack::open_in(Some(&node)).unwrap();
+                    let mut made = 0u64;
+                    let mine: Vec<u64> = (0..want).filter(|i| i % 2 == k).collect();
+                    for chunk in mine.chunks(5_000) {
+                        let flows: Vec<ctnetlink::NewFlow> =
+                            chunk.iter().map(|&i| flood_flow(i)).collect();
+                        made += ct.create(&flows).unwrap().created;
+                    }
+                    made
+                })
+            })
+            .collect();
+        creators.into_iter().map(|c| c.join().unwrap()).sum()
+    });
+    let flood = t.elapsed();
+    assert_eq!(made, want);
+    // One full scan, within a few seconds of the flood.
+    let until = Instant::now() + Duration::from_secs(10);
+    while scans(&agent, "full") < full_before + 1.0 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let resync_after = t.elapsed().saturating_sub(flood);
+    // ... and no second one for the same burst.
+    std::thread::sleep(Duration::from_secs(3));
+    let m = agent.metrics();
+    let lost = metric_sum(&m, "ghostbuster_conntrack_events_lost_total");
+    let full_after = scans(&agent, "full");
+    eprintln!(
+        "flood: {made} NEW entries in {flood:?} ({:.0}/s); events lost (overflows): {lost}; full scans {full_before} -> {full_after}; resync seen {resync_after:?} after the flood",
+        made as f64 / flood.as_secs_f64()
+    );
+    assert!(lost > 0.0, "the 8 MiB event buffer never overflowed: {m}");
+    assert_eq!(
+        full_after,
+        full_before + 1.0,
+        "one full scan per burst of overflows: {lost} overflows"
+    );
+    expect_untouched(healthy, &before, &["web-b"], "healthy pool");
+    assert_eq!(
+        metric_sum(&m, "ghostbuster_flows_removed_total"),
+        0.0,
+        "{m}"
+    );
+}
+
+/// Test 3. A terminating pod (still in its slice with `terminating: true`, its Pod object
+/// carrying a deletionTimestamp) keeps its TCP flows: they drain and keep working. Once the
+/// endpoint leaves the slice and the pod vanishes, the flows go — without a pod GET, since the
+/// endpoint was last seen terminating.
+#[test]
+fn a_terminating_pod_keeps_its_flows_until_it_leaves_the_slice() {
+    let Some(mut s) = Story::start("agent_more_terminating", true) else {
+        return;
+    };
+    let a = s.backend("web-a", "shop", "web", &[]);
+    let b = s.backend("web-b", "shop", "web", &[]);
+    let vip = SocketAddr::from((vip_v4(42), 80));
+    s.lab.sync_services(&[web(42, &a)]).unwrap();
+    let draining = pool(&s.client, vip, 2);
+    expect_answers(&draining, 2, "draining pool");
+    let api = FakeApiServer::start_in_thread().unwrap();
+    publish(&api, &s.lab.kubernetes_objects());
+    let kp = FakeKubeProxy::start("nftables");
+    let agent = LoggedAgent::start(&api, &s.node(), &kp, &["--resync-interval", "1s"]);
+    assert!(agent.wait_ready(Duration::from_secs(20)), "never ready");
+
+    // A is terminating: kube-proxy sends new connections to B only; A's pod is alive, draining.
+    let terminating: Vec<Endpoint> = a.iter().cloned().map(Endpoint::terminating).collect();
+    let mix: Vec<Endpoint> = b.iter().cloned().chain(terminating).collect();
+    s.lab.sync_services(&[web(42, &mix)]).unwrap();
+    let healthy = pool(&s.client, vip, 2);
+    expect_answers(&healthy, 2, "healthy pool");
+    let mut objects = s.lab.kubernetes_objects();
+    let now = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second()).unwrap();
+    object_mut(&mut objects, "Pod", "web-a")["metadata"]["deletionTimestamp"] =
+        Value::String(now.to_string());
+    let slices = slices_mut(&mut objects, "web");
+    let dead = ip_of(&a, false);
+    let conditions: Vec<Value> = slices
+        .iter()
+        .flat_map(|sl| sl["endpoints"].as_array().cloned().unwrap_or_default())
+        .filter(|e| e["addresses"][0] == dead.to_string())
+        .map(|e| e["conditions"].clone())
+        .collect();
+    assert_eq!(
+        conditions,
+        vec![serde_json::json!({"ready": false, "serving": true, "terminating": true})]
+    );
+    publish(&api, &objects);
+    // The gate is open (kube-proxy synced, full passes every second): nothing holds but the
+    // evidence.
+    let before = mark(&draining);
+    for _ in 0..10 {
+        kp.synced_now();
+    }
+    assert_eq!(
+        entries_to(&table(&s.node()), dead).len(),
+        2,
+        "a terminating pod's flows were removed"
+    );
+    let drained = draining.report();
+    assert!(drained.errors.is_empty(), "{:?}", drained.errors);
+    assert!(
+        drained.connections.iter().all(|c| c.answers
+            >= before
+                .connections
+                .iter()
+                .find(|x| x.id == c.id)
+                .map_or(0, |x| x.answers)
+                + 10),
+        "the draining connections stopped: {drained:#?}"
+    );
+    assert_eq!(drained.answers_from("web-a"), drained.answers);
+    let gets = gets_of_pod(&api, "web-a");
+
+    // A leaves the slice and vanishes: now the flows are ghosts, and go.
+    s.lab.sync_services(&[web(42, &b)]).unwrap();
+    s.lab.delete_pod_silently("web-a").unwrap();
+    let hung = expect_hang(&draining, 2, Duration::from_millis(500));
+    let before_healthy = mark(&healthy);
+    publish(&api, &s.lab.kubernetes_objects());
+    api.delete("pods", "shop", "web-a");
+    let took = sync_until(&kp, Duration::from_secs(8), || {
+        entries_to(&table(&s.node()), dead).is_empty()
+    });
+    assert!(
+        entries_to(&table(&s.node()), dead).is_empty(),
+        "the flows of the gone pod are still there after {took:?}"
+    );
+    eprintln!("terminated pod's flows removed {took:?} after it left the slice");
+    expect_fail_fast_and_recover(draining, &hung, Some("web-b"), Duration::from_secs(8));
+    expect_untouched(healthy, &before_healthy, &["web-b"], "healthy pool");
+    assert_eq!(
+        gets_of_pod(&api, "web-a"),
+        gets,
+        "the agent asked for a pod last seen terminating: {:#?}",
+        api.requests()
+            .into_iter()
+            .filter(|r| r.verb == "get")
+            .collect::<Vec<_>>()
+    );
+    let m = agent.metrics();
+    assert_eq!(
+        metric_sum(&m, "ghostbuster_flows_removed_total"),
+        2.0,
+        "{m}"
+    );
+}
+
+/// Test 4. kube-proxy's rules still send the client to the dead backend (the fake kube-proxy
+/// claims a sync, the node's rules are never resynced): after the agent removed the ghost UDP
+/// flow, the client's next datagram recreates it. The NEW event counts it as recreated and its
+/// targeted pass removes it again; once the client stops, no ghost is left. A UDP client pinned
+/// to the live backend is never touched.
+#[test]
+fn a_recreated_ghost_is_counted_and_removed_again() {
+    let Some(mut s) = Story::start("agent_more_recreated", true) else {
+        return;
+    };
+    let a = s.backend(
+        "dns-a",
+        "kube-system",
+        "dns",
+        &[ServerSpec::udp_echo(5353, "dns-a")],
+    );
+    let b = s.backend(
+        "dns-b",
+        "kube-system",
+        "dns",
+        &[ServerSpec::udp_echo(5353, "dns-b")],
+    );
+    let dns = |eps: &[Endpoint]| {
+        Service::new("kube-system", "dns")
+            .cluster_ip(vip_v4(43))
+            .port(ServicePort::udp("dns", 53, 5353))
+            .endpoints(v4(eps))
+    };
+    let vip = SocketAddr::from((vip_v4(43), 53));
+    let both: Vec<Endpoint> = a.iter().chain(&b).cloned().collect();
+    s.lab.sync_services(&[dns(&both)]).unwrap();
+    let objects_both = s.lab.kubernetes_objects();
+    // One socket pinned to each backend (syncing one endpoint at a time pins them).
+    s.lab.sync_services(&[dns(&b)]).unwrap();
+    let objects_b = s.lab.kubernetes_objects();
+    let quick = UdpConfig {
+        interval: Duration::from_millis(100),
+        timeout: Duration::from_millis(200),
+        run_for: Duration::from_secs(30),
+        ..UdpConfig::default()
+    };
+    let healthy = UdpClient::start(&s.client, vip, quick.clone()).unwrap();
+    assert!(healthy.wait_answers(3, TIMEOUT), "{:#?}", healthy.report());
+    // From here on the node's rules send everything to A, and are never resynced.
+    s.lab.sync_services(&[dns(&a)]).unwrap();
+    let max_queries = 50;
+    let stale = UdpClient::start(
+        &s.client,
+        vip,
+        UdpConfig {
+            max_queries,
+            ..quick
+        },
+    )
+    .unwrap();
+    assert!(stale.wait_answers(3, TIMEOUT), "{:#?}", stale.report());
+
+    let api = FakeApiServer::start_in_thread().unwrap();
+    publish(&api, &objects_both);
+    let kp = FakeKubeProxy::start("nftables");
+    let agent = LoggedAgent::start(&api, &s.node(), &kp, &[]);
+    assert!(agent.wait_ready(Duration::from_secs(20)), "never ready");
+
+    let dead = ip_of(&a, false);
+    s.lab.delete_pod_silently("dns-a").unwrap();
+    let healthy_before = healthy.report();
+    // The API says A is gone and kube-proxy claims to have synced; its rules say otherwise.
+    publish(&api, &objects_b);
+    api.delete("pods", "kube-system", "dns-a");
+    kp.synced_now();
+
+    // Recreated at least once, and removed again.
+    let until = Instant::now() + Duration::from_secs(8);
+    let mut m = agent.metrics();
+    while metric_sum(&m, "ghostbuster_flows_recreated_total") < 1.0 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+        m = agent.metrics();
+    }
+    assert!(
+        metric_sum(&m, "ghostbuster_flows_recreated_total") >= 1.0,
+        "no recreated flow counted: {m}"
+    );
+    // The client stops by itself after its bounded queries; then the last ghost goes too.
+    let until = Instant::now() + Duration::from_secs(20);
+    while stale.report().requests < max_queries && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let report = stale.stop();
+    let t = Instant::now();
+    while !entries_to(&table(&s.node()), dead).is_empty() && t.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left = t.elapsed();
+    let m = agent.metrics();
+    let recreated = metric_sum(&m, "ghostbuster_flows_recreated_total");
+    let removed = metric_sum(&m, "ghostbuster_flows_removed_total");
+    let targeted = agent.deleting_passes("targeted");
+    eprintln!(
+        "client sent {} queries; recreated {recreated}, removed {removed}, targeted deleting passes {}; last ghost gone {left:?} after the client stopped",
+        report.requests,
+        targeted.len()
+    );
+    assert!(
+        entries_to(&table(&s.node()), dead).is_empty(),
+        "a recreated ghost was left behind: {:#?}",
+        entries_to(&table(&s.node()), dead)
+    );
+    assert!(removed >= 2.0, "removed once, never again: {m}");
+    assert!(targeted.len() >= 2, "{targeted:?}");
+    assert!(agent.deleting_passes("full").is_empty());
+    let h = healthy.stop();
+    assert!(h.errors.is_empty(), "healthy client broke: {:?}", h.errors);
+    assert!(h.answers >= healthy_before.answers + 3, "{h:#?}");
+    assert_eq!(h.answers_from("dns-b"), h.answers);
+}

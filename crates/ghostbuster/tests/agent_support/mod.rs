@@ -1,0 +1,345 @@
+//! Shared by the tests that run the real `ghostbuster agent` binary (`agent_e2e.rs`,
+//! `deploy_runtime.rs`): a fake kube-proxy whose last sync time the test controls, the agent
+//! process (optionally behind a wrapper command, such as one dropping privileges), plain HTTP
+//! scrapes (optionally from inside a network namespace), and the fake API server listening inside
+//! a network namespace.
+//!
+//! Every wait here is bounded; every temporary file is removed on drop.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::ops::Deref;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fake_apiserver::FakeApiServer;
+use serde_json::Value;
+
+/// A kube-proxy that only answers what the agent asks: its last sync time and its mode.
+pub struct FakeKubeProxy {
+    pub addr: SocketAddr,
+    sync: Arc<Mutex<f64>>,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl FakeKubeProxy {
+    /// Listens on 127.0.0.1 of the test's own network namespace.
+    pub fn start(mode: &'static str) -> Self {
+        Self::start_in(mode, None)
+    }
+
+    /// Listens on 127.0.0.1 of `netns` (the listener is created by a thread inside it and stays
+    /// there), or of the test's own namespace.
+    pub fn start_in(mode: &'static str, netns: Option<&str>) -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let sync = Arc::new(Mutex::new(now_secs() - 600.0));
+        let s2 = sync.clone();
+        let listener = loopback_listener(netns);
+        let addr = rt.block_on(async move {
+            let app = axum::Router::new()
+                .route(
+                    "/metrics",
+                    axum::routing::get(move || {
+                        let v = *s2.lock().unwrap();
+                        async move {
+                            format!(
+                                "# HELP kubeproxy_sync_proxy_rules_last_timestamp_seconds [ALPHA] The last time proxy rules were successfully synced\n\
+                                 # TYPE kubeproxy_sync_proxy_rules_last_timestamp_seconds gauge\n\
+                                 kubeproxy_sync_proxy_rules_last_timestamp_seconds {v:.3}\n"
+                            )
+                        }
+                    }),
+                )
+                .route("/proxyMode", axum::routing::get(move || async move { mode }));
+            let l = tokio::net::TcpListener::from_std(listener).unwrap();
+            let addr = l.local_addr().unwrap();
+            tokio::spawn(async move { axum::serve(l, app).await });
+            addr
+        });
+        FakeKubeProxy {
+            addr,
+            sync,
+            _rt: rt,
+        }
+    }
+
+    /// kube-proxy syncs: like the real one (minSyncPeriod 1 s), a moment after the change it
+    /// reacts to, so its timestamp is later than the agent's view of the removal.
+    pub fn synced_now(&self) {
+        std::thread::sleep(Duration::from_millis(300));
+        *self.sync.lock().unwrap() = now_secs();
+    }
+}
+
+/// A non-blocking listener on 127.0.0.1:0 of `netns` (or of the test's own namespace).
+fn loopback_listener(netns: Option<&str>) -> TcpListener {
+    let bind = || TcpListener::bind("127.0.0.1:0");
+    let l = match netns {
+        Some(ns) => netlab::in_netns(ns, bind).expect("enter netns"),
+        None => bind(),
+    }
+    .expect("bind 127.0.0.1:0");
+    l.set_nonblocking(true).unwrap();
+    l
+}
+
+/// The fake API server listening on 127.0.0.1 of a network namespace (served by a runtime of the
+/// test's own; the listening socket belongs to the namespace it was created in).
+pub struct NsApiServer {
+    // Field order is drop order: the server (its task) before its runtime.
+    api: FakeApiServer,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl NsApiServer {
+    pub fn start(netns: &str) -> NsApiServer {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("fake-apiserver-ns")
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = loopback_listener(Some(netns));
+        let api = rt
+            .block_on(
+                async move { FakeApiServer::serve(tokio::net::TcpListener::from_std(listener)?) },
+            )
+            .expect("serve the fake API server");
+        NsApiServer { api, _rt: rt }
+    }
+}
+
+impl Deref for NsApiServer {
+    type Target = FakeApiServer;
+    fn deref(&self) -> &FakeApiServer {
+        &self.api
+    }
+}
+
+pub fn now_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// A free port on 127.0.0.1 of `netns` (or of the test's own namespace).
+pub fn free_port_in(netns: Option<&str>) -> u16 {
+    loopback_listener(netns).local_addr().unwrap().port()
+}
+
+pub fn free_port() -> u16 {
+    free_port_in(None)
+}
+
+/// `GET path` on 127.0.0.1:port: (status, body).
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(
+        &SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(1),
+    )
+    .ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+/// [`http_get`] from inside `netns` (or the test's own namespace).
+pub fn http_get_in(netns: Option<&str>, port: u16, path: &str) -> Option<(u16, String)> {
+    match netns {
+        Some(ns) => netlab::in_netns(ns, || http_get(port, path)).ok().flatten(),
+        None => http_get(port, path),
+    }
+}
+
+/// The metric's value summed over all its series (0 when absent).
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+pub mod tempfile_path {
+    /// A file removed on drop.
+    pub struct Path(pub std::path::PathBuf);
+    impl Drop for Path {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+/// How to start an agent.
+pub struct Launch {
+    /// The kubeconfig's text (written to a temporary file).
+    pub kubeconfig: String,
+    /// The fake kube-proxy's address.
+    pub kube_proxy: SocketAddr,
+    /// `--netns` for the agent; `None`: it serves the namespace it runs in.
+    pub netns: Option<String>,
+    /// A command the agent runs under (`WRAPPER... ghostbuster agent ...`); empty: none.
+    pub wrapper: Vec<String>,
+    /// The namespace its admin port is reachable in; `None`: the test's own.
+    pub scrape_ns: Option<String>,
+    /// The admin port (on 127.0.0.1).
+    pub port: u16,
+}
+
+pub struct Agent {
+    pub child: Child,
+    pub port: u16,
+    scrape_ns: Option<String>,
+    _kubeconfig: tempfile_path::Path,
+}
+
+impl Agent {
+    /// The agent in the test's namespace, serving `node_ns` with `--netns`, admin on a free port.
+    pub fn start(api: &FakeApiServer, node_ns: &str, kp: &FakeKubeProxy, extra: &[&str]) -> Agent {
+        Agent::start_on(api, node_ns, kp, free_port(), extra)
+    }
+
+    /// Like [`Agent::start`] with the admin port given.
+    pub fn start_on(
+        api: &FakeApiServer,
+        node_ns: &str,
+        kp: &FakeKubeProxy,
+        port: u16,
+        extra: &[&str],
+    ) -> Agent {
+        Agent::launch(
+            Launch {
+                kubeconfig: api.kubeconfig(),
+                kube_proxy: kp.addr,
+                netns: Some(node_ns.to_string()),
+                wrapper: Vec::new(),
+                scrape_ns: None,
+                port,
+            },
+            extra,
+        )
+    }
+
+    /// The command line [`Agent::launch`] runs, for callers that want to run it themselves.
+    pub fn command(l: &Launch, kubeconfig: &std::path::Path, extra: &[&str]) -> Command {
+        let bin = env!("CARGO_BIN_EXE_ghostbuster");
+        let mut cmd = match l.wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let kp_url = |p: &str| format!("http://{}{p}", l.kube_proxy);
+        cmd.args([
+            "--log",
+            "info",
+            "agent",
+            "--node-name",
+            netlab::node::NODE_NAME,
+        ]);
+        if let Some(ns) = &l.netns {
+            cmd.args(["--netns", ns]);
+        }
+        cmd.arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(["--listen", &format!("127.0.0.1:{}", l.port)])
+            .args(["--kube-proxy-metrics-url", &kp_url("/metrics")])
+            .args(["--kube-proxy-healthz-url", &kp_url("/healthz")])
+            .args(["--kube-proxy-mode-url", &kp_url("/proxyMode")])
+            .args(["--grace", "2s", "--min-age", "1s"])
+            .args(extra);
+        cmd
+    }
+
+    /// A temporary kubeconfig file with `text`.
+    pub fn kubeconfig_file(text: &str) -> tempfile_path::Path {
+        let kc = std::env::temp_dir().join(format!(
+            "gb-agent-kubeconfig-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::write(&kc, text).unwrap();
+        tempfile_path::Path(kc)
+    }
+
+    pub fn launch(l: Launch, extra: &[&str]) -> Agent {
+        let kc = Agent::kubeconfig_file(&l.kubeconfig);
+        let mut cmd = Agent::command(&l, &kc.0, extra);
+        cmd.stdout(Stdio::null()).stderr(Stdio::inherit());
+        let child = cmd.spawn().expect("start the agent");
+        Agent {
+            child,
+            port: l.port,
+            scrape_ns: l.scrape_ns,
+            _kubeconfig: kc,
+        }
+    }
+
+    /// `GET path` on the admin port, from the namespace it listens in.
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        http_get_in(self.scrape_ns.as_deref(), self.port, path)
+    }
+
+    pub fn wait_ready(&self, within: Duration) -> bool {
+        let until = Instant::now() + within;
+        while Instant::now() < until {
+            if matches!(self.get("/readyz"), Some((200, _))) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+
+    pub fn metrics(&self) -> String {
+        self.get("/metrics").map(|(_, b)| b).unwrap_or_default()
+    }
+
+    /// SIGTERM; returns how long the agent took to exit.
+    pub fn stop(mut self) -> Duration {
+        let t = Instant::now();
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        loop {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return t.elapsed();
+            }
+            if t.elapsed() > Duration::from_secs(10) {
+                let _ = self.child.kill();
+                return t.elapsed();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Loads the lab's objects into the fake API server (create, then apply for updates).
+pub fn publish(api: &FakeApiServer, objects: &Value) {
+    for item in objects["items"].as_array().unwrap() {
+        api.apply(item.clone());
+    }
+}

@@ -62,7 +62,8 @@ impl Backoff {
 }
 
 /// Opens the subscription (so errors surface at start) and returns the loop to run on a thread.
-pub fn subscribe(netns: Option<&str>) -> ctnetlink::Result<EventSocket> {
+/// `buffer`: the receive buffer to ask for (bigger buffers lose fewer events in bursts).
+pub fn subscribe(netns: Option<&str>, buffer: usize) -> ctnetlink::Result<EventSocket> {
     let s = EventSocket::open_in(
         netns,
         EventGroups {
@@ -70,7 +71,7 @@ pub fn subscribe(netns: Option<&str>) -> ctnetlink::Result<EventSocket> {
             update: false,
             destroy: false,
         },
-        8 << 20,
+        buffer,
     )?;
     s.set_timeout(Some(Duration::from_millis(250)))?;
     Ok(s)

@@ -305,7 +305,7 @@ pub async fn run(
     }
 
     // Conntrack NEW events.
-    match conntrack_events::subscribe(netns.as_deref()) {
+    match conntrack_events::subscribe(netns.as_deref(), a.event_buffer_bytes) {
         Ok(sock) => {
             let shared = shared.clone();
             let work_tx = work_tx.clone();

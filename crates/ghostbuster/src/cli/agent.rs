@@ -62,6 +62,10 @@ pub struct AgentArgs {
     /// kube-proxy's mode endpoint (iptables, nftables, ipvs).
     #[arg(long, default_value = "http://127.0.0.1:10249/proxyMode")]
     pub kube_proxy_mode_url: String,
+    /// Receive buffer of the conntrack event socket, in bytes. When a burst of new flows overflows
+    /// it, events are lost and one full scan resynchronises (`ghostbuster_conntrack_events_lost_total`).
+    #[arg(long, default_value_t = 8 << 20)]
+    pub event_buffer_bytes: usize,
     /// Export per-CPU conntrack counters with a `cpu` label (default: summed).
     #[arg(long)]
     pub per_cpu_metrics: bool,

@@ -3,8 +3,17 @@
 //! Events are lossy by design: when the receive buffer overflows the kernel drops messages and
 //! the next read fails with ENOBUFS. That is reported as [`Error::EventsLost`] — the only correct
 //! reaction is one full dump to resynchronise, and the socket stays usable.
+//!
+//! A listener that only cares about flows toward a few backends can have the kernel drop every
+//! other event before it is queued ([`EventSocket::set_reply_src_filter`], a classic BPF socket
+//! filter built by [`crate::bpf`]): no wake-up, no copy, no buffer space for the rest. The filter
+//! can be changed from another thread while one is blocked in [`EventSocket::recv`], through an
+//! [`EventFilterHandle`].
 
+use std::io;
+use std::net::IpAddr;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use crate::consts::*;
@@ -37,10 +46,22 @@ pub enum EventKind {
     Destroy,
 }
 
+/// What a filter update left on the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FilterApplied {
+    /// A program of this many instructions lets through only the events of the set's backends
+    /// (and every message that is not a conntrack event).
+    Filtered { instructions: usize },
+    /// The set was too large for one program ([`crate::bpf::MAX_ADDRESSES`] or
+    /// [`crate::bpf::MAX_INSNS`]): no filter, every event arrives.
+    Unfiltered,
+}
+
 /// A subscription to conntrack events in one network namespace.
 #[derive(Debug)]
 pub struct EventSocket {
-    sock: Socket,
+    /// Shared (weakly) with [`EventFilterHandle`]s, which only ever set socket options on it.
+    sock: Arc<Socket>,
     rx: Vec<u8>,
     rcvbuf: usize,
 }
@@ -64,7 +85,7 @@ impl EventSocket {
         }
         let rcvbuf = sock.set_rcvbuf(rcvbuf);
         Ok(EventSocket {
-            sock,
+            sock: Arc::new(sock),
             rx: vec![0; 64 * 1024],
             rcvbuf,
         })
@@ -78,6 +99,36 @@ impl EventSocket {
     /// Bounds each [`recv`](Self::recv); `None` blocks.
     pub fn set_timeout(&self, t: Option<Duration>) -> Result<()> {
         self.sock.set_recv_timeout(t)
+    }
+
+    /// Lets through only the NEW/UPDATE/DESTROY events whose reply source (a DNAT'd flow's
+    /// backend) is in `addrs`, replacing any previous filter atomically. An empty set drops every
+    /// event; a set too large for one program removes the filter instead
+    /// ([`FilterApplied::Unfiltered`]). Events already queued stay queued.
+    ///
+    /// The filter is an optimisation, never the only check: events it cannot read (malformed,
+    /// unknown family) are let through, and every event received should still be judged.
+    /// When attaching fails the socket is left without a filter (every event arrives) rather
+    /// than with a stale one, and the error says so.
+    pub fn set_reply_src_filter<I>(&self, addrs: I) -> Result<FilterApplied>
+    where
+        I: IntoIterator<Item = IpAddr>,
+    {
+        apply_reply_src_filter(&self.sock, addrs)
+    }
+
+    /// Removes the filter: every event arrives again.
+    pub fn clear_filter(&self) -> Result<()> {
+        clear_filter(&self.sock)
+    }
+
+    /// A cheap, cloneable handle that changes this socket's filter from any thread, also while
+    /// another thread is blocked in [`recv`](Self::recv) (the kernel swaps filters under RCU).
+    /// It does not keep the socket open: once the `EventSocket` is dropped, updates fail.
+    pub fn filter_handle(&self) -> EventFilterHandle {
+        EventFilterHandle {
+            sock: Arc::downgrade(&self.sock),
+        }
     }
 
     /// Reads one datagram and hands each event in it to `f`. Returns the number of events, 0 when
@@ -124,6 +175,92 @@ impl EventSocket {
         }
         Ok((events, bad))
     }
+}
+
+/// Changes the filter of an [`EventSocket`] from another thread; see
+/// [`EventSocket::filter_handle`].
+#[derive(Debug, Clone)]
+pub struct EventFilterHandle {
+    /// Weak so that a forgotten handle never keeps a subscription (and its queued events) alive.
+    sock: Weak<Socket>,
+}
+
+impl EventFilterHandle {
+    /// Same as [`EventSocket::set_reply_src_filter`].
+    pub fn set<I>(&self, addrs: I) -> Result<FilterApplied>
+    where
+        I: IntoIterator<Item = IpAddr>,
+    {
+        let sock = self.socket(OP_ATTACH)?;
+        apply_reply_src_filter(&sock, addrs)
+    }
+
+    /// Same as [`EventSocket::clear_filter`].
+    pub fn clear(&self) -> Result<()> {
+        let sock = self.socket(OP_DETACH)?;
+        clear_filter(&sock)
+    }
+
+    fn socket(&self, op: &'static str) -> Result<Arc<Socket>> {
+        self.sock.upgrade().ok_or_else(|| Error::Io {
+            op,
+            source: io::Error::new(io::ErrorKind::NotConnected, "the event socket is closed"),
+        })
+    }
+}
+
+const OP_ATTACH: &str = "attach the conntrack event filter";
+const OP_DETACH: &str = "remove the conntrack event filter";
+
+fn apply_reply_src_filter<I>(sock: &Socket, addrs: I) -> Result<FilterApplied>
+where
+    I: IntoIterator<Item = IpAddr>,
+{
+    let Some(prog) = crate::bpf::reply_src_program(addrs) else {
+        clear_filter(sock)?;
+        return Ok(FilterApplied::Unfiltered);
+    };
+    let instructions = prog.len();
+    let first = match sock.attach_filter(&prog) {
+        Ok(()) => return Ok(FilterApplied::Filtered { instructions }),
+        Err(e) => e,
+    };
+    // A replacement is charged to the socket's option memory (net.core.optmem_max) while the
+    // old program still is: a large program can fit alone but not next to its predecessor.
+    // Detaching first lets every event through for a moment, which is safe.
+    let err = if first.raw_os_error() == Some(libc::ENOMEM) {
+        let retried = sock
+            .detach_filter()
+            .and_then(|()| sock.attach_filter(&prog));
+        match retried {
+            Ok(()) => return Ok(FilterApplied::Filtered { instructions }),
+            Err(e) => e,
+        }
+    } else {
+        first
+    };
+    // Never leave a stale filter behind: it could drop the events of a backend just added.
+    let left = match sock.detach_filter() {
+        Ok(()) => "events stay unfiltered",
+        Err(_) => "the previous filter could not be removed either",
+    };
+    Err(Error::from_errno(
+        OP_ATTACH,
+        err.raw_os_error().unwrap_or(libc::EIO),
+        Some(format!(
+            "a program of {instructions} instructions: {left}{}",
+            if err.raw_os_error() == Some(libc::ENOMEM) {
+                " (net.core.optmem_max too small?)"
+            } else {
+                ""
+            }
+        )),
+    ))
+}
+
+fn clear_filter(sock: &Socket) -> Result<()> {
+    sock.detach_filter()
+        .map_err(|e| Error::from_errno(OP_DETACH, e.raw_os_error().unwrap_or(libc::EIO), None))
 }
 
 impl AsRawFd for EventSocket {

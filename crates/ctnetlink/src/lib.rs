@@ -4,12 +4,14 @@
 //!   parses an entry into a `Copy` [`Flow`] without allocating;
 //! - [`Conntrack`]: streamed and filtered dumps, exact batched deletes (tuple + zone + id),
 //!   batched creates, global and per-CPU statistics, in any named network namespace;
-//! - [`EventSocket`]: NEW/UPDATE/DESTROY events with a distinct "events were lost" signal.
+//! - [`EventSocket`]: NEW/UPDATE/DESTROY events with a distinct "events were lost" signal, and a
+//!   kernel-side filter on the backend ([`bpf`]) so a listener wakes only for the flows it wants.
 //!
 //! It knows nothing of Kubernetes. Facts about the kernel it relies on are in the comments of
 //! [`filter`] (the inverted IPv6 compare) and [`request`] (a DELETE without a tuple is a flush).
 
 pub mod attr;
+pub mod bpf;
 mod conntrack;
 pub mod consts;
 pub mod error;
@@ -22,9 +24,10 @@ pub mod request;
 mod socket;
 pub mod stats;
 
+pub use bpf::reply_src_program;
 pub use conntrack::{Conntrack, CreateSummary, DeleteOutcome, DumpSummary};
 pub use error::{Error, ParseError, Result};
-pub use events::{EventGroups, EventKind, EventSocket};
+pub use events::{EventFilterHandle, EventGroups, EventKind, EventSocket, FilterApplied};
 pub use filter::{Filter, TupleMatch};
 pub use flow::{
     parse_flow, proto_from_name, proto_name, Counters, Family, Flow, SctpState, Status, TcpState,

@@ -134,6 +134,53 @@ impl Socket {
             .unwrap_or(0)
     }
 
+    /// Attaches a classic BPF program (`SO_ATTACH_FILTER`). The kernel swaps it in for any
+    /// previous one atomically: no message is ever judged by neither.
+    pub fn attach_filter(&self, prog: &[libc::sock_filter]) -> io::Result<()> {
+        let len = u16::try_from(prog.len())
+            .ok()
+            .filter(|n| (1..=libc::BPF_MAXINSNS as u16).contains(n))
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "a socket filter has 1 to {} instructions, not {}",
+                        libc::BPF_MAXINSNS,
+                        prog.len()
+                    ),
+                )
+            })?;
+        let fprog = libc::sock_fprog {
+            len,
+            // The kernel only reads the program (it copies it in); the cast is for the C type.
+            filter: prog.as_ptr() as *mut libc::sock_filter,
+        };
+        // SAFETY: fprog points at `len` valid instructions that outlive the call, and the length
+        // passed is that of a sock_fprog.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ATTACH_FILTER,
+                &fprog as *const libc::sock_fprog as *const libc::c_void,
+                std::mem::size_of::<libc::sock_fprog>() as u32,
+            )
+        };
+        if rc < 0 {
+            Err(last_err())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Removes the socket filter (`SO_DETACH_FILTER`); no filter attached is not an error.
+    pub fn detach_filter(&self) -> io::Result<()> {
+        match self.set_int(libc::SOL_SOCKET, libc::SO_DETACH_FILTER, 0) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            r => r,
+        }
+    }
+
     /// Joins a multicast group (conntrack events).
     pub fn add_membership(&self, group: u32) -> Result<()> {
         self.set_int(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group as i32)

@@ -10,10 +10,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
-use ctnetlink::{Conntrack, Filter, TupleMatch};
+use ctnetlink::{Conntrack, EventFilterHandle, Filter, FilterApplied, TupleMatch};
 use jiff::Timestamp;
 
 use super::gate::{self, Breaker, Global, Hold};
@@ -111,10 +111,66 @@ pub struct ReactorConfig {
 /// The reactor's shared state with the rest of the agent.
 pub struct Shared {
     pub index: RwLock<Index>,
-    /// Backends with tombstones: the conntrack event thread looks NEW flows up here.
-    pub dead_backends: RwLock<HashSet<IpAddr>>,
+    /// Backends with tombstones: the conntrack event thread looks NEW flows up here. Written only
+    /// by [`Shared::refresh_dead_backends`], which keeps the event socket's filter in step.
+    dead_backends: RwLock<HashSet<IpAddr>>,
+    /// The kernel-side filter of the conntrack event socket, once the event thread runs.
+    event_filter: Mutex<EventFilter>,
     pub first_full_pass_done: AtomicBool,
     pub circuit_open: AtomicBool,
+}
+
+/// The event socket's filter and what was last said about it (each condition is logged once).
+#[derive(Default)]
+struct EventFilter {
+    handle: Option<EventFilterHandle>,
+    /// The filter on the socket was made from the current `dead_backends`.
+    in_sync: bool,
+    /// A failure to attach was logged.
+    warned: bool,
+    /// The set was too large for a filter last time (logged on the change only).
+    too_large: bool,
+}
+
+impl EventFilter {
+    fn apply(&mut self, dead: &HashSet<IpAddr>) {
+        let Some(handle) = &self.handle else {
+            return;
+        };
+        match handle.set(dead.iter().copied()) {
+            Ok(FilterApplied::Filtered { instructions }) => {
+                if self.too_large {
+                    tracing::info!(
+                        dead_backends = dead.len(),
+                        instructions,
+                        "conntrack events filtered in the kernel again"
+                    );
+                }
+                self.too_large = false;
+            }
+            Ok(FilterApplied::Unfiltered) => {
+                if !self.too_large {
+                    tracing::info!(
+                        dead_backends = dead.len(),
+                        "too many dead backends for a kernel event filter: reading every NEW event"
+                    );
+                }
+                self.too_large = true;
+            }
+            Err(e) => {
+                if !self.warned {
+                    tracing::warn!(
+                        error = %e,
+                        "could not filter conntrack events in the kernel; reading every NEW event"
+                    );
+                }
+                self.warned = true;
+            }
+        }
+        // Also after a failure: the socket is left unfiltered, which is safe; the next change
+        // of the set tries again.
+        self.in_sync = true;
+    }
 }
 
 impl Shared {
@@ -122,9 +178,55 @@ impl Shared {
         Arc::new(Shared {
             index: RwLock::new(index),
             dead_backends: RwLock::new(HashSet::new()),
+            event_filter: Mutex::new(EventFilter::default()),
             first_full_pass_done: AtomicBool::new(false),
             circuit_open: AtomicBool::new(false),
         })
+    }
+
+    /// The backends with tombstones, for the event thread's own check of every event it gets.
+    pub fn dead_backends(&self) -> RwLockReadGuard<'_, HashSet<IpAddr>> {
+        self.dead_backends.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Recomputes the dead backends from the index's tombstones and, before returning, makes the
+    /// event socket's filter match them. Callers that then ask the reactor to look at a removed
+    /// backend rely on this order: a flow toward it created after the call is let through by
+    /// the kernel, one created before is in the table when the reactor dumps it. Must not be
+    /// called with the index locked.
+    pub fn refresh_dead_backends(&self) {
+        // Held across the recompute and the filter update, so that concurrent refreshes apply
+        // in order and the last filter always matches the last set.
+        let mut filter = self.event_filter.lock().unwrap_or_else(|e| e.into_inner());
+        let dead: HashSet<IpAddr> = {
+            let ix = self.index.read().unwrap_or_else(|e| e.into_inner());
+            ix.tombstones().iter().map(|t| t.ip).collect()
+        };
+        let changed = {
+            let mut d = self
+                .dead_backends
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
+            let changed = *d != dead;
+            if changed {
+                d.clone_from(&dead);
+            }
+            changed
+        };
+        if changed || !filter.in_sync {
+            filter.apply(&dead);
+        }
+    }
+
+    /// Installs (or, with `None`, forgets) the event socket's filter handle, and filters on the
+    /// current dead backends right away.
+    pub fn set_event_filter(&self, handle: Option<EventFilterHandle>) {
+        {
+            let mut filter = self.event_filter.lock().unwrap_or_else(|e| e.into_inner());
+            filter.handle = handle;
+            filter.in_sync = false;
+        }
+        self.refresh_dead_backends();
     }
 }
 
@@ -212,16 +314,14 @@ fn expire_tombstones(shared: &Shared, ttl: Duration) {
     let cutoff = Timestamp::now()
         .checked_sub(jiff::SignedDuration::try_from(ttl).unwrap_or_default())
         .unwrap_or(Timestamp::UNIX_EPOCH);
-    let mut ix = shared.index.write().unwrap_or_else(|e| e.into_inner());
-    if ix.tombstones_mut().expire(cutoff) > 0
-        || shared.dead_backends.read().map(|d| d.len()).unwrap_or(0) != 0
-    {
-        let live: HashSet<IpAddr> = ix.tombstones().iter().map(|t| t.ip).collect();
-        drop(ix);
-        *shared
-            .dead_backends
-            .write()
-            .unwrap_or_else(|e| e.into_inner()) = live;
+    let expired = {
+        let mut ix = shared.index.write().unwrap_or_else(|e| e.into_inner());
+        ix.tombstones_mut().expire(cutoff)
+    };
+    // Also while any backend is dead: cheap (nothing is written when the set is unchanged) and
+    // it heals a set or filter that missed a change.
+    if expired > 0 || !shared.dead_backends().is_empty() {
+        shared.refresh_dead_backends();
     }
 }
 

@@ -238,5 +238,9 @@ mod tests {
             "servicecidrs"
         );
         assert!(by_type("serving.knative.dev/v1", "Service").is_none());
+        // Namespaces: core v1, cluster-scoped (ghostbuster watches their mode annotation).
+        let ns = by_type("v1", "Namespace").unwrap();
+        assert_eq!((ns.plural, ns.namespaced), ("namespaces", false));
+        assert_eq!(by_name("namespaces"), Some(ns));
     }
 }

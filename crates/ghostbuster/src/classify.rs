@@ -17,7 +17,7 @@ use jiff::Timestamp;
 
 use crate::cluster::{
     Conditions, FrontendKind, FrontendMatch, Index, IpFamily, ObjectKey, Pod, PodTarget, Protocol,
-    Service, SweepMode, Tombstone, Uid,
+    Service, Tombstone, Uid,
 };
 use crate::policy::Policy;
 use crate::verdict::{
@@ -433,6 +433,13 @@ impl<'a> Classifier<'a> {
                 !s.has_selector || self.index.proves_nothing(&s.key) || tomb_unmanaged
             });
         let newer = needs_absence && self.newer;
+        // The operator's override: the Service's annotation, else its Namespace's
+        // (`Index::effective_mode`). Traced whenever one applies, so `explain` says which object
+        // set it, even when it is `sweep` or another reason keeps the flow first.
+        let mode = svc.and_then(|s| self.index.effective_mode(s));
+        if let Some(m) = mode {
+            self.step(Step::Mode(m));
+        }
         let keep = if newer {
             Some(KeepReason::NewerThanSnapshot)
         } else if !table_allows {
@@ -446,7 +453,7 @@ impl<'a> Classifier<'a> {
             .allows_namespace(svc.map(|s| s.key.namespace.as_str()))
         {
             Some(KeepReason::Namespace)
-        } else if svc.is_some_and(|s| matches!(s.mode, Some(SweepMode::Off | SweepMode::Report))) {
+        } else if mode.is_some_and(|m| m.mode.keeps()) {
             Some(KeepReason::Annotation)
         } else if is_api_server && !self.policy.include_unmanaged {
             Some(KeepReason::ApiServer)

@@ -6,13 +6,14 @@
 //! table the flow passed through, for `ghostbuster explain`. Building a verdict allocates nothing:
 //! a scan classifies every entry of the table.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::net::IpAddr;
 
 use serde::ser::{SerializeSeq, SerializeStruct};
 use serde::{Serialize, Serializer};
 
-use crate::cluster::{Conditions, FrontendKind, Name, Protocol};
+use crate::cluster::{Conditions, EffectiveMode, FrontendKind, ModeSource, Name, Protocol};
 
 /// The decision table's verdicts (issue #3, section 2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -225,7 +226,8 @@ pub enum KeepReason {
     ApiServer,
     /// The Service's endpoints are not the EndpointSlice controller's Pods.
     Unmanaged,
-    /// The Service's `ghostbuster.io/mode` annotation is `report` or `off`.
+    /// The `ghostbuster.io/mode` annotation that applies is `report` or `off`: the Service's own,
+    /// else its Namespace's (the trace's [`Step::Mode`] says which).
     Annotation,
 }
 
@@ -243,7 +245,8 @@ impl KeepReason {
             KeepReason::Namespace => "namespace not selected by --namespace/--exclude-namespace",
             KeepReason::ApiServer => "default/kubernetes (the API servers) is never swept",
             KeepReason::Annotation => {
-                "the Service's ghostbuster.io/mode annotation says report or off"
+                "the ghostbuster.io/mode annotation of the Service or of its Namespace says report \
+                 or off"
             }
             KeepReason::Unmanaged => {
                 "the Service's endpoints are not Pods of the EndpointSlice controller"
@@ -307,11 +310,37 @@ impl Verdict {
             Some(0) | None => format!("row {}: {}", self.kind.row(), self.kind),
             Some(i) => format!("{}: {}", steps[i], steps[i - 1]),
         };
-        if let Some(k) = self.kept_because {
+        if let Some(k) = self.kept_explanation() {
             out.push_str("; kept: ");
-            out.push_str(k.explain());
+            out.push_str(&k);
         }
         out
+    }
+
+    /// Why a stale flow is kept, in words: [`KeepReason::explain`], except that a flow kept by
+    /// the mode annotation names the object the annotation is on (the trace knows it).
+    pub fn kept_explanation(&self) -> Option<Cow<'static, str>> {
+        let k = self.kept_because?;
+        let mode = self.trace.steps().iter().find_map(|s| match s {
+            Step::Mode(m) => Some(*m),
+            _ => None,
+        });
+        Some(match (k, mode) {
+            (KeepReason::Annotation, Some(m)) => Cow::Owned(match m.from {
+                ModeSource::Service => {
+                    format!(
+                        "the Service's ghostbuster.io/mode annotation says {}",
+                        m.mode
+                    )
+                }
+                ModeSource::Namespace => format!(
+                    "its Namespace's ghostbuster.io/mode annotation says {} (the Service has \
+                     none)",
+                    m.mode
+                ),
+            }),
+            _ => Cow::Borrowed(k.explain()),
+        })
     }
 }
 
@@ -377,6 +406,8 @@ pub enum Step {
         pod_gone: bool,
     },
     NewerThanSnapshot,
+    /// A `ghostbuster.io/mode` annotation applies to the Service, and from where.
+    Mode(EffectiveMode),
     /// The decision-table row that gave the verdict.
     Row(VerdictKind),
 }
@@ -470,6 +501,25 @@ impl fmt::Display for Step {
             Step::NewerThanSnapshot => {
                 f.write_str("the flow started after the snapshot: the snapshot cannot judge it")
             }
+            Step::Mode(m) => match (m.from, m.overrides) {
+                (ModeSource::Service, None) => write!(
+                    f,
+                    "mode {}: from the Service's ghostbuster.io/mode annotation",
+                    m.mode
+                ),
+                (ModeSource::Service, Some(ns)) => write!(
+                    f,
+                    "mode {}: from the Service's ghostbuster.io/mode annotation, which wins over \
+                     its Namespace's ({ns})",
+                    m.mode
+                ),
+                (ModeSource::Namespace, _) => write!(
+                    f,
+                    "mode {}: from the Namespace's ghostbuster.io/mode annotation (the Service \
+                     has none)",
+                    m.mode
+                ),
+            },
             Step::Row(v) => write!(f, "row {}: {}", v.row(), v),
         }
     }

@@ -1,8 +1,9 @@
 //! More of the agent end to end (issue #4, section 5), each story against the real kernel in a
 //! netlab node namespace, with a real ghost (a pooled TCP connection or a UDP flow to a backend
 //! that vanished silently) and a connection that must survive: a 410 relist that drops an
-//! endpoint, a conntrack event overflow (ENOBUFS), a terminating pod, and a ghost recreated by
-//! kube-proxy rules that still point at the dead backend.
+//! endpoint, a conntrack event overflow (ENOBUFS), a terminating pod, a ghost recreated by
+//! kube-proxy rules that still point at the dead backend, and a Namespace annotated
+//! `ghostbuster.io/mode: off` whose ghosts are kept while the same ghosts elsewhere go.
 //!
 //! The helpers are `agent_support`'s; the agent's stderr is captured so the tests can count its
 //! `pass` lines.
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use agent_support::*;
 use fake_apiserver::FakeApiServer;
+use netlab::client::TcpPoolConfig;
 use netlab::plan::vip_v4;
 use netlab::{Endpoint, ServerSpec, Service, ServicePort, UdpClient, UdpConfig};
 use scan_support::*;
@@ -256,7 +258,9 @@ fn a_relist_after_410_that_drops_an_endpoint_sweeps_that_backend_once() {
 }
 
 /// An established UDP entry from 192.0.2.0/24 to 198.51.100.200:53, distinct for each `i`.
-fn flood_flow(i: u64) -> ctnetlink::NewFlow {
+/// A UDP flow DNAT'd to `backend` from an address that is no Service's: the agent's event filter
+/// lets it through (its backend is a removed one), and the decision table calls it `not_service`.
+fn flood_flow(i: u64, backend: std::net::IpAddr) -> ctnetlink::NewFlow {
     let src = std::net::Ipv4Addr::new(192, 0, 2, (i % 250) as u8 + 1);
     let t = ctnetlink::Tuple::ports(
         src.into(),
@@ -265,7 +269,7 @@ fn flood_flow(i: u64) -> ctnetlink::NewFlow {
         53,
         17,
     );
-    ctnetlink::NewFlow::established(t, None)
+    ctnetlink::NewFlow::established(t, Some((backend, 53)))
 }
 
 /// Test 2. A flood of NEW events overflows the agent's event socket (64 KiB here, so that it overflows on any machine): every overflow counts
@@ -282,16 +286,33 @@ fn an_event_overflow_becomes_one_full_scan() {
         .parse()
         .unwrap();
     let b = s.backend("web-b", "shop", "web", &[]);
+    let x = s.backend("web-x", "shop", "web", &[]);
     let vip = SocketAddr::from((vip_v4(41), 80));
     s.lab.sync_services(&[web(41, &b)]).unwrap();
     let healthy = pool(&s.client, vip, 2);
     expect_answers(&healthy, 2, "healthy pool");
+    // x joins (after the healthy pool connected to b, so none of its connections is on x).
+    let both: Vec<Endpoint> = b.iter().chain(x.iter()).cloned().collect();
+    s.lab.sync_services(&[web(41, &both)]).unwrap();
     let api = FakeApiServer::start_in_thread().unwrap();
     publish(&api, &s.lab.kubernetes_objects());
     let kp = FakeKubeProxy::start("nftables");
     kp.synced_now();
     let agent = LoggedAgent::start(&api, &s.node(), &kp, &["--event-buffer-bytes", "65536"]);
     assert!(agent.wait_ready(Duration::from_secs(20)), "never ready");
+    // x leaves the Service: its tombstone makes it a removed backend, so the agent's kernel-side
+    // event filter passes NEW flows toward it (and only those) — the flood below targets it.
+    let changes = metric_sum(&agent.metrics(), "ghostbuster_endpoint_changes_total");
+    s.lab.sync_services(&[web(41, &b)]).unwrap();
+    publish(&api, &s.lab.kubernetes_objects());
+    api.delete("pods", "shop", "web-x");
+    let dead = ip_of(&x, false);
+    let until = Instant::now() + Duration::from_secs(5);
+    while metric_sum(&agent.metrics(), "ghostbuster_endpoint_changes_total") <= changes
+        && Instant::now() < until
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // The first full pass is done once ready; the next periodic one is 60 s away.
     let until = Instant::now() + Duration::from_secs(3);
     while scans(&agent, "full") < 1.0 && Instant::now() < until {
@@ -316,7 +337,7 @@ fn an_event_overflow_becomes_one_full_scan() {
                     let mine: Vec<u64> = (0..want).filter(|i| i % 2 == k).collect();
                     for chunk in mine.chunks(5_000) {
                         let flows: Vec<ctnetlink::NewFlow> =
-                            chunk.iter().map(|&i| flood_flow(i)).collect();
+                            chunk.iter().map(|&i| flood_flow(i, dead)).collect();
                         made += ct.create(&flows).unwrap().created;
                     }
                     made
@@ -574,4 +595,180 @@ fn a_recreated_ghost_is_counted_and_removed_again() {
     assert!(h.errors.is_empty(), "healthy client broke: {:?}", h.errors);
     assert!(h.answers >= healthy_before.answers + 3, "{h:#?}");
     assert_eq!(h.answers_from("dns-b"), h.answers);
+}
+
+/// A Namespace object, annotated `ghostbuster.io/mode: MODE` when `mode` is given.
+fn namespace(name: &str, mode: Option<&str>) -> Value {
+    let mut ns = serde_json::json!({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": name, "labels": {"kubernetes.io/metadata.name": name}},
+        "spec": {"finalizers": ["kubernetes"]},
+        "status": {"phase": "Active"}
+    });
+    if let Some(m) = mode {
+        ns["metadata"]["annotations"] = serde_json::json!({ "ghostbuster.io/mode": m });
+    }
+    ns
+}
+
+/// Test 5. The same ghost twice: pooled TCP connections to a backend that vanished silently, in
+/// Namespace `quiet` (annotated `ghostbuster.io/mode: off`) and in Namespace `shop` (no
+/// annotation). The agent removes `shop`'s ghosts at once and keeps `quiet`'s through every
+/// targeted and full pass, reporting them; once the annotation is removed, the next full pass
+/// removes them too. Healthy connections in both namespaces are never touched.
+#[test]
+fn a_namespace_annotated_off_keeps_its_ghosts_while_the_same_ghosts_elsewhere_go() {
+    let Some(mut s) = Story::start("agent_more_namespace_off", true) else {
+        return;
+    };
+    let svc = |ns: &str, vip: u8, eps: &[Endpoint]| {
+        Service::new(ns, "web")
+            .cluster_ip(vip_v4(vip))
+            .port(ServicePort::tcp("http", 80, HTTP))
+            .endpoints(v4(eps))
+    };
+    let qa = s.backend("quiet-a", "quiet", "web", &[]);
+    let qb = s.backend("quiet-b", "quiet", "web", &[]);
+    let sa = s.backend("shop-a", "shop", "web", &[]);
+    let sb = s.backend("shop-b", "shop", "web", &[]);
+    let (quiet_vip, shop_vip) = (
+        SocketAddr::from((vip_v4(44), 80)),
+        SocketAddr::from((vip_v4(45), 80)),
+    );
+    s.lab
+        .sync_services(&[svc("quiet", 44, &qa), svc("shop", 45, &sa)])
+        .unwrap();
+    // The kept ghosts wait for several passes and then for TCP's backed-off retransmission:
+    // give that pool more than the usual 40 s.
+    let quiet_ghost = pool_with(
+        &s.client,
+        quiet_vip,
+        TcpPoolConfig {
+            connections: 2,
+            interval: Duration::from_millis(100),
+            request_timeout: Duration::from_millis(500),
+            connect_timeout: TIMEOUT,
+            run_for: Duration::from_secs(90),
+            ..TcpPoolConfig::default()
+        },
+    );
+    let shop_ghost = pool(&s.client, shop_vip, 2);
+    expect_answers(&quiet_ghost, 2, "quiet ghost pool");
+    expect_answers(&shop_ghost, 2, "shop ghost pool");
+
+    let api = FakeApiServer::start_in_thread().unwrap();
+    api.create(namespace("quiet", Some("off")));
+    api.create(namespace("shop", None));
+    publish(&api, &s.lab.kubernetes_objects());
+    // The shipped ClusterRole, so a missing `namespaces` rule would show as 403s (and an agent
+    // that never gets ready).
+    let role = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/clusterrole.yaml"
+    ))
+    .unwrap();
+    api.set_rbac(Some(fake_apiserver::Rbac::from_manifests(&role).unwrap()));
+    let kp = FakeKubeProxy::start("nftables");
+    let agent = LoggedAgent::start(&api, &s.node(), &kp, &["--resync-interval", "1s"]);
+    assert!(agent.wait_ready(Duration::from_secs(20)), "never ready");
+
+    // Both Services move to their second backend; the first ones vanish without a RST, and the
+    // API says so (slices updated, pods deleted).
+    s.lab
+        .sync_services(&[svc("quiet", 44, &qb), svc("shop", 45, &sb)])
+        .unwrap();
+    let (quiet_dead, shop_dead) = (ip_of(&qa, false), ip_of(&sa, false));
+    s.lab.delete_pod_silently("quiet-a").unwrap();
+    s.lab.delete_pod_silently("shop-a").unwrap();
+    let quiet_healthy = pool(&s.client, quiet_vip, 2);
+    let shop_healthy = pool(&s.client, shop_vip, 2);
+    expect_answers(&quiet_healthy, 2, "quiet healthy pool");
+    expect_answers(&shop_healthy, 2, "shop healthy pool");
+    let quiet_hung = expect_hang(&quiet_ghost, 2, Duration::from_millis(500));
+    let shop_hung = expect_hang(&shop_ghost, 2, Duration::from_millis(500));
+    let (quiet_before, shop_before) = (mark(&quiet_healthy), mark(&shop_healthy));
+    publish(&api, &s.lab.kubernetes_objects());
+    api.delete("pods", "quiet", "quiet-a");
+    api.delete("pods", "shop", "shop-a");
+
+    // shop, without the annotation: removed as soon as the gate opens.
+    let took = sync_until(&kp, Duration::from_secs(10), || {
+        entries_to(&table(&s.node()), shop_dead).is_empty()
+    });
+    assert!(
+        entries_to(&table(&s.node()), shop_dead).is_empty(),
+        "the shop ghosts are still there {took:?} after the change"
+    );
+    eprintln!("shop ghosts removed {took:?} after the change");
+    expect_fail_fast_and_recover(
+        shop_ghost,
+        &shop_hung,
+        Some("shop-b"),
+        Duration::from_secs(8),
+    );
+
+    // quiet, annotated off: kept through more kube-proxy syncs and at least two full passes,
+    // and reported.
+    let full_before = scans(&agent, "full");
+    let until = Instant::now() + Duration::from_secs(10);
+    while scans(&agent, "full") < full_before + 2.0 && Instant::now() < until {
+        kp.synced_now();
+    }
+    assert!(scans(&agent, "full") >= full_before + 2.0, "no full passes");
+    assert_eq!(
+        entries_to(&table(&s.node()), quiet_dead).len(),
+        2,
+        "the ghosts of a namespace annotated off were removed"
+    );
+    let m = agent.metrics();
+    assert_eq!(
+        metric_sum(&m, "ghostbuster_flows_removed_total"),
+        2.0,
+        "{m}"
+    );
+    assert!(
+        metric_series(&m, "conntrack_stale_entries", "namespace=\"quiet\"") >= 2.0,
+        "the kept ghosts are still reported: {m}"
+    );
+    let still = quiet_ghost.report();
+    assert_eq!(
+        still.answers, quiet_hung.answers,
+        "a kept ghost connection answered"
+    );
+
+    // The annotation removed: the next full pass removes them (the evidence was there all
+    // along: the endpoint's tombstone and the pod's 404).
+    api.update(namespace("quiet", None));
+    let took = sync_until(&kp, Duration::from_secs(10), || {
+        entries_to(&table(&s.node()), quiet_dead).is_empty()
+    });
+    assert!(
+        entries_to(&table(&s.node()), quiet_dead).is_empty(),
+        "the quiet ghosts are still there {took:?} after the annotation was removed"
+    );
+    eprintln!("quiet ghosts removed {took:?} after the annotation was removed");
+    expect_fail_fast_and_recover(
+        quiet_ghost,
+        &still,
+        Some("quiet-b"),
+        Duration::from_secs(30),
+    );
+    expect_untouched(
+        quiet_healthy,
+        &quiet_before,
+        &["quiet-b"],
+        "quiet healthy pool",
+    );
+    expect_untouched(shop_healthy, &shop_before, &["shop-b"], "shop healthy pool");
+    let m = agent.metrics();
+    assert_eq!(
+        metric_sum(&m, "ghostbuster_flows_removed_total"),
+        4.0,
+        "{m}"
+    );
+    assert!(
+        api.forbidden().is_empty(),
+        "the shipped ClusterRole refused the agent: {:#?}",
+        api.forbidden()
+    );
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use classify_support::*;
 use ghostbuster::cluster::file::{self, Error, Loader};
-use ghostbuster::cluster::{FrontendKind, IndexConfig, Kind, Protocol};
+use ghostbuster::cluster::{FrontendKind, IndexConfig, Kind, ObjectKey, Protocol, SweepMode};
 
 #[test]
 fn kubectl_list_is_indexed() {
@@ -355,4 +355,92 @@ fn error_messages_read_well() {
             "{name}: position expected: {e}"
         );
     }
+}
+
+#[test]
+fn namespaces_from_kubectl_get_namespaces_set_the_mode_of_their_services() {
+    let loaded = file::load(
+        &[fixture("cluster.json"), fixture("namespaces.json")],
+        node_a(),
+        Some(t(SNAPSHOT)),
+    )
+    .unwrap();
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    assert_eq!(loaded.objects[&Kind::Namespace], 5);
+    let index = &loaded.index;
+    // Only the annotated ones are kept ("Report " is report: case and spaces do not matter).
+    assert_eq!(index.counts().namespace_modes, 3);
+    assert_eq!(index.namespace_mode("shop"), Some(SweepMode::Off));
+    assert_eq!(index.namespace_mode("kube-system"), Some(SweepMode::Report));
+    assert_eq!(index.namespace_mode("default"), None);
+    assert_eq!(
+        index.namespace_mode("metrics"),
+        None,
+        "terminating, no annotation"
+    );
+    let mode =
+        |ns: &str, name: &str| index.mode_of(index.service(&ObjectKey::new(ns, name)).unwrap());
+    assert_eq!(mode("shop", "web"), Some(SweepMode::Off));
+    assert_eq!(mode("kube-system", "kube-dns"), Some(SweepMode::Report));
+    assert_eq!(mode("metrics", "statsd"), None);
+    assert_eq!(mode("default", "kubernetes"), None);
+}
+
+#[test]
+fn a_namespace_in_a_mixed_yaml_or_a_raw_namespace_list_is_read() {
+    let yaml = r#"
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: blue
+  annotations: {ghostbuster.io/mode: "off"}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: blue, annotations: {ghostbuster.io/mode: sweep}}
+spec: {clusterIP: 10.96.0.7, clusterIPs: [10.96.0.7], ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: blue}
+spec: {clusterIP: 10.96.0.8, clusterIPs: [10.96.0.8], ports: [{port: 5432}]}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings, namespace: blue}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: bare}
+"#;
+    let mut loader = Loader::new(IndexConfig::default());
+    loader.add_str("mixed.yaml", yaml).unwrap();
+    // The raw API's NamespaceList: items carry no kind.
+    let raw = r#"{"kind": "NamespaceList", "apiVersion": "v1", "metadata": {"resourceVersion": "9"},
+        "items": [{"metadata": {"name": "green", "annotations": {"ghostbuster.io/mode": "report"}}},
+                  {"metadata": {"name": "plain"}, "status": {"phase": "Active"}}]}"#;
+    loader.add_str("namespaces.json", raw).unwrap();
+    let loaded = loader.finish(None);
+    assert_eq!(loaded.objects[&Kind::Namespace], 4);
+    assert_eq!(loaded.warnings.len(), 1, "the ConfigMap only");
+    let index = &loaded.index;
+    let blue = |name: &str| index.mode_of(index.service(&ObjectKey::new("blue", name)).unwrap());
+    assert_eq!(
+        blue("web"),
+        Some(SweepMode::Sweep),
+        "the Service's own wins"
+    );
+    assert_eq!(blue("db"), Some(SweepMode::Off), "the Namespace's");
+    assert_eq!(index.namespace_mode("green"), Some(SweepMode::Report));
+    assert_eq!(index.namespace_mode("plain"), None);
+    assert_eq!(index.namespace_mode("bare"), None);
+
+    // A Namespace without a name is an input error like any other object.
+    let e = Loader::new(IndexConfig::default())
+        .add_str(
+            "bad.yaml",
+            "apiVersion: v1\nkind: Namespace\nmetadata: {}\n",
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("Namespace"), "{e}");
 }

@@ -762,6 +762,7 @@ fn check_cluster_role(role: &ClusterRole) {
         ("", "services", &read[..]),
         ("", "nodes", &read[..]),
         ("", "pods", &read[..]),
+        ("", "namespaces", &read[..]),
         ("discovery.k8s.io", "endpointslices", &read[..]),
         ("networking.k8s.io", "servicecidrs", &read[..]),
         ("events.k8s.io", "events", &["create", "patch"][..]),

@@ -1,6 +1,6 @@
 //! The live cluster source against the fake API server over real HTTP: watches feeding the
 //! index, relists, bookmarks, hanging lists, selectors, 404 and 403, the one-shot read, pod checks,
-//! and the CLI reading the live API end to end.
+//! Namespaces' `ghostbuster.io/mode` annotation, and the CLI reading the live API end to end.
 //!
 //! Every wait is bounded. The CLI test with a real conntrack table needs root (network
 //! namespaces): outside CI it skips with a printed reason, in CI (`CI` set) it fails.
@@ -15,7 +15,9 @@ use ghostbuster::cluster::kube::{
     self as live, KindState, PodCheck, PodChecker, ReadConfig, WatchConfig, WatchHealth,
     WatchTuning, MODE_ANNOTATION,
 };
-use ghostbuster::cluster::{Changes, Event, Index, IndexConfig, Kind, Name, Object, ObjectKey};
+use ghostbuster::cluster::{
+    Changes, Event, Index, IndexConfig, Kind, ModeSource, Name, Object, ObjectKey, SweepMode,
+};
 use jiff::Timestamp;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -87,6 +89,20 @@ fn pod(ns: &str, name: &str, node: &str, ip: &str) -> Value {
     })
 }
 
+/// A Namespace, annotated `ghostbuster.io/mode: MODE` when `mode` is given.
+fn namespace(name: &str, mode: Option<&str>) -> Value {
+    let mut ns = json!({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": name, "labels": {"kubernetes.io/metadata.name": name}},
+        "spec": {"finalizers": ["kubernetes"]},
+        "status": {"phase": "Active"}
+    });
+    if let Some(m) = mode {
+        ns["metadata"]["annotations"] = json!({MODE_ANNOTATION: m, "owner": "team-shop"});
+    }
+    ns
+}
+
 fn service_cidr(cidr: &str) -> Value {
     json!({
         "apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
@@ -96,8 +112,9 @@ fn service_cidr(cidr: &str) -> Value {
 }
 
 /// A small cluster: two Services with slices, this node and another, a Pod on each node, a
-/// ServiceCIDR.
+/// ServiceCIDR, the Namespace `shop` (without the mode annotation).
 fn populate(server: &FakeApiServer) {
+    server.create(namespace("shop", None));
     server.create(service("shop", "web", "10.96.0.10"));
     server.create(service("shop", "db", "10.96.0.11"));
     server.create(slice(
@@ -310,6 +327,7 @@ async fn the_initial_list_fills_the_index_from_the_watch_cache_with_this_nodes_o
         "nodes",
         "servicecidrs",
         "pods",
+        "namespaces",
     ] {
         let first = reqs
             .iter()
@@ -474,6 +492,7 @@ async fn bookmarks_keep_the_view_fresh_and_silence_makes_it_stale() {
         "nodes",
         "servicecidrs",
         "pods",
+        "namespaces",
     ] {
         assert!(server.wait_for_watches(r, 1, WAIT).await);
     }
@@ -482,7 +501,7 @@ async fn bookmarks_keep_the_view_fresh_and_silence_makes_it_stale() {
         !agent.health.fresh(Duration::from_millis(300)),
         "quiet for 400 ms"
     );
-    assert_eq!(agent.health.stale(Duration::from_millis(300)).len(), 5);
+    assert_eq!(agent.health.stale(Duration::from_millis(300)).len(), 6);
     server.bookmark();
     agent
         .until("fresh after a BOOKMARK", |a| {
@@ -513,9 +532,15 @@ async fn a_list_that_never_finishes_never_syncs() {
     let mut agent = Agent::start(&server, true);
     agent
         .until("the other kinds", |a| {
-            [Kind::Service, Kind::Node, Kind::ServiceCidr, Kind::Pod]
-                .iter()
-                .all(|k| a.health.synced(*k))
+            [
+                Kind::Service,
+                Kind::Node,
+                Kind::ServiceCidr,
+                Kind::Pod,
+                Kind::Namespace,
+            ]
+            .iter()
+            .all(|k| a.health.synced(*k))
         })
         .await;
     agent.drain(Duration::from_millis(500)).await;
@@ -608,6 +633,8 @@ fn agent_role() -> Rbac {
         ),
         PolicyRule::new(&[""], &["pods"], &["get", "list", "watch"]),
         PolicyRule::new(&["events.k8s.io"], &["events"], &["create", "patch"]),
+        // The `ghostbuster.io/mode` annotation of Namespaces.
+        PolicyRule::new(&[""], &["namespaces"], &["get", "list", "watch"]),
     ])
 }
 
@@ -662,6 +689,149 @@ async fn the_least_privilege_role_suffices_and_a_missing_permission_holds_the_vi
     );
 
     // Granting it later is picked up by the retries.
+    server.set_rbac(Some(agent_role()));
+    agent.synced().await;
+}
+
+// --- Namespaces and the mode annotation ----------------------------------------------------------
+
+/// The mode that applies to `shop/NAME` in the agent's index.
+fn mode_in(agent: &Agent, name: &str) -> Option<ghostbuster::cluster::EffectiveMode> {
+    let ix = &agent.index;
+    ix.effective_mode(ix.service(&key("shop", name))?)
+}
+
+/// A Service without its own annotation takes its Namespace's `ghostbuster.io/mode`, live: the
+/// Namespace annotated after the agent started, changed, relisted after a 410 without the
+/// annotation, annotated again and deleted. The Service's own annotation wins throughout, and
+/// the one-shot read agrees.
+#[tokio::test]
+async fn a_namespace_annotated_after_start_changes_the_mode_of_its_services() {
+    let server = FakeApiServer::start().await.unwrap();
+    populate(&server);
+    let mut plain = service("shop", "plain", "10.96.0.30");
+    plain["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("annotations");
+    server.create(plain);
+    let mut agent = Agent::start(&server, true);
+    agent.synced().await;
+    assert_eq!(mode_in(&agent, "plain"), None, "no annotation anywhere yet");
+    assert_eq!(
+        mode_in(&agent, "web").map(|m| (m.mode, m.from)),
+        Some((SweepMode::Report, ModeSource::Service))
+    );
+
+    server.update(namespace("shop", Some("off")));
+    agent
+        .until("the Namespace's mode", |a| mode_in(a, "plain").is_some())
+        .await;
+    let m = mode_in(&agent, "plain").unwrap();
+    assert_eq!(
+        (m.mode, m.from),
+        (SweepMode::Off, ModeSource::Namespace),
+        "{m:?}"
+    );
+    let w = mode_in(&agent, "web").unwrap();
+    assert_eq!(
+        (w.mode, w.from, w.overrides),
+        (SweepMode::Report, ModeSource::Service, Some(SweepMode::Off)),
+        "the Service's own annotation wins"
+    );
+    // It arrived stripped: the mode annotation and the name, nothing else.
+    let last = agent
+        .events
+        .iter()
+        .rev()
+        .find_map(|e| match e {
+            Event::Apply(Object::Namespace(n)) => Some(n),
+            _ => None,
+        })
+        .expect("a Namespace event");
+    let a = last.metadata.annotations.as_ref().unwrap();
+    assert_eq!(a.keys().collect::<Vec<_>>(), [MODE_ANNOTATION]);
+    assert!(last.metadata.managed_fields.is_none() && last.spec.is_none());
+
+    server.update(namespace("shop", Some(" Sweep")));
+    agent
+        .until("sweep", |a| {
+            mode_in(a, "plain").map(|m| m.mode) == Some(SweepMode::Sweep)
+        })
+        .await;
+
+    // The annotation removed where no watch sees it: only the relist after the 410 shows it.
+    let lists = server.count("list", "namespaces");
+    server.lose_events(|s| s.update(namespace("shop", None)));
+    agent
+        .until("the relisted Namespace", |a| mode_in(a, "plain").is_none())
+        .await;
+    assert!(server.count("list", "namespaces") > lists, "relisted");
+    assert_eq!(agent.index.counts().namespace_modes, 0);
+
+    // Annotated again (an unknown value is `report`), then deleted: back to the default.
+    server.update(namespace("shop", Some("later-maybe")));
+    agent
+        .until("report", |a| {
+            mode_in(a, "plain").map(|m| m.mode) == Some(SweepMode::Report)
+        })
+        .await;
+    server.delete("namespaces", "", "shop");
+    agent
+        .until("the deleted Namespace", |a| mode_in(a, "plain").is_none())
+        .await;
+    assert_eq!(agent.index.counts().namespace_modes, 0);
+
+    // The one-shot read (scan, sweep, explain without --from-file) sees Namespaces too.
+    server.create(namespace("shop", Some("off")));
+    let ix = live::read_once(&client(&server), ReadConfig::new(IndexConfig::default()))
+        .await
+        .unwrap();
+    let plain = ix.service(&key("shop", "plain")).unwrap();
+    assert_eq!(ix.mode_of(plain), Some(SweepMode::Off));
+    assert!(server
+        .requests()
+        .iter()
+        .any(|r| r.resource == "namespaces" && r.verb == "list" && r.resource_version().is_none()));
+    assert!(server.forbidden().is_empty());
+}
+
+/// Without permission on Namespaces the agent's view never completes (a namespace set to `off`
+/// would go unseen, so nothing may be removed), and the one-shot read fails instead of sweeping
+/// without them.
+#[tokio::test]
+async fn without_namespaces_the_view_is_incomplete_and_the_one_shot_read_fails() {
+    let server = FakeApiServer::start().await.unwrap();
+    populate(&server);
+    let mut role = agent_role();
+    let last = role.rules.pop().unwrap();
+    assert_eq!(last.resources, ["namespaces"]);
+    server.set_rbac(Some(role));
+    let mut agent = Agent::start(&server, true);
+    agent
+        .until("the other kinds", |a| a.health.unsynced() == ["namespaces"])
+        .await;
+    agent.drain(Duration::from_millis(400)).await;
+    assert!(!agent.health.all_synced());
+    assert_eq!(agent.health.unsynced(), ["namespaces"]);
+    let st = agent
+        .health
+        .status()
+        .into_iter()
+        .find(|s| s.kind == Kind::Namespace)
+        .unwrap();
+    assert!(
+        st.last_error.as_deref().unwrap_or_default().contains("403"),
+        "{st:?}"
+    );
+
+    let e = live::read_once(&client(&server), ReadConfig::new(IndexConfig::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(403));
+    assert!(e.to_string().contains("cannot list Namespaces"), "{e}");
+
+    // Granted later: picked up by the retries.
     server.set_rbac(Some(agent_role()));
     agent.synced().await;
 }
@@ -977,6 +1147,7 @@ fn cli_scan_and_sweep_read_the_live_api_end_to_end() {
         "pods",
         "nodes",
         "servicecidrs",
+        "namespaces",
     ] {
         assert!(
             asked

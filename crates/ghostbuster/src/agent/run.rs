@@ -118,6 +118,7 @@ pub async fn run(
         "nodes",
         "pods",
         "servicecidrs",
+        "namespaces",
     ];
     let readiness = Readiness::new(kinds);
     let admin_state = AdminState::new(metrics.clone(), readiness.clone());
@@ -213,13 +214,8 @@ pub async fn run(
                             metrics.endpoint_changes(n);
                         }
                         if !c.endpoints_removed.is_empty() {
-                            let ix = shared.index.read().unwrap_or_else(|e| e.into_inner());
-                            let dead = ix.tombstones().iter().map(|t| t.ip).collect();
-                            drop(ix);
-                            *shared
-                                .dead_backends
-                                .write()
-                                .unwrap_or_else(|e| e.into_inner()) = dead;
+                            // Set and event filter updated before the work below is sent.
+                            shared.refresh_dead_backends();
                         }
                         for w in reactor::work_from_changes(&c) {
                             let _ = work_tx.send(w);
@@ -415,5 +411,6 @@ fn kind_name(k: Kind) -> &'static str {
         Kind::Node => "nodes",
         Kind::Pod => "pods",
         Kind::ServiceCidr => "servicecidrs",
+        Kind::Namespace => "namespaces",
     }
 }

@@ -181,8 +181,8 @@ pub fn run(a: ExplainArgs) -> anyhow::Result<ExitCode> {
         for line in v.trace.to_string().lines() {
             println!("    {line}");
         }
-        if let Some(k) = v.kept_because {
-            println!("  kept because: {}", k.explain());
+        if let Some(k) = v.kept_explanation() {
+            println!("  kept because: {k}");
         }
         println!();
     }

@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::ServiceCIDR;
 
@@ -18,15 +18,19 @@ pub enum Kind {
     Node,
     ServiceCidr,
     Pod,
+    /// Read only for its `ghostbuster.io/mode` annotation (the per-namespace override).
+    Namespace,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    /// Every kind, in a fixed order (health slots and `/readyz` follow it).
+    pub const ALL: [Kind; 6] = [
         Kind::Service,
         Kind::EndpointSlice,
         Kind::Node,
         Kind::ServiceCidr,
         Kind::Pod,
+        Kind::Namespace,
     ];
 
     /// The `kind` field of the API object.
@@ -37,13 +41,14 @@ impl Kind {
             Kind::Node => "Node",
             Kind::ServiceCidr => "ServiceCIDR",
             Kind::Pod => "Pod",
+            Kind::Namespace => "Namespace",
         }
     }
 
     /// The `apiVersion` this crate reads the kind in.
     pub const fn api_version(self) -> &'static str {
         match self {
-            Kind::Service | Kind::Node | Kind::Pod => "v1",
+            Kind::Service | Kind::Node | Kind::Pod | Kind::Namespace => "v1",
             Kind::EndpointSlice => "discovery.k8s.io/v1",
             Kind::ServiceCidr => "networking.k8s.io/v1",
         }
@@ -76,6 +81,7 @@ pub enum Object {
     Node(Box<Node>),
     ServiceCidr(Box<ServiceCIDR>),
     Pod(Box<Pod>),
+    Namespace(Box<Namespace>),
 }
 
 impl Object {
@@ -86,6 +92,7 @@ impl Object {
             Object::Node(_) => Kind::Node,
             Object::ServiceCidr(_) => Kind::ServiceCidr,
             Object::Pod(_) => Kind::Pod,
+            Object::Namespace(_) => Kind::Namespace,
         }
     }
 }
@@ -113,6 +120,11 @@ impl From<ServiceCIDR> for Object {
 impl From<Pod> for Object {
     fn from(o: Pod) -> Self {
         Object::Pod(Box::new(o))
+    }
+}
+impl From<Namespace> for Object {
+    fn from(o: Namespace) -> Self {
+        Object::Namespace(Box::new(o))
     }
 }
 

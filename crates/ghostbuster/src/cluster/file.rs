@@ -1,7 +1,7 @@
 //! Loading the cluster from `kubectl` output: `--from-file PATH` (`-` for stdin).
 //!
-//! Accepts JSON or YAML; a `List` (`kubectl get services,endpointslices,pods,nodes,servicecidrs -A
-//! -o json`), a typed list (`ServiceList` from the raw API, whose items carry no `kind`), a single
+//! Accepts JSON or YAML; a `List` (`kubectl get services,endpointslices,pods,nodes,servicecidrs,
+//! namespaces -A -o json`), a typed list (`ServiceList` from the raw API, whose items carry no `kind`), a single
 //! object, a JSON array of objects, several concatenated JSON documents, or multi-document YAML.
 //! List items are streamed one at a time into the [`Index`] and dropped, so a 100 MB export never
 //! sits in memory as API structs. Other kinds are counted, not failed on: one [`Warning`] per kind.
@@ -60,7 +60,7 @@ impl fmt::Display for Warning {
         write!(
             f,
             "ignored {} object{} of kind {} ({}), first in {}: only Services, EndpointSlices \
-             (discovery.k8s.io/v1), Nodes, ServiceCIDRs and Pods are read",
+             (discovery.k8s.io/v1), Nodes, ServiceCIDRs, Pods and Namespaces are read",
             self.count,
             if self.count == 1 { "" } else { "s" },
             self.kind,
@@ -265,6 +265,9 @@ impl Loader {
                 Object::ServiceCidr(Box::new(serde_json::from_value(value).map_err(typed)?))
             }
             Kind::Pod => Object::Pod(Box::new(serde_json::from_value(value).map_err(typed)?)),
+            Kind::Namespace => {
+                Object::Namespace(Box::new(serde_json::from_value(value).map_err(typed)?))
+            }
         };
         self.index
             .insert(&obj, self.now)

@@ -1,4 +1,5 @@
-//! The compact cluster index: frontends → service ports, backend IPs → slice endpoints, pods by IP.
+//! The compact cluster index: frontends → service ports, backend IPs → slice endpoints, pods by IP,
+//! and the `ghostbuster.io/mode` of the namespaces that set one.
 //!
 //! It keeps no API structs: each object is reduced on arrival (see `service.rs`, `slice.rs`, ...)
 //! and the lookups the classifier needs are hash tables of small integer references into slabs.
@@ -21,10 +22,11 @@ use super::event::{Event, Kind, Object};
 use super::meta;
 use super::model::{IpFamily, ObjectKey, Protocol, Uid};
 use super::name::{Name, NamePool};
+use super::namespace::NamespaceMode;
 use super::node::{Node, ServiceCidr};
 use super::one_or_many::OneOrMany;
 use super::pod::Pod;
-use super::service::{FrontendKind, Service, ServicePort};
+use super::service::{EffectiveMode, FrontendKind, ModeSource, Service, ServicePort, SweepMode};
 use super::slab::Slab;
 use super::slice::{Endpoint, Slice};
 use super::tombstone::{Tombstone, Tombstones};
@@ -116,6 +118,7 @@ enum Entry {
     Node(Node),
     ServiceCidr(ServiceCidr),
     Pod(Pod),
+    Namespace(NamespaceMode),
 }
 
 impl Entry {
@@ -127,6 +130,7 @@ impl Entry {
             Entry::Node(o) => &o.key,
             Entry::ServiceCidr(o) => &o.key,
             Entry::Pod(o) => &o.key,
+            Entry::Namespace(o) => &o.key,
         }
     }
 }
@@ -168,6 +172,10 @@ pub struct Index {
     cidr_objects: HashMap<ObjectKey, Vec<Cidr>>,
     cidrs: Vec<Cidr>,
 
+    /// Namespace name → its `ghostbuster.io/mode`, only for namespaces that carry the annotation:
+    /// the others cost nothing, however many there are.
+    namespace_modes: HashMap<Name, SweepMode>,
+
     tombstones: Tombstones,
     relists: HashMap<Kind, Relist>,
     snapshot_time: Option<Timestamp>,
@@ -205,6 +213,10 @@ impl Index {
                 let reduced = self.reduce(&obj);
                 let relist = self.relists.entry(kind).or_default();
                 match reduced {
+                    // A Namespace without the annotation sets nothing: leaving it out of the
+                    // relist ends the same way (any mode it had is dropped) without holding
+                    // thousands of names until `InitDone`.
+                    Ok(Entry::Namespace(NamespaceMode { mode: None, .. })) => {}
                     Ok(entry) => relist.entries.push(entry),
                     Err(e) => {
                         if let Ok((_, key, _)) = self.identify(&obj) {
@@ -266,6 +278,7 @@ impl Index {
             pods: self.pods.len(),
             nodes: self.nodes.len(),
             tombstones: self.tombstones.len(),
+            namespace_modes: self.namespace_modes.len(),
         }
     }
 
@@ -313,6 +326,37 @@ impl Index {
 
     pub fn services(&self) -> impl Iterator<Item = &Service> {
         self.services.iter().map(|(_, s)| s)
+    }
+
+    /// The `ghostbuster.io/mode` annotation of the Namespace `name`, if it has one.
+    pub fn namespace_mode(&self, name: &str) -> Option<SweepMode> {
+        self.namespace_modes.get(name).copied()
+    }
+
+    /// The mode that applies to `svc`'s flows: its own annotation if it has one, else its
+    /// Namespace's, else `None` (the default: sweep). Every reader of the override (the
+    /// classifier, hence scan, sweep, explain, the agent and its metrics) goes through here so
+    /// they cannot disagree.
+    pub fn mode_of(&self, svc: &Service) -> Option<SweepMode> {
+        self.effective_mode(svc).map(|m| m.mode)
+    }
+
+    /// [`Index::mode_of`] with where the mode came from, for `explain`.
+    pub fn effective_mode(&self, svc: &Service) -> Option<EffectiveMode> {
+        let namespace = self.namespace_mode(&svc.key.namespace);
+        match (svc.mode, namespace) {
+            (Some(mode), overrides) => Some(EffectiveMode {
+                mode,
+                from: ModeSource::Service,
+                overrides,
+            }),
+            (None, Some(mode)) => Some(EffectiveMode {
+                mode,
+                from: ModeSource::Namespace,
+                overrides: None,
+            }),
+            (None, None) => None,
+        }
     }
 
     /// Every slice endpoint listing `ip`, in any Service.
@@ -377,6 +421,7 @@ impl Index {
             Object::Node(o) => Entry::Node(Node::from_api(o, pool)?),
             Object::ServiceCidr(o) => Entry::ServiceCidr(ServiceCidr::from_api(o, pool)?),
             Object::Pod(o) => Entry::Pod(Pod::from_api(o, pool)?),
+            Object::Namespace(o) => Entry::Namespace(NamespaceMode::from_api(o, pool)?),
         })
     }
 
@@ -389,6 +434,7 @@ impl Index {
             Object::Node(o) => &o.metadata,
             Object::ServiceCidr(o) => &o.metadata,
             Object::Pod(o) => &o.metadata,
+            Object::Namespace(o) => &o.metadata,
         };
         Ok((
             kind,
@@ -413,6 +459,16 @@ impl Index {
                 self.refresh_cidrs();
             }
             Entry::Pod(p) => self.upsert_pod(p),
+            Entry::Namespace(n) => match n.mode {
+                Some(mode) => {
+                    // Pooled: the same string as the namespace of its Services' keys.
+                    let name = self.pool.intern(&n.key.name);
+                    self.namespace_modes.insert(name, mode);
+                }
+                None => {
+                    self.namespace_modes.remove(&*n.key.name);
+                }
+            },
         }
     }
 
@@ -474,6 +530,11 @@ impl Index {
                     self.refresh_cidrs();
                 }
             }
+            // No uid check: a Namespace's name cannot be reused before the old one is gone, and
+            // the watch delivers that deletion first.
+            Kind::Namespace => {
+                self.namespace_modes.remove(&*key.name);
+            }
         }
         self.removals_since_purge += 1;
         if self.removals_since_purge > 1024 && self.removals_since_purge > self.pool.len() / 4 {
@@ -495,6 +556,14 @@ impl Index {
             Kind::Pod => self.pod_ids.keys().cloned().collect(),
             Kind::Node => self.nodes.keys().cloned().collect(),
             Kind::ServiceCidr => self.cidr_objects.keys().cloned().collect(),
+            Kind::Namespace => self
+                .namespace_modes
+                .keys()
+                .map(|name| ObjectKey {
+                    namespace: Name::new(""),
+                    name: name.clone(),
+                })
+                .collect(),
         };
         let gone: Vec<ObjectKey> = current
             .into_iter()
@@ -779,6 +848,8 @@ pub struct Counts {
     pub pods: usize,
     pub nodes: usize,
     pub tombstones: usize,
+    /// Namespaces that carry a `ghostbuster.io/mode` annotation (the others are not kept).
+    pub namespace_modes: usize,
 }
 
 fn push<K: std::hash::Hash + Eq, V: Copy + PartialEq>(
@@ -809,10 +880,223 @@ fn pull<K: std::hash::Hash + Eq, V: Copy + PartialEq>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn index_can_be_shared_between_threads() {
         fn shared<T: Send + Sync>() {}
         shared::<Index>();
+    }
+
+    // --- the ghostbuster.io/mode annotation of Services and Namespaces ------------------------
+
+    fn now() -> Timestamp {
+        "2025-06-01T12:00:00Z".parse().unwrap()
+    }
+
+    fn annotations(mode: Option<&str>) -> serde_json::Value {
+        match mode {
+            Some(m) => json!({ "ghostbuster.io/mode": m }),
+            None => json!({}),
+        }
+    }
+
+    fn service(ns: &str, name: &str, mode: Option<&str>) -> Object {
+        let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": ns, "annotations": annotations(mode)},
+            "spec": {"clusterIP": "10.96.0.10", "ports": [{"port": 80}]}
+        }))
+        .unwrap();
+        Object::from(svc)
+    }
+
+    fn namespace(name: &str, mode: Option<&str>) -> Object {
+        let ns: k8s_openapi::api::core::v1::Namespace = serde_json::from_value(json!({
+            "metadata": {"name": name, "annotations": annotations(mode)},
+            "status": {"phase": "Active"}
+        }))
+        .unwrap();
+        Object::from(ns)
+    }
+
+    fn apply(index: &mut Index, event: Event) {
+        index.apply(event, now()).unwrap();
+    }
+
+    /// The effective mode of the Service `ns/name`.
+    fn effective(index: &Index, ns: &str, name: &str) -> Option<EffectiveMode> {
+        let key = ObjectKey {
+            namespace: Name::new(ns),
+            name: Name::new(name),
+        };
+        index.effective_mode(index.service(&key).expect("the Service"))
+    }
+
+    fn mode(index: &Index, ns: &str, name: &str) -> Option<SweepMode> {
+        effective(index, ns, name).map(|m| m.mode)
+    }
+
+    #[test]
+    fn a_namespace_mode_applies_to_its_services_without_their_own() {
+        for (value, want) in [
+            ("off", SweepMode::Off),
+            ("report", SweepMode::Report),
+            ("sweep", SweepMode::Sweep),
+            (" Report ", SweepMode::Report),
+            ("maybe", SweepMode::Report),
+        ] {
+            let mut index = Index::default();
+            apply(&mut index, Event::Apply(service("shop", "web", None)));
+            apply(&mut index, Event::Apply(service("other", "web", None)));
+            assert_eq!(mode(&index, "shop", "web"), None, "no annotation anywhere");
+            // The Namespace may arrive after its Services: the mode is looked up, not copied.
+            apply(&mut index, Event::Apply(namespace("shop", Some(value))));
+            assert_eq!(
+                effective(&index, "shop", "web"),
+                Some(EffectiveMode {
+                    mode: want,
+                    from: ModeSource::Namespace,
+                    overrides: None
+                }),
+                "{value:?}"
+            );
+            assert_eq!(index.namespace_mode("shop"), Some(want));
+            assert_eq!(mode(&index, "other", "web"), None, "another namespace");
+            assert_eq!(index.counts().namespace_modes, 1);
+        }
+    }
+
+    #[test]
+    fn the_services_own_annotation_wins_over_its_namespaces() {
+        let mut index = Index::default();
+        apply(&mut index, Event::Apply(namespace("shop", Some("off"))));
+        apply(
+            &mut index,
+            Event::Apply(service("shop", "opted-in", Some("sweep"))),
+        );
+        apply(
+            &mut index,
+            Event::Apply(service("shop", "watched", Some("report"))),
+        );
+        apply(&mut index, Event::Apply(service("shop", "plain", None)));
+        assert_eq!(
+            effective(&index, "shop", "opted-in"),
+            Some(EffectiveMode {
+                mode: SweepMode::Sweep,
+                from: ModeSource::Service,
+                overrides: Some(SweepMode::Off)
+            })
+        );
+        assert_eq!(mode(&index, "shop", "watched"), Some(SweepMode::Report));
+        assert_eq!(mode(&index, "shop", "plain"), Some(SweepMode::Off));
+        // A Service's annotation alone, in a namespace without one.
+        apply(
+            &mut index,
+            Event::Apply(service("free", "web", Some("off"))),
+        );
+        assert_eq!(
+            effective(&index, "free", "web"),
+            Some(EffectiveMode {
+                mode: SweepMode::Off,
+                from: ModeSource::Service,
+                overrides: None
+            })
+        );
+    }
+
+    #[test]
+    fn a_deleted_or_unannotated_namespace_is_back_to_the_default() {
+        let mut index = Index::default();
+        apply(&mut index, Event::Apply(service("shop", "web", None)));
+        apply(&mut index, Event::Apply(namespace("shop", Some("off"))));
+        apply(&mut index, Event::Delete(namespace("shop", Some("off"))));
+        assert_eq!(mode(&index, "shop", "web"), None);
+        assert_eq!(index.counts().namespace_modes, 0);
+
+        apply(&mut index, Event::Apply(namespace("shop", Some("report"))));
+        assert_eq!(mode(&index, "shop", "web"), Some(SweepMode::Report));
+        // The annotation removed (the Namespace stays).
+        apply(&mut index, Event::Apply(namespace("shop", None)));
+        assert_eq!(mode(&index, "shop", "web"), None);
+        // Deleting a Namespace the index never kept is nothing.
+        apply(&mut index, Event::Delete(namespace("never-seen", None)));
+        assert_eq!(index.counts().namespace_modes, 0);
+    }
+
+    #[test]
+    fn a_namespace_relist_replaces_every_mode_at_init_done() {
+        let mut index = Index::default();
+        for ns in ["a", "b", "d"] {
+            apply(&mut index, Event::Apply(service(ns, "web", None)));
+        }
+        apply(&mut index, Event::Apply(namespace("a", Some("off"))));
+        apply(&mut index, Event::Apply(namespace("b", Some("report"))));
+        apply(&mut index, Event::Apply(namespace("d", Some("off"))));
+
+        apply(&mut index, Event::Init(Kind::Namespace));
+        apply(&mut index, Event::InitApply(namespace("a", Some("sweep"))));
+        apply(&mut index, Event::InitApply(namespace("b", None)));
+        apply(&mut index, Event::InitApply(namespace("c", Some("off"))));
+        // Until InitDone the previous view is served.
+        assert_eq!(mode(&index, "a", "web"), Some(SweepMode::Off));
+        assert_eq!(mode(&index, "b", "web"), Some(SweepMode::Report));
+        apply(&mut index, Event::InitDone(Kind::Namespace));
+        assert_eq!(mode(&index, "a", "web"), Some(SweepMode::Sweep));
+        assert_eq!(
+            mode(&index, "b", "web"),
+            None,
+            "listed without the annotation"
+        );
+        assert_eq!(mode(&index, "d", "web"), None, "not listed: deleted");
+        assert_eq!(index.namespace_mode("c"), Some(SweepMode::Off));
+        assert_eq!(index.counts().namespace_modes, 2);
+    }
+
+    #[test]
+    fn namespaces_without_the_annotation_cost_nothing() {
+        let mut index = Index::default();
+        apply(&mut index, Event::Apply(service("shop", "web", None)));
+        let pooled = index.pool.len();
+        for i in 0..10_000 {
+            apply(
+                &mut index,
+                Event::Apply(namespace(&format!("ns-{i}"), None)),
+            );
+        }
+        apply(&mut index, Event::Init(Kind::Namespace));
+        for i in 0..10_000 {
+            apply(
+                &mut index,
+                Event::InitApply(namespace(&format!("ns-{i}"), None)),
+            );
+        }
+        assert!(
+            index.relists[&Kind::Namespace].entries.is_empty(),
+            "a relist holds no unannotated Namespace"
+        );
+        apply(&mut index, Event::InitDone(Kind::Namespace));
+        assert_eq!(index.counts().namespace_modes, 0);
+        assert_eq!(index.pool.len(), pooled, "no names interned for them");
+        // The annotated one shares its name with its Services' keys.
+        apply(&mut index, Event::Apply(namespace("shop", Some("off"))));
+        assert_eq!(index.pool.len(), pooled);
+    }
+
+    #[test]
+    fn a_nameless_namespace_is_rejected_and_changes_nothing() {
+        let mut index = Index::default();
+        apply(&mut index, Event::Apply(namespace("shop", Some("off"))));
+        let nameless: k8s_openapi::api::core::v1::Namespace = serde_json::from_value(
+            json!({"metadata": {"annotations": {"ghostbuster.io/mode": "sweep"}}}),
+        )
+        .unwrap();
+        let e = index
+            .apply(Event::Apply(Object::from(nameless.clone())), now())
+            .unwrap_err();
+        assert!(e.to_string().contains("Namespace"), "{e}");
+        assert!(index
+            .apply(Event::Delete(Object::from(nameless)), now())
+            .is_err());
+        assert_eq!(index.namespace_mode("shop"), Some(SweepMode::Off));
     }
 }

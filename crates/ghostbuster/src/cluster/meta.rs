@@ -27,9 +27,10 @@ pub(crate) fn key(meta: &ObjectMeta, kind: Kind, pool: &mut NamePool) -> Result<
         ""
     };
     // Services and Nodes are named again by slices and config; Pod and slice names are unique and
-    // not worth a pool entry.
+    // not worth a pool entry, nor are Namespaces' (most are dropped at once; the index interns
+    // the few it keeps).
     let name = match kind {
-        Kind::Pod | Kind::EndpointSlice => Name::new(name),
+        Kind::Pod | Kind::EndpointSlice | Kind::Namespace => Name::new(name),
         _ => pool.intern(name),
     };
     Ok(ObjectKey {

@@ -9,6 +9,7 @@
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1 as api;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Serialize;
 
 use super::error::{Error, Result};
@@ -65,14 +66,18 @@ pub struct Service {
     /// Address frontends (ClusterIPs, external IPs, load-balancer IPs), already family-filtered.
     pub frontends: Vec<(IpAddr, FrontendKind)>,
     pub ports: Vec<ServicePort>,
-    /// The `ghostbuster.io/mode` annotation: an operator's per-Service override.
+    /// The Service's own `ghostbuster.io/mode` annotation. What applies to its flows also depends
+    /// on its Namespace's: ask [`Index::mode_of`](super::Index::mode_of), never read this alone.
     pub mode: Option<SweepMode>,
 }
 
-/// Per-Service override (`ghostbuster.io/mode: off|report|sweep`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The operator's override (`ghostbuster.io/mode: off|report|sweep`), on a Service or on its
+/// Namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum SweepMode {
-    /// Neither reported nor removed.
+    /// Never removed. Meant as "leave it alone entirely", but the classifier treats it as
+    /// `report` (flows still show in scans and metrics, `kept_because: annotation`).
     Off,
     /// Reported, never removed.
     Report,
@@ -84,8 +89,8 @@ pub enum SweepMode {
 pub const MODE_ANNOTATION: &str = "ghostbuster.io/mode";
 
 impl SweepMode {
-    /// An unknown value is taken as `report`: the safe reading of an operator's intent to
-    /// restrict.
+    /// Case and surrounding whitespace do not matter (`" Off "` is `off`). An unknown value is
+    /// taken as `report`: the safe reading of an operator's intent to restrict.
     pub fn parse(s: &str) -> Self {
         match s.trim().to_ascii_lowercase().as_str() {
             "off" => SweepMode::Off,
@@ -93,6 +98,54 @@ impl SweepMode {
             _ => SweepMode::Report,
         }
     }
+
+    /// The annotation of `meta`, if it has one. The key is matched exactly: annotation keys are
+    /// case-sensitive in Kubernetes.
+    pub(crate) fn of(meta: &ObjectMeta) -> Option<Self> {
+        meta.annotations
+            .as_ref()?
+            .get(MODE_ANNOTATION)
+            .map(|v| SweepMode::parse(v))
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            SweepMode::Off => "off",
+            SweepMode::Report => "report",
+            SweepMode::Sweep => "sweep",
+        }
+    }
+
+    /// `off` and `report`: flows are reported, never removed.
+    pub const fn keeps(self) -> bool {
+        !matches!(self, SweepMode::Sweep)
+    }
+}
+
+impl std::fmt::Display for SweepMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which object's annotation set the mode of a Service's flows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModeSource {
+    Service,
+    Namespace,
+}
+
+/// The mode that applies to a Service's flows ([`Index::effective_mode`](super::Index::effective_mode)):
+/// the Service's own annotation if it has one, else its Namespace's. The more specific object
+/// wins either way, so a Service annotated `sweep` in a Namespace annotated `off` is swept: an
+/// operator can exempt a namespace and still opt single Services back in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EffectiveMode {
+    pub mode: SweepMode,
+    pub from: ModeSource,
+    /// The Namespace's mode that the Service's own annotation overrode, if any (for `explain`).
+    pub overrides: Option<SweepMode>,
 }
 
 impl Service {
@@ -161,12 +214,7 @@ impl Service {
             families: IpFamilies::default(),
             frontends: Vec::new(),
             ports,
-            mode: svc
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(MODE_ANNOTATION))
-                .map(|v| SweepMode::parse(v)),
+            mode: SweepMode::of(&svc.metadata),
         };
         if not_proxied.is_some() {
             return Ok(svc_out);

@@ -122,6 +122,7 @@ pub fn resource_name(kind: Kind) -> &'static str {
         Kind::Node => "nodes",
         Kind::ServiceCidr => "servicecidrs",
         Kind::Pod => "pods",
+        Kind::Namespace => "namespaces",
     }
 }
 
@@ -271,7 +272,13 @@ mod tests {
         let h = WatchHealth::new();
         assert!(!h.all_synced());
         assert!(!h.fresh(Duration::from_secs(60)));
-        for k in [Kind::Service, Kind::EndpointSlice, Kind::Node, Kind::Pod] {
+        for k in [
+            Kind::Service,
+            Kind::EndpointSlice,
+            Kind::Node,
+            Kind::Pod,
+            Kind::Namespace,
+        ] {
             h.set_state(k, KindState::Synced);
             h.touch(k);
         }
@@ -283,7 +290,7 @@ mod tests {
         assert!(h.fresh(Duration::from_secs(60)));
         std::thread::sleep(Duration::from_millis(30));
         assert!(!h.fresh(Duration::from_millis(10)));
-        assert_eq!(h.stale(Duration::from_millis(10)).len(), 4);
+        assert_eq!(h.stale(Duration::from_millis(10)).len(), 5);
         assert!(h.stale(Duration::from_secs(60)).is_empty());
         h.set_state(Kind::Pod, KindState::Listing);
         assert!(!h.all_synced());

@@ -1,8 +1,8 @@
 //! The live cluster source: the Kubernetes API through kube-rs.
 //!
 //! - [`watch_cluster`] keeps the agent's [`Index`](super::Index) current: it lists and watches
-//!   Services, EndpointSlices, this node's Node, ServiceCIDRs (when the API has them) and the Pods
-//!   **of this node only**, and sends [`Event`](super::Event)s (relists as Init / InitApply /
+//!   Services, EndpointSlices, this node's Node, ServiceCIDRs (when the API has them), Namespaces
+//!   (for their `ghostbuster.io/mode` annotation) and the Pods **of this node only**, and sends [`Event`](super::Event)s (relists as Init / InitApply /
 //!   InitDone) over a channel, objects stripped first. [`WatchHealth`] says whether every view is
 //!   complete and recent, for the delete gate and `/readyz`.
 //! - [`read_once`] lists everything once into an index (`scan`, `sweep`, `explain` without

@@ -1,7 +1,7 @@
 //! One complete read of the cluster into an index, for the one-shot commands (`scan`, `sweep`,
 //! `explain` without `--from-file`): the same objects as the recommended export
-//! (`kubectl get services,endpointslices,pods,nodes,servicecidrs -A`), listed in pages and
-//! reduced page by page, so a large cluster never sits in memory as API structs.
+//! (`kubectl get services,endpointslices,pods,nodes,servicecidrs,namespaces -A`), listed in pages
+//! and reduced page by page, so a large cluster never sits in memory as API structs.
 //!
 //! Unlike the agent's watches, these lists are consistent reads (no `resourceVersion`): the
 //! command may delete on what it reads, so it reads the latest state rather than a cache.
@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use ::kube::Client;
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::ServiceCIDR;
 
@@ -43,9 +43,10 @@ impl ReadConfig {
     }
 }
 
-/// Lists the cluster once. Services and EndpointSlices must be readable (anything else is an
-/// error: the view would be wrong); Nodes, ServiceCIDRs and Pods that cannot be read are a
-/// warning and leave the index without them (less evidence, never more). Objects the index
+/// Lists the cluster once. Services, EndpointSlices and Namespaces must be readable (anything
+/// else is an error: the view would be wrong, and without Namespaces a namespace annotated
+/// `ghostbuster.io/mode: off` would be swept); Nodes, ServiceCIDRs and Pods that cannot be read
+/// are a warning and leave the index without them (less evidence, never more). Objects the index
 /// rejects are skipped with a warning. The index's snapshot time is when the read began.
 pub async fn read_once(client: &Client, cfg: ReadConfig) -> Result<Index> {
     let started = Timestamp::now();
@@ -58,6 +59,7 @@ pub async fn read_once(client: &Client, cfg: ReadConfig) -> Result<Index> {
     };
     r.all::<Service>(Kind::Service, None).await?;
     r.all::<EndpointSlice>(Kind::EndpointSlice, None).await?;
+    r.all::<Namespace>(Kind::Namespace, None).await?;
     let node_filter = node.as_ref().map(|n| format!("metadata.name={n}"));
     if let Err(e) = r.all::<Node>(Kind::Node, None).await {
         // Without list permission on every Node, this node's own may still be readable.

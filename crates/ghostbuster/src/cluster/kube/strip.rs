@@ -34,6 +34,12 @@ pub fn strip(obj: &mut Object) {
             });
         }
         Object::ServiceCidr(c) => strip_meta(&mut c.metadata, false),
+        // Only the mode annotation is read; a Namespace's spec holds only finalizers.
+        Object::Namespace(n) => {
+            strip_meta(&mut n.metadata, false);
+            n.spec = None;
+            n.status = None;
+        }
         Object::Pod(p) => {
             strip_meta(&mut p.metadata, false);
             p.spec = p.spec.take().map(|s| PodSpec {
@@ -72,7 +78,7 @@ fn strip_meta(m: &mut ObjectMeta, labels: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{Pod, Service};
+    use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
     use serde_json::json;
 
     #[test]
@@ -126,5 +132,42 @@ mod tests {
         let status = p.status.unwrap();
         assert_eq!(status.pod_ip.as_deref(), Some("10.0.0.5"));
         assert!(status.conditions.is_none());
+    }
+
+    #[test]
+    fn a_namespace_keeps_its_name_and_mode_annotation_only() {
+        let ns: Namespace = serde_json::from_value(json!({
+            "metadata": {
+                "name": "shop", "uid": "u9", "resourceVersion": "12",
+                "labels": {"kubernetes.io/metadata.name": "shop"},
+                "annotations": {"ghostbuster.io/mode": "off", "owner": "team-a"},
+                "managedFields": [{"manager": "kubectl", "operation": "Update"}]
+            },
+            "spec": {"finalizers": ["kubernetes"]},
+            "status": {"phase": "Active"}
+        }))
+        .unwrap();
+        let mut o = Object::from(ns);
+        strip(&mut o);
+        let Object::Namespace(n) = o else { panic!() };
+        assert_eq!(n.metadata.name.as_deref(), Some("shop"));
+        assert_eq!(n.metadata.resource_version.as_deref(), Some("12"));
+        assert!(n.metadata.labels.is_none() && n.metadata.managed_fields.is_none());
+        let a = n.metadata.annotations.unwrap();
+        assert_eq!(a.len(), 1);
+        assert_eq!(a[MODE_ANNOTATION], "off");
+        assert!(n.spec.is_none() && n.status.is_none());
+
+        // Without annotations at all: nothing to keep, nothing to fail on.
+        let mut o = Object::from(Namespace {
+            metadata: ObjectMeta {
+                name: Some("bare".into()),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        });
+        strip(&mut o);
+        let Object::Namespace(n) = o else { panic!() };
+        assert!(n.metadata.annotations.is_none());
     }
 }

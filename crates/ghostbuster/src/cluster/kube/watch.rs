@@ -9,9 +9,11 @@
 //! `InitDone`, so the index swaps in the new view only when it is complete and reports every
 //! endpoint the relist dropped exactly once.
 //!
-//! Scope, for memory and API load: Services, EndpointSlices and ServiceCIDRs cluster-wide, but
-//! only this node's Node (`metadata.name=`) and Pods (`spec.nodeName=`): never every Pod of the
-//! cluster (~25 KB each, and O(nodes × pods) API load).
+//! Scope, for memory and API load: Services, EndpointSlices, ServiceCIDRs and Namespaces
+//! cluster-wide, but only this node's Node (`metadata.name=`) and Pods (`spec.nodeName=`): never
+//! every Pod of the cluster (~25 KB each, and O(nodes × pods) API load). Namespaces are few and
+//! small, and a selector cannot pick "those with an annotation", so all are watched; the index
+//! keeps only the annotated ones.
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -21,7 +23,7 @@ use ::kube::api::{Api, ListParams, WatchEvent, WatchParams};
 use ::kube::core::ObjectList;
 use ::kube::{Client, Resource, ResourceExt};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::ServiceCIDR;
 use serde::de::DeserializeOwned;
@@ -113,6 +115,9 @@ pub async fn watch_cluster_with(
                 }
             },
             run::<Pod>(w(Kind::Pod, Some(&on_node))),
+            // Their `ghostbuster.io/mode` annotation: without this view a namespace set to `off`
+            // would be swept, so it holds the gate like the others.
+            run::<Namespace>(w(Kind::Namespace, None)),
         )
     };
     tokio::select! {
@@ -139,7 +144,7 @@ macro_rules! watched {
         }
     )*};
 }
-watched!(Service, EndpointSlice, Node, ServiceCIDR, Pod);
+watched!(Service, EndpointSlice, Node, ServiceCIDR, Pod, Namespace);
 
 /// One page of a list. `any_version`: from the watch cache (`resourceVersion=0`), as client-go's
 /// reflector lists; kube's `ListParams` drops `resourceVersion=0` when a limit is set, so it is

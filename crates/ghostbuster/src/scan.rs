@@ -114,6 +114,21 @@ pub fn scan_with(
     })
 }
 
+/// Classifies flows read earlier (the agent's snapshots) and keeps the ones that are not healthy.
+pub fn classify_flows(flows: &[Flow], index: &Index, policy: &Policy) -> Vec<Finding> {
+    let now = Timestamp::now();
+    flows
+        .iter()
+        .filter_map(|f| {
+            let v = classify(f, index, policy, now);
+            v.kind.is_stale().then(|| Finding {
+                flow: *f,
+                verdict: v,
+            })
+        })
+        .collect()
+}
+
 /// Classifies every flow for which `select` is true, healthy ones included (for `explain`).
 pub fn classify_matching(
     ct: &mut Conntrack,

@@ -116,6 +116,15 @@ pub fn run(
     // Backends seen again while backing off: examined when their backoff ends, not forgotten
     // (else the last ghost recreated inside a backoff window lives until the periodic full scan).
     let mut deferred: HashMap<IpAddr, Instant> = HashMap::new();
+    // While this thread reads events, the reactor may trust its snapshots of removed backends.
+    struct Live<'a>(&'a Shared);
+    impl Drop for Live<'_> {
+        fn drop(&mut self) {
+            self.0.event_marks.set_live(false);
+        }
+    }
+    shared.event_marks.set_live(true);
+    let _live = Live(&shared);
     while !stop.load(Ordering::Relaxed) {
         // Candidates first, the set after: the read lock is not held while blocked in recv, so
         // updating the set (and the filter) never waits for a read timeout.
@@ -133,6 +142,7 @@ pub fn run(
         match r {
             Ok(_) => {}
             Err(ctnetlink::Error::EventsLost) => {
+                shared.event_marks.lost();
                 sink.lost();
                 lost_since.get_or_insert(now);
                 lost_last = now;
@@ -153,6 +163,7 @@ pub fn run(
             }
         }
         for ip in hits {
+            shared.event_marks.saw(ip);
             sink.recreated(ip);
             if backoff.ready(ip, now) {
                 deferred.remove(&ip);

@@ -13,14 +13,15 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
-use ctnetlink::{Conntrack, EventFilterHandle, Filter, FilterApplied, TupleMatch};
+use ctnetlink::{Conntrack, EventFilterHandle, Filter, FilterApplied};
 use jiff::Timestamp;
 
 use super::gate::{self, Breaker, Global, Hold};
+use super::prefetch::{self, EventMarks, Snapshot};
 use crate::classify::classify;
 use crate::cluster::{Index, Name, ObjectKey};
 use crate::policy::Policy;
-use crate::scan::{scan, scan_with, Finding, ScanOptions};
+use crate::scan::{classify_flows, scan_with, Finding, ScanOptions};
 use crate::sweep::{sweep, Outcome, SweepTotals};
 use crate::verdict::VerdictKind;
 
@@ -118,6 +119,8 @@ pub struct Shared {
     event_filter: Mutex<EventFilter>,
     pub first_full_pass_done: AtomicBool,
     pub circuit_open: AtomicBool,
+    /// What the event thread saw since a snapshot of a backend's flows was taken.
+    pub event_marks: EventMarks,
 }
 
 /// The event socket's filter and what was last said about it (each condition is logged once).
@@ -181,6 +184,7 @@ impl Shared {
             event_filter: Mutex::new(EventFilter::default()),
             first_full_pass_done: AtomicBool::new(false),
             circuit_open: AtomicBool::new(false),
+            event_marks: EventMarks::default(),
         })
     }
 
@@ -242,6 +246,8 @@ pub fn run(
 ) {
     // Backends waiting for their gate, with the time to look again.
     let mut parked: HashMap<IpAddr, Instant> = HashMap::new();
+    // Flows of backends whose gate is still closed, read while waiting.
+    let mut prefetched: HashMap<IpAddr, Snapshot> = HashMap::new();
     let mut next_full = Instant::now();
     loop {
         if stop.load(Ordering::Relaxed) {
@@ -293,11 +299,127 @@ pub fn run(
             shared.first_full_pass_done.store(true, Ordering::Relaxed);
             world.report(&r);
         }
-        for ip in backends {
-            if let Some(r) = targeted_pass(&mut ct, &shared, &mut world, &cfg, ip, &mut parked) {
-                world.report(&r);
+        prefetched.retain(|_, s| s.taken.elapsed() <= prefetch::MAX_AGE);
+        targeted(
+            &mut ct,
+            &shared,
+            &mut world,
+            &cfg,
+            backends,
+            full,
+            &mut parked,
+            &mut prefetched,
+        );
+    }
+}
+
+/// The targeted passes of one turn. Backends whose gate is closed are parked, and their flows
+/// are read now (see [`prefetch`]); backends whose gate is open are classified and swept, from
+/// their snapshot when it is still good, else from a fresh read. A full pass in the same turn has
+/// already judged every flow with the same index, so open backends are left to it.
+#[allow(clippy::too_many_arguments)]
+fn targeted(
+    ct: &mut Conntrack,
+    shared: &Shared,
+    world: &mut impl World,
+    cfg: &ReactorConfig,
+    backends: HashSet<IpAddr>,
+    full_ran: bool,
+    parked: &mut HashMap<IpAddr, Instant>,
+    prefetched: &mut HashMap<IpAddr, Snapshot>,
+) {
+    let started = Instant::now();
+    let mut open: Vec<(IpAddr, Option<Timestamp>)> = Vec::new();
+    let mut waiting: Vec<IpAddr> = Vec::new();
+    for ip in backends {
+        match backend_gate(shared, world, cfg, ip) {
+            Ok(removed_at) => open.push((ip, removed_at)),
+            Err(again) => {
+                parked.insert(ip, Instant::now() + again);
+                waiting.push(ip);
             }
         }
+    }
+    let gate_opened = Instant::now();
+    if full_ran {
+        for (ip, _) in open.drain(..) {
+            prefetched.remove(&ip);
+        }
+    }
+
+    // Gate closed: read the flows now, while waiting.
+    let now = Instant::now();
+    let marks = &shared.event_marks;
+    let need: Vec<IpAddr> = waiting
+        .into_iter()
+        .filter(|ip| {
+            !prefetched
+                .get(ip)
+                .is_some_and(|s| s.usable(marks, *ip, now))
+        })
+        .collect();
+    if !need.is_empty() {
+        match prefetch::read(ct, marks, &need) {
+            Ok(snaps) => {
+                for (ip, snap) in snaps {
+                    if !snap.flows.is_empty() {
+                        // The pod GET, too, happens during the wait.
+                        confirm_pods(shared, world, ip);
+                    }
+                    prefetched.insert(ip, snap);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "reading a removed backend's flows failed"),
+        }
+    }
+
+    // Gate open: snapshots that are still good, a fresh read for the others.
+    let now = Instant::now();
+    let mut ready: Vec<(IpAddr, Option<Timestamp>, Vec<ctnetlink::Flow>)> = Vec::new();
+    let mut reread: Vec<(IpAddr, Option<Timestamp>)> = Vec::new();
+    for (ip, removed_at) in open {
+        match prefetched.remove(&ip) {
+            Some(s) if s.usable(marks, ip, now) => ready.push((ip, removed_at, s.flows)),
+            _ => reread.push((ip, removed_at)),
+        }
+    }
+    if !reread.is_empty() {
+        let ips: Vec<IpAddr> = reread.iter().map(|(ip, _)| *ip).collect();
+        match prefetch::read(ct, marks, &ips) {
+            Ok(mut snaps) => {
+                for (ip, removed_at) in reread {
+                    let flows = snaps.remove(&ip).map(|s| s.flows).unwrap_or_default();
+                    ready.push((ip, removed_at, flows));
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "reading a backend's flows failed"),
+        }
+    }
+    for (ip, removed_at, flows) in ready {
+        if flows.is_empty() {
+            continue;
+        }
+        // Only ask the API server when this node holds flows to the backend.
+        confirm_pods(shared, world, ip);
+        let findings = {
+            let ix = shared.index.read().unwrap_or_else(|e| e.into_inner());
+            classify_flows(&flows, &ix, &cfg.policy)
+        };
+        let n = flows.len() as u64;
+        let r = act(
+            ct,
+            shared,
+            world,
+            cfg,
+            PassKind::Targeted,
+            findings,
+            n,
+            n,
+            started,
+            removed_at,
+            Some(gate_opened),
+        );
+        world.report(&r);
     }
 }
 
@@ -322,6 +444,8 @@ fn expire_tombstones(shared: &Shared, ttl: Duration) {
     // it heals a set or filter that missed a change.
     if expired > 0 || !shared.dead_backends().is_empty() {
         shared.refresh_dead_backends();
+        let live = shared.dead_backends().clone();
+        shared.event_marks.retain(&live);
     }
 }
 
@@ -384,70 +508,6 @@ fn confirm_pods(shared: &Shared, world: &mut impl World, ip: IpAddr) {
             ix.tombstones_mut().mark_pod_gone(&ip, &name);
         }
     }
-}
-
-fn backend_filter(ip: IpAddr) -> Filter {
-    Filter {
-        reply: TupleMatch {
-            src: Some(ip),
-            ..Default::default()
-        },
-        ..Default::default()
-    }
-}
-
-fn targeted_pass(
-    ct: &mut Conntrack,
-    shared: &Shared,
-    world: &mut impl World,
-    cfg: &ReactorConfig,
-    ip: IpAddr,
-    parked: &mut HashMap<IpAddr, Instant>,
-) -> Option<PassReport> {
-    let started = Instant::now();
-    let removed_at = match backend_gate(shared, world, cfg, ip) {
-        Ok(t) => t,
-        Err(again) => {
-            parked.insert(ip, Instant::now() + again);
-            return None;
-        }
-    };
-    let gate_opened = Instant::now();
-    let filter = backend_filter(ip);
-    // Only ask the API server when this node holds flows to the backend.
-    let mut any = false;
-    let _ = ct.dump(&filter, |_| {
-        any = true;
-        std::ops::ControlFlow::Break(())
-    });
-    if !any {
-        return None;
-    }
-    confirm_pods(shared, world, ip);
-    let report = {
-        let ix = shared.index.read().unwrap_or_else(|e| e.into_inner());
-        match scan(ct, &ix, &cfg.policy, &filter) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(backend = %ip, error = %e, "targeted scan failed");
-                return None;
-            }
-        }
-    };
-    let service_flows = report.scanned;
-    Some(act(
-        ct,
-        shared,
-        world,
-        cfg,
-        PassKind::Targeted,
-        report.findings,
-        report.scanned,
-        service_flows,
-        started,
-        removed_at,
-        Some(gate_opened),
-    ))
 }
 
 fn full_pass(

@@ -1,0 +1,616 @@
+//! The agent benchmark (issue #4 §6): the real `ghostbuster agent` binary against a namespace
+//! bulk-filled with cluster-shaped DNAT entries, the in-process fake API server and a fake
+//! kube-proxy whose sync time the benchmark controls.
+//!
+//! 1. **Reaction** (default 1,000,000 entries): repeatedly remove one live IPv4 backend from its
+//!    EndpointSlice (its pod is absent, so the agent's pod GET answers 404), let kube-proxy "sync"
+//!    one second later (its `minSyncPeriod` default), and time until every entry of that backend
+//!    is gone. Two clocks: the agent's own `ghostbuster_reaction_seconds` (gate opening → flows
+//!    deleted, one observation per removal, read as the histogram's sum difference) and an
+//!    outside one (kube-proxy's sync visible → the last DESTROY event of the backend's entries,
+//!    read by this process on its own event socket), which adds the agent's polling of
+//!    kube-proxy.
+//! 2. **Steady state** (default 262,144 entries, 10,000 services / 100,000 endpoints loaded,
+//!    1,000 new flows per second, default agent settings): the agent's CPU (utime + stime from
+//!    /proc over the window, which includes the periodic full resyncs) and RSS.
+//!
+//! `cargo bench -p ghostbuster --bench agent -- [--removals K] [--entries N] [--steady-entries N]
+//! [--services S] [--backends B] [--rate R] [--window SECONDS] [--skip-reaction] [--skip-steady]`.
+//! Needs root; raises `nf_conntrack_max` for the run when needed and restores it. Figures belong
+//! here and in docs/performance.md, never in timed tests.
+
+#[path = "../tests/agent_support/mod.rs"]
+mod agent_support;
+
+use std::net::IpAddr;
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agent_support::{metric_sum, Agent, FakeKubeProxy};
+use ctnetlink::{
+    Conntrack, EventGroups, EventKind, EventSocket, Filter, NewFlow, Tuple, TupleMatch,
+};
+use fake_apiserver::FakeApiServer;
+use netlab::bulk::{self, BulkSpec};
+use netlab::NetNs;
+use serde_json::Value;
+
+const MAX_PATH: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
+
+/// Restores `nf_conntrack_max` when dropped.
+struct MaxGuard(Option<String>);
+
+impl Drop for MaxGuard {
+    fn drop(&mut self) {
+        if let Some(old) = self.0.take() {
+            let _ = std::fs::write(MAX_PATH, &old);
+            println!("(restored nf_conntrack_max to {})", old.trim());
+        }
+    }
+}
+
+struct Args {
+    removals: usize,
+    entries: usize,
+    steady_entries: usize,
+    services: usize,
+    backends: usize,
+    rate: usize,
+    window: Duration,
+    reaction: bool,
+    steady: bool,
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        removals: 30,
+        entries: 1_000_000,
+        steady_entries: 262_144,
+        services: 10_000,
+        backends: 10,
+        rate: 1_000,
+        window: Duration::from_secs(120),
+        reaction: true,
+        steady: true,
+    };
+    let mut it = std::env::args().skip(1);
+    let num = |v: Option<String>, flag: &str| -> usize {
+        v.and_then(|v| v.parse().ok()).unwrap_or_else(|| {
+            eprintln!("{flag} needs a number");
+            std::process::exit(2)
+        })
+    };
+    while let Some(x) = it.next() {
+        match x.as_str() {
+            "--bench" => {}
+            "--removals" => a.removals = num(it.next(), &x),
+            "--entries" => a.entries = num(it.next(), &x),
+            "--steady-entries" => a.steady_entries = num(it.next(), &x),
+            "--services" => a.services = num(it.next(), &x),
+            "--backends" => a.backends = num(it.next(), &x),
+            "--rate" => a.rate = num(it.next(), &x),
+            "--window" => a.window = Duration::from_secs(num(it.next(), &x) as u64),
+            "--skip-reaction" => a.reaction = false,
+            "--skip-steady" => a.steady = false,
+            _ => {
+                eprintln!(
+                    "usage: agent [--removals K] [--entries N] [--steady-entries N] [--services S] \
+                     [--backends B] [--rate R] [--window SECONDS] [--skip-reaction] [--skip-steady]"
+                );
+                std::process::exit(2);
+            }
+        }
+    }
+    a
+}
+
+fn main() {
+    let args = parse_args();
+    if !netlab::is_root() {
+        eprintln!("SKIP: the benchmark needs root (network namespaces, conntrack)");
+        return;
+    }
+    let _ = netlab::cleanup_leftovers();
+    let biggest = [
+        if args.reaction { args.entries } else { 0 },
+        if args.steady {
+            // The generated flows live 30 s on top of the table.
+            args.steady_entries + args.rate * 40
+        } else {
+            0
+        },
+    ]
+    .into_iter()
+    .max()
+    .unwrap_or(0) as u64;
+    let old_max = std::fs::read_to_string(MAX_PATH).unwrap_or_default();
+    let mut guard = MaxGuard(None);
+    if old_max.trim().parse::<u64>().unwrap_or(0) < biggest + 1024 {
+        std::fs::write(MAX_PATH, (biggest + 1024).to_string()).expect("raise nf_conntrack_max");
+        println!(
+            "(raised the machine-wide nf_conntrack_max from {} to {} for this run)",
+            old_max.trim(),
+            biggest + 1024
+        );
+        guard.0 = Some(old_max);
+    }
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    println!("ghostbuster agent benchmark: {cpus} CPUs\n");
+    if args.reaction {
+        reaction(&args);
+    }
+    if args.steady {
+        steady(&args);
+    }
+    drop(guard);
+}
+
+/// Publishes the cluster's Services and EndpointSlices (no Pods: none of them is on the agent's
+/// node, and an absent pod is what the agent's GET must find for a removed backend).
+fn publish(api: &FakeApiServer, cluster: &bulk::Cluster) {
+    let objects = cluster.kubernetes_objects();
+    let mut n = 0;
+    for item in objects["items"].as_array().into_iter().flatten() {
+        if item["kind"] == "Pod" {
+            continue;
+        }
+        api.apply(item.clone());
+        n += 1;
+    }
+    println!("published {n} Services and EndpointSlices");
+}
+
+fn start_agent(api: &FakeApiServer, ns: &str, kp: &FakeKubeProxy, extra: &[&str]) -> Agent {
+    // GB_BENCH_AGENT_LOG=debug shows the agent's reasoning (noisy).
+    let log = std::env::var("GB_BENCH_AGENT_LOG").ok();
+    let mut args: Vec<&str> = extra.to_vec();
+    if let Some(l) = &log {
+        args.extend(["--log", l.as_str()]);
+    }
+    let agent = Agent::start(api, ns, kp, &args);
+    assert!(
+        agent.wait_ready(Duration::from_secs(120)),
+        "the agent never became ready"
+    );
+    // Ready means synced; wait for the first full pass too (it sweeps nothing here).
+    let until = Instant::now() + Duration::from_secs(120);
+    while metric_sum(&agent.metrics(), "ghostbuster_scan_duration_seconds_count") < 1.0 {
+        assert!(Instant::now() < until, "no full pass within 120 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    agent
+}
+
+/// Removes `ip` from the EndpointSlice that lists it; returns whether one did.
+fn remove_endpoint(api: &FakeApiServer, ip: IpAddr) -> bool {
+    let ip = ip.to_string();
+    for mut slice in api.objects("endpointslices") {
+        let Some(eps) = slice["endpoints"].as_array() else {
+            continue;
+        };
+        let keep: Vec<Value> = eps
+            .iter()
+            .filter(|e| {
+                !e["addresses"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|x| x == ip.as_str()))
+            })
+            .cloned()
+            .collect();
+        if keep.len() != eps.len() {
+            slice["endpoints"] = Value::Array(keep);
+            api.apply(slice);
+            return true;
+        }
+    }
+    false
+}
+
+fn count_to(ct: &mut Conntrack, ip: IpAddr) -> usize {
+    let f = Filter {
+        reply: TupleMatch {
+            src: Some(ip),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let mut n = 0;
+    ct.dump(&f, |_| {
+        n += 1;
+        ControlFlow::Continue(())
+    })
+    .expect("dump");
+    n
+}
+
+/// Every DESTROY event's reply source with its receive time, read on a thread of its own.
+///
+/// Subscribed before the table is filled: with `nf_conntrack_events=2` (the default) the kernel
+/// gives an entry its event extension only if a listener exists when it is created, so entries
+/// made before any subscription never report their destruction.
+fn destroy_events(ns: &str) -> std::sync::mpsc::Receiver<(IpAddr, Instant)> {
+    let mut ev = EventSocket::open_in(
+        Some(ns),
+        EventGroups {
+            new: false,
+            update: false,
+            destroy: true,
+        },
+        64 << 20,
+    )
+    .expect("subscribe to DESTROY events");
+    ev.set_timeout(Some(Duration::from_millis(100))).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || loop {
+        let mut batch = Vec::new();
+        match ev.recv(|k, f| {
+            if k == EventKind::Destroy {
+                batch.push(f.reply.src);
+            }
+        }) {
+            Ok(_) => {}
+            Err(ctnetlink::Error::EventsLost) => panic!("lost DESTROY events"),
+            Err(e) => panic!("events: {e}"),
+        }
+        let now = Instant::now();
+        for ip in batch {
+            if tx.send((ip, now)).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits until `want` entries of `ip` were destroyed (or `deadline`); the time of the last one.
+fn wait_destroyed(
+    rx: &std::sync::mpsc::Receiver<(IpAddr, Instant)>,
+    ip: IpAddr,
+    want: usize,
+    deadline: Instant,
+) -> (usize, Option<Instant>) {
+    let (mut seen, mut last) = (0, None);
+    while seen < want {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok((src, at)) if src == ip => {
+                seen += 1;
+                last = Some(at);
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    (seen, last)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    // Nearest rank.
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
+    sorted[rank.min(sorted.len()) - 1]
+}
+
+fn summary(name: &str, mut v: Vec<f64>) {
+    v.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "| {name} | {} | {:.1} | {:.1} | {:.1} | {:.1} |",
+        v.len(),
+        percentile(&v, 50.0) * 1e3,
+        percentile(&v, 90.0) * 1e3,
+        percentile(&v, 99.0) * 1e3,
+        v.last().copied().unwrap_or(f64::NAN) * 1e3,
+    );
+}
+
+fn reaction(args: &Args) {
+    let ns = NetNs::create("bnag").expect("namespace");
+    let name = ns.name().to_string();
+    let spec = BulkSpec {
+        entries: args.entries,
+        services: 200,
+        stale_fraction: 0.0,
+        ..BulkSpec::default()
+    };
+    let destroyed = destroy_events(&name);
+    let t = Instant::now();
+    let (cluster, truth) = bulk::fill(Some(&name), &spec).expect("fill");
+    assert_eq!(truth.failed, 0, "fill failed: {truth:?}");
+    println!(
+        "## Reaction: {} entries, {} services; filled in {:.1} s",
+        truth.created,
+        spec.services,
+        t.elapsed().as_secs_f64()
+    );
+    let api = FakeApiServer::start_in_thread().expect("fake API server");
+    publish(&api, &cluster);
+    let kp = FakeKubeProxy::start("nftables");
+    let agent = start_agent(&api, &name, &kp, &[]);
+    let mut ct = Conntrack::open_in(Some(&name)).expect("open");
+
+    // Live IPv4 backends, one per service first, so consecutive removals hit different services.
+    let mut order: Vec<IpAddr> = Vec::new();
+    let per_service: Vec<Vec<IpAddr>> = cluster
+        .services
+        .iter()
+        .map(|s| {
+            s.endpoints
+                .iter()
+                .map(|e| e.ip)
+                .filter(|ip| ip.is_ipv4())
+                .collect()
+        })
+        .collect();
+    for k in 0..spec.backends {
+        for s in &per_service {
+            if let Some(ip) = s.get(k) {
+                order.push(*ip);
+            }
+        }
+    }
+    let mut agent_side = Vec::new();
+    let mut gate_waits = Vec::new();
+    let mut outside = Vec::new();
+    let mut entries_per_removal = Vec::new();
+    for &ip in order.iter().take(args.removals) {
+        let want = count_to(&mut ct, ip);
+        if want == 0 {
+            continue;
+        }
+        let m0 = agent.metrics();
+        let (sum0, n0) = (
+            metric_sum(&m0, "ghostbuster_reaction_seconds_sum"),
+            metric_sum(&m0, "ghostbuster_reaction_seconds_count"),
+        );
+        let (wsum0, wn0) = (
+            metric_sum(&m0, "ghostbuster_gate_wait_seconds_sum"),
+            metric_sum(&m0, "ghostbuster_gate_wait_seconds_count"),
+        );
+        // Forget destructions seen so far (other backends, timeouts).
+        while destroyed.try_recv().is_ok() {}
+        assert!(remove_endpoint(&api, ip), "no slice lists {ip}");
+        let removed = Instant::now();
+        if std::env::var_os("GB_BENCH_WATCH_LATENCY").is_some() {
+            let c0 = metric_sum(&m0, "ghostbuster_endpoint_changes_total");
+            while metric_sum(&agent.metrics(), "ghostbuster_endpoint_changes_total") <= c0
+                && removed.elapsed() < Duration::from_secs(3)
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            eprintln!(
+                "{ip}: the agent counted the change {:?} after it",
+                removed.elapsed()
+            );
+        }
+        // kube-proxy's minSyncPeriod (1 s): synced_now sleeps 300 ms, then publishes.
+        std::thread::sleep(Duration::from_millis(700));
+        kp.synced_now();
+        let synced = Instant::now();
+        let (seen, last) = wait_destroyed(
+            &destroyed,
+            ip,
+            want,
+            Instant::now() + Duration::from_secs(30),
+        );
+        if seen != want {
+            let m = agent.metrics();
+            let lines: Vec<&str> = m
+                .lines()
+                .filter(|l| !l.starts_with('#') && !l.contains("_bucket"))
+                .collect();
+            let reqs: Vec<String> = api
+                .requests()
+                .iter()
+                .rev()
+                .take(20)
+                .map(|r| format!("{r:?}"))
+                .collect();
+            panic!(
+                "{seen} of {want} entries of {ip} removed within 30 s; the agent's metrics:\n{}\n\
+                 /readyz: {:?}\nlast API requests:\n{}",
+                lines.join("\n"),
+                agent.get("/readyz"),
+                reqs.join("\n")
+            );
+        }
+        let last = last.expect("a last DESTROY");
+        if std::env::var_os("GB_BENCH_VERBOSE").is_some() {
+            eprintln!(
+                "{ip}: {want} entries; sync {:?} after the removal, last DESTROY {:?} after it",
+                synced - removed,
+                last.saturating_duration_since(removed)
+            );
+        }
+        outside.push(last.saturating_duration_since(synced).as_secs_f64());
+        // The agent's own observation of this removal.
+        let until = Instant::now() + Duration::from_secs(5);
+        loop {
+            let m = agent.metrics();
+            let n = metric_sum(&m, "ghostbuster_reaction_seconds_count");
+            let wn = metric_sum(&m, "ghostbuster_gate_wait_seconds_count");
+            if n > n0 && wn > wn0 {
+                let s = metric_sum(&m, "ghostbuster_reaction_seconds_sum");
+                agent_side.push((s - sum0) / (n - n0));
+                let ws = metric_sum(&m, "ghostbuster_gate_wait_seconds_sum");
+                gate_waits.push((ws - wsum0) / (wn - wn0));
+                break;
+            }
+            if Instant::now() > until {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        entries_per_removal.push(want);
+    }
+    let m = agent.metrics();
+    println!(
+        "{} removals of an IPv4 backend with {}..{} entries each; full passes during the run: {}\n",
+        entries_per_removal.len(),
+        entries_per_removal.iter().min().unwrap_or(&0),
+        entries_per_removal.iter().max().unwrap_or(&0),
+        metric_sum(&m, "ghostbuster_scan_duration_seconds_count"),
+    );
+    println!("| clock | removals | p50 ms | p90 ms | p99 ms | max ms |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    summary(
+        "agent: gate open → deleted (`ghostbuster_reaction_seconds`)",
+        agent_side,
+    );
+    summary("outside: kube-proxy sync visible → last DESTROY", outside);
+    summary(
+        "agent: removal seen → gate open (`ghostbuster_gate_wait_seconds`; kube-proxy syncs 1 s after the removal)",
+        gate_waits,
+    );
+    // Targeted dump alone, for comparison: what a pass that must walk the table costs.
+    let mut walks = Vec::new();
+    for &ip in order.iter().skip(args.removals).take(5) {
+        let t = Instant::now();
+        count_to(&mut ct, ip);
+        walks.push(t.elapsed().as_secs_f64());
+    }
+    summary("filtered dump of one IPv4 backend (reference)", walks);
+    println!();
+    agent.stop();
+}
+
+/// Reads (utime + stime) in seconds and the RSS/peak RSS in KiB of `pid`.
+fn usage(pid: u32) -> (f64, u64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at ") ".
+    let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 (1-based), i.e. 11 and 12 after the state field 3.
+    let cpu = (ticks(11) + ticks(12)) / hz;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (cpu, kib("VmRSS:"), kib("VmHWM:"))
+}
+
+fn steady(args: &Args) {
+    let ns = NetNs::create("bnst").expect("namespace");
+    let name = ns.name().to_string();
+    let spec = BulkSpec {
+        entries: args.steady_entries,
+        services: args.services,
+        backends: args.backends,
+        deleted_per_service: 0,
+        stale_fraction: 0.0,
+        ..BulkSpec::default()
+    };
+    let t = Instant::now();
+    let (cluster, truth) = bulk::fill(Some(&name), &spec).expect("fill");
+    assert_eq!(truth.failed, 0, "fill failed: {truth:?}");
+    let endpoints: usize = cluster.services.iter().map(|s| s.endpoints.len()).sum();
+    println!(
+        "## Steady state: {} entries ({:?}), {} services / {endpoints} endpoints, {} new flows/s; \
+         filled in {:.1} s",
+        truth.created,
+        truth.per_family,
+        cluster.services.len(),
+        args.rate,
+        t.elapsed().as_secs_f64()
+    );
+    let api = FakeApiServer::start_in_thread().expect("fake API server");
+    publish(&api, &cluster);
+    let kp = FakeKubeProxy::start("nftables");
+    let agent = start_agent(&api, &name, &kp, &[]);
+    let pid = agent.child.id();
+
+    // New flows: UDP entries DNAT'd to live backends, created in batches every 100 ms, that
+    // expire after 30 s (so the table stays near its size). Source ports far above the fill's.
+    let stop = Arc::new(AtomicBool::new(false));
+    let gen = {
+        let stop = stop.clone();
+        let name = name.clone();
+        let targets: Vec<(IpAddr, IpAddr)> = cluster
+            .services
+            .iter()
+            .filter_map(|s| Some((s.cluster_ips[0], s.endpoints.first()?.ip)))
+            .collect();
+        let per_batch = (args.rate / 10).max(1);
+        std::thread::spawn(move || {
+            let mut ct = Conntrack::open_in(Some(&name)).expect("open");
+            let mut n: usize = 0;
+            let mut created = 0u64;
+            let mut next = Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                let batch: Vec<NewFlow> = (0..per_batch)
+                    .map(|_| {
+                        n += 1;
+                        let (vip, backend) = targets[n % targets.len()];
+                        let client = match vip {
+                            IpAddr::V4(_) => IpAddr::from([192, 0, 2, (n % 254) as u8 + 1]),
+                            IpAddr::V6(_) => {
+                                IpAddr::from([0x2001, 0xdb8, 1, 0, 0, 0, 0, (n % 254) as u16 + 1])
+                            }
+                        };
+                        let sport = 40_000 + ((n / 254) % 20_000) as u16;
+                        let orig = Tuple::ports(client, sport, vip, 53, libc::IPPROTO_UDP as u8);
+                        let mut f = NewFlow::established(orig, Some((backend, 5353)));
+                        f.timeout = 30;
+                        f
+                    })
+                    .collect();
+                if let Ok(s) = ct.create(&batch) {
+                    created += s.created;
+                }
+                next += Duration::from_millis(100);
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            }
+            created
+        })
+    };
+    // Let the generator reach its rate, then measure over the window.
+    std::thread::sleep(Duration::from_secs(5));
+    let (c0, _, _) = usage(pid);
+    let t0 = Instant::now();
+    let m0 = agent.metrics();
+    let mut rss_max = 0;
+    while t0.elapsed() < args.window {
+        std::thread::sleep(Duration::from_secs(1));
+        rss_max = rss_max.max(usage(pid).1);
+    }
+    let (c1, rss, hwm) = usage(pid);
+    let wall = t0.elapsed().as_secs_f64();
+    let m1 = agent.metrics();
+    stop.store(true, Ordering::Relaxed);
+    let created = gen.join().expect("generator");
+    let full = metric_sum(&m1, "ghostbuster_scan_duration_seconds_count")
+        - metric_sum(&m0, "ghostbuster_scan_duration_seconds_count");
+    println!(
+        "window {wall:.0} s; {created} flows generated in all; passes during the window: {full}\n"
+    );
+    println!("| measure | value | target |");
+    println!("|---|---:|---:|");
+    println!(
+        "| agent CPU (utime+stime / wall) | {:.2} % of one core | ≤ 1 % |",
+        (c1 - c0) / wall * 100.0
+    );
+    println!(
+        "| agent RSS (max sampled / at end) | {:.1} / {:.1} MiB | ≤ 64 MiB |",
+        rss_max as f64 / 1024.0,
+        rss as f64 / 1024.0
+    );
+    println!(
+        "| agent peak RSS (VmHWM, includes start-up) | {:.1} MiB | |",
+        hwm as f64 / 1024.0
+    );
+    println!();
+    agent.stop();
+}

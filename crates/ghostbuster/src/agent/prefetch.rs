@@ -1,0 +1,279 @@
+//! Reading a removed backend's flows while its gate is still closed.
+//!
+//! Between an endpoint's removal and the gate opening (kube-proxy's next sync, typically a second)
+//! the agent has nothing to do; a targeted read of the table, on the other hand, walks every entry
+//! in the kernel (about 0.3 s at a million entries, whatever the filter). So the walk happens
+//! during the wait, and opening the gate costs only the deletes.
+//!
+//! A snapshot is only as good as what happened after it was taken. It is used only when:
+//! - the conntrack event thread is running and saw no NEW flow toward the backend, and lost no
+//!   events, since just before the read started (a new flow would be missing from it);
+//! - none of its flows is half-open: that is the one property of a flow the decision table reads
+//!   that can still change (a reply may arrive); every other input (tuples, start time, zone, id)
+//!   is fixed for the life of an entry, and deletes are exact by id, so a flow that ended or was
+//!   replaced by a new one with the same tuple is never hit;
+//! - it is younger than [`MAX_AGE`].
+//!
+//! Otherwise the flows are read again when the gate opens. Classification always happens at the
+//! gate's opening, with the index as it is then.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use ctnetlink::{Conntrack, Filter, Flow, TupleMatch};
+
+use crate::classify::is_half_open;
+
+/// The oldest snapshot used when a gate opens.
+pub const MAX_AGE: Duration = Duration::from_secs(10);
+
+/// Up to this many backends are read by one kernel-filtered walk each; more are read together by
+/// one full dump filtered in user space (a filtered walk costs about a tenth of a full dump).
+pub const MAX_SEPARATE_READS: usize = 6;
+
+/// What the conntrack event thread has seen since a point in time, per backend.
+#[derive(Debug, Default)]
+pub struct EventMarks {
+    live: AtomicBool,
+    lost: AtomicU64,
+    seen: Mutex<HashMap<IpAddr, u64>>,
+}
+
+/// A point in [`EventMarks`]' history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mark {
+    lost: u64,
+    seen: u64,
+}
+
+impl EventMarks {
+    /// The event thread runs (true) or has stopped (false): without it no snapshot is trusted.
+    pub fn set_live(&self, live: bool) {
+        self.live.store(live, Ordering::SeqCst);
+    }
+
+    /// Events were lost: every snapshot taken before is suspect.
+    pub fn lost(&self) {
+        self.lost.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A NEW flow toward `ip` was seen.
+    pub fn saw(&self, ip: IpAddr) {
+        let mut m = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        *m.entry(ip).or_insert(0) += 1;
+    }
+
+    /// The current mark for `ip`; `None` when events are not being read.
+    pub fn mark(&self, ip: IpAddr) -> Option<Mark> {
+        if !self.live.load(Ordering::SeqCst) {
+            return None;
+        }
+        let lost = self.lost.load(Ordering::SeqCst);
+        let seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&ip)
+            .copied()
+            .unwrap_or(0);
+        Some(Mark { lost, seen })
+    }
+
+    /// Forgets backends that are no longer watched (keeps the map as small as the dead set).
+    pub fn retain(&self, keep: &HashSet<IpAddr>) {
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|ip, _| keep.contains(ip));
+    }
+}
+
+/// The flows of one backend, read at `taken`.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub flows: Vec<Flow>,
+    mark: Option<Mark>,
+    pub taken: Instant,
+}
+
+impl Snapshot {
+    /// Whether the flows may stand in for a fresh read of `ip` now (see the module's rules).
+    pub fn usable(&self, marks: &EventMarks, ip: IpAddr, now: Instant) -> bool {
+        let Some(then) = self.mark else {
+            return false;
+        };
+        now.saturating_duration_since(self.taken) <= MAX_AGE
+            && marks.mark(ip) == Some(then)
+            && !self.flows.iter().any(is_half_open)
+    }
+}
+
+/// Reads the flows whose reply source is one of `ips` (their backend), one snapshot per address.
+/// The event marks are taken before the read starts, so any flow created during it is noticed.
+pub fn read(
+    ct: &mut Conntrack,
+    marks: &EventMarks,
+    ips: &[IpAddr],
+) -> ctnetlink::Result<HashMap<IpAddr, Snapshot>> {
+    let taken = Instant::now();
+    let mut out: HashMap<IpAddr, Snapshot> = ips
+        .iter()
+        .map(|ip| {
+            (
+                *ip,
+                Snapshot {
+                    flows: Vec::new(),
+                    mark: marks.mark(*ip),
+                    taken,
+                },
+            )
+        })
+        .collect();
+    if ips.len() <= MAX_SEPARATE_READS {
+        for ip in ips {
+            let filter = backend_filter(*ip);
+            let mut flows = Vec::new();
+            ct.dump(&filter, |f| {
+                flows.push(*f);
+                ControlFlow::Continue(())
+            })?;
+            if let Some(s) = out.get_mut(ip) {
+                s.flows = flows;
+            }
+        }
+    } else {
+        ct.dump(&Filter::default(), |f| {
+            if let Some(s) = out.get_mut(&f.reply.src) {
+                s.flows.push(*f);
+            }
+            ControlFlow::Continue(())
+        })?;
+    }
+    Ok(out)
+}
+
+/// The kernel filter for "backend is `ip`": the reply tuple's source. The kernel compares IPv4
+/// addresses itself; IPv6 is matched in user space (see `ctnetlink::filter`).
+pub fn backend_filter(ip: IpAddr) -> Filter {
+    Filter {
+        reply: TupleMatch {
+            src: Some(ip),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ctnetlink::{Status, Tuple};
+
+    fn flow(replied: bool) -> Flow {
+        let orig = Tuple::ports(
+            "192.0.2.2".parse().unwrap(),
+            40000,
+            "198.51.100.10".parse().unwrap(),
+            80,
+            17,
+        );
+        let reply = Tuple::ports(
+            "203.0.113.7".parse().unwrap(),
+            8080,
+            "192.0.2.2".parse().unwrap(),
+            40000,
+            17,
+        );
+        let status = if replied {
+            Status::SEEN_REPLY | Status::DST_NAT
+        } else {
+            Status::DST_NAT
+        };
+        Flow {
+            family: ctnetlink::Family::Ipv4,
+            orig,
+            reply,
+            status: Status(status),
+            timeout: Some(30),
+            mark: None,
+            zone: 0,
+            id: Some(1),
+            use_count: None,
+            tcp_state: None,
+            sctp_state: None,
+            start_ns: None,
+            stop_ns: None,
+            orig_counters: None,
+            reply_counters: None,
+            labels: None,
+        }
+    }
+
+    fn snapshot(marks: &EventMarks, ip: IpAddr, flows: Vec<Flow>) -> Snapshot {
+        Snapshot {
+            flows,
+            mark: marks.mark(ip),
+            taken: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn a_snapshot_is_used_only_while_nothing_happened_to_its_backend() {
+        let ip: IpAddr = "203.0.113.7".parse().unwrap();
+        let other: IpAddr = "203.0.113.8".parse().unwrap();
+        let marks = EventMarks::default();
+        // Events not read: never trusted.
+        let s = snapshot(&marks, ip, vec![flow(true)]);
+        assert!(!s.usable(&marks, ip, Instant::now()));
+
+        marks.set_live(true);
+        let s = snapshot(&marks, ip, vec![flow(true)]);
+        assert!(s.usable(&marks, ip, Instant::now()));
+        // A new flow toward another backend changes nothing.
+        marks.saw(other);
+        assert!(s.usable(&marks, ip, Instant::now()));
+        // A new flow toward this one: read again.
+        marks.saw(ip);
+        assert!(!s.usable(&marks, ip, Instant::now()));
+
+        let s = snapshot(&marks, ip, vec![flow(true)]);
+        marks.lost();
+        assert!(!s.usable(&marks, ip, Instant::now()), "lost events");
+
+        let s = snapshot(&marks, ip, vec![flow(true)]);
+        assert!(!s.usable(
+            &marks,
+            ip,
+            Instant::now() + MAX_AGE + Duration::from_millis(1)
+        ));
+        marks.set_live(false);
+        assert!(
+            !s.usable(&marks, ip, Instant::now()),
+            "event thread stopped"
+        );
+    }
+
+    #[test]
+    fn a_half_open_flow_makes_the_snapshot_unusable() {
+        let ip: IpAddr = "203.0.113.7".parse().unwrap();
+        let marks = EventMarks::default();
+        marks.set_live(true);
+        let s = snapshot(&marks, ip, vec![flow(true), flow(false)]);
+        assert!(!s.usable(&marks, ip, Instant::now()));
+    }
+
+    #[test]
+    fn retain_keeps_only_watched_backends() {
+        let ip: IpAddr = "203.0.113.7".parse().unwrap();
+        let marks = EventMarks::default();
+        marks.set_live(true);
+        marks.saw(ip);
+        let before = marks.mark(ip);
+        marks.retain(&HashSet::new());
+        assert_ne!(marks.mark(ip), before);
+    }
+}

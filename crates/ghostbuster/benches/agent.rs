@@ -37,6 +37,8 @@ use netlab::bulk::{self, BulkSpec};
 use netlab::NetNs;
 use serde_json::Value;
 
+const FULL_PASSES: &str = "ghostbuster_scan_duration_seconds_count{kind=\"full\"}";
+const TARGETED_PASSES: &str = "ghostbuster_scan_duration_seconds_count{kind=\"targeted\"}";
 const MAX_PATH: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
 
 /// Restores `nf_conntrack_max` when dropped.
@@ -165,9 +167,12 @@ fn publish(api: &FakeApiServer, cluster: &bulk::Cluster) {
 }
 
 fn start_agent(api: &FakeApiServer, ns: &str, kp: &FakeKubeProxy, extra: &[&str]) -> Agent {
-    // GB_BENCH_AGENT_LOG=debug shows the agent's reasoning (noisy).
+    // GB_BENCH_AGENT_LOG=debug shows the agent's reasoning (noisy); GB_BENCH_AGENT_ARGS adds
+    // flags (e.g. "--resync-interval 300s" to measure the cost between full passes).
     let log = std::env::var("GB_BENCH_AGENT_LOG").ok();
+    let more = std::env::var("GB_BENCH_AGENT_ARGS").unwrap_or_default();
     let mut args: Vec<&str> = extra.to_vec();
+    args.extend(more.split_whitespace());
     if let Some(l) = &log {
         args.extend(["--log", l.as_str()]);
     }
@@ -286,6 +291,19 @@ fn wait_destroyed(
         }
     }
     (seen, last)
+}
+
+/// The value of one exact series (`name{labels}`), 0 when absent.
+fn series(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -450,11 +468,12 @@ fn reaction(args: &Args) {
     }
     let m = agent.metrics();
     println!(
-        "{} removals of an IPv4 backend with {}..{} entries each; full passes during the run: {}\n",
+        "{} removals of an IPv4 backend with {}..{} entries each; full passes during the run \
+         (incl. the first): {}\n",
         entries_per_removal.len(),
         entries_per_removal.iter().min().unwrap_or(&0),
         entries_per_removal.iter().max().unwrap_or(&0),
-        metric_sum(&m, "ghostbuster_scan_duration_seconds_count"),
+        series(&m, FULL_PASSES),
     );
     println!("| clock | removals | p50 ms | p90 ms | p99 ms | max ms |");
     println!("|---|---:|---:|---:|---:|---:|");
@@ -479,8 +498,8 @@ fn reaction(args: &Args) {
     agent.stop();
 }
 
-/// Reads (utime + stime) in seconds and the RSS/peak RSS in KiB of `pid`.
-fn usage(pid: u32) -> (f64, u64, u64) {
+/// Reads (utime, stime) in seconds and the RSS/peak RSS in KiB of `pid`.
+fn usage(pid: u32) -> ((f64, f64), u64, u64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may hold spaces) start at ") ".
     let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
@@ -489,7 +508,7 @@ fn usage(pid: u32) -> (f64, u64, u64) {
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     // utime and stime are fields 14 and 15 (1-based), i.e. 11 and 12 after the state field 3.
-    let cpu = (ticks(11) + ticks(12)) / hz;
+    let cpu = (ticks(11) / hz, ticks(12) / hz);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let kib = |key: &str| {
         status
@@ -500,6 +519,20 @@ fn usage(pid: u32) -> (f64, u64, u64) {
             .unwrap_or(0)
     };
     (cpu, kib("VmRSS:"), kib("VmHWM:"))
+}
+
+/// RssAnon and RssFile of `pid`, KiB.
+fn rss_split(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (kib("RssAnon:"), kib("RssFile:"))
 }
 
 fn steady(args: &Args) {
@@ -591,16 +624,20 @@ fn steady(args: &Args) {
     let m1 = agent.metrics();
     stop.store(true, Ordering::Relaxed);
     let created = gen.join().expect("generator");
-    let full = metric_sum(&m1, "ghostbuster_scan_duration_seconds_count")
-        - metric_sum(&m0, "ghostbuster_scan_duration_seconds_count");
+    let full = series(&m1, FULL_PASSES) - series(&m0, FULL_PASSES);
+    let targeted = series(&m1, TARGETED_PASSES) - series(&m0, TARGETED_PASSES);
     println!(
-        "window {wall:.0} s; {created} flows generated in all; passes during the window: {full}\n"
+        "window {wall:.0} s; {created} flows generated in all; full passes during the window: \
+         {full}, targeted: {targeted}\n"
     );
     println!("| measure | value | target |");
     println!("|---|---:|---:|");
+    let (user, sys) = (c1.0 - c0.0, c1.1 - c0.1);
     println!(
-        "| agent CPU (utime+stime / wall) | {:.2} % of one core | ≤ 1 % |",
-        (c1 - c0) / wall * 100.0
+        "| agent CPU ((utime+stime) / wall) | {:.2} % of one core (user {:.2} s, sys {:.2} s) | ≤ 1 % |",
+        (user + sys) / wall * 100.0,
+        user,
+        sys
     );
     println!(
         "| agent RSS (max sampled / at end) | {:.1} / {:.1} MiB | ≤ 64 MiB |",
@@ -610,6 +647,12 @@ fn steady(args: &Args) {
     println!(
         "| agent peak RSS (VmHWM, includes start-up) | {:.1} MiB | |",
         hwm as f64 / 1024.0
+    );
+    let (anon, file) = rss_split(pid);
+    println!(
+        "| of the RSS at the end: heap and stacks (RssAnon) / mapped binary (RssFile) | {:.1} / {:.1} MiB | |",
+        anon as f64 / 1024.0,
+        file as f64 / 1024.0
     );
     println!();
     agent.stop();

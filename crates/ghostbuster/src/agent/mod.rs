@@ -13,6 +13,7 @@
 pub mod conntrack_events;
 pub mod gate;
 pub mod k8s_events;
+pub mod memory;
 pub mod prefetch;
 pub mod reactor;
 pub mod run;

@@ -300,6 +300,7 @@ pub fn run(
             world.report(&r);
         }
         prefetched.retain(|_, s| s.taken.elapsed() <= prefetch::MAX_AGE);
+        let many = backends.len() > prefetch::MAX_SEPARATE_READS;
         targeted(
             &mut ct,
             &shared,
@@ -310,6 +311,10 @@ pub fn run(
             &mut parked,
             &mut prefetched,
         );
+        if full || many {
+            // The peaks of a pass are over (findings, flows read for many backends at once).
+            super::memory::release_freed_memory();
+        }
     }
 }
 

@@ -204,6 +204,8 @@ pub async fn run(
                 };
                 if let Some(k) = done_kind {
                     readiness.synced(kind_name(k));
+                    // The list's objects are reduced and dropped: give their memory back.
+                    super::memory::release_freed_memory();
                 }
                 match changes {
                     Ok(c) => {

@@ -11,7 +11,9 @@
 //! kube-runtime's `Store::apply_watcher_event`): the file loader feeds it once, the agent feeds it
 //! watch events, tests feed it whatever they like.
 
-use std::collections::{HashMap, HashSet};
+// Looked up once or more per flow per scan: foldhash (fast, not DoS-resistant; keys are cluster
+// objects and addresses, not attacker-chosen strings in bulk).
+use foldhash::{HashMap, HashSet, HashSetExt};
 use std::net::IpAddr;
 
 use jiff::Timestamp;

@@ -2,7 +2,8 @@
 //! bulk-filled with cluster-shaped DNAT entries, the in-process fake API server and a fake
 //! kube-proxy whose sync time the benchmark controls.
 //!
-//! 1. **Reaction** (default 1,000,000 entries): repeatedly remove one live IPv4 backend from its
+//! 1. **Reaction** (default 1,000,000 entries): repeatedly remove one live backend (IPv4, then a
+//!    few IPv6) from its
 //!    EndpointSlice (its pod is absent, so the agent's pod GET answers 404), let kube-proxy "sync"
 //!    one second later (its `minSyncPeriod` default), and time until every entry of that backend
 //!    is gone. Two clocks: the agent's own `ghostbuster_reaction_seconds` (gate opening → flows
@@ -14,8 +15,8 @@
 //!    1,000 new flows per second, default agent settings): the agent's CPU (utime + stime from
 //!    /proc over the window, which includes the periodic full resyncs) and RSS.
 //!
-//! `cargo bench -p ghostbuster --bench agent -- [--removals K] [--entries N] [--steady-entries N]
-//! [--services S] [--backends B] [--rate R] [--window SECONDS] [--skip-reaction] [--skip-steady]`.
+//! `cargo bench -p ghostbuster --bench agent -- [--removals K] [--removals-v6 K] [--entries N]
+//! [--steady-entries N] [--services S] [--backends B] [--rate R] [--window SECONDS] [--skip-reaction] [--skip-steady]`.
 //! Needs root; raises `nf_conntrack_max` for the run when needed and restores it. Figures belong
 //! here and in docs/performance.md, never in timed tests.
 
@@ -55,6 +56,7 @@ impl Drop for MaxGuard {
 
 struct Args {
     removals: usize,
+    removals_v6: usize,
     entries: usize,
     steady_entries: usize,
     services: usize,
@@ -68,6 +70,7 @@ struct Args {
 fn parse_args() -> Args {
     let mut a = Args {
         removals: 30,
+        removals_v6: 10,
         entries: 1_000_000,
         steady_entries: 262_144,
         services: 10_000,
@@ -88,6 +91,7 @@ fn parse_args() -> Args {
         match x.as_str() {
             "--bench" => {}
             "--removals" => a.removals = num(it.next(), &x),
+            "--removals-v6" => a.removals_v6 = num(it.next(), &x),
             "--entries" => a.entries = num(it.next(), &x),
             "--steady-entries" => a.steady_entries = num(it.next(), &x),
             "--services" => a.services = num(it.next(), &x),
@@ -98,7 +102,7 @@ fn parse_args() -> Args {
             "--skip-steady" => a.steady = false,
             _ => {
                 eprintln!(
-                    "usage: agent [--removals K] [--entries N] [--steady-entries N] [--services S] \
+                    "usage: agent [--removals K] [--removals-v6 K] [--entries N] [--steady-entries N] [--services S] \
                      [--backends B] [--rate R] [--window SECONDS] [--skip-reaction] [--skip-steady]"
                 );
                 std::process::exit(2);
@@ -334,6 +338,8 @@ fn reaction(args: &Args) {
         entries: args.entries,
         services: 200,
         stale_fraction: 0.0,
+        // UDP entries must outlive the run, or their expiry reads as missing deletes.
+        udp_timeout: 3600,
         ..BulkSpec::default()
     };
     let destroyed = destroy_events(&name);
@@ -352,140 +358,154 @@ fn reaction(args: &Args) {
     let agent = start_agent(&api, &name, &kp, &[]);
     let mut ct = Conntrack::open_in(Some(&name)).expect("open");
 
-    // Live IPv4 backends, one per service first, so consecutive removals hit different services.
-    let mut order: Vec<IpAddr> = Vec::new();
-    let per_service: Vec<Vec<IpAddr>> = cluster
-        .services
-        .iter()
-        .map(|s| {
-            s.endpoints
-                .iter()
-                .map(|e| e.ip)
-                .filter(|ip| ip.is_ipv4())
-                .collect()
-        })
-        .collect();
-    for k in 0..spec.backends {
-        for s in &per_service {
-            if let Some(ip) = s.get(k) {
-                order.push(*ip);
+    // Live backends of a family, one per service first, so consecutive removals hit different
+    // services.
+    let order_of = |v6: bool| -> Vec<IpAddr> {
+        let per_service: Vec<Vec<IpAddr>> = cluster
+            .services
+            .iter()
+            .map(|s| {
+                s.endpoints
+                    .iter()
+                    .map(|e| e.ip)
+                    .filter(|ip| ip.is_ipv6() == v6)
+                    .collect()
+            })
+            .collect();
+        let mut order = Vec::new();
+        for k in 0..spec.backends {
+            for s in &per_service {
+                if let Some(ip) = s.get(k) {
+                    order.push(*ip);
+                }
             }
         }
-    }
-    let mut agent_side = Vec::new();
-    let mut gate_waits = Vec::new();
-    let mut outside = Vec::new();
-    let mut entries_per_removal = Vec::new();
-    for &ip in order.iter().take(args.removals) {
-        let want = count_to(&mut ct, ip);
-        if want == 0 {
-            continue;
-        }
-        let m0 = agent.metrics();
-        let (sum0, n0) = (
-            metric_sum(&m0, "ghostbuster_reaction_seconds_sum"),
-            metric_sum(&m0, "ghostbuster_reaction_seconds_count"),
-        );
-        let (wsum0, wn0) = (
-            metric_sum(&m0, "ghostbuster_gate_wait_seconds_sum"),
-            metric_sum(&m0, "ghostbuster_gate_wait_seconds_count"),
-        );
-        // Forget destructions seen so far (other backends, timeouts).
-        while destroyed.try_recv().is_ok() {}
-        assert!(remove_endpoint(&api, ip), "no slice lists {ip}");
-        let removed = Instant::now();
-        if std::env::var_os("GB_BENCH_WATCH_LATENCY").is_some() {
-            let c0 = metric_sum(&m0, "ghostbuster_endpoint_changes_total");
-            while metric_sum(&agent.metrics(), "ghostbuster_endpoint_changes_total") <= c0
-                && removed.elapsed() < Duration::from_secs(3)
-            {
-                std::thread::sleep(Duration::from_millis(5));
+        order
+    };
+    let order = order_of(false);
+    let order6 = order_of(true);
+    println!("| clock | removals | p50 ms | p90 ms | p99 ms | max ms |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (family, order, count) in [
+        ("IPv4", &order, args.removals),
+        ("IPv6", &order6, args.removals_v6),
+    ] {
+        let mut agent_side = Vec::new();
+        let mut gate_waits = Vec::new();
+        let mut outside = Vec::new();
+        let mut entries_per_removal = Vec::new();
+        for &ip in order.iter().take(count) {
+            // Forget destructions seen so far (other backends, timeouts), then count.
+            while destroyed.try_recv().is_ok() {}
+            let want = count_to(&mut ct, ip);
+            if want == 0 {
+                continue;
             }
-            eprintln!(
-                "{ip}: the agent counted the change {:?} after it",
-                removed.elapsed()
+            let m0 = agent.metrics();
+            let (sum0, n0) = (
+                metric_sum(&m0, "ghostbuster_reaction_seconds_sum"),
+                metric_sum(&m0, "ghostbuster_reaction_seconds_count"),
             );
-        }
-        // kube-proxy's minSyncPeriod (1 s): synced_now sleeps 300 ms, then publishes.
-        std::thread::sleep(Duration::from_millis(700));
-        kp.synced_now();
-        let synced = Instant::now();
-        let (seen, last) = wait_destroyed(
-            &destroyed,
-            ip,
-            want,
-            Instant::now() + Duration::from_secs(30),
-        );
-        if seen != want {
-            let m = agent.metrics();
-            let lines: Vec<&str> = m
-                .lines()
-                .filter(|l| !l.starts_with('#') && !l.contains("_bucket"))
-                .collect();
-            let reqs: Vec<String> = api
-                .requests()
-                .iter()
-                .rev()
-                .take(20)
-                .map(|r| format!("{r:?}"))
-                .collect();
-            panic!(
+            let (wsum0, wn0) = (
+                metric_sum(&m0, "ghostbuster_gate_wait_seconds_sum"),
+                metric_sum(&m0, "ghostbuster_gate_wait_seconds_count"),
+            );
+            assert!(remove_endpoint(&api, ip), "no slice lists {ip}");
+            let removed = Instant::now();
+            if std::env::var_os("GB_BENCH_WATCH_LATENCY").is_some() {
+                let c0 = metric_sum(&m0, "ghostbuster_endpoint_changes_total");
+                while metric_sum(&agent.metrics(), "ghostbuster_endpoint_changes_total") <= c0
+                    && removed.elapsed() < Duration::from_secs(3)
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                eprintln!(
+                    "{ip}: the agent counted the change {:?} after it",
+                    removed.elapsed()
+                );
+            }
+            // kube-proxy's minSyncPeriod (1 s): synced_now sleeps 300 ms, then publishes.
+            std::thread::sleep(Duration::from_millis(700));
+            kp.synced_now();
+            let synced = Instant::now();
+            let (seen, last) = wait_destroyed(
+                &destroyed,
+                ip,
+                want,
+                Instant::now() + Duration::from_secs(30),
+            );
+            if seen != want {
+                let m = agent.metrics();
+                let lines: Vec<&str> = m
+                    .lines()
+                    .filter(|l| !l.starts_with('#') && !l.contains("_bucket"))
+                    .collect();
+                let reqs: Vec<String> = api
+                    .requests()
+                    .iter()
+                    .rev()
+                    .take(20)
+                    .map(|r| format!("{r:?}"))
+                    .collect();
+                panic!(
                 "{seen} of {want} entries of {ip} removed within 30 s; the agent's metrics:\n{}\n\
                  /readyz: {:?}\nlast API requests:\n{}",
                 lines.join("\n"),
                 agent.get("/readyz"),
                 reqs.join("\n")
             );
-        }
-        let last = last.expect("a last DESTROY");
-        if std::env::var_os("GB_BENCH_VERBOSE").is_some() {
-            eprintln!(
-                "{ip}: {want} entries; sync {:?} after the removal, last DESTROY {:?} after it",
-                synced - removed,
-                last.saturating_duration_since(removed)
-            );
-        }
-        outside.push(last.saturating_duration_since(synced).as_secs_f64());
-        // The agent's own observation of this removal.
-        let until = Instant::now() + Duration::from_secs(5);
-        loop {
-            let m = agent.metrics();
-            let n = metric_sum(&m, "ghostbuster_reaction_seconds_count");
-            let wn = metric_sum(&m, "ghostbuster_gate_wait_seconds_count");
-            if n > n0 && wn > wn0 {
-                let s = metric_sum(&m, "ghostbuster_reaction_seconds_sum");
-                agent_side.push((s - sum0) / (n - n0));
-                let ws = metric_sum(&m, "ghostbuster_gate_wait_seconds_sum");
-                gate_waits.push((ws - wsum0) / (wn - wn0));
-                break;
             }
-            if Instant::now() > until {
-                break;
+            let last = last.expect("a last DESTROY");
+            if std::env::var_os("GB_BENCH_VERBOSE").is_some() {
+                eprintln!(
+                    "{ip}: {want} entries; sync {:?} after the removal, last DESTROY {:?} after it",
+                    synced - removed,
+                    last.saturating_duration_since(removed)
+                );
             }
-            std::thread::sleep(Duration::from_millis(50));
+            outside.push(last.saturating_duration_since(synced).as_secs_f64());
+            // The agent's own observation of this removal.
+            let until = Instant::now() + Duration::from_secs(5);
+            loop {
+                let m = agent.metrics();
+                let n = metric_sum(&m, "ghostbuster_reaction_seconds_count");
+                let wn = metric_sum(&m, "ghostbuster_gate_wait_seconds_count");
+                if n > n0 && wn > wn0 {
+                    let s = metric_sum(&m, "ghostbuster_reaction_seconds_sum");
+                    agent_side.push((s - sum0) / (n - n0));
+                    let ws = metric_sum(&m, "ghostbuster_gate_wait_seconds_sum");
+                    gate_waits.push((ws - wsum0) / (wn - wn0));
+                    break;
+                }
+                if Instant::now() > until {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            entries_per_removal.push(want);
         }
-        entries_per_removal.push(want);
-    }
-    let m = agent.metrics();
-    println!(
-        "{} removals of an IPv4 backend with {}..{} entries each; full passes during the run \
-         (incl. the first): {}\n",
-        entries_per_removal.len(),
-        entries_per_removal.iter().min().unwrap_or(&0),
-        entries_per_removal.iter().max().unwrap_or(&0),
-        series(&m, FULL_PASSES),
-    );
-    println!("| clock | removals | p50 ms | p90 ms | p99 ms | max ms |");
-    println!("|---|---:|---:|---:|---:|---:|");
-    summary(
-        "agent: gate open → deleted (`ghostbuster_reaction_seconds`)",
-        agent_side,
-    );
-    summary("outside: kube-proxy sync visible → last DESTROY", outside);
-    summary(
-        "agent: removal seen → gate open (`ghostbuster_gate_wait_seconds`; kube-proxy syncs 1 s after the removal)",
+        if entries_per_removal.is_empty() {
+            continue;
+        }
+        summary(
+            &format!(
+            "{family}, {}..{} entries: agent, gate open → deleted (`ghostbuster_reaction_seconds`)",
+            entries_per_removal.iter().min().unwrap_or(&0),
+            entries_per_removal.iter().max().unwrap_or(&0),
+        ),
+            agent_side,
+        );
+        summary(
+            &format!("{family}: outside, kube-proxy sync visible → last DESTROY"),
+            outside,
+        );
+        summary(
+        &format!(
+            "{family}: agent, removal seen → gate open (`ghostbuster_gate_wait_seconds`; kube-proxy syncs 1 s after the removal)"
+        ),
         gate_waits,
     );
+    }
     // Targeted dump alone, for comparison: what a pass that must walk the table costs.
     let mut walks = Vec::new();
     for &ip in order.iter().skip(args.removals).take(5) {
@@ -493,8 +513,12 @@ fn reaction(args: &Args) {
         count_to(&mut ct, ip);
         walks.push(t.elapsed().as_secs_f64());
     }
-    summary("filtered dump of one IPv4 backend (reference)", walks);
-    println!();
+    summary("reference: filtered dump of one IPv4 backend", walks);
+    let m = agent.metrics();
+    println!(
+        "\nfull passes during the run (incl. the first): {}\n",
+        series(&m, FULL_PASSES)
+    );
     agent.stop();
 }
 
@@ -544,6 +568,8 @@ fn steady(args: &Args) {
         backends: args.backends,
         deleted_per_service: 0,
         stale_fraction: 0.0,
+        // The table must not shrink during the window: UDP entries outlive it.
+        udp_timeout: 3600,
         ..BulkSpec::default()
     };
     let t = Instant::now();

@@ -121,7 +121,7 @@ pub fn classify_flows(flows: &[Flow], index: &Index, policy: &Policy) -> Vec<Fin
         .iter()
         .filter_map(|f| {
             let v = classify(f, index, policy, now);
-            v.kind.is_stale().then(|| Finding {
+            v.kind.is_stale().then_some(Finding {
                 flow: *f,
                 verdict: v,
             })

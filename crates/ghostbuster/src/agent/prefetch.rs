@@ -31,6 +31,9 @@ use crate::classify::is_half_open;
 /// The oldest snapshot used when a gate opens.
 pub const MAX_AGE: Duration = Duration::from_secs(10);
 
+/// A waiting backend whose snapshot went stale is read again at most this often.
+pub const REREAD_EVERY: Duration = Duration::from_secs(1);
+
 /// Up to this many backends are read by one kernel-filtered walk each; more are read together by
 /// one full dump filtered in user space (a filtered walk costs about a tenth of a full dump).
 pub const MAX_SEPARATE_READS: usize = 6;

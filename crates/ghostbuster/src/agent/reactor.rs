@@ -104,6 +104,8 @@ pub struct ReactorConfig {
     /// Longest wait for a readable kube-proxy to sync after a removal (its `syncPeriod` + slack).
     pub kube_proxy_max_wait: Duration,
     pub resync_interval: Duration,
+    /// Most of a core the periodic full passes may use, in percent (0: no limit).
+    pub resync_cpu_percent: f64,
     pub breaker: Breaker,
     /// How long tombstones are kept.
     pub tombstone_ttl: Duration,
@@ -249,6 +251,7 @@ pub fn run(
     // Flows of backends whose gate is still closed, read while waiting.
     let mut prefetched: HashMap<IpAddr, Snapshot> = HashMap::new();
     let mut next_full = Instant::now();
+    let mut resync_logged = cfg.resync_interval;
     loop {
         if stop.load(Ordering::Relaxed) {
             return;
@@ -294,8 +297,21 @@ pub fn run(
         });
         expire_tombstones(&shared, cfg.tombstone_ttl);
         if full {
-            next_full = Instant::now() + cfg.resync_interval;
             let r = full_pass(&mut ct, &shared, &mut world, &cfg, &mut parked);
+            let every = resync_every(cfg.resync_interval, cfg.resync_cpu_percent, r.elapsed);
+            // Logged when it starts and when it moves by more than a tenth.
+            let moved = every.abs_diff(resync_logged) > resync_logged / 10;
+            if every > cfg.resync_interval && moved {
+                tracing::info!(
+                    every_s = every.as_secs(),
+                    pass_ms = r.elapsed.as_millis() as u64,
+                    "full passes stretched to stay under --resync-cpu-percent of a core"
+                );
+            }
+            if moved {
+                resync_logged = every;
+            }
+            next_full = Instant::now() + every;
             shared.first_full_pass_done.store(true, Ordering::Relaxed);
             world.report(&r);
         }
@@ -355,12 +371,17 @@ fn targeted(
     // Gate closed: read the flows now, while waiting.
     let now = Instant::now();
     let marks = &shared.event_marks;
+    // A backend whose flows keep changing (kube-proxy still sends it new ones) is re-read at most
+    // every REREAD_EVERY while it waits: each read walks the whole table. The opening reads it
+    // again anyway when its snapshot is not usable then.
     let need: Vec<IpAddr> = waiting
         .into_iter()
-        .filter(|ip| {
-            !prefetched
-                .get(ip)
-                .is_some_and(|s| s.usable(marks, *ip, now))
+        .filter(|ip| match prefetched.get(ip) {
+            None => true,
+            Some(s) => {
+                !s.usable(marks, *ip, now)
+                    && now.saturating_duration_since(s.taken) >= prefetch::REREAD_EVERY
+            }
         })
         .collect();
     if !need.is_empty() {
@@ -426,6 +447,21 @@ fn targeted(
         );
         world.report(&r);
     }
+}
+
+/// The time to the next periodic full pass: `interval`, stretched so that a pass that took
+/// `took` uses at most `cpu_percent` of a core (the pass is CPU-bound: the kernel's dump runs in
+/// the agent's own `recvmsg`). The fast paths (targeted passes, NEW events) do not wait for it.
+fn resync_every(interval: Duration, cpu_percent: f64, took: Duration) -> Duration {
+    if !(cpu_percent > 0.0 && cpu_percent.is_finite()) {
+        return interval;
+    }
+    let needed = took.as_secs_f64() * 100.0 / cpu_percent;
+    interval.max(
+        Duration::try_from_secs_f64(needed)
+            .unwrap_or(Duration::MAX)
+            .min(Duration::from_secs(3600)),
+    )
 }
 
 fn absorb(w: Work, full: &mut bool, backends: &mut HashSet<IpAddr>) {
@@ -704,4 +740,27 @@ pub fn services_of(findings: &[(Finding, Outcome)]) -> Vec<ObjectKey> {
         }
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_full_pass_stretches_the_resync_interval() {
+        let min = Duration::from_secs(60);
+        // 0.3 s at 0.9 %: 33 s of budget, the interval wins.
+        assert_eq!(resync_every(min, 0.9, Duration::from_millis(300)), min);
+        // 1.08 s at 0.9 %: 120 s.
+        let e = resync_every(min, 0.9, Duration::from_millis(1080));
+        assert!((e.as_secs_f64() - 120.0).abs() < 0.01, "{e:?}");
+        // Disabled, or nonsense: the interval.
+        assert_eq!(resync_every(min, 0.0, Duration::from_secs(5)), min);
+        assert_eq!(resync_every(min, f64::NAN, Duration::from_secs(5)), min);
+        // Never beyond an hour.
+        assert_eq!(
+            resync_every(min, 0.001, Duration::from_secs(100)),
+            Duration::from_secs(3600)
+        );
+    }
 }

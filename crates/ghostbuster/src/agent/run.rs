@@ -29,6 +29,7 @@ use crate::telemetry::metrics::{Metrics, MetricsConfig};
 
 /// `ghostbuster agent`: builds the runtime, binds the admin listener, runs until SIGTERM/SIGINT.
 pub fn main(a: AgentArgs) -> anyhow::Result<ExitCode> {
+    super::memory::limit_arenas();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -279,6 +280,7 @@ pub async fn run(
         grace: a.grace,
         kube_proxy_max_wait: a.kube_proxy_max_wait,
         resync_interval: a.resync_interval,
+        resync_cpu_percent: a.resync_cpu_percent,
         breaker: Breaker {
             max_deletes_per_pass: a.max_deletes_per_pass,
             ..Breaker::default()

@@ -41,6 +41,11 @@ pub struct AgentArgs {
     /// Full scan interval: the source of truth behind the fast paths.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub resync_interval: Duration,
+    /// Most of a core the periodic full scans may use, in percent: on a big table (a full scan of
+    /// 262,144 entries costs about a second, mostly in the kernel) the interval is stretched
+    /// beyond --resync-interval to stay under it. 0: never stretch.
+    #[arg(long, default_value_t = 0.9)]
+    pub resync_cpu_percent: f64,
     /// Circuit breaker: never more deletes than this in one pass.
     #[arg(long, default_value_t = 100_000)]
     pub max_deletes_per_pass: u64,

@@ -20,7 +20,7 @@ pub struct ClusterArgs {
     pub netns: Option<String>,
     /// Cluster objects as JSON or YAML: a kubectl List, single objects or multi-document YAML;
     /// repeatable, `-` for stdin. Make one with
-    /// `kubectl get services,endpointslices,pods,nodes,servicecidrs -A -o json`.
+    /// `kubectl get services,endpointslices,pods,nodes,servicecidrs,namespaces -A -o json`.
     #[arg(long = "from-file", short = 'F', value_name = "PATH")]
     pub from_file: Vec<PathBuf>,
     /// When the export was taken (RFC 3339); default: the newest file's modification time.
@@ -145,7 +145,8 @@ impl ClusterArgs {
                 .collect();
             return Err(input_error(anyhow::anyhow!(
                 "no Service objects in {}: export the cluster with `kubectl get \
-                 services,endpointslices,pods,nodes,servicecidrs -A -o json`; nothing was changed",
+                 services,endpointslices,pods,nodes,servicecidrs,namespaces -A -o json`; nothing \
+                 was changed",
                 files.join(", ")
             )));
         }

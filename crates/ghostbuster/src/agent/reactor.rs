@@ -352,8 +352,11 @@ fn targeted(
     let started = Instant::now();
     let mut open: Vec<(IpAddr, Option<Timestamp>)> = Vec::new();
     let mut waiting: Vec<IpAddr> = Vec::new();
+    // kube-proxy's sync time is read once per turn, however many backends wait on it (a rollout
+    // parks hundreds, all due at about the same time).
+    let mut synced = None;
     for ip in backends {
-        match backend_gate(shared, world, cfg, ip) {
+        match backend_gate(shared, world, cfg, ip, &mut synced) {
             Ok(removed_at) => open.push((ip, removed_at)),
             Err(again) => {
                 parked.insert(ip, Instant::now() + again);
@@ -491,11 +494,13 @@ fn expire_tombstones(shared: &Shared, ttl: Duration) {
 }
 
 /// The earliest removal time among the tombstones at `ip` whose gate is not open yet, or `Ok`.
+/// `synced` caches kube-proxy's sync time for the caller's turn (read on first need).
 fn backend_gate(
     shared: &Shared,
     world: &mut impl World,
     cfg: &ReactorConfig,
     ip: IpAddr,
+    synced: &mut Option<Option<Timestamp>>,
 ) -> Result<Option<Timestamp>, Duration> {
     let removed: Vec<Timestamp> = {
         let ix = shared.index.read().unwrap_or_else(|e| e.into_inner());
@@ -508,7 +513,7 @@ fn backend_gate(
     let Some(latest) = removed.iter().max().copied() else {
         return Ok(None);
     };
-    let synced = world.kube_proxy_synced_at();
+    let synced = *synced.get_or_insert_with(|| world.kube_proxy_synced_at());
     match gate::kube_proxy_caught_up(
         latest,
         synced,
@@ -605,9 +610,10 @@ fn full_pass(
         .filter_map(|f| f.verdict.backend.map(|b| (b.ip, ())))
         .collect();
     let mut not_yet: HashSet<IpAddr> = HashSet::new();
+    let mut synced = None;
     let mut reclassify = false;
     for ip in backends.keys() {
-        match backend_gate(shared, world, cfg, *ip) {
+        match backend_gate(shared, world, cfg, *ip, &mut synced) {
             Ok(Some(_)) => {
                 confirm_pods(shared, world, *ip);
                 reclassify = true;

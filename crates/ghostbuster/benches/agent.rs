@@ -19,6 +19,10 @@
 //! [--steady-entries N] [--services S] [--backends B] [--rate R] [--window SECONDS] [--skip-reaction] [--skip-steady]`.
 //! Needs root; raises `nf_conntrack_max` for the run when needed and restores it. Figures belong
 //! here and in docs/performance.md, never in timed tests.
+//!
+//! Diagnostics (environment): `GB_BENCH_VERBOSE=1` prints each round's timeline,
+//! `GB_BENCH_WATCH_LATENCY=1` how long the agent took to count the EndpointSlice change,
+//! `GB_BENCH_AGENT_LOG=debug` the agent's own log level, `GB_BENCH_AGENT_ARGS` extra agent flags.
 
 #[path = "../tests/agent_support/mod.rs"]
 mod agent_support;

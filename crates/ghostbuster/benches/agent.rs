@@ -24,6 +24,8 @@
 //! `GB_BENCH_WATCH_LATENCY=1` how long the agent took to count the EndpointSlice change,
 //! `GB_BENCH_AGENT_LOG=debug` the agent's own log level, `GB_BENCH_AGENT_ARGS` extra agent flags.
 
+mod support;
+
 #[path = "../tests/agent_support/mod.rs"]
 mod agent_support;
 
@@ -44,20 +46,6 @@ use serde_json::Value;
 
 const FULL_PASSES: &str = "ghostbuster_scan_duration_seconds_count{kind=\"full\"}";
 const TARGETED_PASSES: &str = "ghostbuster_scan_duration_seconds_count{kind=\"targeted\"}";
-const MAX_PATH: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
-
-/// Restores `nf_conntrack_max` when dropped.
-struct MaxGuard(Option<String>);
-
-impl Drop for MaxGuard {
-    fn drop(&mut self) {
-        if let Some(old) = self.0.take() {
-            let _ = std::fs::write(MAX_PATH, &old);
-            println!("(restored nf_conntrack_max to {})", old.trim());
-        }
-    }
-}
-
 struct Args {
     removals: usize,
     removals_v6: usize,
@@ -135,17 +123,7 @@ fn main() {
     .into_iter()
     .max()
     .unwrap_or(0) as u64;
-    let old_max = std::fs::read_to_string(MAX_PATH).unwrap_or_default();
-    let mut guard = MaxGuard(None);
-    if old_max.trim().parse::<u64>().unwrap_or(0) < biggest + 1024 {
-        std::fs::write(MAX_PATH, (biggest + 1024).to_string()).expect("raise nf_conntrack_max");
-        println!(
-            "(raised the machine-wide nf_conntrack_max from {} to {} for this run)",
-            old_max.trim(),
-            biggest + 1024
-        );
-        guard.0 = Some(old_max);
-    }
+    let guard = support::raise_conntrack_max(biggest);
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -537,30 +515,27 @@ fn usage(pid: u32) -> ((f64, f64), u64, u64) {
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     // utime and stime are fields 14 and 15 (1-based), i.e. 11 and 12 after the state field 3.
     let cpu = (ticks(11) / hz, ticks(12) / hz);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib = |key: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (cpu, kib("VmRSS:"), kib("VmHWM:"))
+    let [rss, hwm] = status_kib(pid, ["VmRSS:", "VmHWM:"]);
+    (cpu, rss, hwm)
 }
 
 /// RssAnon and RssFile of `pid`, KiB.
 fn rss_split(pid: u32) -> (u64, u64) {
+    let [anon, file] = status_kib(pid, ["RssAnon:", "RssFile:"]);
+    (anon, file)
+}
+
+/// Values (KiB) of `/proc/PID/status` lines, 0 when absent.
+fn status_kib<const N: usize>(pid: u32, keys: [&str; N]) -> [u64; N] {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib = |key: &str| {
+    keys.map(|key| {
         status
             .lines()
             .find(|l| l.starts_with(key))
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
-    };
-    (kib("RssAnon:"), kib("RssFile:"))
+    })
 }
 
 fn steady(args: &Args) {

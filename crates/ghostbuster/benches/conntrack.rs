@@ -8,6 +8,8 @@
 //! for the run and restored at the end (printed), since a child namespace cannot hold more.
 //! Performance figures live here and in docs/performance.md, never in timed tests.
 
+mod support;
+
 use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -16,20 +18,6 @@ use std::time::{Duration, Instant};
 use ctnetlink::{Conntrack, DeleteKey, Filter};
 use netlab::bulk::{self, BulkSpec};
 use netlab::NetNs;
-
-const MAX_PATH: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
-
-/// Restores `nf_conntrack_max` when dropped.
-struct MaxGuard(Option<String>);
-
-impl Drop for MaxGuard {
-    fn drop(&mut self) {
-        if let Some(old) = self.0.take() {
-            let _ = std::fs::write(MAX_PATH, &old);
-            println!("(restored nf_conntrack_max to {})", old.trim());
-        }
-    }
-}
 
 struct Sample {
     wall: Duration,
@@ -132,17 +120,7 @@ fn main() {
     }
     let _ = netlab::cleanup_leftovers();
     let biggest = *sizes.iter().max().unwrap_or(&0) as u64;
-    let old_max = std::fs::read_to_string(MAX_PATH).unwrap_or_default();
-    let mut guard = MaxGuard(None);
-    if old_max.trim().parse::<u64>().unwrap_or(0) < biggest + 1024 {
-        std::fs::write(MAX_PATH, (biggest + 1024).to_string()).expect("raise nf_conntrack_max");
-        println!(
-            "(raised the machine-wide nf_conntrack_max from {} to {} for this run)",
-            old_max.trim(),
-            biggest + 1024
-        );
-        guard.0 = Some(old_max);
-    }
+    let guard = support::raise_conntrack_max(biggest);
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);

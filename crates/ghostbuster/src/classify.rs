@@ -399,9 +399,28 @@ impl<'a> Classifier<'a> {
         }
     }
 
+    /// Pods that may still answer at `ip`. A pod the API server has confirmed gone (a tombstone
+    /// at `ip` names it, same uid, `pod_gone`) is not one of them even while this node's pod
+    /// watch still lists it: the watch is behind (relisting after a 410, say), the GET is not.
     fn live_pods(&self, ip: &IpAddr) -> Vec<&'a Pod> {
         let index: &'a Index = self.index;
-        index.pods_at(ip).filter(|p| p.is_alive()).collect()
+        let confirmed_gone = |p: &Pod| {
+            index.tombstones().at(ip).iter().any(|t| {
+                t.pod_gone
+                    && t.service.namespace == p.key.namespace
+                    && t.pod.as_ref().is_some_and(|tp| {
+                        tp.name == p.key.name
+                            && match (&tp.uid, &p.uid) {
+                                (Some(a), Some(b)) => a == b,
+                                _ => true,
+                            }
+                    })
+            })
+        };
+        index
+            .pods_at(ip)
+            .filter(|p| p.is_alive() && !confirmed_gone(p))
+            .collect()
     }
 
     /// The flow began after the cluster snapshot: a backend missing from the snapshot may simply

@@ -268,6 +268,149 @@ fn a_relist_after_410_that_drops_an_endpoint_sweeps_that_backend_once() {
     );
 }
 
+/// The agent's log lines that say a pass was held for `reason`.
+fn held_passes(agent: &LoggedAgent, reason: &str) -> usize {
+    agent
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|l| strip_ansi(l))
+        .filter(|l| l.contains(" pass ") && l.contains(reason))
+        .count()
+}
+
+/// Test 1b. A pod leaves its Service's slices while it still runs (deselected: its TCP flows are
+/// kept, the pod GET says "same pod"), and is deleted later. The deletion, seen by the watch of
+/// this node's pods, is the evidence: its flows go then, from a targeted pass, not at the next
+/// full pass (60 s away). The healthy connection to the other backend survives.
+#[test]
+fn a_deselected_pod_loses_its_ghosts_when_it_is_deleted() {
+    let Some(mut s) = Story::start("agent_more_deselect", true) else {
+        return;
+    };
+    let a = s.backend("web-a", "shop", "web", &[]);
+    let b = s.backend("web-b", "shop", "web", &[]);
+    let vip = SocketAddr::from((vip_v4(43), 80));
+    s.lab.sync_services(&[web(43, &a)]).unwrap();
+    let ghost = pool(&s.client, vip, 2);
+    expect_answers(&ghost, 2, "pool to web-a");
+
+    let api = FakeApiServer::start_in_thread().unwrap();
+    publish(&api, &s.lab.kubernetes_objects());
+    let kp = FakeKubeProxy::start("nftables");
+    let agent = LoggedAgent::start(&api, &s.node(), &kp, &[]);
+    assert!(agent.wait_ready(Duration::from_secs(20)), "never ready");
+
+    // Deselected: out of the slice, the pod runs on.
+    s.lab.sync_services(&[web(43, &b)]).unwrap();
+    let dead = ip_of(&a, false);
+    let healthy = pool(&s.client, vip, 2);
+    expect_answers(&healthy, 2, "healthy pool");
+    publish(&api, &s.lab.kubernetes_objects());
+    let until = Instant::now() + Duration::from_secs(20);
+    while gets_of_pod(&api, "web-a") == 0 && Instant::now() < until {
+        kp.synced_now();
+    }
+    assert!(
+        gets_of_pod(&api, "web-a") > 0,
+        "the agent never asked about web-a"
+    );
+    for _ in 0..5 {
+        kp.synced_now();
+    }
+    assert_eq!(
+        entries_to(&table(&s.node()), dead).len(),
+        2,
+        "the flows of a deselected, running pod were removed"
+    );
+    let before = mark(&ghost);
+    expect_answers(&ghost, before.answers + 2, "pool to the deselected web-a");
+
+    // Now the pod is deleted: the watch event is the evidence.
+    s.lab.delete_pod_silently("web-a").unwrap();
+    let hung = expect_hang(&ghost, 2, Duration::from_millis(500));
+    let before_healthy = mark(&healthy);
+    api.delete("pods", "shop", "web-a");
+    let took = sync_until(&kp, Duration::from_secs(20), || {
+        entries_to(&table(&s.node()), dead).is_empty()
+    });
+    assert!(
+        entries_to(&table(&s.node()), dead).is_empty(),
+        "the deleted pod's flows are still there {took:?} after its deletion"
+    );
+    eprintln!("flows removed {took:?} after the pod's deletion");
+    expect_fail_fast_and_recover(ghost, &hung, Some("web-b"), Duration::from_secs(8));
+    expect_untouched(healthy, &before_healthy, &["web-b"], "healthy pool");
+    assert_eq!(agent.deleting_passes("targeted"), vec![2]);
+    assert!(agent.deleting_passes("full").is_empty());
+}
+
+/// Test 1c. The endpoint's removal arrives by a relist while another watch (Services) is still
+/// relisting: the global gate holds ("not synced") although kube-proxy synced and the pod is
+/// gone. When that relist ends, the held backend is looked at again at once — nothing else
+/// would bring it back before the next full pass, 60 s away.
+#[test]
+fn a_removal_held_while_a_watch_relists_goes_when_the_relist_ends() {
+    let Some(mut s) = Story::start("agent_more_held", true) else {
+        return;
+    };
+    let a = s.backend("web-a", "shop", "web", &[]);
+    let b = s.backend("web-b", "shop", "web", &[]);
+    let vip = SocketAddr::from((vip_v4(44), 80));
+    s.lab.sync_services(&[web(44, &a)]).unwrap();
+    let ghost = pool(&s.client, vip, 2);
+    expect_answers(&ghost, 2, "ghost pool");
+
+    let api = FakeApiServer::start_in_thread().unwrap();
+    publish(&api, &s.lab.kubernetes_objects());
+    let kp = FakeKubeProxy::start("nftables");
+    let agent = LoggedAgent::start(&api, &s.node(), &kp, &[]);
+    assert!(agent.wait_ready(Duration::from_secs(20)), "never ready");
+
+    s.lab.sync_services(&[web(44, &b)]).unwrap();
+    let dead = ip_of(&a, false);
+    s.lab.delete_pod_silently("web-a").unwrap();
+    let healthy = pool(&s.client, vip, 2);
+    expect_answers(&healthy, 2, "healthy pool");
+    let hung = expect_hang(&ghost, 2, Duration::from_millis(500));
+    let before = mark(&healthy);
+
+    api.hang_lists("services", true);
+    let objects = s.lab.kubernetes_objects();
+    api.lose_events(|api| {
+        publish(api, &objects);
+        api.delete("pods", "shop", "web-a");
+    });
+    let until = Instant::now() + Duration::from_secs(20);
+    while held_passes(&agent, "not_synced") == 0 && Instant::now() < until {
+        kp.synced_now();
+    }
+    assert!(
+        held_passes(&agent, "not_synced") > 0,
+        "no pass was held while Services relisted"
+    );
+    assert_eq!(
+        entries_to(&table(&s.node()), dead).len(),
+        2,
+        "removed while a watch was relisting"
+    );
+
+    api.hang_lists("services", false);
+    let took = sync_until(&kp, Duration::from_secs(20), || {
+        entries_to(&table(&s.node()), dead).is_empty()
+    });
+    assert!(
+        entries_to(&table(&s.node()), dead).is_empty(),
+        "ghosts still there {took:?} after the Services relist ended"
+    );
+    eprintln!("held ghosts removed {took:?} after the relist ended");
+    expect_fail_fast_and_recover(ghost, &hung, Some("web-b"), Duration::from_secs(8));
+    expect_untouched(healthy, &before, &["web-b"], "healthy pool");
+    assert_eq!(agent.deleting_passes("targeted"), vec![2]);
+    assert!(agent.deleting_passes("full").is_empty());
+}
+
 /// An established UDP entry from 192.0.2.0/24 to 198.51.100.200:53, distinct for each `i`.
 /// A UDP flow DNAT'd to `backend` from an address that is no Service's: the agent's event filter
 /// lets it through (its backend is a removed one), and the decision table calls it `not_service`.

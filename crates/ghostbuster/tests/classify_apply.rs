@@ -424,3 +424,111 @@ fn service_update_moves_its_frontends() {
     assert_eq!(&*f.service.key.name, "web");
     assert_eq!(index.counts().services, 1);
 }
+
+/// The index of the agent on node-a: the web Service with endpoints a and b, and b's pod, which
+/// runs on this node. Then b leaves the slice while its pod still looks alive.
+fn b_left_while_its_pod_looks_alive() -> Index {
+    let mut index = index_of(vec![
+        web_service(),
+        web_slice(
+            "web-1",
+            vec![ready("10.244.0.1", "a"), ready("10.244.0.2", "b")],
+        ),
+        pod("ns", "b", "10.244.0.2", "2020-01-01T00:00:00Z", "Running").into(),
+    ]);
+    apply(
+        &mut index,
+        Event::Apply(web_slice("web-1", vec![ready("10.244.0.1", "a")])),
+    );
+    let v = verdict_for(&index, "10.244.0.2");
+    assert_eq!(v.kind, VerdictKind::Deselected, "{v:?}");
+    assert_eq!(v.kept_because, Some(KeepReason::LivePod));
+    index
+}
+
+#[test]
+fn a_local_pod_deleted_after_its_endpoint_left_confirms_the_tombstone() {
+    let mut index = b_left_while_its_pod_looks_alive();
+    let changes = apply(
+        &mut index,
+        Event::Delete(pod("ns", "b", "10.244.0.2", "2020-01-01T00:00:00Z", "Running").into()),
+    );
+    assert_eq!(changes.pods_ended, vec![ip("10.244.0.2")]);
+    assert!(
+        index
+            .tombstones()
+            .get(&key(), &ip("10.244.0.2"))
+            .unwrap()
+            .pod_gone
+    );
+    let v = verdict_for(&index, "10.244.0.2");
+    assert_eq!(v.kind, VerdictKind::EndpointGone);
+    assert!(v.evidence.contains(Evidence::PodGone), "{v:?}");
+    assert!(v.removable);
+    // A second delete of the same pod is no news.
+    let again = apply(
+        &mut index,
+        Event::Delete(pod("ns", "b", "10.244.0.2", "2020-01-01T00:00:00Z", "Running").into()),
+    );
+    assert!(again.pods_ended.is_empty());
+}
+
+#[test]
+fn a_local_pod_that_failed_or_left_a_relist_confirms_the_tombstone() {
+    // Evicted: the pod object stays, phase Failed.
+    let mut index = b_left_while_its_pod_looks_alive();
+    let changes = apply(
+        &mut index,
+        Event::Apply(pod("ns", "b", "10.244.0.2", "2020-01-01T00:00:00Z", "Failed").into()),
+    );
+    assert_eq!(changes.pods_ended, vec![ip("10.244.0.2")]);
+    assert!(verdict_for(&index, "10.244.0.2").removable);
+
+    // Deleted while the pod watch was down: only its relist shows it.
+    let mut index = b_left_while_its_pod_looks_alive();
+    apply(&mut index, Event::Init(Kind::Pod));
+    let changes = apply(&mut index, Event::InitDone(Kind::Pod));
+    assert_eq!(changes.pods_ended, vec![ip("10.244.0.2")]);
+    assert!(verdict_for(&index, "10.244.0.2").removable);
+}
+
+#[test]
+fn a_pod_of_another_incarnation_or_namespace_confirms_nothing() {
+    // A pod of the same name in another namespace, at the same IP (another node's view mixed
+    // in by a relist): not the pod the tombstone names.
+    let mut index = b_left_while_its_pod_looks_alive();
+    let other_ns = pod(
+        "other",
+        "b",
+        "10.244.0.2",
+        "2020-01-01T00:00:00Z",
+        "Running",
+    );
+    apply(&mut index, Event::Apply(other_ns.clone().into()));
+    let changes = apply(&mut index, Event::Delete(other_ns.into()));
+    assert!(changes.pods_ended.is_empty());
+    assert!(!index.tombstones().at(&ip("10.244.0.2"))[0].pod_gone);
+
+    // The StatefulSet pod b was recreated (new uid) at the same IP: the tombstone names the old
+    // uid, and a delete of the new incarnation is no evidence about it (the pod GET decides).
+    let mut recreated = pod("ns", "b", "10.244.0.2", "2020-01-01T00:00:00Z", "Running");
+    recreated.metadata.uid = Some("uid-pod-b-2".into());
+    apply(&mut index, Event::Apply(recreated.clone().into()));
+    let changes = apply(&mut index, Event::Delete(recreated.into()));
+    assert!(changes.pods_ended.is_empty());
+    assert!(!index.tombstones().at(&ip("10.244.0.2"))[0].pod_gone);
+}
+
+#[test]
+fn a_pod_the_api_confirmed_gone_is_not_alive_for_a_lagging_pod_watch() {
+    // The agent's GET answered 404 for b, but this node's pod watch (relisting after a 410)
+    // still lists it: the GET is the fresher word.
+    let mut index = b_left_while_its_pod_looks_alive();
+    assert_eq!(
+        index.tombstones_mut().mark_pod_gone(&ip("10.244.0.2"), "b"),
+        1
+    );
+    let v = verdict_for(&index, "10.244.0.2");
+    assert_eq!(v.kind, VerdictKind::EndpointGone, "{v:?}");
+    assert!(v.removable);
+}

@@ -48,6 +48,13 @@ impl Hold {
             Hold::CircuitOpen => "circuit_open",
         }
     }
+
+    /// A hold that lifts without anything changing about the backends it held: a watch that
+    /// finishes its relist or is heard from again. What it held is worth looking at as soon as
+    /// it lifts (the others lift with a change that brings its own look, or never).
+    pub fn lifts_by_itself(&self) -> bool {
+        matches!(self, Hold::NotSynced { .. } | Hold::Stale { .. })
+    }
 }
 
 /// The state that gates every delete of a pass.

@@ -4,6 +4,7 @@
 //! - [`gate`]: the pure delete gate (sync, kube-proxy lag, evidence, circuit breaker);
 //! - [`reactor`]: the one thread that dumps and deletes, fed with coalesced work;
 //! - [`conntrack_events`]: NEW events toward backends already gone;
+//! - [`cpu`]: what a pass costs the reactor's thread;
 //! - [`prefetch`]: a removed backend's flows read while its gate is still closed;
 //! - [`k8s_events`]: aggregated Kubernetes Events on Services;
 //! - [`table_alarm`]: warnings when the table crosses 75 % and 90 %;
@@ -11,6 +12,7 @@
 //! - [`run`]: the wiring.
 
 pub mod conntrack_events;
+pub mod cpu;
 pub mod gate;
 pub mod k8s_events;
 pub mod memory;

@@ -250,6 +250,9 @@ pub fn run(
     let mut parked: HashMap<IpAddr, Instant> = HashMap::new();
     // Flows of backends whose gate is still closed, read while waiting.
     let mut prefetched: HashMap<IpAddr, Snapshot> = HashMap::new();
+    // Backends with removable flows that a passing hold kept (a watch relisting or quiet): looked
+    // at again as soon as the global gate opens, not at the next full pass minutes later.
+    let mut held_back: HashSet<IpAddr> = HashSet::new();
     let mut next_full = Instant::now();
     let mut resync_logged = cfg.resync_interval;
     loop {
@@ -295,16 +298,29 @@ pub fn run(
                 true
             }
         });
+        if !held_back.is_empty() && world.global().check().is_ok() {
+            backends.extend(held_back.drain());
+        }
         expire_tombstones(&shared, cfg.tombstone_ttl);
         if full {
-            let r = full_pass(&mut ct, &shared, &mut world, &cfg, &mut parked);
-            let every = resync_every(cfg.resync_interval, cfg.resync_cpu_percent, r.elapsed);
+            let (r, cost) =
+                super::cpu::cost_of(|| full_pass(&mut ct, &shared, &mut world, &cfg, &mut parked));
+            if r.held.as_ref().is_some_and(Hold::lifts_by_itself) {
+                held_back.extend(
+                    r.findings
+                        .iter()
+                        .filter(|(f, _)| f.verdict.removable)
+                        .filter_map(|(f, _)| f.verdict.backend.map(|b| b.ip)),
+                );
+            }
+            let every = resync_every(cfg.resync_interval, cfg.resync_cpu_percent, cost);
             // Logged when it starts and when it moves by more than a tenth.
             let moved = every.abs_diff(resync_logged) > resync_logged / 10;
             if every > cfg.resync_interval && moved {
                 tracing::info!(
                     every_s = every.as_secs(),
                     pass_ms = r.elapsed.as_millis() as u64,
+                    pass_cpu_ms = cost.as_millis() as u64,
                     "full passes stretched to stay under --resync-cpu-percent of a core"
                 );
             }
@@ -326,6 +342,7 @@ pub fn run(
             full,
             &mut parked,
             &mut prefetched,
+            &mut held_back,
         );
         if full || many {
             // The peaks of a pass are over (findings, flows read for many backends at once).
@@ -348,6 +365,7 @@ fn targeted(
     full_ran: bool,
     parked: &mut HashMap<IpAddr, Instant>,
     prefetched: &mut HashMap<IpAddr, Snapshot>,
+    held_back: &mut HashSet<IpAddr>,
 ) {
     let started = Instant::now();
     let mut open: Vec<(IpAddr, Option<Timestamp>)> = Vec::new();
@@ -448,13 +466,17 @@ fn targeted(
             removed_at,
             Some(gate_opened),
         );
+        if r.held.as_ref().is_some_and(Hold::lifts_by_itself) {
+            held_back.insert(ip);
+        }
         world.report(&r);
     }
 }
 
-/// The time to the next periodic full pass: `interval`, stretched so that a pass that took
-/// `took` uses at most `cpu_percent` of a core (the pass is CPU-bound: the kernel's dump runs in
-/// the agent's own `recvmsg`). The fast paths (targeted passes, NEW events) do not wait for it.
+/// The time to the next periodic full pass: `interval`, stretched so that a pass that cost `took`
+/// of the reactor thread's CPU time (user and system: the kernel's dump runs in the agent's own
+/// `recvmsg`) uses at most `cpu_percent` of a core. The fast paths (targeted passes, NEW events)
+/// do not wait for it.
 fn resync_every(interval: Duration, cpu_percent: f64, took: Duration) -> Duration {
     if !(cpu_percent > 0.0 && cpu_percent.is_finite()) {
         return interval;
@@ -715,15 +737,18 @@ fn act(
     }
 }
 
-/// Backends that left a Service, from an index change: what the reactor should look at.
+/// Backends that left a Service (or whose pod just ended), from an index change: what the
+/// reactor should look at.
 pub fn work_from_changes(changes: &crate::cluster::Changes) -> Vec<Work> {
     let mut w: Vec<Work> = Vec::new();
     let mut seen = HashSet::new();
-    for (_, ip) in changes
+    let ips = changes
         .endpoints_removed
         .iter()
         .chain(&changes.endpoints_added)
-    {
+        .map(|(_, ip)| ip)
+        .chain(&changes.pods_ended);
+    for ip in ips {
         if seen.insert(*ip) {
             w.push(Work::Backend(*ip));
         }

@@ -177,7 +177,9 @@ pub async fn run(
 
     // Watches → index.
     let health = Arc::new(WatchHealth::new());
-    let (ev_tx, mut ev_rx) = tokio::sync::mpsc::channel::<Event>(4096);
+    // Small: each event holds a whole API object, and a list hands them on faster than the
+    // index takes them; a deep queue would rebuild the list's peak the raw pages avoid.
+    let (ev_tx, mut ev_rx) = tokio::sync::mpsc::channel::<Event>(256);
     let watch_task = tokio::spawn(kube_source::watch_cluster(
         client.clone(),
         WatchConfig {

@@ -179,10 +179,12 @@ impl World for AgentWorld {
             .collect();
         self.admin.set_report_only(held);
         let stale = pass.findings.len();
+        // A targeted pass that kept stale flows is logged too: "why is my ghost still there?"
         if deleted > 0
             || pass.totals.failed > 0
             || pass.held.is_some()
             || pass.kind == PassKind::Full
+            || stale > 0
         {
             tracing::info!(
                 kind = pass.kind.label(),

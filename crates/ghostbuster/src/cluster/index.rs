@@ -53,6 +53,9 @@ pub struct Changes {
     pub endpoints_added: Vec<(ObjectKey, IpAddr)>,
     /// Services deleted.
     pub services_removed: Vec<ObjectKey>,
+    /// Backends with a tombstone whose pod this node's watch saw deleted or finished: new
+    /// evidence for flows that were kept while the pod looked alive.
+    pub pods_ended: Vec<IpAddr>,
 }
 
 impl Changes {
@@ -60,12 +63,14 @@ impl Changes {
         self.endpoints_removed.is_empty()
             && self.endpoints_added.is_empty()
             && self.services_removed.is_empty()
+            && self.pods_ended.is_empty()
     }
 
     fn extend(&mut self, other: Changes) {
         self.endpoints_removed.extend(other.endpoints_removed);
         self.endpoints_added.extend(other.endpoints_added);
         self.services_removed.extend(other.services_removed);
+        self.pods_ended.extend(other.pods_ended);
     }
 }
 
@@ -460,7 +465,7 @@ impl Index {
                 self.cidr_objects.insert(c.key, c.cidrs);
                 self.refresh_cidrs();
             }
-            Entry::Pod(p) => self.upsert_pod(p),
+            Entry::Pod(p) => self.upsert_pod(p, changes),
             Entry::Namespace(n) => match n.mode {
                 Some(mode) => {
                     // Pooled: the same string as the namespace of its Services' keys.
@@ -517,6 +522,7 @@ impl Index {
                 self.pod_ids.remove(key);
                 if let Some(old) = self.pods.remove(id) {
                     self.unlink_pod(id, &old);
+                    self.pod_ended(&old, changes);
                 }
             }
             Kind::Node => {
@@ -747,7 +753,11 @@ impl Index {
         }
     }
 
-    fn upsert_pod(&mut self, p: Pod) {
+    fn upsert_pod(&mut self, p: Pod, changes: &mut Changes) {
+        if !p.is_alive() {
+            // Succeeded or Failed (evicted): its containers stopped and its IP was released.
+            self.pod_ended(&p, changes);
+        }
         let id = match self.pod_ids.get(&p.key) {
             Some(&id) => {
                 if let Some(old) = self.pods.get(id).cloned() {
@@ -768,6 +778,16 @@ impl Index {
         let ips = self.pods.get(id).map(|p| p.ips.clone()).unwrap_or_default();
         for ip in ips {
             push(&mut self.pods_by_ip, ip, id);
+        }
+    }
+
+    /// Pod `p` is deleted or finished: tombstones naming it are confirmed, and their backends
+    /// are worth another look.
+    fn pod_ended(&mut self, p: &Pod, changes: &mut Changes) {
+        for ip in &p.ips {
+            if self.tombstones.mark_pod_ended(ip, &p.key, p.uid.as_ref()) > 0 {
+                changes.pods_ended.push(*ip);
+            }
         }
     }
 

@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use jiff::Timestamp;
 use serde::Serialize;
 
-use super::model::{Conditions, ObjectKey, PodTarget};
+use super::model::{Conditions, ObjectKey, PodTarget, Uid};
 use super::slice::SlicePort;
 
 /// An endpoint that left every slice of its Service.
@@ -108,6 +108,27 @@ impl Tombstones {
         let mut n = 0;
         for t in self.by_ip.get_mut(ip).into_iter().flatten() {
             if t.pod.as_ref().is_some_and(|p| &*p.name == pod_name) {
+                t.pod_gone = true;
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// This node's pod watch saw pod `key` (uid `uid`) deleted or finished while it held `ip`:
+    /// as good as a GET answering 404, and fresher. Marks the tombstones at `ip` that name that
+    /// pod (same namespace and name, and the same uid when both are known: a delete of an older
+    /// incarnation says nothing about a newer one) and returns how many were not marked before.
+    pub fn mark_pod_ended(&mut self, ip: &IpAddr, key: &ObjectKey, uid: Option<&Uid>) -> usize {
+        let mut n = 0;
+        for t in self.by_ip.get_mut(ip).into_iter().flatten() {
+            let Some(p) = &t.pod else { continue };
+            let same_uid = match (&p.uid, uid) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            };
+            if t.service.namespace == key.namespace && p.name == key.name && same_uid && !t.pod_gone
+            {
                 t.pod_gone = true;
                 n += 1;
             }

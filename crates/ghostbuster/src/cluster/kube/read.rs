@@ -132,14 +132,19 @@ impl Reader<'_> {
             let page = list_page::<K>(self.client, fields, self.page_size, token.as_deref(), false)
                 .await
                 .map_err(|e| Error::api(format!("list {kind}s"), e))?;
-            for item in page.items {
-                let obj = item.into_object();
+            let mut items = page
+                .items()
+                .map_err(|e| Error::api(format!("list {kind}s"), e))?;
+            while let Some(item) = items.next_object::<K>() {
+                let obj = item
+                    .map_err(|e| Error::api(format!("list {kind}s"), e))?
+                    .into_object();
                 match self.index.insert(&obj, now) {
                     Ok(()) => *self.counts.entry(kind).or_default() += 1,
                     Err(e) => tracing::warn!("skipped: {e}"),
                 }
             }
-            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            match items.metadata.continue_.filter(|c| !c.is_empty()) {
                 Some(next) => token = Some(next),
                 None => return Ok(()),
             }

@@ -20,13 +20,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ::kube::api::{Api, ListParams, WatchEvent, WatchParams};
-use ::kube::core::ObjectList;
 use ::kube::{Client, Resource, ResourceExt};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::ServiceCIDR;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ListMeta;
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use super::backoff::Backoff;
@@ -156,7 +158,7 @@ pub(super) async fn list_page<K: Watched>(
     limit: u32,
     continue_token: Option<&str>,
     any_version: bool,
-) -> Result<ObjectList<K>, ::kube::Error> {
+) -> Result<RawPage, ::kube::Error> {
     let mut lp = ListParams::default().limit(limit);
     if let Some(f) = fields {
         lp = lp.fields(f);
@@ -174,7 +176,58 @@ pub(super) async fn list_page<K: Watched>(
             .parse()
             .map_err(|e| ::kube::Error::Service(format!("list URL {uri:?}: {e}").into()))?;
     }
-    client.request::<ObjectList<K>>(req).await
+    Ok(RawPage {
+        text: client.request_text(req).await?,
+    })
+}
+
+/// One list response, kept as its JSON text. Its items are deserialized one at a time as they
+/// are handed on, so a list of 20,000 objects never exists as 20,000 API objects at once: the
+/// API server answers `resourceVersion=0` lists from its watch cache in one response whatever
+/// `limit` says, and those objects are several times the size of their JSON. (The agent's
+/// start-up peak was that: ~170 MiB at 10,000 Services / 100,000 endpoints, for a 27 MiB index.)
+pub(super) struct RawPage {
+    text: String,
+}
+
+#[derive(Deserialize)]
+struct RawList<'a> {
+    #[serde(default)]
+    metadata: ListMeta,
+    /// `null` as well as absent or `[]` (kube's own list type accepts all three).
+    #[serde(borrow, default)]
+    items: Option<Vec<&'a RawValue>>,
+}
+
+/// A parsed [`RawPage`]: its list metadata and its items, still as JSON.
+pub(super) struct Items<'a> {
+    pub metadata: ListMeta,
+    items: std::vec::IntoIter<&'a RawValue>,
+}
+
+impl RawPage {
+    pub fn items(&self) -> Result<Items<'_>, ::kube::Error> {
+        let list: RawList<'_> =
+            serde_json::from_str(&self.text).map_err(::kube::Error::SerdeError)?;
+        Ok(Items {
+            metadata: list.metadata,
+            items: list.items.unwrap_or_default().into_iter(),
+        })
+    }
+}
+
+impl Items<'_> {
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// The next item as an API object. An item that is not a `K` fails the whole list, as it
+    /// would have failed the list's deserialization: skipping it would make a relist drop an
+    /// object that exists.
+    pub fn next_object<K: DeserializeOwned>(&mut self) -> Option<Result<K, ::kube::Error>> {
+        let raw = self.items.next()?;
+        Some(serde_json::from_str(raw.get()).map_err(::kube::Error::SerdeError))
+    }
 }
 
 struct Watch<'a> {
@@ -254,17 +307,20 @@ impl Watch<'_> {
                 }
                 Err(e) => return Err(ListEnd::Failed(e)),
             };
+            let mut items = page.items().map_err(ListEnd::Failed)?;
             self.health.touch(kind);
-            self.health.count_events(kind, page.items.len() as u64);
-            for item in page.items {
+            self.health.count_events(kind, items.len() as u64);
+            while let Some(item) = items.next_object::<K>() {
+                let item = item.map_err(ListEnd::Failed)?;
                 if !self.send(Event::InitApply(item.into_object())).await {
                     return Err(ListEnd::Closed);
                 }
             }
-            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            let meta = items.metadata;
+            match meta.continue_.filter(|c| !c.is_empty()) {
                 Some(next) => token = Some(next),
                 None => {
-                    let rv = page.metadata.resource_version.unwrap_or_default();
+                    let rv = meta.resource_version.unwrap_or_default();
                     if !self.send(Event::InitDone(kind)).await {
                         return Err(ListEnd::Closed);
                     }
@@ -411,11 +467,70 @@ async fn run<K: Watched>(w: Watch<'_>) {
             WatchEnd::Closed => return,
             WatchEnd::Gone { quiet } => {
                 tracing::debug!(kind = %w.kind, "watch expired (410 Gone): relisting");
+                // Events were missed: the view of this kind is known to be behind from now
+                // until the relist ends, and the delete gate must say so (not only once the
+                // relist has started, after a backoff).
+                w.health.set_state(w.kind, KindState::Listing);
                 // A watch that dies with 410 right after its list must not relist in a hot loop.
                 if quiet && !w.pause(backoff.next_delay()).await {
                     return;
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(text: &str) -> RawPage {
+        RawPage {
+            text: text.to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_raw_page_hands_out_its_items_one_at_a_time() {
+        let p = page(
+            r#"{"kind":"ServiceList","apiVersion":"v1",
+                "metadata":{"resourceVersion":"42","continue":"abc"},
+                "items":[
+                  {"metadata":{"name":"a","namespace":"ns"},"spec":{"clusterIP":"10.96.0.1"}},
+                  {"metadata":{"name":"b","namespace":"ns"}}
+                ]}"#,
+        );
+        let mut items = p.items().unwrap();
+        assert_eq!(items.len(), 2);
+        let a: Service = items.next_object().unwrap().unwrap();
+        assert_eq!(a.metadata.name.as_deref(), Some("a"));
+        let b: Service = items.next_object().unwrap().unwrap();
+        assert_eq!(b.metadata.name.as_deref(), Some("b"));
+        assert!(items.next_object::<Service>().is_none());
+        assert_eq!(items.metadata.resource_version.as_deref(), Some("42"));
+        assert_eq!(items.metadata.continue_.as_deref(), Some("abc"));
+    }
+
+    #[test]
+    fn an_empty_or_itemless_list_is_fine_and_a_bad_item_fails_the_list() {
+        for text in [
+            r#"{"metadata":{},"items":[]}"#,
+            r#"{"metadata":{},"items":null}"#,
+            "{}",
+        ] {
+            let p = page(text);
+            let mut items = p.items().unwrap();
+            assert!(items.next_object::<Service>().is_none(), "{text}");
+        }
+        // Well-formed JSON that is not a Service: an error, not a skipped object (a relist that
+        // skipped it would take the object for deleted).
+        let p = page(r#"{"items":[{"metadata":{"name":"a"},"spec":{"ports":"oops"}}]}"#);
+        let mut items = p.items().unwrap();
+        assert!(matches!(
+            items.next_object::<Service>(),
+            Some(Err(::kube::Error::SerdeError(_)))
+        ));
+        // Not JSON at all (a proxy's HTML error page with status 200).
+        assert!(page("<html>").items().is_err());
     }
 }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use ::kube::api::{Api, ListParams, WatchEvent, WatchParams};
 use ::kube::{Client, Resource, ResourceExt};
-use futures::StreamExt;
+use futures::{AsyncReadExt, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::ServiceCIDR;
@@ -176,9 +176,16 @@ pub(super) async fn list_page<K: Watched>(
             .parse()
             .map_err(|e| ::kube::Error::Service(format!("list URL {uri:?}: {e}").into()))?;
     }
-    Ok(RawPage {
-        text: client.request_text(req).await?,
-    })
+    // Read into one buffer: `Client::request_text` collects the body and then copies it, twice
+    // the size of a 50 MB list for a moment. A growing Vec is remapped, not copied, by glibc
+    // once it is large, and its untouched spare capacity is not resident.
+    let mut body = client.request_stream(req).await?;
+    let mut bytes = Vec::new();
+    body.read_to_end(&mut bytes)
+        .await
+        .map_err(|e| ::kube::Error::Service(Box::new(e)))?;
+    let text = String::from_utf8(bytes).map_err(::kube::Error::FromUtf8)?;
+    Ok(RawPage { text })
 }
 
 /// One list response, kept as its JSON text. Its items are deserialized one at a time as they

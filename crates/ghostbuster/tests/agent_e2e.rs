@@ -458,3 +458,63 @@ fn a_filling_table_warns_on_the_node() {
         .count();
     assert_eq!(n, 1);
 }
+
+/// An API server without the ServiceCIDR API (Kubernetes before 1.33): the agent takes the
+/// ranges from `--service-cidr`, gets ready (the missing API holds nothing back), and removes a
+/// ghost as usual.
+#[test]
+fn without_the_service_cidr_api_the_flag_stands_in_and_the_agent_gets_ready() {
+    let Some(mut s) = Story::start("agent_e2e_nocidr", true) else {
+        return;
+    };
+    let a = s.backend("web-a", "shop", "web", &[]);
+    let b = s.backend("web-b", "shop", "web", &[]);
+    let web36 = |eps: &[Endpoint]| {
+        Service::new("shop", "web")
+            .cluster_ip(vip_v4(36))
+            .port(ServicePort::tcp("http", 80, HTTP))
+            .endpoints(v4(eps))
+    };
+    let vip = SocketAddr::from((vip_v4(36), 80));
+    s.lab.sync_services(&[web36(&a)]).unwrap();
+    let ghost = pool(&s.client, vip, 2);
+    expect_answers(&ghost, 2, "ghost pool");
+
+    let api = FakeApiServer::start_in_thread().unwrap();
+    api.disable("servicecidrs");
+    publish(&api, &s.lab.kubernetes_objects());
+    let kp = FakeKubeProxy::start("nftables");
+    let agent = Agent::start(
+        &api,
+        &s.node(),
+        &kp,
+        &["--service-cidr", netlab::plan::SERVICE_CIDR_V4],
+    );
+    assert!(
+        agent.wait_ready(Duration::from_secs(20)),
+        "never ready without the ServiceCIDR API: {:?}",
+        agent.get("/readyz")
+    );
+    assert!(api.count("list", "servicecidrs") >= 1, "never asked");
+
+    s.lab.sync_services(&[web36(&b)]).unwrap();
+    let dead = ip_of(&a, false);
+    s.lab.delete_pod_silently("web-a").unwrap();
+    let healthy = pool(&s.client, vip, 2);
+    expect_answers(&healthy, 2, "healthy pool");
+    let hung = expect_hang(&ghost, 2, Duration::from_millis(500));
+    let before = mark(&healthy);
+    publish(&api, &s.lab.kubernetes_objects());
+    api.delete("pods", "shop", "web-a");
+    let t = Instant::now();
+    while !entries_to(&table(&s.node()), dead).is_empty() && t.elapsed() < Duration::from_secs(10) {
+        kp.synced_now();
+    }
+    assert!(
+        entries_to(&table(&s.node()), dead).is_empty(),
+        "ghosts still there after {:?}",
+        t.elapsed()
+    );
+    expect_fail_fast_and_recover(ghost, &hung, Some("web-b"), Duration::from_secs(8));
+    expect_untouched(healthy, &before, &["web-b"], "healthy pool");
+}

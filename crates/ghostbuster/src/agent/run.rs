@@ -19,7 +19,9 @@ use super::table_alarm::UtilizationAlarm;
 use super::world::AgentWorld;
 use crate::cli::agent::AgentArgs;
 use crate::cli::audit::{AuditArgs, AuditOutput};
-use crate::cluster::kube::{self as kube_source, PodChecker, WatchConfig, WatchHealth};
+use crate::cluster::kube::{
+    self as kube_source, resource_name, KindState, PodChecker, WatchConfig, WatchHealth,
+};
 use crate::cluster::{Event, Index, IndexConfig, Kind};
 use crate::exit::{CodedError, ExitCode};
 use crate::telemetry::admin::{self, AdminState};
@@ -113,15 +115,7 @@ pub async fn run(
         per_cpu: a.per_cpu_metrics,
         ..MetricsConfig::default()
     }));
-    let kinds = [
-        "services",
-        "endpointslices",
-        "nodes",
-        "pods",
-        "servicecidrs",
-        "namespaces",
-    ];
-    let readiness = Readiness::new(kinds);
+    let readiness = Readiness::new(Kind::ALL.map(resource_name));
     let admin_state = AdminState::new(metrics.clone(), readiness.clone());
     admin_state.set_mode(!a.dry_run);
     let stop = Arc::new(AtomicBool::new(false));
@@ -206,7 +200,7 @@ pub async fn run(
                     ix.apply(ev, Timestamp::now())
                 };
                 if let Some(k) = done_kind {
-                    readiness.synced(kind_name(k));
+                    readiness.synced(resource_name(k));
                     // The list's objects are reduced and dropped: give their memory back.
                     super::memory::release_freed_memory();
                 }
@@ -236,9 +230,17 @@ pub async fn run(
     {
         let health = health.clone();
         let metrics = metrics.clone();
+        let readiness = readiness.clone();
         tokio::spawn(async move {
             loop {
                 metrics.set_synced(health.all_synced());
+                // A kind the API server does not serve (ServiceCIDRs before 1.33) never sends
+                // InitDone, and must not hold readiness back: `--service-cidr` stands in for it.
+                for k in Kind::ALL {
+                    if matches!(health.state(k), KindState::Unavailable | KindState::Off) {
+                        readiness.synced(resource_name(k));
+                    }
+                }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         });
@@ -408,15 +410,4 @@ pub async fn run(
     let _ = admin_stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(1), admin_task).await;
     Ok(ExitCode::Ok)
-}
-
-fn kind_name(k: Kind) -> &'static str {
-    match k {
-        Kind::Service => "services",
-        Kind::EndpointSlice => "endpointslices",
-        Kind::Node => "nodes",
-        Kind::Pod => "pods",
-        Kind::ServiceCidr => "servicecidrs",
-        Kind::Namespace => "namespaces",
-    }
 }

@@ -255,8 +255,10 @@ fn the_agent_works_with_only_net_admin_and_a_read_only_filesystem() {
     let hung = expect_hang(&ghost, 2, Duration::from_secs(1));
     publish(&api, &s.lab.kubernetes_objects());
     api.delete("pods", "shop", "web-a");
-    // kube-proxy has not caught up: the gate holds, and a full pass reports the ghost.
-    let until = Instant::now() + Duration::from_secs(4);
+    eprintln!("published the removal at {}", jiff::Timestamp::now());
+    // kube-proxy has not caught up: the gate holds (up to --kube-proxy-max-wait, 35 s), and a
+    // full pass reports the ghost.
+    let until = Instant::now() + Duration::from_secs(10);
     let mut held = agent.metrics();
     while metric_sum(&held, "conntrack_stale_entries") < 2.0 && Instant::now() < until {
         std::thread::sleep(Duration::from_millis(100));

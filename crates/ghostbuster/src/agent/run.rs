@@ -2,6 +2,7 @@
 //! threads for the kernel (the reactor, the conntrack event reader, the table sampler), so a
 //! million-entry dump never blocks an async worker.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -190,11 +191,14 @@ pub async fn run(
         let metrics = metrics.clone();
         let readiness = readiness.clone();
         tokio::spawn(async move {
+            // Kinds whose first list is done: a first list is the initial view, not a change.
+            let mut listed: HashSet<Kind> = HashSet::new();
             while let Some(ev) = ev_rx.recv().await {
                 let done_kind = match &ev {
                     Event::InitDone(k) => Some(*k),
                     _ => None,
                 };
+                let first_list = done_kind.is_some_and(|k| listed.insert(k));
                 let changes = {
                     let mut ix = shared.index.write().unwrap_or_else(|e| e.into_inner());
                     ix.apply(ev, Timestamp::now())
@@ -205,6 +209,10 @@ pub async fn run(
                     super::memory::release_freed_memory();
                 }
                 match changes {
+                    // Every endpoint of the first list is "added": one targeted read for each
+                    // would be a walk of the whole table per backend, or one dump holding every
+                    // flow of the table. The full pass after the initial sync looks at them all.
+                    Ok(_) if first_list => {}
                     Ok(c) => {
                         let n = (c.endpoints_removed.len()
                             + c.endpoints_added.len()
@@ -231,9 +239,17 @@ pub async fn run(
         let health = health.clone();
         let metrics = metrics.clone();
         let readiness = readiness.clone();
+        let shared = shared.clone();
+        let work_tx = work_tx.clone();
         tokio::spawn(async move {
             loop {
-                metrics.set_synced(health.all_synced());
+                let synced = health.all_synced();
+                metrics.set_synced(synced);
+                if synced && !shared.initial_sync_done.swap(true, Ordering::Relaxed) {
+                    // The first complete view: judge every flow with it (the passes before it
+                    // could only report).
+                    let _ = work_tx.send(Work::Full);
+                }
                 // A kind the API server does not serve (ServiceCIDRs before 1.33) never sends
                 // InitDone, and must not hold readiness back: `--service-cidr` stands in for it.
                 for k in Kind::ALL {

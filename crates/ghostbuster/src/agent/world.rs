@@ -32,6 +32,7 @@ pub struct AgentWorld {
     pub admin: AdminState,
     pub events: Option<Arc<tokio::sync::Mutex<EventPoster>>>,
     pub log_removed_flows: bool,
+    /// A full pass over a whole view of the cluster has finished (readiness waits for it).
     pub first_full_pass: Arc<AtomicBool>,
     /// The biggest services by entries at the last full pass, for table-full warnings.
     pub top_services: Arc<Mutex<Vec<(String, u64)>>>,
@@ -100,7 +101,7 @@ impl World for AgentWorld {
                     .iter()
                     .map(|((ns, n), c)| (ns.as_str(), n.as_str(), *c)),
             );
-            if !self.first_full_pass.swap(true, Ordering::Relaxed) {
+            if pass.whole_view && !self.first_full_pass.swap(true, Ordering::Relaxed) {
                 self.admin.readiness.first_scan_done();
             }
         }

@@ -271,6 +271,16 @@ fn nothing_is_deleted_before_every_watch_synced() {
         "{m}"
     );
     assert_eq!(metric_sum(&m, "ghostbuster_cluster_synced"), 0.0, "{m}");
+    // No full pass judged the partial view (Services without their slices: every flow would
+    // look stale), so the seeds' alert `conntrack_stale_entries > 0` does not fire at start.
+    assert_eq!(metric_sum(&m, "conntrack_stale_entries"), 0.0, "{m}");
+    assert!(
+        !m.lines().any(
+            |l| l.starts_with("ghostbuster_scan_duration_seconds_count{kind=\"full\"}")
+                && !l.ends_with(" 0")
+        ),
+        "a full pass ran before the view was whole:\n{m}"
+    );
 }
 
 /// A pod that left the Service but is alive (the GET answers the same uid and IP) keeps its TCP

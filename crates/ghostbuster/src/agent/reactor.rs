@@ -79,8 +79,6 @@ pub struct PassReport {
     /// Full passes: entries per (protocol, state) and service flows per Service.
     pub by_state: BTreeMap<(u8, &'static str), u64>,
     pub by_service: HashMap<(Name, Name), u64>,
-    /// The index was a whole view of the cluster when the pass started (initial sync done).
-    pub whole_view: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,8 +119,8 @@ pub struct Shared {
     dead_backends: RwLock<HashSet<IpAddr>>,
     /// The kernel-side filter of the conntrack event socket, once the event thread runs.
     event_filter: Mutex<EventFilter>,
-    /// Every watch has finished its first list (or its API is absent): the index is a whole
-    /// view of the cluster, though a relist may be running.
+    /// The index holds the first list of every kind (or its API is absent): a whole view of
+    /// the cluster, though a relist may be running. The reactor starts then.
     pub initial_sync_done: AtomicBool,
     pub circuit_open: AtomicBool,
     /// What the event thread saw since a snapshot of a backend's flows was taken.
@@ -309,9 +307,7 @@ pub fn run(
         if full {
             let (r, cost) =
                 super::cpu::cost_of(|| full_pass(&mut ct, &shared, &mut world, &cfg, &mut parked));
-            // Before the initial sync the index is partial (Services without their slices make
-            // every flow look stale): the full pass after it judges everything again.
-            if r.whole_view && r.held.as_ref().is_some_and(Hold::lifts_by_itself) {
+            if r.held.as_ref().is_some_and(Hold::lifts_by_itself) {
                 held_back.extend(
                     r.findings
                         .iter()
@@ -591,7 +587,6 @@ fn full_pass(
     parked: &mut HashMap<IpAddr, Instant>,
 ) -> PassReport {
     let started = Instant::now();
-    let whole_view = shared.initial_sync_done.load(Ordering::Relaxed);
     let report = {
         let ix = shared.index.read().unwrap_or_else(|e| e.into_inner());
         scan_with(
@@ -619,7 +614,6 @@ fn full_pass(
                 gate_opened: None,
                 by_state: BTreeMap::new(),
                 by_service: HashMap::new(),
-                whole_view,
             };
         }
     };
@@ -682,7 +676,6 @@ fn full_pass(
     );
     r.by_state = by_state;
     r.by_service = by_service;
-    r.whole_view = whole_view;
     r
 }
 
@@ -742,7 +735,6 @@ fn act(
         gate_opened,
         by_state: BTreeMap::new(),
         by_service: HashMap::new(),
-        whole_view: shared.initial_sync_done.load(Ordering::Relaxed),
     }
 }
 

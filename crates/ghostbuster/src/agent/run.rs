@@ -185,24 +185,30 @@ pub async fn run(
         health.clone(),
     ));
     let (work_tx, work_rx) = mpsc::channel::<Work>();
+    // Kinds whose first list the index has applied: a first list is the initial view, not a
+    // change, and once every kind is here (or absent from the API) the view is whole.
+    let listed: Arc<Mutex<HashSet<Kind>>> = Arc::default();
     {
         let shared = shared.clone();
         let work_tx = work_tx.clone();
         let metrics = metrics.clone();
         let readiness = readiness.clone();
+        let listed = listed.clone();
+        let health = health.clone();
         tokio::spawn(async move {
-            // Kinds whose first list is done: a first list is the initial view, not a change.
-            let mut listed: HashSet<Kind> = HashSet::new();
             while let Some(ev) = ev_rx.recv().await {
                 let done_kind = match &ev {
                     Event::InitDone(k) => Some(*k),
                     _ => None,
                 };
-                let first_list = done_kind.is_some_and(|k| listed.insert(k));
                 let changes = {
                     let mut ix = shared.index.write().unwrap_or_else(|e| e.into_inner());
                     ix.apply(ev, Timestamp::now())
                 };
+                let first_list = done_kind.is_some_and(|k| lock(&listed).insert(k));
+                if first_list {
+                    mark_whole_view(&shared, &listed, &health);
+                }
                 if let Some(k) = done_kind {
                     readiness.synced(resource_name(k));
                     // The list's objects are reduced and dropped: give their memory back.
@@ -240,16 +246,11 @@ pub async fn run(
         let metrics = metrics.clone();
         let readiness = readiness.clone();
         let shared = shared.clone();
-        let work_tx = work_tx.clone();
         tokio::spawn(async move {
             loop {
-                let synced = health.all_synced();
-                metrics.set_synced(synced);
-                if synced && !shared.initial_sync_done.swap(true, Ordering::Relaxed) {
-                    // The first complete view: judge every flow with it (the passes before it
-                    // could only report).
-                    let _ = work_tx.send(Work::Full);
-                }
+                metrics.set_synced(health.all_synced());
+                // Also here: an API found absent after the last first list (ServiceCIDRs).
+                mark_whole_view(&shared, &listed, &health);
                 // A kind the API server does not serve (ServiceCIDRs before 1.33) never sends
                 // InitDone, and must not hold readiness back: `--service-cidr` stands in for it.
                 for k in Kind::ALL {
@@ -307,16 +308,19 @@ pub async fn run(
         },
         tombstone_ttl: a.tombstone_ttl,
     };
-    // The first full pass waits for the watches: a pass over an empty index would report every
-    // flow as not_service (harmless, but noise).
+    // The reactor starts once the index holds the first list of every kind: a full pass over a
+    // partial view (Services listed, their slices not yet) would call healthy flows stale and
+    // publish that in `conntrack_stale_entries` at every start. (The watches' own "synced" comes
+    // a moment before the index has applied the list.)
     {
         let shared = shared.clone();
         let stop = stop.clone();
-        let health = health.clone();
         std::thread::Builder::new()
             .name("gb-reactor".into())
             .spawn(move || {
-                while !health.all_synced() && !stop.load(Ordering::Relaxed) {
+                while !shared.initial_sync_done.load(Ordering::Relaxed)
+                    && !stop.load(Ordering::Relaxed)
+                {
                     std::thread::sleep(Duration::from_millis(50));
                 }
                 reactor::run(ct, shared, work_rx, world, cfg, stop)
@@ -426,4 +430,23 @@ pub async fn run(
     let _ = admin_stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(1), admin_task).await;
     Ok(ExitCode::Ok)
+}
+
+/// Sets `initial_sync_done` once the index holds the first list of every kind the API server
+/// serves: from then on the reactor's full passes judge a whole view (its first one runs then).
+fn mark_whole_view(shared: &Shared, listed: &Mutex<HashSet<Kind>>, health: &WatchHealth) {
+    if shared.initial_sync_done.load(Ordering::Relaxed) {
+        return;
+    }
+    let listed = lock(listed);
+    let whole = Kind::ALL.iter().all(|k| {
+        listed.contains(k) || matches!(health.state(*k), KindState::Unavailable | KindState::Off)
+    });
+    if whole {
+        shared.initial_sync_done.store(true, Ordering::Relaxed);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }

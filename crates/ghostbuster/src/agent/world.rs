@@ -101,7 +101,7 @@ impl World for AgentWorld {
                     .iter()
                     .map(|((ns, n), c)| (ns.as_str(), n.as_str(), *c)),
             );
-            if pass.whole_view && !self.first_full_pass.swap(true, Ordering::Relaxed) {
+            if !self.first_full_pass.swap(true, Ordering::Relaxed) {
                 self.admin.readiness.first_scan_done();
             }
         }

@@ -43,8 +43,9 @@ pub struct AgentArgs {
     pub resync_interval: Duration,
     /// Most of a core the periodic full scans may use, in percent: on a big table (a full scan of
     /// 262,144 entries costs about a second, mostly in the kernel) the interval is stretched
-    /// beyond --resync-interval to stay under it. 0: never stretch.
-    #[arg(long, default_value_t = 0.9)]
+    /// beyond --resync-interval to stay under it. 0.7 leaves room for the rest of the agent's
+    /// work within 1 % of a core. 0: never stretch.
+    #[arg(long, default_value_t = 0.7)]
     pub resync_cpu_percent: f64,
     /// Circuit breaker: never more deletes than this in one pass.
     #[arg(long, default_value_t = 100_000)]

@@ -405,17 +405,11 @@ impl<'a> Classifier<'a> {
     fn live_pods(&self, ip: &IpAddr) -> Vec<&'a Pod> {
         let index: &'a Index = self.index;
         let confirmed_gone = |p: &Pod| {
-            index.tombstones().at(ip).iter().any(|t| {
-                t.pod_gone
-                    && t.service.namespace == p.key.namespace
-                    && t.pod.as_ref().is_some_and(|tp| {
-                        tp.name == p.key.name
-                            && match (&tp.uid, &p.uid) {
-                                (Some(a), Some(b)) => a == b,
-                                _ => true,
-                            }
-                    })
-            })
+            index
+                .tombstones()
+                .at(ip)
+                .iter()
+                .any(|t| t.pod_gone && t.names_pod(&p.key, p.uid.as_ref()))
         };
         index
             .pods_at(ip)

@@ -38,6 +38,17 @@ impl Tombstone {
     pub fn was_terminating(&self) -> bool {
         self.conditions.terminating()
     }
+
+    /// Names pod `key` with `uid`: same namespace and name, and the same uid when both are known
+    /// (a pod of the same name with another uid is another incarnation).
+    pub fn names_pod(&self, key: &ObjectKey, uid: Option<&Uid>) -> bool {
+        let Some(p) = &self.pod else { return false };
+        let same_uid = match (&p.uid, uid) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        };
+        self.service.namespace == key.namespace && p.name == key.name && same_uid
+    }
 }
 
 /// Tombstones by backend IP.
@@ -122,13 +133,7 @@ impl Tombstones {
     pub fn mark_pod_ended(&mut self, ip: &IpAddr, key: &ObjectKey, uid: Option<&Uid>) -> usize {
         let mut n = 0;
         for t in self.by_ip.get_mut(ip).into_iter().flatten() {
-            let Some(p) = &t.pod else { continue };
-            let same_uid = match (&p.uid, uid) {
-                (Some(a), Some(b)) => a == b,
-                _ => true,
-            };
-            if t.service.namespace == key.namespace && p.name == key.name && same_uid && !t.pod_gone
-            {
+            if !t.pod_gone && t.names_pod(key, uid) {
                 t.pod_gone = true;
                 n += 1;
             }

@@ -71,7 +71,7 @@ fn seed_000_pooled_connection_to_a_deleted_backend_hangs_until_the_sweep_then_fa
     let before = mark(&healthy);
 
     // The export, as kubectl prints it: A is gone from the slices and from the Pods.
-    let objects = s.lab.kubernetes_objects();
+    let objects = s.export();
     let with_pods = s.write("cluster.json", &objects);
     let without_pods = s.write("no-pods.json", &without_kind(objects, "Pod"));
 
@@ -184,7 +184,7 @@ fn seed_001_udp_flow_to_a_scaled_down_backend_is_removed_and_queries_are_answere
     assert_eq!(lost.stuck_connections(), 1);
     let healthy_before = healthy.report();
 
-    let file = s.write("cluster.json", &s.lab.kubernetes_objects());
+    let file = s.write("cluster.json", &s.export());
     let swept = s.sweep(&file, &[]).ok(0);
     let flows = swept.to_backend(dead);
     assert_eq!(flows.len(), 1, "{}", swept.pretty());
@@ -267,7 +267,7 @@ fn sctp_flow_to_a_gone_backend_is_removed_with_evidence_and_kept_without() {
         .expect("the live SCTP entry");
     let before = mark(&healthy);
 
-    let objects = s.lab.kubernetes_objects();
+    let objects = s.export();
     let without_pods = s.write("no-pods.json", &without_kind(objects.clone(), "Pod"));
     let with_pods = s.write("cluster.json", &objects);
 
@@ -325,10 +325,7 @@ fn ipv6_ghost_is_kept_on_the_snapshot_alone_and_removed_with_trust_snapshot() {
     let hung = expect_hang(&ghost, 1, Duration::from_millis(800));
     let before = mark(&healthy);
 
-    let file = s.write(
-        "no-pods.json",
-        &without_kind(s.lab.kubernetes_objects(), "Pod"),
-    );
+    let file = s.write("no-pods.json", &without_kind(s.export(), "Pod"));
     let kept = s.sweep(&file, &[]).ok(0);
     let flows = kept.to_backend(dead);
     assert_eq!(flows.len(), 1, "{}", kept.pretty());
@@ -388,7 +385,7 @@ fn dual_stack_service_ghosts_of_both_families_are_removed() {
         .collect();
     let before: Vec<_> = healthy.iter().map(mark).collect();
 
-    let file = s.write("cluster.json", &s.lab.kubernetes_objects());
+    let file = s.write("cluster.json", &s.export());
     let swept = s.sweep(&file, &[]).ok(0);
     for (v6, family) in [(false, "ipv4"), (true, "ipv6")] {
         let dead = ip_of(&a, v6);
@@ -436,7 +433,7 @@ fn frontend_story(
     let hung = expect_hang(&ghost, 1, Duration::from_millis(600));
     let before = mark(&healthy);
 
-    let mut objects = s.lab.kubernetes_objects();
+    let mut objects = s.export();
     items(&mut objects).retain(|o| !(o["kind"] == "Pod" && o["metadata"]["name"] == "web-a"));
     let file = s.write("cluster.json", &objects);
     let swept = s.sweep(&file, &[]).ok(0);
@@ -550,7 +547,7 @@ fn named_ports_are_matched_by_the_service_port_name() {
         .collect();
     let before: Vec<_> = healthy.iter().map(mark).collect();
 
-    let mut objects = s.lab.kubernetes_objects();
+    let mut objects = s.export();
     let svc = object_mut(&mut objects, "Service", "web");
     svc["spec"]["ports"][0]["targetPort"] = "web".into();
     for slice in slices_mut(&mut objects, "web") {

@@ -82,7 +82,7 @@ fn terminating_endpoints_are_kept_serving_or_not() {
     expect_answers(&to_b, 2, "pool to B");
     let marks = [mark(&to_a), mark(&to_c), mark(&to_b)];
 
-    let mut objects = s.lab.kubernetes_objects();
+    let mut objects = s.export();
     terminating_pod(&mut objects, "web-a");
     terminating_pod(&mut objects, "web-c");
     let slices = slices_mut(&mut objects, "web");
@@ -148,7 +148,7 @@ fn endpoint_moved_between_slices_is_kept() {
     let before = mark(&to_a);
 
     let ip_a = ip_of(&a, false).to_string();
-    let mut objects = s.lab.kubernetes_objects();
+    let mut objects = s.export();
     let slice = slices_mut(&mut objects, "web").remove(0);
     let mut moved = slice.clone();
     let endpoints = slice["endpoints"].as_array_mut().unwrap();
@@ -209,7 +209,7 @@ fn deselected_blue_green_tcp_is_kept_and_udp_is_removed() {
     expect_answers(&to_green, 2, "pool to green");
     let marks = [mark(&to_blue), mark(&to_green)];
 
-    let file = s.write("cluster.json", &s.lab.kubernetes_objects());
+    let file = s.write("cluster.json", &s.export());
     let ip_blue = ip_of(&blue, false);
     let table = s.table();
 
@@ -299,7 +299,7 @@ fn port_changed_tcp_is_kept_and_udp_is_removed() {
     expect_answers(&new_port, 2, "pool to the new port");
     let marks = [mark(&old_port), mark(&new_port)];
 
-    let file = s.write("cluster.json", &s.lab.kubernetes_objects());
+    let file = s.write("cluster.json", &s.export());
     let run = s.sweep(&file, &["--trust-snapshot"]).ok(0);
     let flows = run.to_backend(ip_of(&a, false));
     assert_eq!(flows.len(), 2, "{}", run.pretty());
@@ -370,7 +370,7 @@ fn non_service_traffic_is_never_touched() {
     let before = mark(&direct);
     let udp_before = querier.report();
 
-    let objects = with_service_cidrs(s.lab.kubernetes_objects());
+    let objects = with_service_cidrs(s.export());
     let file = s.write("cluster.json", &objects);
     let table = s.table();
     let direct_flows: Vec<String> = table
@@ -425,7 +425,7 @@ fn pod_created_after_the_snapshot_is_never_touched() {
     let hung = expect_hang(&ghost, 1, Duration::from_millis(500));
 
     // The export is taken now...
-    let file = s.write("cluster.json", &s.lab.kubernetes_objects());
+    let file = s.write("cluster.json", &s.export());
     std::thread::sleep(Duration::from_millis(50));
     // ...and then the Service scales up: C is not in it.
     let c = s.backend("web-c", "shop", "web", &[]);
@@ -505,7 +505,7 @@ fn ip_reused_without_evidence_is_kept_as_deselected() {
     expect_answers(&healthy, 2, "healthy pool");
     let before = mark(&healthy);
 
-    let objects = s.lab.kubernetes_objects();
+    let objects = s.export();
     let with_pods = s.write("cluster.json", &objects);
     let without_pods = s.write("no-pods.json", &without_kind(objects, "Pod"));
     let entry = entries_to(&s.table(), dead.ips[0])

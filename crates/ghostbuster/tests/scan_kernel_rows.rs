@@ -112,7 +112,7 @@ fn seed_003_ip_reused_by_a_newer_pod_is_removed_and_the_syn_reaches_the_right_se
     s.lab.sync_services(&[web(&b), billing_svc]).unwrap();
     let before = mark(&healthy);
 
-    let file = s.write("cluster.json", &s.lab.kubernetes_objects());
+    let file = s.write("cluster.json", &s.export());
     let run = s.sweep(&file, &["--min-age", "1s"]).ok(0);
     let elapsed = seen.elapsed();
     let flows = run.to_backend(dead.ips[0]);
@@ -175,7 +175,7 @@ fn unanswered_syn_to_a_not_serving_endpoint_is_removed_after_min_age() {
     };
     let vip = SocketAddr::from((vip_v4(62), 80));
     s.lab.sync_services(&[web(a.clone())]).unwrap();
-    let pod_a = s.lab.kubernetes_objects()["items"]
+    let pod_a = s.export()["items"]
         .as_array()
         .unwrap()
         .iter()
@@ -201,7 +201,7 @@ fn unanswered_syn_to_a_not_serving_endpoint_is_removed_after_min_age() {
     expect_answers(&healthy, 2, "healthy pool");
     let before = mark(&healthy);
 
-    let mut objects = s.lab.kubernetes_objects();
+    let mut objects = s.export();
     let mut pod_a = pod_a;
     pod_a["metadata"]["deletionTimestamp"] = json!(netlab::k8s::rfc3339_now());
     items(&mut objects).push(pod_a);
@@ -267,7 +267,7 @@ fn missed_dnat_is_removed_only_after_min_age() {
     let healthy = pool(&s.client, vip, 1);
     expect_answers(&healthy, 2, "healthy pool");
     let before = mark(&healthy);
-    let file = s.write("cluster.json", &s.lab.kubernetes_objects());
+    let file = s.write("cluster.json", &s.export());
 
     sleep_until(seen + Duration::from_millis(1100));
     let young = s.sweep(&file, &["--min-age", "10s"]).ok(0);
@@ -344,7 +344,9 @@ fn service_gone_udp_is_removed_tcp_is_kept_unless_the_pod_is_gone_too() {
         .find(|f| f["protocol"] == "udp" && reply_src(f) == Some(ip_alive))
         .map(|f| key(&f))
         .expect("the statsd entry");
-    let objects = with_api_server(with_service_cidrs(s.lab.kubernetes_objects()));
+    // Every Service of the export is gone but the API server's: a real export still holds that
+    // one's EndpointSlice (without any slice the export is refused).
+    let objects = with_api_server_slice(with_api_server(with_service_cidrs(s.export())));
     assert!(!objects["items"]
         .as_array()
         .unwrap()
@@ -421,7 +423,7 @@ fn bad_inputs_exit_2_and_leave_the_table_unchanged() {
     expect_answers(&healthy, 2, "healthy pool");
     let before = mark(&healthy);
 
-    let objects = s.lab.kubernetes_objects();
+    let objects = s.export();
     let good = s.write("cluster.json", &objects);
     let scan = s.scan(&good, &[]).ok(0);
     assert!(scan.removable() >= 1, "{}", scan.pretty());

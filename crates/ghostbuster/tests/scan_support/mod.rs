@@ -167,6 +167,13 @@ impl Story {
     pub fn table(&self) -> Vec<Value> {
         table(&self.node())
     }
+
+    /// The lab as the recommended export holds it (`kubectl get services,endpointslices,pods,
+    /// nodes,namespaces -A -o json`): its Services, EndpointSlices and Pods, plus the node and
+    /// every namespace they live in (no annotation), which `sweep` refuses to go without.
+    pub fn export(&self) -> Value {
+        with_node(with_namespaces(self.lab.kubernetes_objects()))
+    }
 }
 
 /// `sysctl -w KEY=VALUE` inside `netns` (never on the machine itself); the error text if it failed.
@@ -385,6 +392,28 @@ pub fn with_service_cidrs(mut list: Value) -> Value {
     list
 }
 
+/// The EndpointSlice of `default/kubernetes` (kept by the API server itself; here one API server
+/// on the lab node's address), which every real export holds next to that Service.
+pub fn with_api_server_slice(mut list: Value) -> Value {
+    items(&mut list).push(json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": "kubernetes",
+            "namespace": "default",
+            "uid": "3e9a7c21-5b4d-4f8e-a6c2-9d1e0f2a3b4c",
+            "labels": { "kubernetes.io/service-name": "kubernetes" },
+        },
+        "addressType": "IPv4",
+        "endpoints": [{
+            "addresses": [netlab::plan::NODE_IPV4.to_string()],
+            "conditions": { "ready": true },
+        }],
+        "ports": [{ "name": "https", "port": 6443, "protocol": "TCP" }],
+    }));
+    list
+}
+
 /// The Service every cluster has, `default/kubernetes` (the API servers, no selector), which the
 /// lab does not model.
 pub fn with_api_server(mut list: Value) -> Value {
@@ -404,6 +433,48 @@ pub fn with_api_server(mut list: Value) -> Value {
             "ipFamilies": ["IPv4"],
             "ports": [{ "name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443 }],
         },
+    }));
+    list
+}
+
+/// A Namespace object (no annotation) for every namespace an object of `list` lives in, as
+/// `kubectl get namespaces` adds them to an export.
+pub fn with_namespaces(mut list: Value) -> Value {
+    let names: BTreeSet<String> = items(&mut list)
+        .iter()
+        .filter_map(|o| o["metadata"]["namespace"].as_str().map(str::to_string))
+        .collect();
+    for name in names {
+        items(&mut list).push(namespace_object(&name, None));
+    }
+    list
+}
+
+/// A Namespace object, annotated `ghostbuster.io/mode: MODE` when `mode` is given.
+pub fn namespace_object(name: &str, mode: Option<&str>) -> Value {
+    let mut ns = json!({
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": { "name": name, "uid": format!("0d5e8a1c-0000-4000-8000-{:012x}", name.len()) },
+        "status": { "phase": "Active" },
+    });
+    if let Some(m) = mode {
+        ns["metadata"]["annotations"] = json!({ "ghostbuster.io/mode": m });
+    }
+    ns
+}
+
+/// The lab node's Node object (its addresses), as `kubectl get nodes` adds it to an export.
+pub fn with_node(mut list: Value) -> Value {
+    items(&mut list).push(json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": { "name": netlab::node::NODE_NAME, "uid": "5c1f8d2e-7a3b-4c9d-9e0f-1a2b3c4d5e6f" },
+        "status": { "addresses": [
+            { "type": "InternalIP", "address": netlab::plan::NODE_IPV4.to_string() },
+            { "type": "InternalIP", "address": netlab::plan::NODE_IPV6.to_string() },
+            { "type": "Hostname", "address": netlab::node::NODE_NAME },
+        ] },
     }));
     list
 }

@@ -188,7 +188,14 @@ fn one_size(n: usize, runs: usize) {
         ct.create(&stale).expect("re-create stale entries");
         let s = run(&gb(
             &name,
-            &["sweep", "--trust-snapshot", "--from-file", &f],
+            // The bulk export holds no Namespaces (nothing is opted out).
+            &[
+                "sweep",
+                "--trust-snapshot",
+                "--ignore-namespace-modes",
+                "--from-file",
+                &f,
+            ],
         ));
         assert!(s.ok, "sweep failed");
         walls.push(s.wall);

@@ -14,6 +14,9 @@ pub enum ExitCode {
     Environment = 3,
     /// Some deletes failed.
     DeleteFailed = 4,
+    /// `sweep`'s circuit breaker held: the view would remove more than `--max-delete-percent` of
+    /// the service flows, so nothing was removed.
+    CircuitBreaker = 5,
 }
 
 /// An error that carries the exit code it should produce.

@@ -17,5 +17,6 @@ pub mod policy;
 pub mod render;
 pub mod scan;
 pub mod sweep;
+pub mod sweep_budget;
 pub mod telemetry;
 pub mod verdict;

@@ -444,3 +444,55 @@ metadata: {name: bare}
         .unwrap_err();
     assert!(e.to_string().contains("Namespace"), "{e}");
 }
+
+/// What each export lacks that a verdict leans on (issue #12 §1): the recommended export lacks
+/// nothing, and each kind left out is named. Host-network Pods are counted: their IPs are node
+/// addresses, which only the Nodes say.
+#[test]
+fn gaps_name_the_kinds_an_export_lacks() {
+    use ghostbuster::cluster::file::Gap;
+    let whole = file::load(
+        &[fixture("cluster.json"), fixture("namespaces.json")],
+        node_a(),
+        Some(t(SNAPSHOT)),
+    )
+    .unwrap();
+    assert_eq!(whole.host_network_pods, 1);
+    assert_eq!(whole.gaps(), []);
+    // cluster.json alone: no Namespaces.
+    assert_eq!(cluster().gaps(), [Gap::Namespaces]);
+    assert_eq!(cluster_without_pods().gaps(), [Gap::Namespaces, Gap::Pods]);
+
+    // Services alone (`kubectl get services -A`): no EndpointSlices, Namespaces or Pods.
+    let services = r#"{"kind": "ServiceList", "apiVersion": "v1", "items": [
+        {"metadata": {"name": "web", "namespace": "shop"},
+         "spec": {"clusterIP": "10.96.0.7", "clusterIPs": ["10.96.0.7"], "ports": [{"port": 80}]}}]}"#;
+    let mut loader = Loader::new(IndexConfig::default());
+    loader.add_str("services.json", services).unwrap();
+    assert_eq!(
+        loader.finish(None).gaps(),
+        [Gap::EndpointSlices, Gap::Namespaces, Gap::Pods]
+    );
+
+    // A host-network Pod without Nodes.
+    let yaml = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: node-exporter-x, namespace: monitoring, uid: 8b7c2a54-1d3e-4f60-9a7b-0c1d2e3f4a5b}
+spec: {hostNetwork: true, nodeName: node-b, containers: [{name: c, image: i}]}
+status: {phase: Running, podIP: 192.168.49.3, podIPs: [{ip: 192.168.49.3}]}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: monitoring}
+"#;
+    let mut loader = Loader::new(IndexConfig::default());
+    loader.add_str("services.json", services).unwrap();
+    loader.add_str("pods.yaml", yaml).unwrap();
+    let loaded = loader.finish(None);
+    assert_eq!(loaded.host_network_pods, 1);
+    assert_eq!(loaded.gaps(), [Gap::EndpointSlices, Gap::Nodes]);
+    for g in [Gap::EndpointSlices, Gap::Namespaces, Gap::Nodes, Gap::Pods] {
+        assert!(!g.consequence().is_empty() && !g.kind().is_empty());
+    }
+}

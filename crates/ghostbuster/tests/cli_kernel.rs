@@ -190,6 +190,44 @@ fn environment_and_usage_errors_have_their_exit_codes() {
     let (code, _, err) = gb(&["scan"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--from-file"), "{err}");
+    // The breaker's limit is a percentage; a bad one is a usage error before anything is read.
+    for bad in ["101", "-5", "half"] {
+        let flag = format!("--max-delete-percent={bad}");
+        let (code, _, err) = gb(&["sweep", "--from-file", "-", &flag]);
+        assert_eq!(code, 2, "{bad}: {err}");
+        assert!(err.contains("--max-delete-percent"), "{err}");
+    }
+    // An export without EndpointSlices is refused before conntrack is opened (any user may see
+    // this: no privilege is needed to be refused).
+    let dir = std::env::temp_dir().join(format!("gb-cli-refusal-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let services = dir.join("services.json");
+    std::fs::write(
+        &services,
+        r#"{"kind": "ServiceList", "apiVersion": "v1", "items": [{"metadata": {"name": "web",
+           "namespace": "shop"}, "spec": {"clusterIP": "198.51.100.7",
+           "clusterIPs": ["198.51.100.7"], "ports": [{"port": 80}]}}]}"#,
+    )
+    .unwrap();
+    let path = services.to_string_lossy().into_owned();
+    for command in ["scan", "sweep", "explain"] {
+        let mut args = vec![command, "--from-file", &path];
+        if command == "explain" {
+            args.push("198.51.100.7");
+        }
+        let (code, out, err) = gb(&args);
+        assert_eq!(code, 2, "{command}: {err}");
+        assert!(out.is_empty(), "{command}: {out}");
+        assert!(
+            err.contains("holds no EndpointSlices")
+                && err.contains(
+                    "kubectl get services,endpointslices,pods,nodes,namespaces -A -o json"
+                )
+                && err.contains("nothing was changed"),
+            "{command}: {err}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn tempdir() -> std::path::PathBuf {

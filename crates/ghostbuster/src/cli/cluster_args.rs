@@ -8,8 +8,9 @@ use anyhow::{bail, Context};
 use clap::Args;
 use jiff::Timestamp;
 
+use crate::cluster::file::{self, Gap};
 use crate::cluster::kube as live;
-use crate::cluster::{file, Cidr, IndexConfig, Kind, Protocol};
+use crate::cluster::{Cidr, IndexConfig, Kind, Protocol};
 use crate::exit::{input_error, CodedError, ExitCode};
 use crate::policy::Policy;
 
@@ -20,7 +21,8 @@ pub struct ClusterArgs {
     pub netns: Option<String>,
     /// Cluster objects as JSON or YAML: a kubectl List, single objects or multi-document YAML;
     /// repeatable, `-` for stdin. Make one with
-    /// `kubectl get services,endpointslices,pods,nodes,servicecidrs,namespaces -A -o json`.
+    /// `kubectl get services,endpointslices,pods,nodes,namespaces -A -o json` (add
+    /// `servicecidrs` on Kubernetes 1.33+). Without EndpointSlices it is refused.
     #[arg(long = "from-file", short = 'F', value_name = "PATH")]
     pub from_file: Vec<PathBuf>,
     /// When the export was taken (RFC 3339); default: the newest file's modification time.
@@ -66,6 +68,61 @@ pub struct PolicyArgs {
     /// the EndpointSlice controller.
     #[arg(long)]
     pub include_unmanaged: bool,
+}
+
+/// The export every verdict can lean on (ServiceCIDRs, only served from Kubernetes 1.33 on, only
+/// widen what is recognised as a Service address, and `--service-cidr` stands in for them).
+pub const EXPORT_COMMAND: &str =
+    "kubectl get services,endpointslices,pods,nodes,namespaces -A -o json";
+
+/// What a command does with the view, hence what it cannot go without.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// `scan`, `explain`: a report. Only a view that is wrong is refused.
+    Report,
+    /// `sweep` (a dry run too: it shows what the sweep would do). A view that hides an
+    /// operator's opt-out is refused as well, unless `--ignore-namespace-modes`.
+    Sweep { ignore_namespace_modes: bool },
+}
+
+/// What an export's gaps mean for a command: the gaps it refuses, and the ones it only warns
+/// about (the classifier keeps what they would have condemned). Pure.
+pub fn judge_export(gaps: &[Gap], need: Need) -> (Vec<Gap>, Vec<Gap>) {
+    let sweep = matches!(need, Need::Sweep { .. });
+    let ignore_ns = matches!(
+        need,
+        Need::Sweep {
+            ignore_namespace_modes: true
+        }
+    );
+    gaps.iter().partition(|g| match g {
+        Gap::EndpointSlices => true,
+        Gap::Namespaces => sweep && !ignore_ns,
+        Gap::Nodes => sweep,
+        Gap::Pods => false,
+    })
+}
+
+/// The refusal: what is missing, what it would cost, how to export it; nothing was changed.
+fn refusal(files: &str, refused: &[Gap], need: Need) -> anyhow::Error {
+    let kinds: Vec<&str> = refused.iter().map(|g| g.kind()).collect();
+    let why: Vec<&str> = refused.iter().map(|g| g.consequence()).collect();
+    let override_hint = if refused.contains(&Gap::Namespaces) {
+        "; or, to sweep without the namespaces' ghostbuster.io/mode opt-outs, pass \
+         --ignore-namespace-modes"
+    } else {
+        ""
+    };
+    let command = match need {
+        Need::Report => "refusing to judge flows",
+        Need::Sweep { .. } => "refusing to sweep",
+    };
+    anyhow::anyhow!(
+        "{files} holds no {}: {}. {command}; export them with `{EXPORT_COMMAND}` (add \
+         `servicecidrs` on Kubernetes 1.33+){override_hint}. nothing was changed",
+        kinds.join(" and no "),
+        why.join("; ")
+    )
 }
 
 /// `10s`, `500ms`, `2m`, or plain seconds.
@@ -114,6 +171,54 @@ impl PolicyArgs {
 }
 
 impl ClusterArgs {
+    /// [`ClusterArgs::load`] for a command that judges flows: an export is then also checked for
+    /// the kinds the verdicts lean on ([`judge_export`]). A refusal is an input error (exit 2),
+    /// raised before conntrack is opened, so nothing is changed. The live read lists every kind
+    /// or fails, so it has no gaps.
+    pub fn load_for(&self, need: Need) -> anyhow::Result<file::Loaded> {
+        let loaded = self.load()?;
+        if self.from_file.is_empty() {
+            return Ok(loaded);
+        }
+        let (refused, warned) = judge_export(&loaded.gaps(), need);
+        if !refused.is_empty() {
+            return Err(input_error(refusal(&self.files(), &refused, need)));
+        }
+        for g in warned {
+            let hint = match g {
+                Gap::Namespaces => " (`sweep` refuses this export unless --ignore-namespace-modes)",
+                _ => "",
+            };
+            tracing::warn!(
+                "{} holds no {}: {}{hint}; export with `{EXPORT_COMMAND}`",
+                self.files(),
+                g.kind(),
+                g.consequence()
+            );
+        }
+        let cidrs = loaded
+            .objects
+            .get(&Kind::ServiceCidr)
+            .is_some_and(|n| *n > 0);
+        if !cidrs && self.service_cidrs.is_empty() {
+            tracing::info!(
+                "no ServiceCIDRs and no --service-cidr: flows to the ClusterIP of a deleted \
+                 Service are not recognised as service flows (they are kept)"
+            );
+        }
+        Ok(loaded)
+    }
+
+    /// The `--from-file` paths, for messages.
+    fn files(&self) -> String {
+        let files: Vec<String> = self
+            .from_file
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        files.join(", ")
+    }
+
     /// Loads the cluster view: the `--from-file` exports, or else one live read of the API
     /// server. Bad files and kubeconfigs are input errors (exit 2); an unreachable API server or
     /// refused credentials or permissions are environment errors (exit 3). Every failure happens
@@ -138,16 +243,10 @@ impl ClusterArgs {
         // wrong file, and judged against it every DNAT'd UDP flow in the service CIDRs would be
         // `service_gone`, hence removed.
         if !loaded.objects.contains_key(&Kind::Service) {
-            let files: Vec<String> = self
-                .from_file
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect();
             return Err(input_error(anyhow::anyhow!(
-                "no Service objects in {}: export the cluster with `kubectl get \
-                 services,endpointslices,pods,nodes,servicecidrs,namespaces -A -o json`; nothing \
+                "no Service objects in {}: export the cluster with `{EXPORT_COMMAND}`; nothing \
                  was changed",
-                files.join(", ")
+                self.files()
             )));
         }
         Ok(loaded)
@@ -211,6 +310,74 @@ impl ClusterArgs {
             snapshot_time,
             warnings: Vec::new(),
             objects,
+            host_network_pods: 0,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SWEEP: Need = Need::Sweep {
+        ignore_namespace_modes: false,
+    };
+    const SWEEP_IGNORING: Need = Need::Sweep {
+        ignore_namespace_modes: true,
+    };
+
+    #[test]
+    fn a_view_without_endpointslices_is_refused_by_every_command() {
+        for need in [Need::Report, SWEEP, SWEEP_IGNORING] {
+            let (refused, _) = judge_export(&[Gap::EndpointSlices], need);
+            assert_eq!(refused, [Gap::EndpointSlices], "{need:?}");
+        }
+    }
+
+    #[test]
+    fn without_namespaces_sweep_refuses_unless_told_and_scan_warns() {
+        assert_eq!(
+            judge_export(&[Gap::Namespaces], SWEEP),
+            (vec![Gap::Namespaces], vec![])
+        );
+        assert_eq!(
+            judge_export(&[Gap::Namespaces], SWEEP_IGNORING),
+            (vec![], vec![Gap::Namespaces])
+        );
+        assert_eq!(
+            judge_export(&[Gap::Namespaces], Need::Report),
+            (vec![], vec![Gap::Namespaces])
+        );
+    }
+
+    #[test]
+    fn pods_only_warn_and_nodes_refuse_a_sweep() {
+        for need in [Need::Report, SWEEP, SWEEP_IGNORING] {
+            assert_eq!(judge_export(&[Gap::Pods], need), (vec![], vec![Gap::Pods]));
+        }
+        assert_eq!(
+            judge_export(&[Gap::Nodes], SWEEP),
+            (vec![Gap::Nodes], vec![])
+        );
+        assert_eq!(
+            judge_export(&[Gap::Nodes], Need::Report),
+            (vec![], vec![Gap::Nodes])
+        );
+    }
+
+    #[test]
+    fn the_refusal_names_the_kinds_the_command_and_the_way_out() {
+        let e = refusal("a.json", &[Gap::EndpointSlices, Gap::Namespaces], SWEEP).to_string();
+        for w in [
+            "a.json holds no EndpointSlices and no Namespaces",
+            EXPORT_COMMAND,
+            "--ignore-namespace-modes",
+            "refusing to sweep",
+            "nothing was changed",
+        ] {
+            assert!(e.contains(w), "{w:?} in {e}");
+        }
+        let e = refusal("a.json", &[Gap::EndpointSlices], Need::Report).to_string();
+        assert!(!e.contains("--ignore-namespace-modes"), "{e}");
     }
 }

@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use ctnetlink::{Conntrack, Filter, Flow, TupleMatch};
 
-use super::cluster_args::{ClusterArgs, PolicyArgs};
+use super::cluster_args::{ClusterArgs, Need, PolicyArgs};
 use crate::exit::{input_error, ExitCode};
 use crate::render;
 use crate::scan::classify_matching;
@@ -119,7 +119,7 @@ impl Target {
 pub fn run(a: ExplainArgs) -> anyhow::Result<ExitCode> {
     let target: Target = a.target.join(" ").parse().map_err(input_error)?;
     let policy = a.policy.policy().map_err(input_error)?;
-    let loaded = a.cluster.load()?;
+    let loaded = a.cluster.load_for(Need::Report)?;
     let mut ct = Conntrack::open_in(a.cluster.netns.as_deref()).context("open conntrack")?;
     let found = classify_matching(&mut ct, &loaded.index, &policy, &target.filter(), |f| {
         target.matches(f)

@@ -1,8 +1,10 @@
 //! `ghostbuster scan` (report) and `ghostbuster sweep` (report, then remove what is removable).
 //!
-//! Order matters for safety: the cluster view is loaded and validated first (bad input exits 2
-//! before the kernel is touched), then one dump is classified, then the removable flows are
-//! deleted exactly (tuple + zone + id), in batches.
+//! Order matters for safety: the cluster view is loaded and validated first (bad input, or an
+//! export without a kind the verdicts lean on, exits 2 before the kernel is touched), then one
+//! dump is classified, then the circuit breaker weighs what would go against the node's service
+//! flows (exit 5, nothing removed, when it is most of them), then the removable flows are deleted
+//! exactly (tuple + zone + id), in batches.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -13,12 +15,13 @@ use ctnetlink::{Conntrack, Filter};
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 
-use super::cluster_args::{ClusterArgs, PolicyArgs};
+use super::cluster_args::{ClusterArgs, Need, PolicyArgs};
 use super::Output;
-use crate::exit::{input_error, ExitCode};
+use crate::exit::{input_error, CodedError, ExitCode};
 use crate::render;
 use crate::scan::{scan, Finding, ScanReport};
 use crate::sweep::{sweep, Outcome, SweepTotals};
+use crate::sweep_budget::{self, SweepBudget, Tripped};
 use crate::verdict::{Evidence, VerdictKind};
 
 #[derive(Debug, Args)]
@@ -42,6 +45,22 @@ pub struct SweepArgs {
     /// Report what would be removed, remove nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Sweep an export that holds no Namespaces: their `ghostbuster.io/mode` opt-outs are then
+    /// unknown and not honoured (without this flag such an export is refused).
+    #[arg(long)]
+    pub ignore_namespace_modes: bool,
+    /// Circuit breaker: remove nothing (exit 5) when the view would remove more than this percent
+    /// of the node's service flows (and more than 20 flows); 100 turns it off.
+    #[arg(long, value_name = "PERCENT", default_value_t = sweep_budget::DEFAULT_MAX_PERCENT, value_parser = sweep_budget::parse_percent)]
+    pub max_delete_percent: u8,
+}
+
+/// What `sweep` adds to a scan.
+#[derive(Debug, Clone, Copy)]
+struct SweepMode {
+    dry_run: bool,
+    ignore_namespace_modes: bool,
+    budget: SweepBudget,
 }
 
 /// One finding as the shared flow object plus verdict fields (and `result` in a sweep).
@@ -81,7 +100,18 @@ struct Document<'a> {
     sweep: Option<SweepTotals>,
     #[serde(skip_serializing_if = "Option::is_none")]
     dry_run: Option<bool>,
+    /// The breaker's numbers, in a sweep.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    circuit_breaker: Option<BreakerJson>,
     elapsed_seconds: f64,
+}
+
+#[derive(Serialize, Clone, Copy)]
+struct BreakerJson {
+    tripped: bool,
+    removable: u64,
+    service_flows: u64,
+    max_percent: u8,
 }
 
 pub fn run_scan(a: ScanArgs) -> anyhow::Result<ExitCode> {
@@ -89,31 +119,73 @@ pub fn run_scan(a: ScanArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn run_sweep(a: SweepArgs) -> anyhow::Result<ExitCode> {
-    let dry = a.dry_run;
-    run(a.scan, Some(dry))
+    let mode = SweepMode {
+        dry_run: a.dry_run,
+        ignore_namespace_modes: a.ignore_namespace_modes,
+        budget: SweepBudget {
+            max_percent: a.max_delete_percent,
+        },
+    };
+    run(a.scan, Some(mode))
 }
 
-fn run(a: ScanArgs, sweep_mode: Option<bool>) -> anyhow::Result<ExitCode> {
+/// Flows the classifier recognised as service traffic: what the breaker weighs a sweep against.
+fn service_flows(report: &ScanReport) -> u64 {
+    let not_service = report
+        .counts
+        .get(&VerdictKind::NotService)
+        .copied()
+        .unwrap_or(0);
+    report.scanned.saturating_sub(not_service)
+}
+
+fn run(a: ScanArgs, mode: Option<SweepMode>) -> anyhow::Result<ExitCode> {
     if a.output == Output::Ndjson {
         return Err(input_error(anyhow::anyhow!(
             "scan and sweep print table, wide or json"
         )));
     }
     let policy = a.policy.policy().map_err(input_error)?;
-    let loaded = a.cluster.load()?;
+    let need = match mode {
+        Some(m) => Need::Sweep {
+            ignore_namespace_modes: m.ignore_namespace_modes,
+        },
+        None => Need::Report,
+    };
+    let loaded = a.cluster.load_for(need)?;
     let mut ct = Conntrack::open_in(a.cluster.netns.as_deref()).context("open conntrack")?;
     let report = scan(&mut ct, &loaded.index, &policy, &Filter::default())
         .context("scan the conntrack table")?;
     if report.dump.malformed > 0 {
         tracing::warn!(malformed = report.dump.malformed, first = ?report.dump.first_error, "entries that did not parse were skipped");
     }
+    let sweep_mode = mode.map(|m| m.dry_run);
+    let breaker = mode.map(|m| {
+        let service_flows = service_flows(&report);
+        (
+            m.budget.check(report.removable, service_flows),
+            BreakerJson {
+                tripped: false,
+                removable: report.removable,
+                service_flows,
+                max_percent: m.budget.max_percent,
+            },
+        )
+    });
+    let tripped: Option<Tripped> = breaker.and_then(|(r, _)| r.err());
     let (outcomes, totals, first_errno) = match sweep_mode {
         Some(dry) => {
-            let (o, t, e) = sweep(&mut ct, &report.findings, dry).context("delete stale flows")?;
+            // A tripped breaker turns the sweep into a report: every flow is kept.
+            let hold = dry || tripped.is_some();
+            let (o, t, e) = sweep(&mut ct, &report.findings, hold).context("delete stale flows")?;
             (Some(o), Some(t), e)
         }
         None => (None, None, None),
     };
+    let breaker_json = breaker.map(|(r, j)| BreakerJson {
+        tripped: r.is_err(),
+        ..j
+    });
     let snapshot = loaded.snapshot_time.to_string();
     print(
         &a,
@@ -122,7 +194,19 @@ fn run(a: ScanArgs, sweep_mode: Option<bool>) -> anyhow::Result<ExitCode> {
         outcomes.as_deref(),
         totals,
         sweep_mode,
+        breaker_json,
     )?;
+    if let Some(t) = tripped {
+        if sweep_mode == Some(true) {
+            tracing::warn!("dry run: a sweep of this view would stop here. {t}");
+        } else {
+            return Err(CodedError {
+                code: ExitCode::CircuitBreaker,
+                error: anyhow::Error::msg(t.to_string()),
+            }
+            .into());
+        }
+    }
     if let Some(e) = first_errno {
         tracing::warn!(
             "some deletes failed: {}",
@@ -167,6 +251,7 @@ fn print(
     outcomes: Option<&[Outcome]>,
     totals: Option<SweepTotals>,
     sweep_mode: Option<bool>,
+    breaker: Option<BreakerJson>,
 ) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
@@ -187,6 +272,7 @@ fn print(
                 summary: summary(report),
                 sweep: totals,
                 dry_run: sweep_mode,
+                circuit_breaker: breaker,
                 elapsed_seconds: report.elapsed.as_secs_f64(),
             };
             serde_json::to_writer_pretty(&mut out, &doc)?;
@@ -197,6 +283,14 @@ fn print(
     }
     if a.output != Output::Json {
         print_footer(&mut out, report, snapshot, totals, sweep_mode)?;
+        if let Some(b) = breaker.filter(|b| b.tripped) {
+            writeln!(
+                out,
+                "circuit breaker: {} of {} service flows would go (more than {} %): nothing was \
+                 removed",
+                b.removable, b.service_flows, b.max_percent
+            )?;
+        }
     }
     out.flush()?;
     Ok(())

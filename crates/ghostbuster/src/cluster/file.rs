@@ -84,6 +84,89 @@ pub struct Loaded {
     pub warnings: Vec<Warning>,
     /// Objects read per kind.
     pub objects: BTreeMap<Kind, usize>,
+    /// Pods with `spec.hostNetwork`: their IPs are their nodes' addresses.
+    pub host_network_pods: usize,
+}
+
+impl Loaded {
+    /// What this view lacks that a verdict leans on (see [`gaps`]).
+    pub fn gaps(&self) -> Vec<Gap> {
+        gaps(&self.objects, self.host_network_pods)
+    }
+}
+
+/// A kind the verdicts lean on that an export does not hold. Each costs something different, so
+/// the commands treat each differently (`cli::cluster_args::judge_export`): the view is wrong
+/// (refuse), an operator's opt-out is invisible (a sweep refuses unless told), or some evidence
+/// is missing and the flows it would have condemned are kept (a warning).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Gap {
+    /// Services without any EndpointSlice: every backend of every Service looks like it left, so
+    /// every UDP flow would be `deselected` or `endpoint_gone`, hence removed.
+    EndpointSlices,
+    /// No Namespace: a namespace-level `ghostbuster.io/mode: off|report` is invisible, and the
+    /// flows the operator opted out of look removable.
+    Namespaces,
+    /// Pods with `hostNetwork` but no Node: a node's address looks like an ordinary pod IP, so a
+    /// host-network pod created on that node after a flow began would pass for an IP reuse.
+    Nodes,
+    /// No Pod: no flow can be judged `pod_absent`; TCP/SCTP flows to endpoints that left are kept.
+    Pods,
+}
+
+impl Gap {
+    /// The kind as `kubectl` and the messages name it.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Gap::EndpointSlices => "EndpointSlices",
+            Gap::Namespaces => "Namespaces",
+            Gap::Nodes => "Nodes",
+            Gap::Pods => "Pods",
+        }
+    }
+
+    /// What the verdicts lose without it.
+    pub fn consequence(self) -> &'static str {
+        match self {
+            Gap::EndpointSlices => {
+                "without EndpointSlices every backend of every Service looks gone, and every \
+                 service flow would be judged stale"
+            }
+            Gap::Namespaces => {
+                "without Namespaces a namespace's ghostbuster.io/mode annotation (off or report) \
+                 is invisible, and flows its owner opted out of look removable"
+            }
+            Gap::Nodes => {
+                "without Nodes the addresses of hostNetwork pods are not known to be node \
+                 addresses, and a host-network pod could pass for a pod that reused an IP"
+            }
+            Gap::Pods => {
+                "without Pods no backend can be shown absent: TCP and SCTP flows to endpoints \
+                 that left are kept (UDP and half-open flows are still removed)"
+            }
+        }
+    }
+}
+
+/// What an export with `objects` per kind (and `host_network_pods` among its Pods) lacks. Pure:
+/// the rules are unit-tested. An export without Services is not judged here: it is the wrong
+/// file, refused before this is asked.
+pub fn gaps(objects: &BTreeMap<Kind, usize>, host_network_pods: usize) -> Vec<Gap> {
+    let has = |k: Kind| objects.get(&k).is_some_and(|n| *n > 0);
+    let mut out = Vec::new();
+    if has(Kind::Service) && !has(Kind::EndpointSlice) {
+        out.push(Gap::EndpointSlices);
+    }
+    if !has(Kind::Namespace) {
+        out.push(Gap::Namespaces);
+    }
+    if host_network_pods > 0 && !has(Kind::Node) {
+        out.push(Gap::Nodes);
+    }
+    if !has(Kind::Pod) {
+        out.push(Gap::Pods);
+    }
+    out
 }
 
 /// Loads `paths` (`-` is stdin) into one index.
@@ -106,6 +189,7 @@ pub struct Loader {
     newest: Option<Timestamp>,
     ignored: BTreeMap<(String, String), Warning>,
     objects: BTreeMap<Kind, usize>,
+    host_network_pods: usize,
 }
 
 impl Loader {
@@ -116,6 +200,7 @@ impl Loader {
             newest: None,
             ignored: BTreeMap::new(),
             objects: BTreeMap::new(),
+            host_network_pods: 0,
         }
     }
 
@@ -184,6 +269,7 @@ impl Loader {
             snapshot_time,
             warnings: self.ignored.into_values().collect(),
             objects: self.objects,
+            host_network_pods: self.host_network_pods,
         }
     }
 
@@ -264,7 +350,13 @@ impl Loader {
             Kind::ServiceCidr => {
                 Object::ServiceCidr(Box::new(serde_json::from_value(value).map_err(typed)?))
             }
-            Kind::Pod => Object::Pod(Box::new(serde_json::from_value(value).map_err(typed)?)),
+            Kind::Pod => {
+                let pod: k8s_openapi::api::core::v1::Pod =
+                    serde_json::from_value(value).map_err(typed)?;
+                let host_network = pod.spec.as_ref().and_then(|s| s.host_network);
+                self.host_network_pods += usize::from(host_network == Some(true));
+                Object::Pod(Box::new(pod))
+            }
             Kind::Namespace => {
                 Object::Namespace(Box::new(serde_json::from_value(value).map_err(typed)?))
             }
@@ -489,5 +581,59 @@ impl<'de> DeserializeSeed<'de> for ItemSeed<'_> {
         self.loader
             .object(self.file, value, self.list_kind)
             .map_err(|e| de::Error::custom(self.place.with(&e)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn objects(kinds: &[Kind]) -> BTreeMap<Kind, usize> {
+        kinds.iter().map(|k| (*k, 3)).collect()
+    }
+
+    #[test]
+    fn the_recommended_export_lacks_nothing() {
+        let all = objects(&Kind::ALL);
+        assert_eq!(gaps(&all, 4), []);
+        let no_cidrs = objects(&[
+            Kind::Service,
+            Kind::EndpointSlice,
+            Kind::Pod,
+            Kind::Node,
+            Kind::Namespace,
+        ]);
+        assert_eq!(
+            gaps(&no_cidrs, 4),
+            [],
+            "ServiceCIDRs only widen what is recognised"
+        );
+    }
+
+    #[test]
+    fn each_missing_kind_is_named() {
+        let without = |k: Kind| {
+            let mut o = objects(&Kind::ALL);
+            o.remove(&k);
+            o
+        };
+        assert_eq!(
+            gaps(&without(Kind::EndpointSlice), 0),
+            [Gap::EndpointSlices]
+        );
+        assert_eq!(gaps(&without(Kind::Namespace), 0), [Gap::Namespaces]);
+        assert_eq!(gaps(&without(Kind::Pod), 0), [Gap::Pods]);
+        // Nodes matter once a host-network pod's IP (a node's address) is in the view.
+        assert_eq!(gaps(&without(Kind::Node), 0), []);
+        assert_eq!(gaps(&without(Kind::Node), 1), [Gap::Nodes]);
+        // A kind listed with zero objects is a kind not exported.
+        let mut empty_slices = objects(&Kind::ALL);
+        empty_slices.insert(Kind::EndpointSlice, 0);
+        assert_eq!(gaps(&empty_slices, 0), [Gap::EndpointSlices]);
+        let only_services = objects(&[Kind::Service]);
+        assert_eq!(
+            gaps(&only_services, 0),
+            [Gap::EndpointSlices, Gap::Namespaces, Gap::Pods]
+        );
     }
 }

@@ -207,6 +207,7 @@ async fn serve(
     let manager = params.get("fieldManager").unwrap_or("unknown").to_owned();
     match (method, t.name.as_deref()) {
         (&Method::GET | &Method::HEAD, Some(name)) => {
+            hang_while_told_in(shared, r, |c| &c.hung_gets).await;
             let st = shared.lock();
             match st.store.get(r, &ns, name) {
                 Some(o) => Ok(json_response(200, o)),
@@ -406,11 +407,20 @@ async fn list(shared: &Arc<Shared>, t: &Target, params: &Params) -> Result<Respo
 
 /// Waits while the test keeps lists of `r` hanging (for ever, if it never lets go).
 async fn hang_while_told(shared: &Arc<Shared>, r: &ResourceType) {
+    hang_while_told_in(shared, r, |c| &c.hung).await;
+}
+
+/// Waits while `r` is in the set `which` picks of the test's controls.
+async fn hang_while_told_in(
+    shared: &Arc<Shared>,
+    r: &ResourceType,
+    which: impl Fn(&crate::shared::Control) -> &std::collections::HashSet<&'static str>,
+) {
     let mut changed = shared.changed.subscribe();
     loop {
         {
             let st = shared.lock();
-            if st.ctl.shutdown || !st.ctl.hung.contains(r.plural) {
+            if st.ctl.shutdown || !which(&st.ctl).contains(r.plural) {
                 return;
             }
         }

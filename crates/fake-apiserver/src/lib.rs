@@ -26,7 +26,7 @@
 //! What tests control: objects ([`FakeApiServer::create`], `update`, `apply`, `delete`),
 //! BOOKMARKs now or periodically, expiring every watch (410, as after a compaction), losing
 //! events (changes no watch sees, then 410), cutting every watch connection, lists that hang,
-//! disabled resources (404), RBAC, and what was asked: every [`Request`], counts per verb and
+//! GETs that hang, disabled resources (404), RBAC, and what was asked: every [`Request`], counts per verb and
 //! resource, and every Event written.
 //!
 //! ```no_run
@@ -323,6 +323,19 @@ impl FakeApiServer {
                 st.ctl.hung.insert(r.plural);
             } else {
                 st.ctl.hung.remove(r.plural);
+            }
+        });
+    }
+
+    /// Makes GETs of single objects of `resource` hang (never answer) until called again with
+    /// `false`: an API server that accepted the request and went silent.
+    pub fn hang_gets(&self, resource: &str, hang: bool) {
+        let r = Self::resource(resource);
+        self.shared.mutate(|st| {
+            if hang {
+                st.ctl.hung_gets.insert(r.plural);
+            } else {
+                st.ctl.hung_gets.remove(r.plural);
             }
         });
     }

@@ -251,12 +251,7 @@ fn nothing_is_deleted_before_every_watch_synced() {
     api.hang_lists("endpointslices", true);
     let kp = FakeKubeProxy::start("nftables");
     kp.synced_now();
-    let agent = Agent::start(
-        &api,
-        &s.node(),
-        &kp,
-        &["--resync-interval", "1s", "--trust-snapshot"],
-    );
+    let agent = Agent::start(&api, &s.node(), &kp, &["--resync-interval", "1s"]);
     assert!(
         !agent.wait_ready(Duration::from_secs(4)),
         "ready without a synced view"

@@ -772,6 +772,8 @@ fn a_real_prometheus_sees_the_ghost_the_alert_and_the_removal() {
         report.wait_ready(Duration::from_secs(20)),
         "report-only agent not ready"
     );
+    // What the API held while the backend was listed (for the sweeping agent below).
+    let with_a = s.lab.kubernetes_objects();
     // The ghost: the backend leaves the Service and vanishes.
     s.lab.sync_services(&[web(41, &b)]).unwrap();
     let dead = ip_of(&a, false);
@@ -817,19 +819,18 @@ fn a_real_prometheus_sees_the_ghost_the_alert_and_the_removal() {
     // Sweep mode, same admin port: the ghost goes, and Prometheus sees the counter rise.
     report.stop();
     // The sweeping agent did not witness the removal (no tombstone, no pod to confirm gone): for
-    // TCP it has only the snapshot's word, which by default keeps the flow (`no_evidence`).
-    // `--trust-snapshot` is the documented way to act on it.
-    let sweep = Agent::start_on(
-        &api,
-        &node,
-        &kp,
-        port,
-        &["--resync-interval", "1s", "--trust-snapshot"],
-    );
+    // TCP it has only the snapshot's word, which keeps the flow (`no_evidence`; the agent has no
+    // `--trust-snapshot`). So it is shown the removal: the slice lists the dead backend once
+    // more and drops it again, and the pod GET answers 404.
+    let sweep = Agent::start_on(&api, &node, &kp, port, &["--resync-interval", "1s"]);
     assert!(
         sweep.wait_ready(Duration::from_secs(20)),
         "sweeping agent not ready"
     );
+    publish(&api, &with_a);
+    api.delete("pods", "shop", "web-a");
+    // Watch events arrive in order: the agent sees the backend listed, then gone.
+    publish(&api, &s.lab.kubernetes_objects());
     let removed = poll(deadline, || {
         if !entries_to(&table(&node), dead).is_empty() {
             kp.synced_now();

@@ -153,6 +153,7 @@ fn fast() -> WatchTuning {
         idle_timeout: Duration::from_secs(65),
         backoff_min: Duration::from_millis(50),
         backoff_max: Duration::from_millis(200),
+        ..WatchTuning::default()
     }
 }
 
@@ -286,10 +287,13 @@ async fn the_initial_list_fills_the_index_from_the_watch_cache_with_this_nodes_o
         "never another node's pods"
     );
     assert!(ix.is_node_address(&ip("192.0.2.10")));
+    // Every node's addresses: hostNetwork pods on node-2 share its IP, and that IP is never
+    // evidence of reuse (issue #12).
     assert!(
-        !ix.is_node_address(&ip("192.0.2.11")),
-        "only this node is watched"
+        ix.is_node_address(&ip("192.0.2.11")),
+        "another node's address is a node address"
     );
+    assert!(!ix.is_node_address(&ip("192.0.2.99")));
     assert!(ix.in_service_cidr(&ip("10.96.3.3")));
     assert!(agent.health.fresh(Duration::from_secs(5)));
     assert!(agent.health.unsynced().is_empty());
@@ -361,7 +365,7 @@ async fn the_initial_list_fills_the_index_from_the_watch_cache_with_this_nodes_o
         );
     }
     for r in reqs.iter().filter(|r| r.resource == "nodes") {
-        assert_eq!(r.field_selector(), Some("metadata.name=node-1"), "{r:?}");
+        assert_eq!(r.field_selector(), None, "every Node: {r:?}");
     }
     for r in reqs.iter().filter(|r| r.is_watch()) {
         assert_eq!(r.param("allowWatchBookmarks"), Some("true"), "{r:?}");
@@ -524,6 +528,75 @@ async fn bookmarks_keep_the_view_fresh_and_silence_makes_it_stale() {
     }
 }
 
+/// A watch that stays connected (or keeps reconnecting) but hears nothing is stale: a
+/// reconnect is no sign of life, only a list, an event or a BOOKMARK is. On the old code every
+/// watch restart after the idle timeout counted, so 295 s of silence passed a 300 s threshold
+/// forever; here the idle timeout is 150 ms and the threshold 600 ms.
+#[tokio::test]
+async fn a_silent_watch_turns_stale_even_though_it_reconnects_and_a_bookmark_revives_it() {
+    let server = FakeApiServer::start().await.unwrap();
+    populate(&server);
+    let (tx, mut rx) = mpsc::channel(64);
+    let health = Arc::new(WatchHealth::new());
+    let tuning = WatchTuning {
+        idle_timeout: Duration::from_millis(150),
+        ..fast()
+    };
+    let cfg = WatchConfig {
+        node_name: NODE.into(),
+        watch_service_cidrs: true,
+    };
+    let task = tokio::spawn(live::watch_cluster_with(
+        client(&server),
+        cfg,
+        tuning,
+        tx,
+        Arc::clone(&health),
+    ));
+    let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    let deadline = Instant::now() + WAIT;
+    while !health.all_synced() {
+        assert!(Instant::now() < deadline, "never synced: {health:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let watches_before = server.count("watch", "services");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(
+        server.count("watch", "services") >= watches_before + 3,
+        "the idle watch was restarted several times: {} -> {}",
+        watches_before,
+        server.count("watch", "services")
+    );
+    let stale = health.stale(Duration::from_millis(600));
+    assert_eq!(
+        stale,
+        [
+            "services",
+            "endpointslices",
+            "nodes",
+            "servicecidrs",
+            "pods",
+            "namespaces"
+        ],
+        "silent for 1.2 s, reconnects notwithstanding: {health:?}"
+    );
+    assert!(!health.fresh(Duration::from_millis(600)));
+
+    // A BOOKMARK is life: every kind fresh again (on the watches open at that moment).
+    let mut fresh = false;
+    for _ in 0..100 {
+        server.bookmark();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if health.fresh(Duration::from_millis(600)) {
+            fresh = true;
+            break;
+        }
+    }
+    assert!(fresh, "a BOOKMARK makes it fresh: {health:?}");
+    task.abort();
+    drain.abort();
+}
+
 #[tokio::test]
 async fn a_list_that_never_finishes_never_syncs() {
     let server = FakeApiServer::start().await.unwrap();
@@ -662,6 +735,11 @@ async fn the_least_privilege_role_suffices_and_a_missing_permission_holds_the_vi
         let checker = PodChecker::new(client(&server), Duration::from_secs(5));
         checker
             .check("shop", "web-0", None, ip("10.244.0.5"))
+            .await
+            .unwrap();
+        // Who holds an IP: pods listed cluster-wide by field selector.
+        live::IpHolders::new(client(&server), live::HoldersConfig::default())
+            .pods_at(ip("10.244.1.9"))
             .await
             .unwrap();
         assert!(
@@ -950,6 +1028,201 @@ async fn pod_checks_answer_from_one_cached_get() {
     server.set_rbac(Some(Rbac::new(vec![])));
     let e = pods.check("shop", "db-1", uid, at).await.unwrap_err();
     assert_eq!(e.status(), Some(403));
+}
+
+// --- bounds ------------------------------------------------------------------------------------
+
+/// Every API call is bounded: a list that never answers fails after `request_timeout` (and is
+/// retried, so the view completes once the server answers again), a list body past
+/// `max_list_bytes` is a clear error instead of unbounded memory, and a pod GET that hangs fails
+/// after the checker's timeout (the caller keeps its flows) instead of holding the reactor.
+#[tokio::test]
+async fn lists_and_pod_gets_have_timeouts_and_list_bodies_a_cap() {
+    let server = FakeApiServer::start().await.unwrap();
+    populate(&server);
+    server.hang_lists("endpointslices", true);
+    let (tx, mut rx) = mpsc::channel(64);
+    let health = Arc::new(WatchHealth::new());
+    let tuning = WatchTuning {
+        request_timeout: Duration::from_millis(300),
+        ..fast()
+    };
+    let cfg = WatchConfig {
+        node_name: NODE.into(),
+        watch_service_cidrs: true,
+    };
+    let task = tokio::spawn(live::watch_cluster_with(
+        client(&server),
+        cfg.clone(),
+        tuning,
+        tx,
+        Arc::clone(&health),
+    ));
+    let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let st = &health.status()[1];
+        if st.errors >= 2 {
+            assert!(
+                st.last_error
+                    .as_deref()
+                    .unwrap_or_default()
+                    .contains("no complete answer within"),
+                "{st:?}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the hanging list never timed out: {health:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(server.count("list", "endpointslices") >= 2, "retried");
+    server.hang_lists("endpointslices", false);
+    while !health.all_synced() {
+        assert!(Instant::now() < deadline, "never synced: {health:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    task.abort();
+    drain.abort();
+
+    // A list body larger than the cap: an error that says so, and the kind never syncs.
+    let (tx, mut rx) = mpsc::channel(64);
+    let health = Arc::new(WatchHealth::new());
+    let task = tokio::spawn(live::watch_cluster_with(
+        client(&server),
+        cfg,
+        WatchTuning {
+            max_list_bytes: 300,
+            page_size: 500,
+            ..fast()
+        },
+        tx,
+        Arc::clone(&health),
+    ));
+    let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let st = &health.status()[1];
+        if st.errors >= 1 {
+            let e = st.last_error.clone().unwrap_or_default();
+            assert!(e.contains("larger than 300 bytes"), "{e}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no error past the cap: {health:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!health.synced(Kind::EndpointSlice));
+    task.abort();
+    drain.abort();
+
+    // A pod GET that hangs.
+    server.hang_gets("pods", true);
+    let checker = PodChecker::new(client(&server), Duration::from_secs(5))
+        .with_timeout(Duration::from_millis(300));
+    let t = Instant::now();
+    let r = checker.check("shop", "web-0", None, ip("10.244.0.5")).await;
+    assert!(r.is_err(), "{r:?}");
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    assert!(format!("{}", r.unwrap_err()).contains("no answer within"));
+    server.hang_gets("pods", false);
+    assert_eq!(
+        checker
+            .check("shop", "web-0", Some("uid-web-0"), ip("10.244.0.5"))
+            .await
+            .unwrap(),
+        PodCheck::Same
+    );
+}
+
+// --- who holds an IP ------------------------------------------------------------------------------
+
+/// `pods_at` asks the API server cluster-wide with `fieldSelector=status.podIP=`: it finds a pod
+/// on another node (which the agent's own watch never sees), says whether it is hostNetwork, and
+/// answers "nobody" for a free IP, stamped with when it asked.
+#[tokio::test]
+async fn ip_holders_finds_the_pods_at_an_ip_cluster_wide() {
+    let server = FakeApiServer::start().await.unwrap();
+    populate(&server);
+    let mut exporter = pod("monitoring", "node-exporter-x", "node-2", "192.0.2.11");
+    exporter["spec"]["hostNetwork"] = json!(true);
+    server.create(exporter);
+    let holders = live::IpHolders::new(client(&server), live::HoldersConfig::default());
+
+    let before = Timestamp::now();
+    let far = holders.pods_at(ip("10.244.1.9")).await.unwrap();
+    assert!(far.held());
+    assert_eq!(far.pods.len(), 1, "{far:?}");
+    let p = &far.pods[0];
+    assert_eq!(
+        (p.namespace.as_str(), p.name.as_str(), p.uid.as_deref()),
+        ("shop", "far-away", Some("uid-far-away"))
+    );
+    assert!(!p.host_network && !p.deleting && !p.finished);
+    assert!(p.created.is_some());
+    assert!(far.asked_at >= before && far.primary_ip_only);
+
+    let host = holders.pods_at(ip("192.0.2.11")).await.unwrap();
+    assert_eq!(host.pods.len(), 1);
+    assert!(host.pods[0].host_network, "{host:?}");
+
+    let nobody = holders.pods_at(ip("10.244.7.7")).await.unwrap();
+    assert!(!nobody.held() && nobody.pods.is_empty());
+
+    let asked: Vec<_> = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.resource == "pods" && r.verb == "list")
+        .collect();
+    assert_eq!(asked.len(), 3);
+    assert_eq!(asked[0].field_selector(), Some("status.podIP=10.244.1.9"));
+    assert_eq!(asked[2].field_selector(), Some("status.podIP=10.244.7.7"));
+}
+
+/// Bounded: a list that hangs is a timeout after the configured time (never a wait for ever),
+/// and questions over the rate are refused at once without a request.
+#[tokio::test]
+async fn ip_holders_times_out_and_is_rate_limited() {
+    let server = FakeApiServer::start().await.unwrap();
+    populate(&server);
+    let holders = live::IpHolders::new(
+        client(&server),
+        live::HoldersConfig {
+            timeout: Duration::from_millis(300),
+            per_second: 0.01,
+            burst: 2,
+        },
+    );
+    server.hang_lists("pods", true);
+    let t = Instant::now();
+    let r = holders.pods_at(ip("10.244.0.5")).await;
+    assert!(
+        matches!(r, Err(live::HoldersError::Timeout { .. })),
+        "{r:?}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    server.hang_lists("pods", false);
+
+    let ok = holders.pods_at(ip("10.244.0.5")).await.unwrap();
+    assert_eq!(ok.pods.len(), 1);
+    let lists = server.count("list", "pods");
+    let t = Instant::now();
+    let r = holders.pods_at(ip("10.244.0.5")).await;
+    assert!(
+        matches!(r, Err(live::HoldersError::RateLimited(_))),
+        "{r:?}"
+    );
+    assert!(t.elapsed() < Duration::from_millis(100), "refused at once");
+    assert_eq!(
+        server.count("list", "pods"),
+        lists,
+        "no request over the rate"
+    );
+    assert!(r.unwrap_err().to_string().contains("rate limit"));
 }
 
 // --- the CLI ------------------------------------------------------------------------------------

@@ -696,6 +696,31 @@ async fn debug_recent_lists_the_newest_removals() {
     srv.stop().await;
 }
 
+/// `/debug/recent` names who talked to whom: served to clients on loopback (IPv4, IPv6 and
+/// IPv4-mapped IPv6), refused to any other client unless the operator exposes it, and refused
+/// when the client is unknown. Over real HTTP from 127.0.0.1 (the server records each
+/// connection's client) it answers; the refusal to a remote client over real HTTP is in
+/// `agent_e2e_watch.rs` (a client in another network namespace).
+#[tokio::test]
+async fn debug_recent_answers_loopback_clients_only_unless_exposed() {
+    use ghostbuster::telemetry::admin::debug_allowed;
+    let at = |s: &str| Some(s.parse::<std::net::SocketAddr>().unwrap());
+    assert!(debug_allowed(false, at("127.0.0.1:40000")));
+    assert!(debug_allowed(false, at("[::1]:40000")));
+    assert!(debug_allowed(false, at("[::ffff:127.0.0.1]:40000")));
+    assert!(!debug_allowed(false, at("192.0.2.10:40000")));
+    assert!(!debug_allowed(false, at("[2001:db8::10]:40000")));
+    assert!(!debug_allowed(false, at("[::ffff:192.0.2.10]:40000")));
+    assert!(!debug_allowed(false, None), "unknown client");
+    assert!(debug_allowed(true, at("192.0.2.10:40000")));
+    assert!(debug_allowed(true, None));
+
+    let srv = Server::start(MetricsConfig::default()).await;
+    let r = srv.get("/debug/recent").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    srv.stop().await;
+}
+
 // ---- A fake kube-proxy, serving what kube-proxy 1.3x serves. ----
 
 /// `curl 127.0.0.1:10249/metrics` on a kube-proxy (trimmed; client_golang text format 0.0.4).

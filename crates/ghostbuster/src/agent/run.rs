@@ -109,7 +109,7 @@ pub async fn run(
         service_cidrs: a.service_cidrs.clone(),
     });
     let shared = Shared::new(index);
-    let policy = a.policy.policy()?;
+    let policy = a.policy.policy().map_err(crate::exit::input_error)?;
 
     let metrics = Arc::new(Metrics::new(MetricsConfig {
         max_service_series: a.max_service_series,
@@ -117,7 +117,8 @@ pub async fn run(
         ..MetricsConfig::default()
     }));
     let readiness = Readiness::new(Kind::ALL.map(resource_name));
-    let admin_state = AdminState::new(metrics.clone(), readiness.clone());
+    let mut admin_state = AdminState::new(metrics.clone(), readiness.clone());
+    admin_state.debug_public = a.expose_debug_recent;
     admin_state.set_mode(!a.dry_run);
     let stop = Arc::new(AtomicBool::new(false));
 
@@ -126,6 +127,25 @@ pub async fn run(
     let admin_task = tokio::spawn(admin::serve(listener, admin_state.clone(), async {
         let _ = admin_stop_rx.await;
     }));
+    // On a node address (the DaemonSet's `--listen=$(HOST_IP):9477`) no client is on loopback:
+    // listen on 127.0.0.1 too, so that /debug/recent stays readable from the node itself.
+    let (loopback_stop_tx, loopback_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let listen_ip = a.listen.ip();
+    if !listen_ip.is_loopback() && !listen_ip.is_unspecified() {
+        let at = std::net::SocketAddr::from(([127, 0, 0, 1], a.listen.port()));
+        match TcpListener::bind(at).await {
+            Ok(l) => {
+                tokio::spawn(admin::serve(l, admin_state.clone(), async {
+                    let _ = loopback_stop_rx.await;
+                }));
+            }
+            Err(e) => tracing::warn!(
+                address = %at,
+                error = %e,
+                "cannot listen on localhost: /debug/recent is not readable from the node"
+            ),
+        }
+    }
 
     // Where ghostbuster must not act: IPVS (kube-proxy's mode, or a kube-ipvs0 link).
     let kube_proxy = KubeProxy::new(&KubeProxyConfig {
@@ -135,14 +155,22 @@ pub async fn run(
         ..KubeProxyConfig::default()
     })
     .map_err(|e| crate::exit::input_error(anyhow::anyhow!("kube-proxy URL: {e}")))?;
+    // Probed at start and again every --kube-proxy-mode-interval: kube-proxy's mode can change
+    // under a running agent (a kube-proxy ConfigMap edit and restart), and IPVS must turn the
+    // agent to report-only without waiting for the agent's own restart.
     let dataplane = Arc::new(Mutex::new(None));
-    let ipvs_link =
-        crate::telemetry::kube_proxy::ipvs_interface_present(netns.as_deref()).unwrap_or(false);
-    let mode = kube_proxy.proxy_mode().await.ok();
-    if ipvs_link || mode.as_deref() == Some("ipvs") {
-        let why = "kube-proxy runs in IPVS mode: IPVS recreates conntrack entries, so ghostbuster only reports".to_string();
-        tracing::warn!("{why}");
-        *dataplane.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+    probe_dataplane(&kube_proxy, netns.clone(), &dataplane).await;
+    {
+        let kube_proxy = kube_proxy.clone();
+        let netns = netns.clone();
+        let dataplane = dataplane.clone();
+        let every = a.kube_proxy_mode_interval.max(Duration::from_millis(100));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                probe_dataplane(&kube_proxy, netns.clone(), &dataplane).await;
+            }
+        });
     }
 
     // The audit at start, exported as metrics and logged.
@@ -428,8 +456,55 @@ pub async fn run(
     drop(work_tx);
     watch_task.abort();
     let _ = admin_stop_tx.send(());
+    let _ = loopback_stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(1), admin_task).await;
     Ok(ExitCode::Ok)
+}
+
+/// Why ghostbuster must only report on this dataplane, if it must: kube-proxy in IPVS mode (its
+/// `/proxyMode`, or the `kube-ipvs0` link it leaves). `mode`: the answer of `/proxyMode`, `None`
+/// when it could not be read; then the link alone decides, and without it the previous verdict
+/// stands (an unreadable endpoint is no news about the mode).
+fn dataplane_hold(ipvs_link: bool, mode: Option<&str>, previous: Option<&str>) -> Option<String> {
+    if ipvs_link || mode == Some("ipvs") {
+        return Some(
+            "kube-proxy runs in IPVS mode: IPVS recreates conntrack entries, so ghostbuster only \
+             reports"
+                .to_string(),
+        );
+    }
+    match mode {
+        Some(_) => None,
+        None => previous.map(str::to_owned),
+    }
+}
+
+/// Reads kube-proxy's mode and the IPVS link, and updates `dataplane`, logging a change.
+async fn probe_dataplane(kp: &KubeProxy, netns: Option<String>, dataplane: &Mutex<Option<String>>) {
+    let ipvs_link = tokio::task::spawn_blocking(move || {
+        crate::telemetry::kube_proxy::ipvs_interface_present(netns.as_deref()).unwrap_or(false)
+    })
+    .await
+    .unwrap_or(false);
+    let mode = match kp.proxy_mode().await {
+        Ok(m) => Some(m),
+        Err(e) => {
+            tracing::debug!(error = %e, "kube-proxy's mode is unknown");
+            None
+        }
+    };
+    let mut d = lock(dataplane);
+    let next = dataplane_hold(ipvs_link, mode.as_deref(), d.as_deref());
+    if next != *d {
+        match &next {
+            Some(why) => tracing::warn!(mode = ?mode, "{why}"),
+            None => tracing::warn!(
+                mode = ?mode,
+                "kube-proxy's mode changed from IPVS: removing stale flows again"
+            ),
+        }
+        *d = next;
+    }
 }
 
 /// Sets `initial_sync_done` once the index holds the first list of every kind the API server
@@ -449,4 +524,22 @@ fn mark_whole_view(shared: &Shared, listed: &Mutex<HashSet<Kind>>, health: &Watc
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dataplane_hold;
+
+    #[test]
+    fn the_dataplane_hold_follows_the_mode_and_keeps_its_verdict_when_unknown() {
+        assert!(dataplane_hold(false, Some("ipvs"), None).is_some());
+        assert!(
+            dataplane_hold(true, Some("nftables"), None).is_some(),
+            "kube-ipvs0"
+        );
+        assert_eq!(dataplane_hold(false, Some("nftables"), Some("ipvs")), None);
+        assert_eq!(dataplane_hold(false, Some("iptables"), None), None);
+        assert_eq!(dataplane_hold(false, None, Some("x")).as_deref(), Some("x"));
+        assert_eq!(dataplane_hold(false, None, None), None);
+    }
 }

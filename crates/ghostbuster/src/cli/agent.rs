@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::cluster_args::{parse_duration, PolicyArgs};
-use crate::cluster::Cidr;
+use super::cluster_args::parse_duration;
+use crate::cluster::{Cidr, Protocol};
 use crate::exit::ExitCode;
+use crate::policy::{Policy, ProtocolSet};
 
 #[derive(Debug, Clone, Args)]
 pub struct AgentArgs {
@@ -24,9 +25,15 @@ pub struct AgentArgs {
     /// Service CIDRs, for clusters without ServiceCIDR objects (before 1.33); repeatable.
     #[arg(long = "service-cidr", value_name = "CIDR")]
     pub service_cidrs: Vec<Cidr>,
-    /// Address of the admin server (/metrics, /healthz, /readyz, /debug/recent).
+    /// Address of the admin server (/metrics, /healthz, /readyz, /debug/recent). When it is not
+    /// a loopback address, the agent also listens on 127.0.0.1 at the same port, for
+    /// /debug/recent.
     #[arg(long, env = "GHOSTBUSTER_LISTEN", default_value = "127.0.0.1:9477")]
     pub listen: SocketAddr,
+    /// Serve /debug/recent (the tuples of removed flows) to any client of --listen, not only to
+    /// clients on localhost. It has no authentication: expose it on trusted networks only.
+    #[arg(long)]
+    pub expose_debug_recent: bool,
     /// Report only: never delete.
     #[arg(long)]
     pub dry_run: bool,
@@ -68,6 +75,9 @@ pub struct AgentArgs {
     /// kube-proxy's mode endpoint (iptables, nftables, ipvs).
     #[arg(long, default_value = "http://127.0.0.1:10249/proxyMode")]
     pub kube_proxy_mode_url: String,
+    /// How often kube-proxy's mode is read again (IPVS turns the agent to report-only, and back).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub kube_proxy_mode_interval: Duration,
     /// Receive buffer of the conntrack event socket, in bytes. When a burst of new flows overflows
     /// it, events are lost and one full scan resynchronises (`ghostbuster_conntrack_events_lost_total`).
     #[arg(long, default_value_t = 8 << 20)]
@@ -82,7 +92,65 @@ pub struct AgentArgs {
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub watch_stale_after: Duration,
     #[command(flatten)]
-    pub policy: PolicyArgs,
+    pub policy: AgentPolicyArgs,
+}
+
+/// What the agent may remove: the policy flags of `scan`/`sweep` except `--trust-snapshot`. The
+/// agent has better evidence than a snapshot's silence (the tombstone of an endpoint it saw
+/// leave, and a GET of its pod); taking absence for proof would skip that GET, so the flag does
+/// not exist here (`ghostbuster agent --trust-snapshot` is a usage error).
+#[derive(Debug, Clone, Args)]
+pub struct AgentPolicyArgs {
+    /// Half-open flows younger than this are left alone (when their age is known).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub min_age: Duration,
+    /// Also remove TCP/SCTP flows to pods that are alive but no longer selected.
+    #[arg(long)]
+    pub include_deselected: bool,
+    /// Protocols whose flows may be removed (comma separated: tcp,udp,sctp).
+    #[arg(long, value_delimiter = ',', default_value = "tcp,udp,sctp")]
+    pub protocols: Vec<String>,
+    /// Only Services of these namespaces may have flows removed (repeatable).
+    #[arg(long = "namespace", short = 'n')]
+    pub namespaces: Vec<String>,
+    /// Never remove flows of Services in these namespaces (repeatable).
+    #[arg(long = "exclude-namespace")]
+    pub exclude_namespaces: Vec<String>,
+    /// Also remove flows in conntrack zones other than 0.
+    #[arg(long)]
+    pub all_zones: bool,
+    /// Also remove flows of default/kubernetes and of Services whose endpoints are not Pods of
+    /// the EndpointSlice controller.
+    #[arg(long)]
+    pub include_unmanaged: bool,
+}
+
+impl AgentPolicyArgs {
+    /// The agent's policy: never `trust_snapshot`; anything this struct has no flag for keeps
+    /// its default.
+    // `..Policy::default()`: a policy field added later (with its CLI flag elsewhere) must not
+    // break the agent's build, and its default is the conservative choice.
+    #[allow(clippy::needless_update)]
+    pub fn policy(&self) -> anyhow::Result<Policy> {
+        let mut protocols = ProtocolSet::NONE;
+        for p in &self.protocols {
+            match Protocol::parse(p) {
+                Some(p) => protocols.insert(p),
+                None => anyhow::bail!("unknown protocol {p:?} in --protocols (tcp, udp, sctp)"),
+            }
+        }
+        Ok(Policy {
+            min_age: self.min_age,
+            include_deselected: self.include_deselected,
+            trust_snapshot: false,
+            protocols,
+            namespaces: self.namespaces.clone(),
+            exclude_namespaces: self.exclude_namespaces.clone(),
+            all_zones: self.all_zones,
+            include_unmanaged: self.include_unmanaged,
+            ..Policy::default()
+        })
+    }
 }
 
 pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {

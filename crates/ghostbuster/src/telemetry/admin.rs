@@ -7,13 +7,14 @@
 //! server, so a scrape never waits for a dump.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
@@ -35,8 +36,8 @@ use super::recent::{Recent, RemovedFlow};
 pub const DEFAULT_PORT: u16 = 9477;
 
 /// The default of `--listen`. All addresses, because with `hostNetwork` the kubelet probes the
-/// node's address; the DaemonSet passes the node IP from the downward API instead (`/debug/recent`
-/// shows flow tuples: keep it off public interfaces).
+/// node's address; the DaemonSet passes the node IP from the downward API instead. (`/debug/recent`
+/// shows flow tuples: it answers clients on localhost only, unless `--expose-debug-recent`.)
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:9477";
 
 /// What the handlers read. Clones share everything.
@@ -46,6 +47,10 @@ pub struct AdminState {
     pub readiness: Readiness,
     pub liveness: Liveness,
     pub recent: Recent,
+    /// Serve `/debug/recent` to every client, not only to loopback ones (`--expose-debug-recent`).
+    /// It lists the addresses and ports of removed flows, without authentication: on the node's
+    /// IP it would tell anyone on the network who talks to whom.
+    pub debug_public: bool,
 }
 
 impl AdminState {
@@ -56,6 +61,7 @@ impl AdminState {
             readiness,
             liveness: Liveness::default(),
             recent: Recent::default(),
+            debug_public: false,
         }
     }
 
@@ -83,14 +89,24 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
-/// Serves until `shutdown` completes, then finishes the requests in flight.
+/// Serves until `shutdown` completes, then finishes the requests in flight. Each request knows
+/// its client's address (for `/debug/recent`).
 pub async fn serve<F>(listener: TcpListener, state: AdminState, shutdown: F) -> std::io::Result<()>
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+/// True when `/debug/recent` may be shown to `peer`: a loopback client, or any when public. A
+/// request whose client is unknown (a router driven without connection info) is not loopback.
+pub fn debug_allowed(public: bool, peer: Option<SocketAddr>) -> bool {
+    public || peer.is_some_and(|p| p.ip().to_canonical().is_loopback())
 }
 
 async fn metrics(State(s): State<AdminState>) -> Response {
@@ -138,11 +154,25 @@ struct RecentBody {
     flows: Vec<RemovedFlow>,
 }
 
-async fn recent(State(s): State<AdminState>, Query(q): Query<RecentQuery>) -> Json<RecentBody> {
+async fn recent(
+    State(s): State<AdminState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    Query(q): Query<RecentQuery>,
+) -> Response {
+    if !debug_allowed(s.debug_public, peer.map(|Extension(ConnectInfo(p))| p)) {
+        return (
+            StatusCode::FORBIDDEN,
+            "/debug/recent lists the addresses of removed flows: it answers clients on localhost \
+             only (on the node: curl http://127.0.0.1:PORT/debug/recent); start the agent with \
+             --expose-debug-recent to serve it to every client\n",
+        )
+            .into_response();
+    }
     let flows = s.recent.latest(q.limit.unwrap_or(usize::MAX));
     Json(RecentBody {
         capacity: s.recent.capacity(),
         count: flows.len(),
         flows,
     })
+    .into_response()
 }

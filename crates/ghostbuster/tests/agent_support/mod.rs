@@ -22,6 +22,8 @@ use serde_json::Value;
 pub struct FakeKubeProxy {
     pub addr: SocketAddr,
     sync: Arc<Mutex<f64>>,
+    /// What `/proxyMode` answers ([`FakeKubeProxy::set_mode`]).
+    mode: Arc<Mutex<String>>,
     _rt: tokio::runtime::Runtime,
 }
 
@@ -41,6 +43,8 @@ impl FakeKubeProxy {
             .unwrap();
         let sync = Arc::new(Mutex::new(now_secs() - 600.0));
         let s2 = sync.clone();
+        let mode = Arc::new(Mutex::new(mode.to_string()));
+        let m2 = mode.clone();
         let listener = loopback_listener(netns);
         let addr = rt.block_on(async move {
             let app = axum::Router::new()
@@ -57,7 +61,13 @@ impl FakeKubeProxy {
                         }
                     }),
                 )
-                .route("/proxyMode", axum::routing::get(move || async move { mode }));
+                .route(
+                    "/proxyMode",
+                    axum::routing::get(move || {
+                        let m = m2.lock().unwrap().clone();
+                        async move { m }
+                    }),
+                );
             let l = tokio::net::TcpListener::from_std(listener).unwrap();
             let addr = l.local_addr().unwrap();
             tokio::spawn(async move { axum::serve(l, app).await });
@@ -66,8 +76,14 @@ impl FakeKubeProxy {
         FakeKubeProxy {
             addr,
             sync,
+            mode,
             _rt: rt,
         }
+    }
+
+    /// From now on `/proxyMode` answers `mode` (kube-proxy restarted in another mode).
+    pub fn set_mode(&self, mode: &str) {
+        *self.mode.lock().unwrap() = mode.to_string();
     }
 
     /// kube-proxy syncs: like the real one (minSyncPeriod 1 s), a moment after the change it

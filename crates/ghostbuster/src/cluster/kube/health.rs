@@ -67,8 +67,8 @@ impl KindState {
 #[derive(Default)]
 struct Cell {
     state: AtomicU8,
-    /// Milliseconds since `WatchHealth::start` of the last event, BOOKMARK, finished list or
-    /// watch (re)start, plus one; 0 = never.
+    /// Milliseconds since `WatchHealth::start` of the last event, BOOKMARK or listed page, plus
+    /// one; 0 = never. A watch (re)start is not one: a silent connection proves nothing.
     last: AtomicU64,
     events: AtomicU64,
     relists: AtomicU64,
@@ -81,7 +81,7 @@ struct Cell {
 pub struct KindStatus {
     pub kind: Kind,
     pub state: KindState,
-    /// Time since the last sign of life (event, BOOKMARK, list, watch start); `None`: never.
+    /// Time since the last sign of life (event, BOOKMARK, listed page); `None`: never.
     pub age: Option<Duration>,
     /// Watch events and listed objects received.
     pub events: u64,
@@ -241,7 +241,7 @@ impl WatchHealth {
             .store(state.as_u8(), Ordering::Release);
     }
 
-    /// A sign of life: an event, a BOOKMARK, a finished list, a watch (re)started.
+    /// A sign of life: an event, a BOOKMARK, a listed page (not a watch (re)started).
     pub fn touch(&self, kind: Kind) {
         let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
         self.cell(kind).last.store(ms + 1, Ordering::Release);

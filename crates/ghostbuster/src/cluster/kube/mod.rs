@@ -1,13 +1,16 @@
 //! The live cluster source: the Kubernetes API through kube-rs.
 //!
 //! - [`watch_cluster`] keeps the agent's [`Index`](super::Index) current: it lists and watches
-//!   Services, EndpointSlices, this node's Node, ServiceCIDRs (when the API has them), Namespaces
-//!   (for their `ghostbuster.io/mode` annotation) and the Pods **of this node only**, and sends [`Event`](super::Event)s (relists as Init / InitApply /
+//!   Services, EndpointSlices, every Node (stripped to its addresses), ServiceCIDRs (when the API
+//!   has them), Namespaces (for their `ghostbuster.io/mode` annotation) and the Pods **of this
+//!   node only**, and sends [`Event`](super::Event)s (relists as Init / InitApply /
 //!   InitDone) over a channel, objects stripped first. [`WatchHealth`] says whether every view is
 //!   complete and recent, for the delete gate and `/readyz`.
 //! - [`read_once`] lists everything once into an index (`scan`, `sweep`, `explain` without
 //!   `--from-file`).
 //! - [`PodChecker`] answers "is the pod named in this tombstone gone?" with one cached GET.
+//! - [`IpHolders`] answers "which pods hold IP x?" (a ghost without a tombstone), rate-limited
+//!   and with a timeout.
 //!
 //! Why not `kube_runtime::watcher`: its state machine swallows BOOKMARKs and re-watches
 //! silently, so its consumer cannot tell a quiet healthy watch from a dead connection; the delete
@@ -17,6 +20,7 @@
 
 mod backoff;
 mod health;
+mod ip_holders;
 mod pod_check;
 mod read;
 mod strip;
@@ -29,6 +33,7 @@ use ::kube::config::{KubeConfigOptions, Kubeconfig};
 use ::kube::Client;
 
 pub use health::{resource_name, KindState, KindStatus, WatchHealth};
+pub use ip_holders::{Holder, Holders, HoldersConfig, HoldersError, IpHolders};
 pub use pod_check::{PodCheck, PodChecker};
 pub use read::{read_once, ReadConfig};
 pub use strip::{strip, MODE_ANNOTATION};

@@ -54,11 +54,15 @@ type Key = (String, String);
 pub struct PodChecker {
     client: Client,
     ttl: Duration,
+    timeout: Duration,
     cache: Mutex<HashMap<Key, (Instant, Option<Facts>)>>,
 }
 
 /// Entries kept before expired ones are purged.
 const PURGE_AT: usize = 4096;
+
+/// Default longest wait for one pod GET.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl PodChecker {
     /// A checker whose answers live `ttl` (a few seconds: long enough to cover a rollout's
@@ -67,8 +71,17 @@ impl PodChecker {
         PodChecker {
             client,
             ttl,
+            timeout: DEFAULT_TIMEOUT,
             cache: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The longest wait for one GET (default [`DEFAULT_TIMEOUT`]); past it the check fails (the
+    /// caller keeps its flows): the client's own read timeout (295 s, for watches) would hold
+    /// the reactor for minutes.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     /// Whether pod `namespace/name`, last seen with `expected_uid` at `expected_ip`, is still
@@ -108,7 +121,14 @@ impl PodChecker {
 
     async fn fetch(&self, namespace: &str, name: &str) -> Result<Option<Facts>> {
         let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
-        let pod = match api.get(name).await {
+        let got = tokio::time::timeout(self.timeout, api.get(name))
+            .await
+            .unwrap_or_else(|_| {
+                Err(::kube::Error::Service(
+                    format!("no answer within {:?}", self.timeout).into(),
+                ))
+            });
+        let pod = match got {
             Ok(p) => p,
             Err(::kube::Error::Api(s)) if s.code == 404 => return Ok(None),
             Err(e) => return Err(Error::api(format!("get pod {namespace}/{name}"), e)),

@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::ServiceCIDR;
 
-use super::watch::{list_page, Watched};
+use super::watch::{list_page, ListBounds, Watched};
 use super::{Error, Result};
 use crate::cluster::{Index, IndexConfig, Kind};
 
@@ -129,9 +129,16 @@ impl Reader<'_> {
         let mut token: Option<String> = None;
         let now = Timestamp::now();
         loop {
-            let page = list_page::<K>(self.client, fields, self.page_size, token.as_deref(), false)
-                .await
-                .map_err(|e| Error::api(format!("list {kind}s"), e))?;
+            let page = list_page::<K>(
+                self.client,
+                fields,
+                self.page_size,
+                token.as_deref(),
+                false,
+                ListBounds::default(),
+            )
+            .await
+            .map_err(|e| Error::api(format!("list {kind}s"), e))?;
             let mut items = page
                 .items()
                 .map_err(|e| Error::api(format!("list {kind}s"), e))?;

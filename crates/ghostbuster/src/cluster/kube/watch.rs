@@ -9,11 +9,18 @@
 //! `InitDone`, so the index swaps in the new view only when it is complete and reports every
 //! endpoint the relist dropped exactly once.
 //!
-//! Scope, for memory and API load: Services, EndpointSlices, ServiceCIDRs and Namespaces
-//! cluster-wide, but only this node's Node (`metadata.name=`) and Pods (`spec.nodeName=`): never
-//! every Pod of the cluster (~25 KB each, and O(nodes × pods) API load). Namespaces are few and
-//! small, and a selector cannot pick "those with an annotation", so all are watched; the index
-//! keeps only the annotated ones.
+//! Scope, for memory and API load: Services, EndpointSlices, ServiceCIDRs, Namespaces and Nodes
+//! cluster-wide, but only this node's Pods (`spec.nodeName=`): never every Pod of the cluster
+//! (~25 KB each, and O(nodes × pods) API load). Namespaces are few and small, and a selector
+//! cannot pick "those with an annotation", so all are watched; the index keeps only the annotated
+//! ones. Every Node, because a node address of *any* node is never evidence that an IP was
+//! reused: hostNetwork pods (node-exporter and other DaemonSets) share it, and a deselected
+//! hostNetwork backend on another node must not look like its IP went to someone else. A Node is
+//! stripped to its name and addresses on arrival (a few hundred bytes each).
+//!
+//! Freshness: a sign of life is a listed page, an event or a BOOKMARK, never the (re)start of a
+//! watch. The API server sends a BOOKMARK about once a minute on a quiet watch; a watch that
+//! reconnects every few minutes without one is not known to be alive, and must turn stale.
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -39,7 +46,7 @@ use crate::cluster::{Event, Kind, Object};
 /// What to watch.
 #[derive(Clone, Debug)]
 pub struct WatchConfig {
-    /// This node: its Node object and the Pods scheduled to it are watched.
+    /// This node: the Pods scheduled to it are watched (and every Node).
     pub node_name: String,
     /// Watch ServiceCIDRs (stopped by itself when the API server answers 404).
     pub watch_service_cidrs: bool,
@@ -60,6 +67,36 @@ pub struct WatchTuning {
     /// First and longest wait after an error (jittered).
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// Longest wait for one list page, or for a watch request to be answered: an API server
+    /// that accepts the connection and never answers must not stall the kind for ever (the
+    /// client's own read timeout is 295 s, for the watches).
+    pub request_timeout: Duration,
+    /// Largest list body accepted, in bytes: past it the list fails with a clear error (and is
+    /// retried with backoff) instead of growing until the pod is OOM-killed.
+    pub max_list_bytes: u64,
+}
+
+/// Default of [`WatchTuning::request_timeout`].
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Default of [`WatchTuning::max_list_bytes`]: 256 MiB, five times the largest list measured
+/// (~50 MB of EndpointSlices at 10,000 Services / 100,000 endpoints).
+pub const MAX_LIST_BYTES: u64 = 256 << 20;
+
+/// The bounds of one list request.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct ListBounds {
+    pub timeout: Duration,
+    pub max_bytes: u64,
+}
+
+impl Default for ListBounds {
+    fn default() -> Self {
+        ListBounds {
+            timeout: REQUEST_TIMEOUT,
+            max_bytes: MAX_LIST_BYTES,
+        }
+    }
 }
 
 impl Default for WatchTuning {
@@ -70,6 +107,17 @@ impl Default for WatchTuning {
             idle_timeout: Duration::from_secs(295),
             backoff_min: Duration::from_millis(800),
             backoff_max: Duration::from_secs(30),
+            request_timeout: REQUEST_TIMEOUT,
+            max_list_bytes: MAX_LIST_BYTES,
+        }
+    }
+}
+
+impl WatchTuning {
+    fn list_bounds(&self) -> ListBounds {
+        ListBounds {
+            timeout: self.request_timeout,
+            max_bytes: self.max_list_bytes,
         }
     }
 }
@@ -96,7 +144,6 @@ pub async fn watch_cluster_with(
     if !cfg.watch_service_cidrs {
         health.set_state(Kind::ServiceCidr, KindState::Off);
     }
-    let node = format!("metadata.name={}", cfg.node_name);
     let on_node = format!("spec.nodeName={}", cfg.node_name);
     let w = |kind, fields: Option<&str>| Watch {
         client: client.clone(),
@@ -110,7 +157,7 @@ pub async fn watch_cluster_with(
         tokio::join!(
             run::<Service>(w(Kind::Service, None)),
             run::<EndpointSlice>(w(Kind::EndpointSlice, None)),
-            run::<Node>(w(Kind::Node, Some(&node))),
+            run::<Node>(w(Kind::Node, None)),
             async {
                 if cfg.watch_service_cidrs {
                     run::<ServiceCIDR>(w(Kind::ServiceCidr, None)).await;
@@ -151,13 +198,37 @@ watched!(Service, EndpointSlice, Node, ServiceCIDR, Pod, Namespace);
 /// One page of a list. `any_version`: from the watch cache (`resourceVersion=0`), as client-go's
 /// reflector lists; kube's `ListParams` drops `resourceVersion=0` when a limit is set, so it is
 /// added here. Later pages carry only `continue` (the API server refuses a resourceVersion with
-/// it).
+/// it). Bounded: `bounds.timeout` for the whole page (request and body), `bounds.max_bytes` for
+/// its body.
 pub(super) async fn list_page<K: Watched>(
     client: &Client,
     fields: Option<&str>,
     limit: u32,
     continue_token: Option<&str>,
     any_version: bool,
+    bounds: ListBounds,
+) -> Result<RawPage, ::kube::Error> {
+    let what = || format!("list {}", K::plural(&()));
+    match tokio::time::timeout(
+        bounds.timeout,
+        list_page_unbounded::<K>(client, fields, limit, continue_token, any_version, bounds),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(::kube::Error::Service(
+            format!("{}: no complete answer within {:?}", what(), bounds.timeout).into(),
+        )),
+    }
+}
+
+async fn list_page_unbounded<K: Watched>(
+    client: &Client,
+    fields: Option<&str>,
+    limit: u32,
+    continue_token: Option<&str>,
+    any_version: bool,
+    bounds: ListBounds,
 ) -> Result<RawPage, ::kube::Error> {
     let mut lp = ListParams::default().limit(limit);
     if let Some(f) = fields {
@@ -179,11 +250,24 @@ pub(super) async fn list_page<K: Watched>(
     // Read into one buffer: `Client::request_text` collects the body and then copies it, twice
     // the size of a 50 MB list for a moment. A growing Vec is remapped, not copied, by glibc
     // once it is large, and its untouched spare capacity is not resident.
-    let mut body = client.request_stream(req).await?;
+    let body = client.request_stream(req).await?;
     let mut bytes = Vec::new();
-    body.read_to_end(&mut bytes)
+    // One byte more than allowed tells "exactly the cap" from "over it".
+    body.take(bounds.max_bytes.saturating_add(1))
+        .read_to_end(&mut bytes)
         .await
         .map_err(|e| ::kube::Error::Service(Box::new(e)))?;
+    if bytes.len() as u64 > bounds.max_bytes {
+        return Err(::kube::Error::Service(
+            format!(
+                "list {}: the answer is larger than {} bytes, the most the agent reads (ask for \
+                 smaller pages, or raise the limit)",
+                K::plural(&()),
+                bounds.max_bytes
+            )
+            .into(),
+        ));
+    }
     let text = String::from_utf8(bytes).map_err(::kube::Error::FromUtf8)?;
     Ok(RawPage { text })
 }
@@ -304,6 +388,7 @@ impl Watch<'_> {
                 self.cfg.page_size,
                 token.as_deref(),
                 any_version,
+                self.cfg.list_bounds(),
             )
             .await;
             let page = match page {
@@ -350,7 +435,19 @@ impl Watch<'_> {
         }
         let mut quiet = true;
         loop {
-            let stream = match api.watch(&wp, &rv).await {
+            let started = tokio::time::timeout(self.cfg.request_timeout, api.watch(&wp, &rv));
+            let stream = match started.await {
+                Err(_) => {
+                    let e = format!("no answer within {:?}", self.cfg.request_timeout);
+                    self.failed("watch", &e);
+                    if !self.pause(backoff.next_delay()).await {
+                        return WatchEnd::Closed;
+                    }
+                    continue;
+                }
+                Ok(r) => r,
+            };
+            let stream = match stream {
                 Ok(s) => s,
                 Err(::kube::Error::Api(s)) if s.code == 410 => return WatchEnd::Gone { quiet },
                 Err(e) => {
@@ -361,7 +458,9 @@ impl Watch<'_> {
                     continue;
                 }
             };
-            self.health.touch(kind);
+            // Not a sign of life: a connection that is accepted and then stays silent proves
+            // nothing about the view. (Touching here let a watch that reconnects every idle
+            // timeout, 295 s, stay "fresh" under a 300 s threshold forever.)
             let started = Instant::now();
             let mut received = false;
             let mut stream = std::pin::pin!(stream);

@@ -406,6 +406,18 @@ fn timestamps_are_compared_with_a_clock_skew_margin() {
     let v = judge(&index, f.started("2025-06-01T11:59:58Z"));
     assert_eq!(v.kind, VerdictKind::IpReused, "3 s apart: {}", v.reason());
     assert!(v.removable);
+    // The margin is the operator's (--clock-skew): with clocks known to agree, 1 s is proof.
+    let exact = Policy {
+        clock_skew: std::time::Duration::ZERO,
+        ..Policy::default()
+    };
+    let v = classify(
+        &f.started("2025-06-01T12:00:00Z").build(),
+        &index,
+        &exact,
+        t(NOW),
+    );
+    assert_eq!(v.kind, VerdictKind::IpReused, "{}", v.reason());
 
     // The snapshot alike: a flow that began a second before the export may be to a pod the
     // export missed.

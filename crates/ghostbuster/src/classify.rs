@@ -35,7 +35,7 @@ pub fn classify(flow: &Flow, index: &Index, policy: &Policy, now: Timestamp) -> 
         age: age(flow, now, policy),
         half_open: is_half_open(flow),
         service: None,
-        newer: false,
+        unjudged: None,
         v: Verdict {
             kind: VerdictKind::NotService,
             evidence: EvidenceSet::default(),
@@ -88,8 +88,9 @@ struct Classifier<'a> {
     half_open: bool,
     /// S, once a frontend matched.
     service: Option<&'a Service>,
-    /// The flow started after the snapshot (rows 5 to 9 cannot judge it).
-    newer: bool,
+    /// Why the snapshot cannot judge this flow (rows 5 to 9): it is not known to be older than
+    /// the snapshot ([`Classifier::snapshot_cannot_judge`]).
+    unjudged: Option<KeepReason>,
     v: Verdict,
 }
 
@@ -114,8 +115,16 @@ impl<'a> Classifier<'a> {
         self.step(Step::Row(kind));
     }
 
+    /// Known to be at least `--min-age` old. Unknown is not old: without a start time a SYN may
+    /// be a moment old and its answer on the way.
     fn old_enough(&self) -> bool {
-        !matches!(self.age, Age::Young { .. })
+        matches!(self.age, Age::Old { .. })
+    }
+
+    /// A half-open row (2 or 4) reached with an unknown age: reported with its verdict, kept.
+    fn half_open_of_unknown_age(&mut self, kind: VerdictKind) {
+        self.verdict(kind);
+        self.v.kept_because = Some(KeepReason::UnknownAge);
     }
 
     fn run(&mut self) {
@@ -137,6 +146,11 @@ impl<'a> Classifier<'a> {
 
         let Some(fm) = self.index.frontend(dst, dport, protocol) else {
             self.step(Step::NoFrontend);
+            if self.index.is_other_proxy_address(&dst) {
+                // Another proxy DNAT'd it: not a Service flow of ours, whatever it looks like.
+                self.step(Step::OtherProxy);
+                return self.verdict(VerdictKind::NotService);
+            }
             let in_cidr = self.index.in_service_cidr(&dst);
             self.step(Step::InServiceCidr(in_cidr));
             if !in_cidr {
@@ -182,6 +196,9 @@ impl<'a> Classifier<'a> {
                     self.v.evidence.insert(Evidence::HalfOpen);
                     return self.decide(protocol, true, false);
                 }
+                if self.age == Age::Unknown {
+                    return self.half_open_of_unknown_age(VerdictKind::MissedDnat);
+                }
             }
         }
         self.verdict(VerdictKind::Healthy);
@@ -208,7 +225,8 @@ impl<'a> Classifier<'a> {
         if let Some(conditions) = found.member {
             self.step(Step::InEndpoints(conditions));
             self.step(Step::HalfOpen(self.half_open));
-            if self.half_open && !conditions.serving() {
+            let serving = conditions.serving();
+            if self.half_open && !serving {
                 self.step(Step::Age(self.age));
                 if self.old_enough() {
                     self.verdict(VerdictKind::Unanswered);
@@ -216,10 +234,16 @@ impl<'a> Classifier<'a> {
                     return self.decide(protocol, true, false);
                 }
             }
+            if protocol == Protocol::Udp && !serving {
+                return self.not_serving(fm, protocol);
+            }
+            if self.half_open && !serving && self.age == Age::Unknown {
+                return self.half_open_of_unknown_age(VerdictKind::Unanswered);
+            }
             return self.verdict(VerdictKind::Healthy);
         }
         self.step(Step::NotInEndpoints);
-        self.newer = self.newer_than_snapshot();
+        self.unjudged = self.snapshot_cannot_judge();
 
         if let Some((port, pod)) = found.other_port {
             self.step(Step::OtherPort(port));
@@ -238,6 +262,7 @@ impl<'a> Classifier<'a> {
 
         let index: &'a Index = self.index;
         let tombstone = index.tombstones().get(svc, &b.ip);
+        // Any node's address (hostNetwork pods share it): whoever else holds it proves nothing.
         if index.is_node_address(&b.ip) {
             self.step(Step::NodeAddress);
             self.verdict(VerdictKind::Deselected);
@@ -265,7 +290,7 @@ impl<'a> Classifier<'a> {
                 })
             });
             let holder_uid = holder.and_then(|t| t.uid.as_ref());
-            return self.owned_by_another(protocol, tombstone, holder_uid, holder_pod, pods);
+            return self.owned_by_another(protocol, tombstone, holder_uid, holder_pod, pods, true);
         }
         if let Some(pod) = pods.first() {
             self.step(Step::LivePod);
@@ -274,12 +299,19 @@ impl<'a> Classifier<'a> {
                 service: None,
                 pod: Some(pod.key.name.clone()),
             });
-            return self.owned_by_another(protocol, tombstone, pod.uid.as_ref(), Some(pod), pods);
+            return self.owned_by_another(
+                protocol,
+                tombstone,
+                pod.uid.as_ref(),
+                Some(pod),
+                pods,
+                false,
+            );
         }
 
         self.step(Step::NobodysEndpoint);
         self.verdict(VerdictKind::EndpointGone);
-        if self.index.pods_complete() && !self.newer {
+        if self.index.pods_complete() && self.unjudged.is_none() {
             self.step(Step::NoPod);
             self.v.evidence.insert(Evidence::PodAbsent);
         }
@@ -293,7 +325,15 @@ impl<'a> Classifier<'a> {
     }
 
     /// Rows 6 and 7 once the IP is known to be held by someone else: `ip_reused` with evidence
-    /// that it is another pod, `deselected` without.
+    /// that the flow's backend is another pod than the holder, `deselected` without.
+    ///
+    /// Someone else holding the IP proves nothing by itself: the Service's own pod may be alive
+    /// and merely deselected, or be the holder under a slice update not yet seen. Evidence is
+    /// either the holder created after the flow began (every pod at the IP, beyond the clock-skew
+    /// margin), or, when the holder is *another Service's* endpoint (`other_service`), the
+    /// Service's last pod at the IP confirmed gone (`pod_gone`) with another uid than the
+    /// holder's. A bare live pod with another uid is not enough even then: it may be this
+    /// Service's new pod, reusing the IP, whose slice update has not arrived.
     fn owned_by_another(
         &mut self,
         protocol: Protocol,
@@ -301,19 +341,29 @@ impl<'a> Classifier<'a> {
         holder_uid: Option<&Uid>,
         holder_pod: Option<&Pod>,
         pods: Vec<&Pod>,
+        other_service: bool,
     ) {
         let start = flow_start(self.flow);
-        let created_after = start.is_some_and(|start| {
-            holder_pod
-                .into_iter()
-                .chain(pods.iter().copied())
-                .any(|p| p.created.is_some_and(|c| c > start))
-        });
-        let last_uid = tombstone.and_then(|t| t.pod.as_ref()?.uid.as_ref());
-        let replaced = match (last_uid, holder_uid) {
-            (Some(last), Some(now)) => last != now,
+        let skew = self.skew();
+        let mut holders = holder_pod
+            .into_iter()
+            .chain(pods.iter().copied())
+            .peekable();
+        let created_after = match start {
+            Some(start) if holders.peek().is_some() => holders.all(|p| {
+                p.created
+                    .is_some_and(|c| c.as_nanosecond() > start.as_nanosecond() + skew)
+            }),
             _ => false,
         };
+        let gone_uid = tombstone
+            .filter(|t| t.pod_gone)
+            .and_then(|t| t.pod.as_ref()?.uid.as_ref());
+        let replaced = other_service
+            && match (gone_uid, holder_uid) {
+                (Some(last), Some(now)) => last != now,
+                _ => false,
+            };
         if created_after {
             self.step(Step::PodCreatedAfterFlow);
             self.v.evidence.insert(Evidence::PodCreatedAfterFlow);
@@ -349,16 +399,19 @@ impl<'a> Classifier<'a> {
     /// apply: a deleted Service's pods are absent from every slice whether alive or not.
     fn service_gone(&mut self, protocol: Protocol, b: Backend) {
         self.verdict(VerdictKind::ServiceGone);
+        let node = self.index.is_node_address(&b.ip);
         let listed = self.index.endpoints_at(&b.ip).next().is_some();
-        let alive = !self.live_pods(&b.ip).is_empty();
-        self.newer = self.newer_than_snapshot();
-        if listed || alive {
+        let alive = node || !self.live_pods(&b.ip).is_empty();
+        self.unjudged = self.snapshot_cannot_judge();
+        if node {
+            self.step(Step::NodeAddress);
+        } else if listed || alive {
             self.step(if listed {
                 Step::OtherServiceEndpoint
             } else {
                 Step::LivePod
             });
-        } else if self.index.pods_complete() && !self.newer {
+        } else if self.index.pods_complete() && self.unjudged.is_none() {
             self.step(Step::NoPod);
             self.v.evidence.insert(Evidence::PodAbsent);
         }
@@ -386,9 +439,12 @@ impl<'a> Classifier<'a> {
         }
     }
 
+    /// The agent's evidence: the endpoint left every slice (`endpoint_removed`, not enough alone)
+    /// and the API confirmed its pod gone (`pod_gone`). Having been terminating when it left is
+    /// not a confirmation: a draining pod whose labels change leaves the slice alive.
     fn tombstone_evidence(&mut self, tombstone: Option<&Tombstone>) {
         let Some(t) = tombstone else { return };
-        let pod_gone = t.pod_gone || (t.managed && t.was_terminating());
+        let pod_gone = t.pod_gone;
         self.step(Step::Tombstone {
             terminating: t.was_terminating(),
             pod_gone,
@@ -417,17 +473,48 @@ impl<'a> Classifier<'a> {
             .collect()
     }
 
-    /// The flow began after the cluster snapshot: a backend missing from the snapshot may simply
-    /// be newer than it (a pod created after the export).
-    fn newer_than_snapshot(&mut self) -> bool {
-        let newer = match (flow_start(self.flow), self.index.snapshot_time()) {
-            (Some(start), Some(snap)) => start > snap,
-            _ => false,
+    /// `--clock-skew` in nanoseconds.
+    fn skew(&self) -> i128 {
+        i128::try_from(self.policy.clock_skew.as_nanos()).unwrap_or(i128::MAX / 4)
+    }
+
+    /// Why the snapshot cannot judge this flow, if it cannot: absence from a snapshot is evidence
+    /// only for a flow *proven* older than it, its start known and before the snapshot's time by
+    /// more than the clock-skew margin (the snapshot's time is the API server's or the exporting
+    /// machine's clock, the start this node's). A flow that began later, or whose start is
+    /// unknown, may be to a pod the snapshot never saw. `None` for a live index (the agent): its
+    /// view is not a snapshot, and its evidence (tombstones, pod GETs) needs no flow age.
+    fn snapshot_cannot_judge(&mut self) -> Option<KeepReason> {
+        let snap = self.index.snapshot_time()?;
+        let Some(start) = flow_start(self.flow) else {
+            self.step(Step::Age(Age::Unknown));
+            return Some(KeepReason::UnknownAge);
         };
-        if newer {
+        if start.as_nanosecond() + self.skew() >= snap.as_nanosecond() {
             self.step(Step::NewerThanSnapshot);
+            return Some(KeepReason::NewerThanSnapshot);
         }
-        newer
+        None
+    }
+
+    /// Row 10 (or healthy): UDP to an endpoint still listed but not serving. kube-proxy removes
+    /// such entries once the port has a serving endpoint (pkg/proxy/conntrack/cleanup.go), so the
+    /// next datagram is DNAT'd to a serving pod; without one it keeps them (nowhere better to
+    /// send them), and so do we.
+    fn not_serving(&mut self, fm: &FrontendMatch<'_>, protocol: Protocol) {
+        let family = IpFamily::of(&self.flow.reply.src);
+        let serving = self.index.slices_of(&fm.service.key).any(|s| {
+            s.family == family
+                && s.port_for(&fm.port.name, protocol).is_some()
+                && s.endpoints.iter().any(|e| e.conditions.serving())
+        });
+        self.step(Step::ServingEndpoints(serving));
+        if !serving {
+            return self.verdict(VerdictKind::Healthy);
+        }
+        self.verdict(VerdictKind::NotServing);
+        self.v.evidence.insert(Evidence::Udp);
+        self.decide(protocol, true, false);
     }
 
     /// Sets `removable` from the table's answer (`table_allows`) and the policy.
@@ -445,7 +532,7 @@ impl<'a> Classifier<'a> {
                     .is_some_and(|t| !t.managed);
                 !s.has_selector || self.index.proves_nothing(&s.key) || tomb_unmanaged
             });
-        let newer = needs_absence && self.newer;
+        let unjudged = self.unjudged.filter(|_| needs_absence);
         // The operator's override: the Service's annotation, else its Namespace's
         // (`Index::effective_mode`). Traced whenever one applies, so `explain` says which object
         // set it, even when it is `sweep` or another reason keeps the flow first.
@@ -453,8 +540,8 @@ impl<'a> Classifier<'a> {
         if let Some(m) = mode {
             self.step(Step::Mode(m));
         }
-        let keep = if newer {
-            Some(KeepReason::NewerThanSnapshot)
+        let keep = if let Some(why) = unjudged {
+            Some(why)
         } else if !table_allows {
             Some(KeepReason::NoEvidence)
         } else if !self.policy.allows_zone(self.flow.zone) {

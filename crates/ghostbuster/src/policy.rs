@@ -30,6 +30,11 @@ pub struct Policy {
     /// Also remove flows of `default/kubernetes` and of Services whose endpoints do not come from
     /// the EndpointSlice controller with Pod targets.
     pub include_unmanaged: bool,
+    /// How far the API server's clock (a pod's `creationTimestamp`, the snapshot's time) and this
+    /// node's (a flow's start) may disagree: a comparison between the two proves an order only
+    /// beyond this margin, so a pod "created" a second after a flow began may still be its
+    /// backend (`--clock-skew`, default 2 s).
+    pub clock_skew: Duration,
 }
 
 impl Default for Policy {
@@ -43,6 +48,7 @@ impl Default for Policy {
             exclude_namespaces: Vec::new(),
             all_zones: false,
             include_unmanaged: false,
+            clock_skew: Duration::from_secs(2),
         }
     }
 }

@@ -27,6 +27,11 @@ pub enum VerdictKind {
     MissedDnat,
     /// Row 4: half-open to an endpoint that no longer serves.
     Unanswered,
+    /// Row 10: UDP to an endpoint that is still listed but not serving (readiness failing, or
+    /// terminating and no longer serving) while the port has serving endpoints: kube-proxy's own
+    /// reconciler removes these (pkg/proxy/conntrack/cleanup.go) so the next datagram reaches a
+    /// serving pod. TCP/SCTP to such an endpoint are `healthy`: a connection may still finish.
+    NotServing,
     /// Row 5: the backend IP is still an endpoint of the service port, on another port.
     PortChanged,
     /// Row 6: the backend IP now belongs to another pod.
@@ -40,11 +45,12 @@ pub enum VerdictKind {
 }
 
 impl VerdictKind {
-    pub const ALL: [VerdictKind; 9] = [
+    pub const ALL: [VerdictKind; 10] = [
         VerdictKind::Healthy,
         VerdictKind::NotService,
         VerdictKind::MissedDnat,
         VerdictKind::Unanswered,
+        VerdictKind::NotServing,
         VerdictKind::PortChanged,
         VerdictKind::IpReused,
         VerdictKind::Deselected,
@@ -58,6 +64,7 @@ impl VerdictKind {
             VerdictKind::NotService => "not_service",
             VerdictKind::MissedDnat => "missed_dnat",
             VerdictKind::Unanswered => "unanswered",
+            VerdictKind::NotServing => "not_serving",
             VerdictKind::PortChanged => "port_changed",
             VerdictKind::IpReused => "ip_reused",
             VerdictKind::Deselected => "deselected",
@@ -83,6 +90,7 @@ impl VerdictKind {
             VerdictKind::Deselected => 7,
             VerdictKind::EndpointGone => 8,
             VerdictKind::ServiceGone => 9,
+            VerdictKind::NotServing => 10,
         }
     }
 }
@@ -103,7 +111,8 @@ pub enum Evidence {
     Udp,
     /// Pods were given and no live pod has the IP (and the flow predates the snapshot).
     PodAbsent,
-    /// The IP belongs to a pod with another uid than the one the Service last had there.
+    /// The pod the Service last had at the IP is confirmed gone (404, another uid or another IP)
+    /// and another Service's endpoint, a pod with another uid, holds the IP now.
     PodReplaced,
     /// The pod now holding the IP was created after the flow started.
     PodCreatedAfterFlow,
@@ -111,7 +120,9 @@ pub enum Evidence {
     SnapshotOnly,
     /// The agent saw the endpoint leave every slice of the Service (a tombstone).
     EndpointRemoved,
-    /// The API server confirmed the pod is gone, or it left while terminating.
+    /// The API server (a GET, or the pod watch) confirmed the pod is gone: 404, another uid, or
+    /// another IP. Leaving the slice while terminating is not enough: a draining pod whose labels
+    /// change leaves it alive.
     PodGone,
 }
 
@@ -214,7 +225,8 @@ pub enum KeepReason {
     /// The backend pod is alive (deselected / port changed) and the flow is TCP/SCTP
     /// (`--include-deselected`).
     LivePod,
-    /// The flow started after the snapshot was taken: the snapshot says nothing about it.
+    /// The flow started after the snapshot was taken, or within `--clock-skew` of it: the
+    /// snapshot says nothing about it.
     NewerThanSnapshot,
     /// Not in zone 0 (kube-proxy's).
     Zone,
@@ -229,6 +241,10 @@ pub enum KeepReason {
     /// The `ghostbuster.io/mode` annotation that applies is `report` or `off`: the Service's own,
     /// else its Namespace's (the trace's [`Step::Mode`] says which).
     Annotation,
+    /// The flow's start is unknown (`nf_conntrack_timestamp=0`): unknown is not old. A half-open
+    /// flow is judged only once known to be older than `--min-age`, and absence from a snapshot
+    /// is evidence only for a flow known to be older than the snapshot.
+    UnknownAge,
 }
 
 impl KeepReason {
@@ -239,7 +255,9 @@ impl KeepReason {
                  nf_conntrack_timestamp, or pass --trust-snapshot"
             }
             KeepReason::LivePod => "the backend pod is alive; pass --include-deselected to remove",
-            KeepReason::NewerThanSnapshot => "the flow started after the snapshot was taken",
+            KeepReason::NewerThanSnapshot => {
+                "the flow started after the snapshot was taken, or within --clock-skew of it"
+            }
             KeepReason::Zone => "not in conntrack zone 0",
             KeepReason::Protocol => "protocol not selected by --protocols",
             KeepReason::Namespace => "namespace not selected by --namespace/--exclude-namespace",
@@ -250,6 +268,12 @@ impl KeepReason {
             }
             KeepReason::Unmanaged => {
                 "the Service's endpoints are not Pods of the EndpointSlice controller"
+            }
+            KeepReason::UnknownAge => {
+                "the flow's age is unknown (no conntrack timestamps), so neither --min-age nor the \
+                 snapshot can judge it; turn timestamps on with `sysctl -w \
+                 net.netfilter.nf_conntrack_timestamp=1` (flows opened afterwards carry a start \
+                 time)"
             }
         }
     }
@@ -394,6 +418,11 @@ pub enum Step {
     /// The backend IP is listed for the Service, but no slice names the Service port.
     PortUnresolved,
     NodeAddress,
+    /// The destination is an address of a Service kube-proxy does not program (another proxy's).
+    OtherProxy,
+    /// The Service port has serving endpoints in this family (a UDP flow to one that does not
+    /// serve is re-routed by removing it).
+    ServingEndpoints(bool),
     OtherServiceEndpoint,
     LivePod,
     PodCreatedAfterFlow,
@@ -448,7 +477,9 @@ impl fmt::Display for Step {
                 "the service port has {}ready endpoints in this family",
                 yes_no(b, "", "no ")
             ),
-            Step::Age(Age::Unknown) => f.write_str("age unknown (no nf_conntrack_timestamp)"),
+            Step::Age(Age::Unknown) => {
+                f.write_str("age unknown (no nf_conntrack_timestamp): not known to be old")
+            }
             Step::Age(Age::Old { secs }) => write!(f, "{secs}s old, not younger than --min-age"),
             Step::Age(Age::Young { secs, min_secs }) => {
                 write!(
@@ -476,17 +507,29 @@ impl fmt::Display for Step {
             Step::PortUnresolved => f.write_str(
                 "backend IP is listed for the Service but no slice resolves the port name: kept",
             ),
-            Step::NodeAddress => f.write_str("backend IP is a node address (host network)"),
+            Step::NodeAddress => f.write_str(
+                "backend IP is a node address (host network): never evidence of reuse or absence",
+            ),
+            Step::OtherProxy => f.write_str(
+                "destination is an address of a Service that kube-proxy does not program \
+                 (service-proxy-name or headless label): another proxy's flow",
+            ),
+            Step::ServingEndpoints(b) => write!(
+                f,
+                "the service port has {}serving endpoints in this family",
+                yes_no(b, "", "no ")
+            ),
             Step::OtherServiceEndpoint => {
                 f.write_str("backend IP is now an endpoint of another service")
             }
             Step::LivePod => f.write_str("backend IP belongs to a live pod"),
-            Step::PodCreatedAfterFlow => {
-                f.write_str("the pod holding the IP was created after the flow started")
-            }
-            Step::PodReplaced => {
-                f.write_str("the IP's pod has another uid than the Service's last endpoint there")
-            }
+            Step::PodCreatedAfterFlow => f.write_str(
+                "the pod holding the IP was created after the flow started (beyond --clock-skew)",
+            ),
+            Step::PodReplaced => f.write_str(
+                "the Service's last pod at the IP is confirmed gone and another Service's pod \
+                 (another uid) holds the IP",
+            ),
             Step::NobodysEndpoint => f.write_str("backend IP is nobody's endpoint"),
             Step::NoPod => f.write_str("no live pod has the backend IP"),
             Step::Tombstone {
@@ -496,11 +539,16 @@ impl fmt::Display for Step {
                 f,
                 "the endpoint left every slice of the Service{}{}",
                 yes_no(terminating, " while terminating", ""),
-                yes_no(pod_gone, "; its pod is gone", "")
+                yes_no(
+                    pod_gone,
+                    "; its pod is confirmed gone",
+                    "; its pod is not confirmed gone"
+                )
             ),
-            Step::NewerThanSnapshot => {
-                f.write_str("the flow started after the snapshot: the snapshot cannot judge it")
-            }
+            Step::NewerThanSnapshot => f.write_str(
+                "the flow started after the snapshot, or within --clock-skew of it: the snapshot \
+                 cannot judge it",
+            ),
             Step::Mode(m) => match (m.from, m.overrides) {
                 (ModeSource::Service, None) => write!(
                     f,

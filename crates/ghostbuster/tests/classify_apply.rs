@@ -90,8 +90,10 @@ fn endpoint_leaving_every_slice_leaves_a_tombstone() {
     assert!(v.removable);
 }
 
+/// Issue #12: an endpoint that left while terminating may be a draining pod whose labels changed
+/// (alive): only the API's confirmation makes its pod gone.
 #[test]
-fn endpoint_last_seen_terminating_means_the_pod_was_deleted() {
+fn endpoint_last_seen_terminating_is_gone_only_once_confirmed() {
     let mut index = index_of(vec![
         web_service(),
         web_slice(
@@ -108,6 +110,11 @@ fn endpoint_last_seen_terminating_means_the_pod_was_deleted() {
     );
     let v = verdict_for(&index, "10.244.0.2");
     assert!(v.evidence.contains(Evidence::EndpointRemoved));
+    assert!(!v.evidence.contains(Evidence::PodGone));
+    assert!(!v.removable);
+    assert_eq!(v.kept_because, Some(KeepReason::NoEvidence));
+    index.tombstones_mut().mark_pod_gone(&ip("10.244.0.2"), "b");
+    let v = verdict_for(&index, "10.244.0.2");
     assert!(v.evidence.contains(Evidence::PodGone));
     assert!(v.removable);
 }
@@ -290,6 +297,13 @@ fn ip_reused_by_a_pod_with_another_uid() {
     let f = tcp("10.244.9.9", 40000, "10.96.1.2", 5432)
         .dnat("10.244.0.5", 5432)
         .build();
+    // Until the API confirms db-0 is gone, it may be alive and merely deselected (issue #12).
+    let v = classify(&f, &index, &Policy::default(), t(NOW));
+    assert_eq!(v.kind, VerdictKind::Deselected);
+    assert!(!v.removable);
+    index
+        .tombstones_mut()
+        .mark_pod_gone(&ip("10.244.0.5"), "db-0");
     let v = classify(&f, &index, &Policy::default(), t(NOW));
     assert_eq!(v.kind, VerdictKind::IpReused);
     assert!(v.evidence.contains(Evidence::PodReplaced));

@@ -314,6 +314,7 @@ fn policy_strategy() -> impl Strategy<Value = Policy> {
         exclude_namespaces: Vec::new(),
         all_zones: b[2],
         include_unmanaged: b[3],
+        clock_skew: Duration::from_secs(2),
     })
 }
 
@@ -363,7 +364,15 @@ proptest! {
         let v = classify(&flow, &index, &policy, t(NOW));
 
         let half_open = ghostbuster::classify::is_half_open(&flow);
-        if half_open && !serving {
+        if proto == UDP && !serving {
+            // kube-proxy's own rule: UDP to a listed endpoint that does not serve goes once the
+            // port has a serving endpoint (row 10), unless half-open already says so (row 4).
+            prop_assert!(
+                matches!(v.kind, VerdictKind::Healthy | VerdictKind::Unanswered | VerdictKind::NotServing),
+                "{v:?}"
+            );
+            prop_assert!(!v.removable || v.kind != VerdictKind::Healthy);
+        } else if half_open && !serving {
             prop_assert!(matches!(v.kind, VerdictKind::Healthy | VerdictKind::Unanswered), "{v:?}");
         } else {
             prop_assert_eq!(v.kind, VerdictKind::Healthy, "{:?}", v);

@@ -42,6 +42,8 @@ fn evidence(v: &Verdict) -> Vec<Evidence> {
 
 const CLIENT: &str = "10.244.1.77";
 const WEB: &str = "10.96.10.10";
+/// A start well before the export ([`SNAPSHOT`]): what the snapshot's absence can judge.
+const BEFORE_EXPORT: &str = "2025-06-01T11:00:00Z";
 
 // --- row 1: not_service --------------------------------------------------------------------------
 
@@ -100,8 +102,11 @@ fn row2_missed_dnat_after_min_age() {
     assert!(v.removable && v.half_open);
     assert_eq!(evidence(&v), [Evidence::HalfOpen]);
     assert!(v.backend.is_none());
-    // Age unknown: judged.
-    assert_eq!(judge(f).kind, VerdictKind::MissedDnat);
+    // Age unknown: not known to be old, so reported and kept (issue #12).
+    let v = judge(f);
+    assert_eq!(v.kind, VerdictKind::MissedDnat);
+    assert!(!v.removable);
+    assert_eq!(v.kept_because, Some(KeepReason::UnknownAge));
 }
 
 #[test]
@@ -233,7 +238,11 @@ fn nodeport_external_ip_and_load_balancer_frontends() {
             (kind == FrontendKind::NodePort).then_some(30080)
         );
 
-        let v = judge(tcp("192.0.2.2", 40001, dst, port).dnat("10.244.1.200", 8080));
+        let v = judge(
+            tcp("192.0.2.2", 40001, dst, port)
+                .dnat("10.244.1.200", 8080)
+                .started(BEFORE_EXPORT),
+        );
         assert_eq!(v.kind, VerdictKind::EndpointGone, "{dst}");
         assert!(v.removable, "pods given, nobody has the IP");
     }
@@ -246,7 +255,11 @@ fn nodeport_external_ip_and_load_balancer_frontends() {
 fn dual_stack_service_judged_per_family() {
     let v = judge(tcp("fd00:244:1::77", 40000, "fd00:10:96::a", 80).dnat("fd00:244:1::10", 8080));
     assert_eq!(v.kind, VerdictKind::Healthy);
-    let v = judge(tcp("fd00:244:1::77", 40000, "fd00:10:96::a", 80).dnat("fd00:244:1::99", 8080));
+    let v = judge(
+        tcp("fd00:244:1::77", 40000, "fd00:10:96::a", 80)
+            .dnat("fd00:244:1::99", 8080)
+            .started(BEFORE_EXPORT),
+    );
     assert_eq!(v.kind, VerdictKind::EndpointGone);
     assert!(v.removable);
     // NodePort on the node's IPv6 address (the Service has IPv6).
@@ -324,13 +337,19 @@ fn row5_port_changed_kept_for_tcp_removed_for_udp() {
     };
     assert!(
         judge_with(
-            tcp(CLIENT, 40000, WEB, 80).dnat("10.244.1.10", 8081),
+            tcp(CLIENT, 40000, WEB, 80)
+                .dnat("10.244.1.10", 8081)
+                .started(BEFORE_EXPORT),
             &policy
         )
         .removable
     );
 
-    let v = judge(udp(CLIENT, 40000, "10.96.0.10", 53).dnat("10.244.0.5", 5353));
+    let v = judge(
+        udp(CLIENT, 40000, "10.96.0.10", 53)
+            .dnat("10.244.0.5", 5353)
+            .started(BEFORE_EXPORT),
+    );
     assert_eq!(v.kind, VerdictKind::PortChanged);
     assert!(v.removable);
     assert_eq!(evidence(&v), [Evidence::Udp]);
@@ -376,7 +395,9 @@ fn row7_same_case_without_evidence_is_deselected() {
 #[test]
 fn row7_blue_green_switch_keeps_tcp_to_the_live_pod() {
     // search selects track=blue; the green pod is alive and no longer (or not yet) selected.
-    let f = tcp(CLIENT, 40000, "10.96.40.40", 80).dnat("10.244.1.51", 8080);
+    let f = tcp(CLIENT, 40000, "10.96.40.40", 80)
+        .dnat("10.244.1.51", 8080)
+        .started(BEFORE_EXPORT);
     let v = judge(f);
     assert_eq!(v.kind, VerdictKind::Deselected);
     assert!(!v.removable);
@@ -407,12 +428,20 @@ fn row7_node_addresses_are_deselected() {
 
 #[test]
 fn row8_endpoint_gone_with_pods_is_removable() {
-    let v = judge(tcp(CLIENT, 40000, "10.96.20.20", 5432).dnat("10.244.2.31", 5432));
+    let v = judge(
+        tcp(CLIENT, 40000, "10.96.20.20", 5432)
+            .dnat("10.244.2.31", 5432)
+            .started(BEFORE_EXPORT),
+    );
     assert_eq!(v.kind, VerdictKind::EndpointGone);
     assert_eq!(evidence(&v), [Evidence::PodAbsent]);
     assert!(v.removable && v.kept_because.is_none());
     // The IP's last pod Succeeded: its containers are gone.
-    let v = judge(tcp(CLIENT, 40000, "10.96.20.20", 5432).dnat("10.244.1.60", 5432));
+    let v = judge(
+        tcp(CLIENT, 40000, "10.96.20.20", 5432)
+            .dnat("10.244.1.60", 5432)
+            .started(BEFORE_EXPORT),
+    );
     assert_eq!(v.kind, VerdictKind::EndpointGone);
     assert!(v.removable);
 }
@@ -422,6 +451,7 @@ fn row8_snapshot_only_keeps_tcp_unless_trusted() {
     let index = &no_pods().index;
     let f = tcp(CLIENT, 40000, "10.96.20.20", 5432)
         .dnat("10.244.2.31", 5432)
+        .started(BEFORE_EXPORT)
         .build();
     let v = judge_in(index, f, &Policy::default());
     assert_eq!(v.kind, VerdictKind::EndpointGone);
@@ -436,7 +466,8 @@ fn row8_snapshot_only_keeps_tcp_unless_trusted() {
     // Half-open: removable without Pods.
     let f = tcp(CLIENT, 40001, "10.96.20.20", 5432)
         .dnat("10.244.2.31", 5432)
-        .syn_sent();
+        .syn_sent()
+        .started(BEFORE_EXPORT);
     let v = judge_in(index, f.build(), &Policy::default());
     assert_eq!(evidence(&v), [Evidence::HalfOpen]);
     assert!(v.removable && v.half_open);
@@ -445,7 +476,9 @@ fn row8_snapshot_only_keeps_tcp_unless_trusted() {
 #[test]
 fn row8_udp_after_scale_down_is_removable() {
     let index = &no_pods().index;
-    let f = udp(CLIENT, 40000, "10.96.30.30", 8125).dnat("10.244.1.41", 8125);
+    let f = udp(CLIENT, 40000, "10.96.30.30", 8125)
+        .dnat("10.244.1.41", 8125)
+        .started(BEFORE_EXPORT);
     let v = judge_in(index, f.build(), &Policy::default());
     assert_eq!(v.kind, VerdictKind::EndpointGone);
     assert_eq!(evidence(&v), [Evidence::Udp]);
@@ -475,13 +508,17 @@ fn trap_pod_created_after_the_snapshot_is_untouched() {
 #[test]
 fn row9_service_gone_udp_removed_tcp_kept_without_evidence() {
     let index = &no_pods().index;
-    let f = udp(CLIENT, 40000, "10.96.77.77", 53).dnat("10.244.5.5", 53);
+    let f = udp(CLIENT, 40000, "10.96.77.77", 53)
+        .dnat("10.244.5.5", 53)
+        .started(BEFORE_EXPORT);
     let v = judge_in(index, f.build(), &Policy::default());
     assert_eq!(v.kind, VerdictKind::ServiceGone);
     assert!(v.removable && v.service.is_none());
     assert_eq!(v.backend.unwrap().ip, ip("10.244.5.5"));
 
-    let f = tcp(CLIENT, 40000, "10.96.77.77", 80).dnat("10.244.5.5", 8080);
+    let f = tcp(CLIENT, 40000, "10.96.77.77", 80)
+        .dnat("10.244.5.5", 8080)
+        .started(BEFORE_EXPORT);
     let v = judge_in(index, f.build(), &Policy::default());
     assert_eq!(v.kind, VerdictKind::ServiceGone);
     assert!(!v.removable);
@@ -497,7 +534,11 @@ fn row9_service_gone_udp_removed_tcp_kept_without_evidence() {
 #[test]
 fn row9_service_gone_tcp_with_backend_evidence() {
     // Pods given, nobody has the IP: the backend is gone too.
-    let v = judge(tcp(CLIENT, 40000, "10.96.77.77", 80).dnat("10.244.5.5", 8080));
+    let v = judge(
+        tcp(CLIENT, 40000, "10.96.77.77", 80)
+            .dnat("10.244.5.5", 8080)
+            .started(BEFORE_EXPORT),
+    );
     assert_eq!(v.kind, VerdictKind::ServiceGone);
     assert_eq!(evidence(&v), [Evidence::PodAbsent]);
     assert!(v.removable);
@@ -513,6 +554,7 @@ fn row9_service_gone_tcp_with_backend_evidence() {
 fn other_zones_are_reported_never_removed() {
     let f = tcp(CLIENT, 40000, "10.96.20.20", 5432)
         .dnat("10.244.2.31", 5432)
+        .started(BEFORE_EXPORT)
         .zone(7);
     let v = judge(f);
     assert_eq!(v.kind, VerdictKind::EndpointGone);
@@ -526,7 +568,9 @@ fn other_zones_are_reported_never_removed() {
 
 #[test]
 fn protocol_and_namespace_policy() {
-    let gone = tcp(CLIENT, 40000, "10.96.20.20", 5432).dnat("10.244.2.31", 5432);
+    let gone = tcp(CLIENT, 40000, "10.96.20.20", 5432)
+        .dnat("10.244.2.31", 5432)
+        .started(BEFORE_EXPORT);
     let udp_only = Policy {
         protocols: [Protocol::Udp].into_iter().collect(),
         ..Policy::default()
@@ -552,14 +596,18 @@ fn protocol_and_namespace_policy() {
         Some(KeepReason::Namespace)
     );
     // A deleted Service has no namespace: only removable without --namespace.
-    let gone_svc = udp(CLIENT, 40000, "10.96.77.77", 53).dnat("10.244.5.5", 53);
+    let gone_svc = udp(CLIENT, 40000, "10.96.77.77", 53)
+        .dnat("10.244.5.5", 53)
+        .started(BEFORE_EXPORT);
     assert!(!judge_with(gone_svc, &only_shop).removable);
     assert!(judge_with(gone_svc, &exclude).removable);
 }
 
 #[test]
 fn api_server_service_is_never_removed_by_default() {
-    let f = tcp(CLIENT, 40000, "10.96.0.1", 443).dnat("192.168.49.9", 6443);
+    let f = tcp(CLIENT, 40000, "10.96.0.1", 443)
+        .dnat("192.168.49.9", 6443)
+        .started(BEFORE_EXPORT);
     let v = judge(f);
     assert_eq!(v.kind, VerdictKind::EndpointGone);
     assert_eq!(v.kept_because, Some(KeepReason::ApiServer));
@@ -623,7 +671,11 @@ fn endpoints_without_pods_or_from_other_controllers_prove_nothing() {
 
 #[test]
 fn verdict_json_has_the_interface_fields() {
-    let v = judge(tcp(CLIENT, 40000, WEB, 80).dnat("10.244.1.200", 8080));
+    let v = judge(
+        tcp(CLIENT, 40000, WEB, 80)
+            .dnat("10.244.1.200", 8080)
+            .started(BEFORE_EXPORT),
+    );
     let j = serde_json::to_value(&v).unwrap();
     assert_eq!(j["verdict"], "endpoint_gone");
     assert_eq!(j["evidence"], serde_json::json!(["pod_absent"]));

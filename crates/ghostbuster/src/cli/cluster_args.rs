@@ -68,6 +68,10 @@ pub struct PolicyArgs {
     /// the EndpointSlice controller.
     #[arg(long)]
     pub include_unmanaged: bool,
+    /// How far the API server's clock and this node's may disagree: a pod's creationTimestamp or
+    /// the export's time proves an order against a flow's start only beyond this margin.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub clock_skew: Duration,
 }
 
 /// The export every verdict can lean on (ServiceCIDRs, only served from Kubernetes 1.33 on, only
@@ -166,6 +170,7 @@ impl PolicyArgs {
             exclude_namespaces: self.exclude_namespaces.clone(),
             all_zones: self.all_zones,
             include_unmanaged: self.include_unmanaged,
+            clock_skew: self.clock_skew,
         })
     }
 }

@@ -161,6 +161,9 @@ pub struct Index {
     service_ids: HashMap<ObjectKey, u32>,
     frontends: HashMap<FrontendKey, OneOrMany<PortRef>>,
     node_ports: HashMap<(u16, Protocol), OneOrMany<PortRef>>,
+    /// Addresses of Services another proxy programs ([`Service::other_proxy_addresses`]), with
+    /// how many such Services have each.
+    other_proxy: HashMap<IpAddr, u32>,
 
     slices: Slab<Slice>,
     slice_ids: HashMap<ObjectKey, u32>,
@@ -319,6 +322,13 @@ impl Index {
         })
     }
 
+    /// True for an address of a Service kube-proxy does not program (labelled
+    /// `service.kubernetes.io/service-proxy-name` or `service.kubernetes.io/headless`): flows to
+    /// it belong to another proxy.
+    pub fn is_other_proxy_address(&self, ip: &IpAddr) -> bool {
+        self.other_proxy.contains_key(ip)
+    }
+
     pub fn in_service_cidr(&self, ip: &IpAddr) -> bool {
         self.cidrs.iter().any(|c| c.contains(ip))
     }
@@ -405,9 +415,15 @@ impl Index {
         self.pods.get(*self.pod_ids.get(key)?)
     }
 
-    /// True for an address of any Node, or of this node (host-network endpoints live there).
+    /// True for an address of any Node in the index, or of this node (host-network endpoints
+    /// live there), or of a pod the index knows runs on the host network (its IP is its node's,
+    /// whichever node that is, even one whose Node object this index does not hold). Such an IP
+    /// is shared by every host-network pod of that node: never evidence that it was reused, nor
+    /// that its backend is absent.
     pub fn is_node_address(&self, ip: &IpAddr) -> bool {
-        self.node_ips.contains_key(ip) || self.local_ips.contains(ip)
+        self.node_ips.contains_key(ip)
+            || self.local_ips.contains(ip)
+            || self.pods_at(ip).any(|p| p.host_network)
     }
 
     /// Addresses on which this node serves NodePorts.
@@ -617,6 +633,9 @@ impl Index {
         let Some(s) = self.services.get(id) else {
             return;
         };
+        for ip in &s.other_proxy_addresses {
+            *self.other_proxy.entry(*ip).or_default() += 1;
+        }
         for (i, p) in s.ports.iter().enumerate() {
             let Ok(port) = u16::try_from(i) else { break };
             for &(ip, kind) in &s.frontends {
@@ -644,6 +663,14 @@ impl Index {
     }
 
     fn unlink_frontends(&mut self, id: u32, s: &Service) {
+        for ip in &s.other_proxy_addresses {
+            if let Some(c) = self.other_proxy.get_mut(ip) {
+                *c -= 1;
+                if *c == 0 {
+                    self.other_proxy.remove(ip);
+                }
+            }
+        }
         for p in &s.ports {
             for &(ip, _) in &s.frontends {
                 let key = FrontendKey {

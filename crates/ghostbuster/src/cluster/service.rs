@@ -58,6 +58,11 @@ pub struct Service {
     pub uid: Option<Uid>,
     /// `Some` when kube-proxy ignores the Service: it has no frontends then.
     pub not_proxied: Option<NotProxied>,
+    /// For a Service another proxy programs (labelled `service-proxy-name` or `headless` while it
+    /// has a ClusterIP): its addresses (ClusterIPs, external and load-balancer IPs). A flow to
+    /// them was DNAT'd by that proxy, not by kube-proxy: never ours to judge or remove, and never
+    /// `service_gone`.
+    pub other_proxy_addresses: Vec<IpAddr>,
     /// A Service without selector gets its endpoints from someone else (manual Endpoints mirrored
     /// into slices, a custom controller): their disappearance proves nothing about a pod.
     pub has_selector: bool,
@@ -210,13 +215,17 @@ impl Service {
             key: key.clone(),
             uid: meta::uid(&svc.metadata, pool),
             not_proxied,
+            other_proxy_addresses: Vec::new(),
             has_selector: spec.selector.as_ref().is_some_and(|s| !s.is_empty()),
             families: IpFamilies::default(),
             frontends: Vec::new(),
             ports,
             mode: SweepMode::of(&svc.metadata),
         };
-        if not_proxied.is_some() {
+        if let Some(why) = not_proxied {
+            if matches!(why, NotProxied::ProxyNameLabel | NotProxied::HeadlessLabel) {
+                svc_out.other_proxy_addresses = other_proxy_addresses(svc, &cluster_ips);
+            }
             return Ok(svc_out);
         }
         if cluster_ips.is_empty() {
@@ -269,6 +278,34 @@ impl Service {
             self.frontends.push((ip, kind));
         }
     }
+}
+
+/// Every address of a Service another proxy programs, read leniently (kube-proxy never validated
+/// it, so neither do we): what does not parse is skipped.
+fn other_proxy_addresses(svc: &api::Service, cluster_ips: &[&str]) -> Vec<IpAddr> {
+    let spec = svc.spec.as_ref();
+    let external = spec
+        .and_then(|s| s.external_ips.as_ref())
+        .into_iter()
+        .flatten()
+        .map(String::as_str);
+    let ingress = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.ip.as_deref());
+    let mut out: Vec<IpAddr> = Vec::new();
+    for ip in cluster_ips.iter().copied().chain(external).chain(ingress) {
+        if let Ok(ip) = ip.parse() {
+            if !out.contains(&ip) {
+                out.push(ip);
+            }
+        }
+    }
+    out
 }
 
 pub(crate) fn port_number(p: i32) -> Option<u16> {

@@ -156,9 +156,22 @@ impl Story {
         self.run("scan", file, extra)
     }
 
+    /// With `--clock-skew 0s`: the test writes its export on the very clock that stamps the
+    /// node's flows, moments after them, so there is no skew to allow for (the default 2 s margin
+    /// would rightly keep every flow younger than that; `scan_kernel_evidence.rs` tests it).
     fn run(&self, command: &str, file: &str, extra: &[&str]) -> Run {
         let node = self.node();
-        let mut args = vec![command, "--netns", &node, "--from-file", file, "-o", "json"];
+        let mut args = vec![
+            command,
+            "--netns",
+            &node,
+            "--from-file",
+            file,
+            "-o",
+            "json",
+            "--clock-skew",
+            "0s",
+        ];
         args.extend_from_slice(extra);
         Run::of(&args)
     }

@@ -123,6 +123,10 @@ pub struct AgentPolicyArgs {
     /// the EndpointSlice controller.
     #[arg(long)]
     pub include_unmanaged: bool,
+    /// How far the API server's clock and this node's may disagree: a pod's creationTimestamp
+    /// proves an order against a flow's start only beyond this margin.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub clock_skew: Duration,
 }
 
 impl AgentPolicyArgs {
@@ -148,6 +152,7 @@ impl AgentPolicyArgs {
             exclude_namespaces: self.exclude_namespaces.clone(),
             all_zones: self.all_zones,
             include_unmanaged: self.include_unmanaged,
+            clock_skew: self.clock_skew,
             ..Policy::default()
         })
     }

@@ -207,6 +207,7 @@ async fn serve(
     let manager = params.get("fieldManager").unwrap_or("unknown").to_owned();
     match (method, t.name.as_deref()) {
         (&Method::GET | &Method::HEAD, Some(name)) => {
+            hang_gets_while_told(shared, r).await;
             let st = shared.lock();
             match st.store.get(r, &ns, name) {
                 Some(o) => Ok(json_response(200, o)),
@@ -420,6 +421,22 @@ async fn hang_while_told(shared: &Arc<Shared>, r: &ResourceType) {
     }
 }
 
+/// Waits while the test keeps GETs of `r` hanging (for ever, if it never lets go).
+async fn hang_gets_while_told(shared: &Arc<Shared>, r: &ResourceType) {
+    let mut changed = shared.changed.subscribe();
+    loop {
+        {
+            let st = shared.lock();
+            if st.ctl.shutdown || !st.ctl.hung_gets.contains(r.plural) {
+                return;
+            }
+        }
+        if changed.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 struct WatchSpec {
     resource: &'static ResourceType,
     sel: Selection,
@@ -586,6 +603,10 @@ async fn produce(shared: Arc<Shared>, spec: WatchSpec, tx: mpsc::Sender<Result<B
             let st = shared.lock();
             if st.ctl.shutdown || st.ctl.drop_gen != drop_gen {
                 end = Some(End::Abort);
+            } else if st.ctl.silent.contains(r.plural) {
+                // Connected but silent: nothing is sent and the cursor stays where it is, so
+                // what happened meanwhile arrives late, when the silence ends.
+                auto_bookmark = false;
             } else {
                 for c in st
                     .store

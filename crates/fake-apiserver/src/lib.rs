@@ -327,6 +327,33 @@ impl FakeApiServer {
         });
     }
 
+    /// Makes GETs of one object of `resource` hang (never answer) until called again with
+    /// `false`: a pod GET stuck behind a slow API server.
+    pub fn hang_gets(&self, resource: &str, hang: bool) {
+        let r = Self::resource(resource);
+        self.shared.mutate(|st| {
+            if hang {
+                st.ctl.hung_gets.insert(r.plural);
+            } else {
+                st.ctl.hung_gets.remove(r.plural);
+            }
+        });
+    }
+
+    /// Makes every watch of `resource` (open now or opened later) stay connected but silent: no
+    /// events, no BOOKMARKs, until called again with `false`, when what changed meanwhile is
+    /// sent. A watch that looks alive and is not (a stuck proxy, a wedged watch cache).
+    pub fn silence_watches(&self, resource: &str, silent: bool) {
+        let r = Self::resource(resource);
+        self.shared.mutate(|st| {
+            if silent {
+                st.ctl.silent.insert(r.plural);
+            } else {
+                st.ctl.silent.remove(r.plural);
+            }
+        });
+    }
+
     /// Answers every request for `resource` with 404, as a server without that API does
     /// (ServiceCIDRs before 1.33, or with the API disabled).
     pub fn disable(&self, resource: &str) {

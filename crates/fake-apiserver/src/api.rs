@@ -596,6 +596,10 @@ async fn produce(shared: Arc<Shared>, spec: WatchSpec, tx: mpsc::Sender<Result<B
             let st = shared.lock();
             if st.ctl.shutdown || st.ctl.drop_gen != drop_gen {
                 end = Some(End::Abort);
+            } else if st.ctl.silent.contains(r.plural) {
+                // Connected but silent: nothing is sent and the cursor stays where it is, so
+                // what happened meanwhile arrives late, when the silence ends.
+                auto_bookmark = false;
             } else {
                 for c in st
                     .store

@@ -340,6 +340,20 @@ impl FakeApiServer {
         });
     }
 
+    /// Makes every watch of `resource` (open now or opened later) stay connected but silent: no
+    /// events, no BOOKMARKs, until called again with `false`, when what changed meanwhile is
+    /// sent. A watch that looks alive and is not (a stuck proxy, a wedged watch cache).
+    pub fn silence_watches(&self, resource: &str, silent: bool) {
+        let r = Self::resource(resource);
+        self.shared.mutate(|st| {
+            if silent {
+                st.ctl.silent.insert(r.plural);
+            } else {
+                st.ctl.silent.remove(r.plural);
+            }
+        });
+    }
+
     /// Answers every request for `resource` with 404, as a server without that API does
     /// (ServiceCIDRs before 1.33, or with the API disabled).
     pub fn disable(&self, resource: &str) {

@@ -86,6 +86,8 @@ pub(crate) struct Control {
     pub hung_gets: HashSet<&'static str>,
     /// Plural names answered with 404.
     pub disabled: HashSet<&'static str>,
+    /// Plural names whose open watches stay connected but send nothing, not even BOOKMARKs.
+    pub silent: HashSet<&'static str>,
     pub rbac: Option<Rbac>,
     pub token: Option<String>,
     /// Answer a watch from a too-old resourceVersion with HTTP 410 instead of an ERROR event.

@@ -49,6 +49,7 @@ pub mod pod;
 mod poll;
 pub mod sctp;
 pub mod server;
+pub mod sync_proxy;
 
 pub use client::{
     http_get, udp_query, AppProtocol, ClientReport, HttpAnswer, TcpPool, TcpPoolConfig, UdpClient,
@@ -62,6 +63,7 @@ pub use node::Node;
 pub use ns::{cleanup_leftovers, cleanup_own, in_netns, spawn_in_netns, NetNs, NsThread};
 pub use pod::{Pod, PodSpec};
 pub use server::{Server, ServerKind, ServerSpec, ServerStats};
+pub use sync_proxy::{SyncPlan, SyncRecord, SyncingProxy};
 
 /// Checks what every lab needs before touching anything: root, `ip` (iproute2) and `nft`
 /// (nftables). The error names the exact install command.

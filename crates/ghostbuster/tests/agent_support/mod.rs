@@ -346,6 +346,19 @@ impl Agent {
     }
 }
 
+impl Agent {
+    /// An agent the caller spawned itself from [`Agent::command`] (e.g. with its stderr sent to
+    /// a file), admin port `port` in the test's own namespace.
+    pub fn adopt(child: Child, port: u16, kubeconfig: tempfile_path::Path) -> Agent {
+        Agent {
+            child,
+            port,
+            scrape_ns: None,
+            _kubeconfig: kubeconfig,
+        }
+    }
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.child.kill();

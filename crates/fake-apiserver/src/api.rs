@@ -207,6 +207,7 @@ async fn serve(
     let manager = params.get("fieldManager").unwrap_or("unknown").to_owned();
     match (method, t.name.as_deref()) {
         (&Method::GET | &Method::HEAD, Some(name)) => {
+            hang_gets_while_told(shared, r).await;
             let st = shared.lock();
             match st.store.get(r, &ns, name) {
                 Some(o) => Ok(json_response(200, o)),
@@ -411,6 +412,22 @@ async fn hang_while_told(shared: &Arc<Shared>, r: &ResourceType) {
         {
             let st = shared.lock();
             if st.ctl.shutdown || !st.ctl.hung.contains(r.plural) {
+                return;
+            }
+        }
+        if changed.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Waits while the test keeps GETs of one `r` hanging (for ever, if it never lets go).
+async fn hang_gets_while_told(shared: &Arc<Shared>, r: &ResourceType) {
+    let mut changed = shared.changed.subscribe();
+    loop {
+        {
+            let st = shared.lock();
+            if st.ctl.shutdown || !st.ctl.hung_gets.contains(r.plural) {
                 return;
             }
         }

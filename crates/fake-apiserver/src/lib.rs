@@ -327,6 +327,19 @@ impl FakeApiServer {
         });
     }
 
+    /// Makes GETs of one object of `resource` hang (never answer) until called again with
+    /// `false`; lists and watches are not affected.
+    pub fn hang_gets(&self, resource: &str, hang: bool) {
+        let r = Self::resource(resource);
+        self.shared.mutate(|st| {
+            if hang {
+                st.ctl.hung_gets.insert(r.plural);
+            } else {
+                st.ctl.hung_gets.remove(r.plural);
+            }
+        });
+    }
+
     /// Answers every request for `resource` with 404, as a server without that API does
     /// (ServiceCIDRs before 1.33, or with the API disabled).
     pub fn disable(&self, resource: &str) {

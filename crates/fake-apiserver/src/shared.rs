@@ -82,6 +82,8 @@ pub(crate) struct Control {
     pub bookmark_interval: Option<Duration>,
     /// Plural names whose lists never answer.
     pub hung: HashSet<&'static str>,
+    /// Plural names whose GETs of one object never answer.
+    pub hung_gets: HashSet<&'static str>,
     /// Plural names answered with 404.
     pub disabled: HashSet<&'static str>,
     pub rbac: Option<Rbac>,

@@ -173,7 +173,7 @@ impl SyncTracker {
             // The first reading: the start of the sync that ended at `end` is known only when
             // it was the only sync.
             self.began_after = match r.duration {
-                Some((sum, count)) if count == 1.0 => minus_secs(end, sum),
+                Some((sum, 1.0)) => minus_secs(end, sum),
                 _ => None,
             };
             self.last = Some(r);

@@ -72,8 +72,10 @@ impl World for AgentWorld {
 
     fn pod_fate(&mut self, namespace: &str, name: &str, uid: Option<&str>, ip: IpAddr) -> PodFate {
         let pods = &self.pods;
+        let limit = self.pod_get_timeout;
+        // The timer is made inside the runtime: the reactor thread has no runtime context.
         let check =
-            tokio::time::timeout(self.pod_get_timeout, pods.check(namespace, name, uid, ip));
+            async move { tokio::time::timeout(limit, pods.check(namespace, name, uid, ip)).await };
         match self.rt.block_on(check) {
             Ok(Ok(PodCheck::Gone | PodCheck::Replaced | PodCheck::Moved)) => PodFate::Gone,
             Ok(Ok(PodCheck::Same | PodCheck::Terminating)) => PodFate::Alive,

@@ -533,8 +533,8 @@ fn an_event_overflow_becomes_one_full_scan() {
 
 /// Test 3. A terminating pod (still in its slice with `terminating: true`, its Pod object
 /// carrying a deletionTimestamp) keeps its TCP flows: they drain and keep working. Once the
-/// endpoint leaves the slice and the pod vanishes, the flows go — without a pod GET, since the
-/// endpoint was last seen terminating.
+/// endpoint leaves the slice and the pod vanishes, the flows go (the pod watch saw the pod
+/// deleted; a GET, when the agent asks first, answers 404).
 #[test]
 fn a_terminating_pod_keeps_its_flows_until_it_leaves_the_slice() {
     let Some(mut s) = Story::start("agent_more_terminating", true) else {
@@ -599,7 +599,6 @@ fn a_terminating_pod_keeps_its_flows_until_it_leaves_the_slice() {
         "the draining connections stopped: {drained:#?}"
     );
     assert_eq!(drained.answers_from("web-a"), drained.answers);
-    let gets = gets_of_pod(&api, "web-a");
 
     // A leaves the slice and vanishes: now the flows are ghosts, and go.
     s.lab.sync_services(&[web(42, &b)]).unwrap();
@@ -618,15 +617,9 @@ fn a_terminating_pod_keeps_its_flows_until_it_leaves_the_slice() {
     eprintln!("terminated pod's flows removed {took:?} after it left the slice");
     expect_fail_fast_and_recover(draining, &hung, Some("web-b"), Duration::from_secs(8));
     expect_untouched(healthy, &before_healthy, &["web-b"], "healthy pool");
-    assert_eq!(
-        gets_of_pod(&api, "web-a"),
-        gets,
-        "the agent asked for a pod last seen terminating: {:#?}",
-        api.requests()
-            .into_iter()
-            .filter(|r| r.verb == "get")
-            .collect::<Vec<_>>()
-    );
+    // The agent may ask about a pod last seen terminating (issue #12: a draining pod whose
+    // labels changed leaves the slice alive): no assertion on the GETs here, this node's pod
+    // watch saw it deleted.
     let m = agent.metrics();
     assert_eq!(
         metric_sum(&m, "ghostbuster_flows_removed_total"),

@@ -41,6 +41,11 @@ fn key() -> ObjectKey {
     ObjectKey::new("ns", "web")
 }
 
+/// The pod behind endpoint `10.244.0.2`.
+fn pod_b() -> ObjectKey {
+    ObjectKey::new("ns", "b")
+}
+
 fn verdict_for(index: &Index, backend: &str) -> ghostbuster::verdict::Verdict {
     let f = tcp("10.244.9.9", 40000, VIP, 80)
         .dnat(backend, 8080)
@@ -80,9 +85,21 @@ fn endpoint_leaving_every_slice_leaves_a_tombstone() {
         [Evidence::EndpointRemoved]
     );
     assert_eq!(v.kept_because, Some(KeepReason::NoEvidence));
+    // A pod of the same name in another namespace is another pod: its 404 proves nothing.
+    assert_eq!(
+        index.tombstones_mut().mark_pod_gone(
+            &ip("10.244.0.2"),
+            &ObjectKey::new("other", "b"),
+            None
+        ),
+        0
+    );
+    assert!(!verdict_for(&index, "10.244.0.2").removable);
     // ...until the agent confirms the pod is gone.
     assert_eq!(
-        index.tombstones_mut().mark_pod_gone(&ip("10.244.0.2"), "b"),
+        index
+            .tombstones_mut()
+            .mark_pod_gone(&ip("10.244.0.2"), &pod_b(), None),
         1
     );
     let v = verdict_for(&index, "10.244.0.2");
@@ -539,7 +556,9 @@ fn a_pod_the_api_confirmed_gone_is_not_alive_for_a_lagging_pod_watch() {
     // still lists it: the GET is the fresher word.
     let mut index = b_left_while_its_pod_looks_alive();
     assert_eq!(
-        index.tombstones_mut().mark_pod_gone(&ip("10.244.0.2"), "b"),
+        index
+            .tombstones_mut()
+            .mark_pod_gone(&ip("10.244.0.2"), &pod_b(), None),
         1
     );
     let v = verdict_for(&index, "10.244.0.2");

@@ -157,6 +157,17 @@ pub async fn post_node_warning(
     reason: &'static str,
     note: String,
 ) {
+    post_node_warning_for(client, node, "WatchConntrackTable", reason, note).await
+}
+
+/// [`post_node_warning`] with the Event's `action` given (what the agent was doing).
+pub async fn post_node_warning_for(
+    client: kube::Client,
+    node: String,
+    action: &'static str,
+    reason: &'static str,
+    note: String,
+) {
     let node = node.as_str();
     let ev = Event {
         metadata: ObjectMeta {
@@ -165,7 +176,7 @@ pub async fn post_node_warning(
             ..Default::default()
         },
         event_time: Some(MicroTime(jiff::Timestamp::now())),
-        action: Some("WatchConntrackTable".into()),
+        action: Some(action.into()),
         reason: Some(reason.into()),
         note: Some(note),
         type_: Some("Warning".into()),

@@ -16,13 +16,14 @@ use std::time::{Duration, Instant};
 use ctnetlink::{Conntrack, EventFilterHandle, Filter, FilterApplied};
 use jiff::Timestamp;
 
-use super::gate::{self, Breaker, Global, Hold};
+use super::gate::{self, Breaker, DeleteBudget, Global, Hold, KubeProxyView, Trip};
 use super::prefetch::{self, EventMarks, Snapshot};
 use crate::classify::classify;
 use crate::cluster::{Index, Name, ObjectKey};
 use crate::policy::Policy;
 use crate::scan::{classify_flows, scan_with, Finding, ScanOptions};
 use crate::sweep::{sweep, Outcome, SweepTotals};
+use crate::telemetry::metrics::{stale_counts, StaleKey};
 use crate::verdict::VerdictKind;
 
 /// What the reactor is asked to do.
@@ -48,8 +49,9 @@ pub enum PodFate {
 /// The outside world the reactor needs, behind small traits so the loop can be driven by tests
 /// and by the real API/kube-proxy clients alike.
 pub trait World: Send {
-    /// The time kube-proxy last synced its rules, when it can be read.
-    fn kube_proxy_synced_at(&mut self) -> Option<Timestamp>;
+    /// What is known of kube-proxy's syncs (read now; the tracker behind it remembers earlier
+    /// readings).
+    fn kube_proxy(&mut self) -> KubeProxyView;
     /// Is the pod `namespace/name` (uid, ip) gone?
     fn pod_fate(&mut self, namespace: &str, name: &str, uid: Option<&str>, ip: IpAddr) -> PodFate;
     /// The global gate's current inputs (sync/freshness of watches, dataplane mode, dry run).
@@ -58,6 +60,8 @@ pub trait World: Send {
     fn report(&mut self, pass: &PassReport);
     /// Called on every turn of the loop (at least every 250 ms): the liveness heartbeat.
     fn tick(&mut self) {}
+    /// The deletes-per-minute budget tripped the circuit breaker (once: it stays open).
+    fn circuit_tripped(&mut self, _trip: &Trip) {}
 }
 
 /// The result of one pass, for metrics, logs, Events and `/debug/recent`.
@@ -68,11 +72,21 @@ pub struct PassReport {
     pub elapsed: Duration,
     pub scanned: u64,
     pub service_flows: u64,
-    /// Every flow that is not healthy, with the sweep's outcome (Kept when held).
+    /// The flows the sweep acted on (deleted, already gone, failed), and the first
+    /// [`MAX_KEPT_SHOWN`] of the other non-healthy ones (Kept): a kept finding costs ~700 B, and
+    /// a node may keep 100,000 stale flows. `stale` counts all of them.
     pub findings: Vec<(Finding, Outcome)>,
+    /// Kept findings left out of `findings`.
+    pub not_shown: u64,
+    /// Stale flows per (Service, port, protocol, verdict), exact.
+    pub stale: BTreeMap<StaleKey, u64>,
+    /// Backends with removable flows that `held` kept.
+    pub held_backends: Vec<IpAddr>,
     pub totals: SweepTotals,
     /// Why nothing was removed, when something removable was held back.
     pub held: Option<Hold>,
+    /// A circuit breaker is open (this pass's share, or the budget across passes).
+    pub circuit_open: bool,
     /// For targeted passes: when the backend left its Service, and when the gate opened.
     pub removed_at: Option<Timestamp>,
     pub gate_opened: Option<Instant>,
@@ -96,6 +110,9 @@ impl PassKind {
     }
 }
 
+/// Kept findings a pass report carries in detail (the rest are only counted).
+pub const MAX_KEPT_SHOWN: usize = 256;
+
 /// Reactor settings.
 #[derive(Debug, Clone)]
 pub struct ReactorConfig {
@@ -111,6 +128,21 @@ pub struct ReactorConfig {
     pub tombstone_ttl: Duration,
 }
 
+/// Backoff of a backend whose pod GET could not be answered (error, timeout): looked at again
+/// after 1 s, 2 s, 4 s, ... at most [`MAX_RETRY`], not only at the next full pass.
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+const MAX_RETRY: Duration = Duration::from_secs(60);
+
+fn next_retry(backoff: &mut HashMap<IpAddr, Duration>, ip: IpAddr) -> Duration {
+    let d = backoff.entry(ip).or_insert(Duration::ZERO);
+    *d = if d.is_zero() {
+        FIRST_RETRY
+    } else {
+        (*d * 2).min(MAX_RETRY)
+    };
+    *d
+}
+
 /// The reactor's shared state with the rest of the agent.
 pub struct Shared {
     pub index: RwLock<Index>,
@@ -123,6 +155,10 @@ pub struct Shared {
     /// the cluster, though a relist may be running. The reactor starts then.
     pub initial_sync_done: AtomicBool,
     pub circuit_open: AtomicBool,
+    /// The latest change the agent saw whose removals no tombstone remembers: its start, and
+    /// the removal of a Service. A flow removable without a tombstone (`service_gone`, a ghost
+    /// older than the agent) waits for a kube-proxy sync that began after it.
+    changed_at: Mutex<Timestamp>,
     /// What the event thread saw since a snapshot of a backend's flows was taken.
     pub event_marks: EventMarks,
 }
@@ -188,8 +224,19 @@ impl Shared {
             event_filter: Mutex::new(EventFilter::default()),
             initial_sync_done: AtomicBool::new(false),
             circuit_open: AtomicBool::new(false),
+            changed_at: Mutex::new(Timestamp::now()),
             event_marks: EventMarks::default(),
         })
+    }
+
+    /// A Service was removed at `at` (its flows' `service_gone` waits for kube-proxy).
+    pub fn note_services_removed(&self, at: Timestamp) {
+        let mut c = self.changed_at.lock().unwrap_or_else(|e| e.into_inner());
+        *c = (*c).max(at);
+    }
+
+    fn changed_at(&self) -> Timestamp {
+        *self.changed_at.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The backends with tombstones, for the event thread's own check of every event it gets.
@@ -255,8 +302,14 @@ pub fn run(
     // Backends with removable flows that a passing hold kept (a watch relisting or quiet): looked
     // at again as soon as the global gate opens, not at the next full pass minutes later.
     let mut held_back: HashSet<IpAddr> = HashSet::new();
+    // The brake across passes, and the backoff of backends whose pod GET went unanswered.
+    let mut budget = DeleteBudget::new(cfg.breaker.max_deletes_per_minute);
+    let mut backoff: HashMap<IpAddr, Duration> = HashMap::new();
     let mut next_full = Instant::now();
     let mut resync_logged = cfg.resync_interval;
+    // A first reading of kube-proxy's sync metrics: the duration of the first sync after a
+    // removal is measured against it.
+    world.kube_proxy();
     loop {
         if stop.load(Ordering::Relaxed) {
             return;
@@ -305,15 +358,19 @@ pub fn run(
         }
         expire_tombstones(&shared, cfg.tombstone_ttl);
         if full {
-            let (r, cost) =
-                super::cpu::cost_of(|| full_pass(&mut ct, &shared, &mut world, &cfg, &mut parked));
+            let (r, cost) = super::cpu::cost_of(|| {
+                full_pass(
+                    &mut ct,
+                    &shared,
+                    &mut world,
+                    &cfg,
+                    &mut parked,
+                    &mut budget,
+                    &mut backoff,
+                )
+            });
             if r.held.as_ref().is_some_and(Hold::lifts_by_itself) {
-                held_back.extend(
-                    r.findings
-                        .iter()
-                        .filter(|(f, _)| f.verdict.removable)
-                        .filter_map(|(f, _)| f.verdict.backend.map(|b| b.ip)),
-                );
+                held_back.extend(r.held_backends.iter().copied());
             }
             let every = resync_every(cfg.resync_interval, cfg.resync_cpu_percent, cost);
             // Logged when it starts and when it moves by more than a tenth.
@@ -344,6 +401,8 @@ pub fn run(
             &mut parked,
             &mut prefetched,
             &mut held_back,
+            &mut budget,
+            &mut backoff,
         );
         if full || many {
             // The peaks of a pass are over (findings, flows read for many backends at once).
@@ -367,12 +426,14 @@ fn targeted(
     parked: &mut HashMap<IpAddr, Instant>,
     prefetched: &mut HashMap<IpAddr, Snapshot>,
     held_back: &mut HashSet<IpAddr>,
+    budget: &mut DeleteBudget,
+    backoff: &mut HashMap<IpAddr, Duration>,
 ) {
     let started = Instant::now();
     let mut open: Vec<(IpAddr, Option<Timestamp>)> = Vec::new();
     let mut waiting: Vec<IpAddr> = Vec::new();
-    // kube-proxy's sync time is read once per turn, however many backends wait on it (a rollout
-    // parks hundreds, all due at about the same time).
+    // kube-proxy is read once per turn, however many backends wait on it (a rollout parks
+    // hundreds, all due at about the same time).
     let mut synced = None;
     for ip in backends {
         match backend_gate(shared, world, cfg, ip, &mut synced) {
@@ -411,7 +472,8 @@ fn targeted(
             Ok(snaps) => {
                 for (ip, snap) in snaps {
                     if !snap.flows.is_empty() {
-                        // The pod GET, too, happens during the wait.
+                        // The pod GET, too, happens during the wait (an unanswered one is
+                        // asked again when the gate opens).
                         confirm_pods(shared, world, ip);
                     }
                     prefetched.insert(ip, snap);
@@ -448,7 +510,13 @@ fn targeted(
             continue;
         }
         // Only ask the API server when this node holds flows to the backend.
-        confirm_pods(shared, world, ip);
+        let unanswered = confirm_pods(shared, world, ip);
+        if unanswered {
+            // Kept for now (the evidence is unknown); asked again soon, with backoff.
+            parked.insert(ip, Instant::now() + next_retry(backoff, ip));
+        } else {
+            backoff.remove(&ip);
+        }
         let findings = {
             let ix = shared.index.read().unwrap_or_else(|e| e.into_inner());
             classify_flows(&flows, &ix, &cfg.policy)
@@ -459,6 +527,7 @@ fn targeted(
             shared,
             world,
             cfg,
+            budget,
             PassKind::Targeted,
             findings,
             n,
@@ -516,67 +585,82 @@ fn expire_tombstones(shared: &Shared, ttl: Duration) {
     }
 }
 
-/// The earliest removal time among the tombstones at `ip` whose gate is not open yet, or `Ok`.
-/// `synced` caches kube-proxy's sync time for the caller's turn (read on first need).
+/// Whether kube-proxy has caught up with every change the flows of `ip` lean on: the latest
+/// removal among the tombstones at `ip`, and the agent's baseline (its start, the last removal
+/// of a Service) for flows no tombstone covers. `Ok` carries the tombstones' latest removal
+/// (for the reaction metrics). `synced` caches kube-proxy's view for the caller's turn.
 fn backend_gate(
     shared: &Shared,
     world: &mut impl World,
     cfg: &ReactorConfig,
     ip: IpAddr,
-    synced: &mut Option<Option<Timestamp>>,
+    synced: &mut Option<KubeProxyView>,
 ) -> Result<Option<Timestamp>, Duration> {
-    let removed: Vec<Timestamp> = {
+    let latest: Option<Timestamp> = {
         let ix = shared.index.read().unwrap_or_else(|e| e.into_inner());
-        ix.tombstones()
-            .at(&ip)
-            .iter()
-            .map(|t| t.removed_at)
-            .collect()
+        ix.tombstones().at(&ip).iter().map(|t| t.removed_at).max()
     };
-    let Some(latest) = removed.iter().max().copied() else {
-        return Ok(None);
-    };
-    let synced = *synced.get_or_insert_with(|| world.kube_proxy_synced_at());
+    let change = latest.map_or(shared.changed_at(), |t| t.max(shared.changed_at()));
+    let view = *synced.get_or_insert_with(|| world.kube_proxy());
     match gate::kube_proxy_caught_up(
-        latest,
-        synced,
+        change,
+        &view,
         cfg.grace,
         cfg.kube_proxy_max_wait,
         Timestamp::now(),
     ) {
-        Ok(()) => Ok(Some(latest)),
+        Ok(()) => Ok(latest),
         Err((_, again)) => Err(again),
     }
 }
 
 /// Asks the API server about the pods named by the tombstones at `ip` — only when this node
-/// holds flows to it, and never for an endpoint last seen terminating (its removal already means
-/// the pod object was deleted).
-fn confirm_pods(shared: &Shared, world: &mut impl World, ip: IpAddr) {
-    let asks: Vec<(String, String, Option<String>)> = {
+/// holds flows to it. Always for a managed endpoint not yet confirmed gone, terminating or not:
+/// an endpoint that left its slice while terminating may have been deselected (labels changed,
+/// a controller that drops terminating endpoints) and still drain. A pod is its namespace, name
+/// and uid: a 404 for `a/web-0` says nothing about `b/web-0`. Returns true when a GET went
+/// unanswered (error, timeout): the flows are kept, and the caller asks again later. After
+/// one unanswered GET the others wait too (a hanging API server must not hold the reactor for
+/// one timeout per tombstone).
+fn confirm_pods(shared: &Shared, world: &mut impl World, ip: IpAddr) -> bool {
+    let asks: Vec<(ObjectKey, Option<crate::cluster::Uid>)> = {
         let ix = shared.index.read().unwrap_or_else(|e| e.into_inner());
         ix.tombstones()
             .at(&ip)
             .iter()
-            .filter(|t| t.managed && !t.pod_gone && !t.was_terminating())
+            .filter(|t| t.managed && !t.pod_gone)
             .filter_map(|t| {
                 // A Pod targetRef lives in the namespace of its Service's slices.
                 t.pod.as_ref().map(|p| {
                     (
-                        t.service.namespace.to_string(),
-                        p.name.to_string(),
-                        p.uid.as_ref().map(|u| u.to_string()),
+                        ObjectKey {
+                            namespace: t.service.namespace.clone(),
+                            name: p.name.clone(),
+                        },
+                        p.uid.clone(),
                     )
                 })
             })
             .collect()
     };
-    for (ns, name, uid) in asks {
-        if world.pod_fate(&ns, &name, uid.as_deref(), ip) == PodFate::Gone {
-            let mut ix = shared.index.write().unwrap_or_else(|e| e.into_inner());
-            ix.tombstones_mut().mark_pod_gone(&ip, &name);
+    let mut asked: Vec<&ObjectKey> = Vec::new();
+    for (key, uid) in &asks {
+        // Two Services' tombstones may name one pod.
+        if asked.contains(&key) {
+            continue;
+        }
+        asked.push(key);
+        let uid_text = uid.as_ref().map(|u| u.to_string());
+        match world.pod_fate(&key.namespace, &key.name, uid_text.as_deref(), ip) {
+            PodFate::Gone => {
+                let mut ix = shared.index.write().unwrap_or_else(|e| e.into_inner());
+                ix.tombstones_mut().mark_pod_gone(&ip, key, uid.as_ref());
+            }
+            PodFate::Alive => {}
+            PodFate::Unknown => return true,
         }
     }
+    false
 }
 
 fn full_pass(
@@ -585,6 +669,8 @@ fn full_pass(
     world: &mut impl World,
     cfg: &ReactorConfig,
     parked: &mut HashMap<IpAddr, Instant>,
+    budget: &mut DeleteBudget,
+    backoff: &mut HashMap<IpAddr, Duration>,
 ) -> PassReport {
     let started = Instant::now();
     let report = {
@@ -608,8 +694,12 @@ fn full_pass(
                 scanned: 0,
                 service_flows: 0,
                 findings: Vec::new(),
+                not_shown: 0,
+                stale: BTreeMap::new(),
+                held_backends: Vec::new(),
                 totals: SweepTotals::default(),
                 held: None,
+                circuit_open: false,
                 removed_at: None,
                 gate_opened: None,
                 by_state: BTreeMap::new(),
@@ -624,12 +714,13 @@ fn full_pass(
             .get(&VerdictKind::NotService)
             .copied()
             .unwrap_or(0);
-    // Backends removed so recently that kube-proxy may not have caught up are left to their
-    // targeted pass; confirm pods for the others that need it.
+    // Backends whose change kube-proxy may not have programmed yet (removed recently, or
+    // no sync since the agent started or a Service was removed) are left to their targeted
+    // pass; confirm pods for the others that need it.
     let mut findings = report.findings;
     let backends: BTreeMap<IpAddr, ()> = findings
         .iter()
-        .filter(|f| f.verdict.kind.is_stale())
+        .filter(|f| f.verdict.kind.is_stale() || f.verdict.removable)
         .filter_map(|f| f.verdict.backend.map(|b| (b.ip, ())))
         .collect();
     let mut not_yet: HashSet<IpAddr> = HashSet::new();
@@ -638,7 +729,11 @@ fn full_pass(
     for ip in backends.keys() {
         match backend_gate(shared, world, cfg, *ip, &mut synced) {
             Ok(Some(_)) => {
-                confirm_pods(shared, world, *ip);
+                if confirm_pods(shared, world, *ip) {
+                    parked.insert(*ip, Instant::now() + next_retry(backoff, *ip));
+                } else {
+                    backoff.remove(ip);
+                }
                 reclassify = true;
             }
             Ok(None) => {}
@@ -648,6 +743,15 @@ fn full_pass(
             }
         }
     }
+    // A removable flow without a backend leans on the baseline alone.
+    let baseline_open = gate::kube_proxy_caught_up(
+        shared.changed_at(),
+        synced.get_or_insert_with(|| world.kube_proxy()),
+        cfg.grace,
+        cfg.kube_proxy_max_wait,
+        Timestamp::now(),
+    )
+    .is_ok();
     if reclassify {
         // Evidence may have changed (pods confirmed gone): judge the stale flows again.
         let ix = shared.index.read().unwrap_or_else(|e| e.into_inner());
@@ -657,7 +761,11 @@ fn full_pass(
         }
     }
     for f in &mut findings {
-        if f.verdict.backend.is_some_and(|b| not_yet.contains(&b.ip)) {
+        let wait = match f.verdict.backend {
+            Some(b) => not_yet.contains(&b.ip),
+            None => !baseline_open,
+        };
+        if wait {
             f.verdict.removable = false;
         }
     }
@@ -666,6 +774,7 @@ fn full_pass(
         shared,
         world,
         cfg,
+        budget,
         PassKind::Full,
         findings,
         report.scanned,
@@ -679,13 +788,15 @@ fn full_pass(
     r
 }
 
-/// Applies the global gate and the circuit breaker, then deletes.
+/// Applies the global gate and the circuit breakers (this pass's share, and the budget across
+/// passes), then deletes.
 #[allow(clippy::too_many_arguments)]
 fn act(
     ct: &mut Conntrack,
     shared: &Shared,
     world: &mut impl World,
     cfg: &ReactorConfig,
+    budget: &mut DeleteBudget,
     kind: PassKind,
     findings: Vec<Finding>,
     scanned: u64,
@@ -698,7 +809,6 @@ fn act(
     let mut held = world.global().check().err();
     let trips = kind == PassKind::Full && cfg.breaker.trips(planned, service_flows)
         || planned > cfg.breaker.max_deletes_per_pass;
-    shared.circuit_open.store(trips, Ordering::Relaxed);
     if held.is_none() && trips {
         tracing::warn!(
             planned,
@@ -707,6 +817,16 @@ fn act(
         );
         held = Some(Hold::CircuitOpen);
     }
+    if held.is_none() && planned > 0 {
+        if let Err(trip) = budget.admit(planned, Instant::now()) {
+            if let Some(t) = trip {
+                world.circuit_tripped(&t);
+            }
+            held = Some(Hold::CircuitOpen);
+        }
+    }
+    let circuit_open = trips || budget.tripped().is_some();
+    shared.circuit_open.store(circuit_open, Ordering::Relaxed);
     let dry = held.is_some() || planned == 0;
     let (outcomes, totals) = match sweep(ct, &findings, dry) {
         Ok((o, t, _)) => (o, t),
@@ -721,21 +841,56 @@ fn act(
             )
         }
     };
+    budget.spend(totals.deleted, Instant::now());
     let held = if planned > 0 { held } else { None };
+    let stale = stale_counts(&findings);
+    let mut held_backends: Vec<IpAddr> = Vec::new();
+    if held.is_some() {
+        for f in findings.iter().filter(|f| f.verdict.removable) {
+            if let Some(b) = f.verdict.backend {
+                if !held_backends.contains(&b.ip) {
+                    held_backends.push(b.ip);
+                }
+            }
+        }
+    }
+    let (findings, not_shown) = keep_shown(findings.into_iter().zip(outcomes));
     PassReport {
         kind,
         started,
         elapsed: started.elapsed(),
         scanned,
         service_flows,
-        findings: findings.into_iter().zip(outcomes).collect(),
+        findings,
+        not_shown,
+        stale,
+        held_backends,
         totals,
         held,
+        circuit_open,
         removed_at,
         gate_opened,
         by_state: BTreeMap::new(),
         by_service: HashMap::new(),
     }
+}
+
+/// Every finding the sweep acted on, and the first [`MAX_KEPT_SHOWN`] kept ones; and how many
+/// kept ones were left out.
+fn keep_shown(all: impl Iterator<Item = (Finding, Outcome)>) -> (Vec<(Finding, Outcome)>, u64) {
+    let mut shown = Vec::new();
+    let (mut kept, mut not_shown) = (0usize, 0u64);
+    for (f, o) in all {
+        if o == Outcome::Kept {
+            if kept >= MAX_KEPT_SHOWN {
+                not_shown += 1;
+                continue;
+            }
+            kept += 1;
+        }
+        shown.push((f, o));
+    }
+    (shown, not_shown)
 }
 
 /// Backends that left a Service (or whose pod just ended), from an index change: what the
@@ -777,6 +932,75 @@ pub fn services_of(findings: &[(Finding, Outcome)]) -> Vec<ObjectKey> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::verdict::{EvidenceSet, Trace, Verdict};
+    use ctnetlink::{Family, Flow, Status, Tuple};
+    use std::net::Ipv4Addr;
+
+    fn finding(sport: u16, removable: bool) -> Finding {
+        let client = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 5));
+        let vip = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 10));
+        let pod = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7));
+        Finding {
+            flow: Flow {
+                family: Family::Ipv4,
+                orig: Tuple::ports(client, sport, vip, 5432, 6),
+                reply: Tuple::ports(pod, 5432, client, sport, 6),
+                status: Status(Status::DST_NAT),
+                timeout: Some(100),
+                mark: None,
+                zone: 0,
+                id: Some(u32::from(sport)),
+                use_count: None,
+                tcp_state: None,
+                sctp_state: None,
+                start_ns: None,
+                stop_ns: None,
+                orig_counters: None,
+                reply_counters: None,
+                labels: None,
+            },
+            verdict: Verdict {
+                kind: VerdictKind::EndpointGone,
+                evidence: EvidenceSet::default(),
+                half_open: false,
+                removable,
+                kept_because: None,
+                service: None,
+                backend: Some(crate::verdict::Backend {
+                    ip: pod,
+                    port: 5432,
+                }),
+                now_owned_by: None,
+                trace: Trace::default(),
+            },
+        }
+    }
+
+    /// Issue #12 §3: 100,000 kept stale flows must not be carried (cloned, ~700 B each) in a
+    /// pass report: the counts stay exact, the details are capped; acted-on flows are all kept.
+    #[test]
+    fn a_pass_report_counts_every_kept_flow_and_details_a_few() {
+        let n = 100_000usize;
+        let all = (0..n).map(|i| {
+            let o = if i < 3 {
+                Outcome::Deleted
+            } else {
+                Outcome::Kept
+            };
+            (finding((i % 60_000) as u16, false), o)
+        });
+        let (shown, not_shown) = keep_shown(all);
+        assert_eq!(shown.len(), 3 + MAX_KEPT_SHOWN);
+        assert_eq!(not_shown, (n - 3 - MAX_KEPT_SHOWN) as u64);
+        assert_eq!(
+            shown.iter().filter(|(_, o)| *o == Outcome::Deleted).count(),
+            3
+        );
+        // The counts for metrics are taken before the cap, over every finding.
+        let many: Vec<Finding> = (0..1_000).map(|i| finding(i, false)).collect();
+        let stale = stale_counts(&many);
+        assert_eq!(stale.values().sum::<u64>(), 1_000);
+    }
 
     #[test]
     fn a_long_full_pass_stretches_the_resync_interval() {

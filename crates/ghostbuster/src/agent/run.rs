@@ -254,6 +254,9 @@ pub async fn run(
                         if n > 0 {
                             metrics.endpoint_changes(n);
                         }
+                        if !c.services_removed.is_empty() {
+                            shared.note_services_removed(Timestamp::now());
+                        }
                         if !c.endpoints_removed.is_empty() {
                             // Set and event filter updated before the work below is sent.
                             shared.refresh_dead_backends();
@@ -313,7 +316,11 @@ pub async fn run(
     let world = AgentWorld {
         rt: tokio::runtime::Handle::current(),
         kube_proxy,
+        kube_proxy_syncs: Default::default(),
         pods: PodChecker::new(client.clone(), Duration::from_secs(5)),
+        pod_get_timeout: a.pod_get_timeout,
+        client: client.clone(),
+        node_name: a.node_name.clone(),
         health: health.clone(),
         watch_stale_after: a.watch_stale_after,
         dry_run: a.dry_run,
@@ -332,6 +339,7 @@ pub async fn run(
         resync_cpu_percent: a.resync_cpu_percent,
         breaker: Breaker {
             max_deletes_per_pass: a.max_deletes_per_pass,
+            max_deletes_per_minute: a.max_deletes_per_minute,
             ..Breaker::default()
         },
         tombstone_ttl: a.tombstone_ttl,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 use tokio::runtime::Handle;
 
-use super::gate::Global;
+use super::gate::{Global, KubeProxyView, SyncTracker, Trip};
 use super::k8s_events::EventPoster;
 use super::reactor::{PassKind, PassReport, PodFate, World};
 use crate::cluster::kube::{PodCheck, PodChecker, WatchHealth};
@@ -23,7 +23,14 @@ use crate::telemetry::recent::RemovedFlow;
 pub struct AgentWorld {
     pub rt: Handle,
     pub kube_proxy: KubeProxy,
+    /// What successive readings of kube-proxy's metrics proved.
+    pub kube_proxy_syncs: SyncTracker,
     pub pods: PodChecker,
+    /// The longest a pod GET may take: the reactor waits for it.
+    pub pod_get_timeout: Duration,
+    /// For the Warning Event on this node when the circuit breaker trips.
+    pub client: kube::Client,
+    pub node_name: String,
     pub health: Arc<WatchHealth>,
     pub watch_stale_after: Duration,
     pub dry_run: bool,
@@ -39,34 +46,73 @@ pub struct AgentWorld {
 }
 
 impl World for AgentWorld {
-    fn kube_proxy_synced_at(&mut self) -> Option<Timestamp> {
+    fn kube_proxy(&mut self) -> KubeProxyView {
         let kp = &self.kube_proxy;
-        let r = self.rt.block_on(kp.last_sync());
+        let r = self.rt.block_on(kp.sync_reading());
         let m = &self.admin.metrics;
         match r {
-            Ok(t) => {
-                let lag = Timestamp::now().duration_since(t);
-                m.set_kube_proxy_lag(Duration::try_from(lag).ok());
-                Some(t)
+            Ok(reading) => {
+                let lag = reading
+                    .last_success
+                    .and_then(|t| Duration::try_from(Timestamp::now().duration_since(t)).ok());
+                m.set_kube_proxy_lag(lag);
+                self.kube_proxy_syncs.observe(reading);
             }
             Err(e) => {
-                tracing::debug!(error = %e, "kube-proxy's last sync time is unknown; using --grace");
+                tracing::debug!(error = %e, "kube-proxy's sync metrics are unreadable; using --grace unless its /healthz says it fails");
                 m.set_kube_proxy_lag(None);
-                None
+                let healthy = self.rt.block_on(kp.healthz()).ok().map(|h| h.healthy);
+                self.kube_proxy_syncs.unreadable(healthy);
             }
         }
+        let view = self.kube_proxy_syncs.view();
+        m.set_kube_proxy_failing(view.failing);
+        view
     }
 
     fn pod_fate(&mut self, namespace: &str, name: &str, uid: Option<&str>, ip: IpAddr) -> PodFate {
         let pods = &self.pods;
-        match self.rt.block_on(pods.check(namespace, name, uid, ip)) {
-            Ok(PodCheck::Gone | PodCheck::Replaced | PodCheck::Moved) => PodFate::Gone,
-            Ok(PodCheck::Same | PodCheck::Terminating) => PodFate::Alive,
-            Err(e) => {
-                tracing::warn!(pod = %format!("{namespace}/{name}"), error = %e, "pod lookup failed; keeping its flows");
+        let limit = self.pod_get_timeout;
+        // The timer is made inside the runtime: the reactor thread has no runtime context.
+        let check =
+            async move { tokio::time::timeout(limit, pods.check(namespace, name, uid, ip)).await };
+        match self.rt.block_on(check) {
+            Ok(Ok(PodCheck::Gone | PodCheck::Replaced | PodCheck::Moved)) => PodFate::Gone,
+            Ok(Ok(PodCheck::Same | PodCheck::Terminating)) => PodFate::Alive,
+            Ok(Err(e)) => {
+                tracing::warn!(pod = %format!("{namespace}/{name}"), error = %e, "pod lookup failed; keeping its flows, asking again with backoff");
+                PodFate::Unknown
+            }
+            Err(_) => {
+                tracing::warn!(pod = %format!("{namespace}/{name}"), timeout_ms = self.pod_get_timeout.as_millis() as u64, "pod lookup timed out; keeping its flows, asking again with backoff (--pod-get-timeout)");
                 PodFate::Unknown
             }
         }
+    }
+
+    fn circuit_tripped(&mut self, trip: &Trip) {
+        let note = format!(
+            "ghostbuster on node {} stopped removing conntrack entries: a pass wanted to remove {} \
+             after {} in the last minute, over the budget of {} per minute \
+             (--max-deletes-per-minute). It only reports until it restarts (kubectl -n <namespace> \
+             delete pod <this agent's pod>); look at /debug/recent and the pass logs first: a \
+             burst this size is more often a wrong view of the cluster than that many ghosts.",
+            self.node_name, trip.planned, trip.spent, trip.per_minute
+        );
+        tracing::warn!(
+            planned = trip.planned,
+            spent_last_minute = trip.spent,
+            per_minute = trip.per_minute,
+            "circuit breaker tripped: reporting only until the agent restarts. {note}"
+        );
+        self.admin.metrics.circuit_tripped();
+        self.rt.spawn(super::k8s_events::post_node_warning_for(
+            self.client.clone(),
+            self.node_name.clone(),
+            "RemoveConntrackEntries",
+            "GhostbusterCircuitOpen",
+            note,
+        ));
     }
 
     fn global(&mut self) -> Global {
@@ -88,8 +134,14 @@ impl World for AgentWorld {
             PassKind::Full => ScanKind::Full,
             PassKind::Targeted => ScanKind::Targeted,
         };
-        let findings: Vec<_> = pass.findings.iter().map(|(f, _)| f.clone()).collect();
-        m.record_scan_findings(kind, pass.elapsed, pass.scanned, &findings);
+        // The exact counts; the findings themselves are capped (kept ones beyond a few hundred
+        // are only counted).
+        m.record_scan(
+            kind,
+            pass.elapsed,
+            pass.scanned,
+            pass.stale.iter().map(|(k, n)| (k.clone(), *n)),
+        );
         if pass.kind == PassKind::Full {
             m.set_entries_by_state(
                 pass.by_state
@@ -172,14 +224,14 @@ impl World for AgentWorld {
                 }
             }
         }
-        m.set_circuit_open(matches!(pass.held, Some(super::gate::Hold::CircuitOpen)));
+        m.set_circuit_open(pass.circuit_open);
         let held: Vec<ReportOnly> = pass
             .held
             .iter()
             .map(|h| ReportOnly::new(h.label(), serde_json::to_string(h).unwrap_or_default()))
             .collect();
         self.admin.set_report_only(held);
-        let stale = pass.findings.len();
+        let stale = pass.findings.len() as u64 + pass.not_shown;
         // A targeted pass that kept stale flows is logged too: "why is my ghost still there?"
         if deleted > 0
             || pass.totals.failed > 0

@@ -40,9 +40,9 @@ pub struct AgentArgs {
     /// Without a readable kube-proxy sync time, wait this long after an endpoint's removal.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub grace: Duration,
-    /// Longest wait for a readable kube-proxy to report a sync after a removal: kube-proxy may
-    /// have applied the change just before the agent saw it, and then only its periodic sync
-    /// (`syncPeriod`, 30 s by default) moves its timestamp.
+    /// How long a removed backend is looked at every 100 ms while a readable kube-proxy has not
+    /// completed a sync that began after the removal; after it, every second. Its flows are
+    /// never removed before such a sync (kube-proxy's periodic one, `syncPeriod`, comes anyway).
     #[arg(long, default_value = "35s", value_parser = parse_duration)]
     pub kube_proxy_max_wait: Duration,
     /// Full scan interval: the source of truth behind the fast paths.
@@ -57,6 +57,16 @@ pub struct AgentArgs {
     /// Circuit breaker: never more deletes than this in one pass.
     #[arg(long, default_value_t = 100_000)]
     pub max_deletes_per_pass: u64,
+    /// Circuit breaker across passes (full and targeted): a pass that would exceed this many
+    /// deletes in the last minute removes nothing and trips the breaker, which stays open
+    /// (report only, a Warning Event on the Node, `ghostbuster_circuit_breaker_trips_total`)
+    /// until the agent restarts. 0: no budget.
+    #[arg(long, default_value_t = crate::agent::gate::DEFAULT_MAX_DELETES_PER_MINUTE)]
+    pub max_deletes_per_minute: u64,
+    /// The longest a pod GET may take (the agent's confirmation that a removed backend's pod is
+    /// gone); unanswered, the flows are kept and the pod is asked again with backoff.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub pod_get_timeout: Duration,
     /// Cap of per-service metric series; the rest is aggregated as service="_other".
     #[arg(long, default_value_t = 100)]
     pub max_service_series: usize,

@@ -3,8 +3,9 @@
 //! Since Kubernetes 1.26 a terminating pod stays in its slices (`terminating: true`) until the pod
 //! object is deleted, so an endpoint that leaves *every* slice of its Service means the pod is gone
 //! or no longer selected. That moment is the agent's strongest evidence; a snapshot cannot see it.
-//! The agent confirms with one GET of the pod named here before removing TCP flows, and skips the
-//! GET when the endpoint was last seen terminating.
+//! The agent confirms with one GET of the pod named here before removing TCP flows — also when
+//! the endpoint was last seen terminating: a draining pod whose labels changed leaves the slice
+//! alive.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -114,11 +115,13 @@ impl Tombstones {
         before - self.len
     }
 
-    /// Marks the tombstones at `ip` that name pod `pod_name` as confirmed gone; returns how many.
-    pub fn mark_pod_gone(&mut self, ip: &IpAddr, pod_name: &str) -> usize {
+    /// The API server confirmed pod `key` (uid `uid`) gone (404, another uid or IP): marks the
+    /// tombstones at `ip` that name that pod — namespace, name and uid, never the name alone
+    /// (`a/web-0` gone says nothing about `b/web-0`) — and returns how many.
+    pub fn mark_pod_gone(&mut self, ip: &IpAddr, key: &ObjectKey, uid: Option<&Uid>) -> usize {
         let mut n = 0;
         for t in self.by_ip.get_mut(ip).into_iter().flatten() {
-            if t.pod.as_ref().is_some_and(|p| &*p.name == pod_name) {
+            if t.names_pod(key, uid) {
                 t.pod_gone = true;
                 n += 1;
             }
@@ -139,5 +142,52 @@ impl Tombstones {
             }
         }
         n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::Name;
+
+    fn tomb(ns: &str, pod: &str, uid: &str, ip: IpAddr) -> Tombstone {
+        Tombstone {
+            service: ObjectKey::new(ns, "web"),
+            ip,
+            ports: Vec::new(),
+            pod: Some(PodTarget {
+                name: Name::new(pod),
+                uid: Some(Uid::Other(Name::new(uid))),
+            }),
+            conditions: Conditions::new(true, true, false),
+            managed: true,
+            removed_at: Timestamp::from_second(1_800_000_000).unwrap(),
+            pod_gone: false,
+        }
+    }
+
+    /// Issue #12 §1: `a/web-0` confirmed gone says nothing about `b/web-0`, even at the same IP
+    /// (the IP was reused, then `b/web-0` was deselected while it runs on).
+    #[test]
+    fn a_pod_confirmed_gone_marks_only_its_own_namespace() {
+        let ip: IpAddr = "198.51.100.7".parse().unwrap();
+        let mut t = Tombstones::default();
+        t.bury(tomb("a", "web-0", "uid-a", ip));
+        t.bury(tomb("b", "web-0", "uid-b", ip));
+        let a = ObjectKey::new("a", "web-0");
+        let uid_a = Uid::Other(Name::new("uid-a"));
+        assert_eq!(t.mark_pod_gone(&ip, &a, Some(&uid_a)), 1);
+        let gone: Vec<(&str, bool)> = t
+            .at(&ip)
+            .iter()
+            .map(|t| (t.service.namespace.as_str(), t.pod_gone))
+            .collect();
+        assert_eq!(gone, vec![("a", true), ("b", false)]);
+        // Another incarnation of a/web-0 (another uid) is not the one the tombstone names.
+        let mut t = Tombstones::default();
+        t.bury(tomb("a", "web-0", "uid-a", ip));
+        let other = Uid::Other(Name::new("uid-a2"));
+        assert_eq!(t.mark_pod_gone(&ip, &a, Some(&other)), 0);
+        assert!(!t.at(&ip)[0].pod_gone);
     }
 }

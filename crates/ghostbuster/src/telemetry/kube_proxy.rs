@@ -25,6 +25,7 @@ use jiff::Timestamp;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::agent::gate::SyncReading;
 use crate::audit::host::HttpUrl;
 
 pub const DEFAULT_METRICS_URL: &str = "http://127.0.0.1:10249/metrics";
@@ -36,6 +37,15 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const MAX_RESPONSE: u64 = 8 * 1024 * 1024;
 /// The gauge kube-proxy sets after each successful rule sync.
 pub const SYNC_METRIC: &str = "kubeproxy_sync_proxy_rules_last_timestamp_seconds";
+/// The histogram of every sync's duration (failed ones too), observed when the sync ends.
+pub const SYNC_DURATION_SUM: &str = "kubeproxy_sync_proxy_rules_duration_seconds_sum";
+pub const SYNC_DURATION_COUNT: &str = "kubeproxy_sync_proxy_rules_duration_seconds_count";
+/// Counters of failed syncs (iptables mode, its partial syncs, nftables mode).
+pub const SYNC_FAILURE_METRICS: [&str; 3] = [
+    "kubeproxy_sync_proxy_rules_iptables_restore_failures_total",
+    "kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total",
+    "kubeproxy_sync_proxy_rules_nftables_sync_failures_total",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -224,38 +234,71 @@ fn truncate(s: &str, n: usize) -> &str {
     }
 }
 
+/// The sum of every sample of `metric` (over its labels); `None` when it has none.
+pub fn parse_metric_sum(text: &str, metric: &str) -> Option<f64> {
+    let mut found = false;
+    let mut sum = 0.0;
+    for v in metric_samples(text, metric) {
+        found = true;
+        sum += v;
+    }
+    found.then_some(sum)
+}
+
 /// The oldest sample of `metric` in a Prometheus text exposition (Unix seconds, as a float; NaN
 /// and infinities are skipped). `None` when there is no usable sample.
 pub fn parse_metric_min(text: &str, metric: &str) -> Option<f64> {
-    text.lines()
-        .filter_map(|line| {
-            let rest = line.strip_prefix(metric)?;
-            let rest = if let Some(labelled) = rest.strip_prefix('{') {
-                // Label values may contain '}' only inside quotes; kube-proxy's never do, but
-                // skip quoted text anyway.
-                let mut in_quotes = false;
-                let mut escaped = false;
-                let end = labelled.char_indices().find_map(|(i, c)| {
-                    match (c, in_quotes, escaped) {
-                        (_, true, true) => escaped = false,
-                        ('\\', true, false) => escaped = true,
-                        ('"', _, false) => in_quotes = !in_quotes,
-                        ('}', false, _) => return Some(i),
-                        _ => {}
-                    }
-                    None
-                })?;
-                &labelled[end + 1..]
-            } else if rest.starts_with([' ', '\t']) {
-                rest
-            } else {
-                // Another metric with this one's name as a prefix (`..._seconds_count`).
-                return None;
-            };
-            let value: f64 = rest.split_whitespace().next()?.parse().ok()?;
-            value.is_finite().then_some(value)
-        })
-        .min_by(f64::total_cmp)
+    metric_samples(text, metric).min_by(f64::total_cmp)
+}
+
+/// Every finite sample of `metric` (not of metrics that merely start with its name).
+fn metric_samples<'a>(text: &'a str, metric: &'a str) -> impl Iterator<Item = f64> + 'a {
+    text.lines().filter_map(move |line| {
+        let rest = line.strip_prefix(metric)?;
+        let rest = if let Some(labelled) = rest.strip_prefix('{') {
+            // Label values may contain '}' only inside quotes; kube-proxy's never do, but
+            // skip quoted text anyway.
+            let mut in_quotes = false;
+            let mut escaped = false;
+            let end = labelled.char_indices().find_map(|(i, c)| {
+                match (c, in_quotes, escaped) {
+                    (_, true, true) => escaped = false,
+                    ('\\', true, false) => escaped = true,
+                    ('"', _, false) => in_quotes = !in_quotes,
+                    ('}', false, _) => return Some(i),
+                    _ => {}
+                }
+                None
+            })?;
+            &labelled[end + 1..]
+        } else if rest.starts_with([' ', '\t']) {
+            rest
+        } else {
+            // Another metric with this one's name as a prefix (`..._seconds_count`).
+            return None;
+        };
+        let value: f64 = rest.split_whitespace().next()?.parse().ok()?;
+        value.is_finite().then_some(value)
+    })
+}
+
+/// Reads the sync metrics of a kube-proxy `/metrics` text: `None` without the sync gauge (not
+/// kube-proxy, or one that never synced).
+pub fn parse_sync_reading(text: &str) -> Option<SyncReading> {
+    let last = from_unix_seconds(parse_metric_min(text, SYNC_METRIC)?)?;
+    let duration =
+        parse_metric_sum(text, SYNC_DURATION_SUM).zip(parse_metric_sum(text, SYNC_DURATION_COUNT));
+    let failures = SYNC_FAILURE_METRICS
+        .iter()
+        .filter_map(|m| parse_metric_sum(text, m))
+        .fold(None, |acc: Option<f64>, v| Some(acc.unwrap_or(0.0) + v));
+    Some(SyncReading {
+        // Unix epoch: kube-proxy has not synced since it started.
+        last_success: (last.as_second() > 0).then_some(last),
+        duration,
+        failures,
+        healthy: None,
+    })
 }
 
 /// Unix seconds to a timestamp.
@@ -385,6 +428,16 @@ impl KubeProxy {
         })
     }
 
+    /// kube-proxy's sync metrics: the end of its last successful sync, the duration histogram,
+    /// the failure counters (see [`crate::agent::gate::SyncTracker`] for what they prove).
+    pub async fn sync_reading(&self) -> Result<SyncReading> {
+        let r = self.get_ok(&self.metrics).await?;
+        parse_sync_reading(&r.body).ok_or_else(|| Error::NoSample {
+            url: display(&self.metrics),
+            metric: SYNC_METRIC,
+        })
+    }
+
     /// kube-proxy's `/healthz` (a 503 is an answer too: `healthy: false`).
     pub async fn healthz(&self) -> Result<Healthz> {
         let r = get(&self.healthz, self.timeout).await?;
@@ -492,6 +545,25 @@ kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds 1.7149573200000e+09
             ),
             None
         );
+    }
+
+    #[test]
+    fn reads_the_sync_histogram_and_failure_counters() {
+        let text = format!(
+            "{METRICS}kubeproxy_sync_proxy_rules_iptables_restore_failures_total 2\n\
+             kubeproxy_sync_proxy_rules_nftables_sync_failures_total{{x=\"y\"}} 1\n"
+        );
+        let r = parse_sync_reading(&text).unwrap();
+        assert_eq!(r.last_success.unwrap().as_millisecond(), 1_714_957_312_345);
+        assert_eq!(r.duration, Some((1.2345, 42.0)));
+        assert_eq!(r.failures, Some(3.0));
+        let r = parse_sync_reading(METRICS).unwrap();
+        assert_eq!(r.failures, None);
+        assert!(parse_sync_reading("# nothing\n").is_none());
+        // Never synced since it started: the gauge is 0.
+        let r =
+            parse_sync_reading("kubeproxy_sync_proxy_rules_last_timestamp_seconds 0\n").unwrap();
+        assert_eq!((r.last_success, r.duration), (None, None));
     }
 
     #[test]

@@ -209,6 +209,8 @@ pub struct Metrics {
     endpoint_changes: Counter,
     mode: GaugeSet,
     circuit_open: Gauge,
+    circuit_trips: Counter,
+    kube_proxy_failing: Gauge,
     ready: Gauge,
     report_only: GaugeSet,
     entries_by_state: GaugeSet,
@@ -333,6 +335,18 @@ impl Metrics {
             "1 while the circuit breaker holds deletes (too many flows would be removed at once)",
             circuit_open.clone(),
         );
+        let circuit_trips = Counter::default();
+        r.register(
+            "ghostbuster_circuit_breaker_trips",
+            "Times the deletes-per-minute budget tripped the circuit breaker (it then stays open until the agent restarts)",
+            circuit_trips.clone(),
+        );
+        let kube_proxy_failing = Gauge::default();
+        r.register(
+            "ghostbuster_kube_proxy_failing",
+            "1 while kube-proxy reports failing rule syncs or an unhealthy /healthz (deletes wait)",
+            kube_proxy_failing.clone(),
+        );
         let ready = Gauge::default();
         r.register(
             "ghostbuster_ready",
@@ -419,6 +433,8 @@ impl Metrics {
             endpoint_changes,
             mode,
             circuit_open,
+            circuit_trips,
+            kube_proxy_failing,
             ready,
             report_only,
             entries_by_state,
@@ -624,6 +640,16 @@ impl Metrics {
 
     pub fn set_circuit_open(&self, open: bool) {
         self.circuit_open.set(i64::from(open));
+    }
+
+    /// The deletes-per-minute budget tripped (`ghostbuster_circuit_breaker_trips_total`).
+    pub fn circuit_tripped(&self) {
+        self.circuit_trips.inc();
+        self.circuit_open.set(1);
+    }
+
+    pub fn set_kube_proxy_failing(&self, failing: bool) {
+        self.kube_proxy_failing.set(i64::from(failing));
     }
 
     /// Readiness as `/readyz` answers it (the admin server sets it at each scrape).

@@ -18,12 +18,16 @@ use std::time::{Duration, Instant};
 use fake_apiserver::FakeApiServer;
 use serde_json::Value;
 
-/// A kube-proxy that only answers what the agent asks: its last sync time and its mode.
+/// A kube-proxy that only answers what the agent asks: its sync metrics (the end of its last
+/// successful sync, the duration histogram of every sync, the failure counter) and its mode.
 pub struct FakeKubeProxy {
     pub addr: SocketAddr,
     sync: Arc<Mutex<f64>>,
     /// What `/proxyMode` answers ([`FakeKubeProxy::set_mode`]).
     mode: Arc<Mutex<String>>,
+    /// The duration histogram `(sum, count)` and the restore failures.
+    syncs: Arc<Mutex<(f64, f64, f64)>>,
+    scrapes: Arc<std::sync::atomic::AtomicU64>,
     _rt: tokio::runtime::Runtime,
 }
 
@@ -42,9 +46,12 @@ impl FakeKubeProxy {
             .build()
             .unwrap();
         let sync = Arc::new(Mutex::new(now_secs() - 600.0));
-        let s2 = sync.clone();
         let mode = Arc::new(Mutex::new(mode.to_string()));
         let m2 = mode.clone();
+        // Ten syncs of 0.1 s each before the test looks.
+        let syncs = Arc::new(Mutex::new((1.0, 10.0, 0.0)));
+        let scrapes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (s2, h2, c2) = (sync.clone(), syncs.clone(), scrapes.clone());
         let listener = loopback_listener(netns);
         let addr = rt.block_on(async move {
             let app = axum::Router::new()
@@ -52,9 +59,19 @@ impl FakeKubeProxy {
                     "/metrics",
                     axum::routing::get(move || {
                         let v = *s2.lock().unwrap();
+                        let (sum, count, failures) = *h2.lock().unwrap();
+                        c2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                         async move {
                             format!(
-                                "# HELP kubeproxy_sync_proxy_rules_last_timestamp_seconds [ALPHA] The last time proxy rules were successfully synced\n\
+                                "# HELP kubeproxy_sync_proxy_rules_duration_seconds [ALPHA] SyncProxyRules latency in seconds\n\
+                                 # TYPE kubeproxy_sync_proxy_rules_duration_seconds histogram\n\
+                                 kubeproxy_sync_proxy_rules_duration_seconds_bucket{{le=\"+Inf\"}} {count}\n\
+                                 kubeproxy_sync_proxy_rules_duration_seconds_sum {sum:.6}\n\
+                                 kubeproxy_sync_proxy_rules_duration_seconds_count {count}\n\
+                                 # HELP kubeproxy_sync_proxy_rules_iptables_restore_failures_total [ALPHA] Cumulative proxy iptables restore failures\n\
+                                 # TYPE kubeproxy_sync_proxy_rules_iptables_restore_failures_total counter\n\
+                                 kubeproxy_sync_proxy_rules_iptables_restore_failures_total {failures}\n\
+                                 # HELP kubeproxy_sync_proxy_rules_last_timestamp_seconds [ALPHA] The last time proxy rules were successfully synced\n\
                                  # TYPE kubeproxy_sync_proxy_rules_last_timestamp_seconds gauge\n\
                                  kubeproxy_sync_proxy_rules_last_timestamp_seconds {v:.3}\n"
                             )
@@ -77,6 +94,8 @@ impl FakeKubeProxy {
             addr,
             sync,
             mode,
+            syncs,
+            scrapes,
             _rt: rt,
         }
     }
@@ -87,10 +106,46 @@ impl FakeKubeProxy {
     }
 
     /// kube-proxy syncs: like the real one (minSyncPeriod 1 s), a moment after the change it
-    /// reacts to, so its timestamp is later than the agent's view of the removal.
+    /// reacts to, so its timestamp is later than the agent's view of the removal — and so is
+    /// the sync's start (it took 10 ms).
     pub fn synced_now(&self) {
         std::thread::sleep(Duration::from_millis(300));
-        *self.sync.lock().unwrap() = now_secs();
+        let now = now_secs();
+        self.synced(now - 0.01, now);
+    }
+
+    /// Publishes one successful sync that began at `began` and ended at `ended` (Unix seconds):
+    /// the gauge moves to its end, the histogram gains its duration.
+    pub fn synced(&self, began: f64, ended: f64) {
+        // The gauge first, then the histogram, as kube-proxy does (the duration is observed in
+        // a deferred call): a reading in between must not be taken for the whole sync.
+        *self.sync.lock().unwrap() = ended;
+        let mut h = self.syncs.lock().unwrap();
+        h.0 += ended - began;
+        h.1 += 1.0;
+    }
+
+    /// Publishes one failed sync (iptables-restore failed): the histogram and the failure
+    /// counter move, the gauge does not.
+    pub fn sync_failed(&self) {
+        let mut h = self.syncs.lock().unwrap();
+        h.0 += 0.01;
+        h.1 += 1.0;
+        h.2 += 1.0;
+    }
+
+    /// How many times `/metrics` was read.
+    pub fn scrapes(&self) -> u64 {
+        self.scrapes.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until `/metrics` was read `n` more times than `since`, at most `within`.
+    pub fn wait_scrapes(&self, since: u64, n: u64, within: Duration) -> bool {
+        let until = Instant::now() + within;
+        while self.scrapes() < since + n && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.scrapes() >= since + n
     }
 }
 

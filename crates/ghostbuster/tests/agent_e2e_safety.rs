@@ -1,0 +1,635 @@
+//! The agent's safety stories end to end (issue #12 §1 and §3): the real binary, the real
+//! kernel in a netlab node namespace, the fake API server and a fake kube-proxy whose sync
+//! metrics the test publishes. Each story has a connection that must survive and, to prove
+//! the agent looked, a sibling ghost that goes (or a counter that moved) first.
+//!
+//! - a pod is namespace/name/uid: `a/web-0` gone does not make `b/web-0`'s backend gone;
+//! - a kube-proxy sync that began before the change does not open the gate, a later one does;
+//! - a kube-proxy that reports failing syncs holds every delete, even past `--kube-proxy-max-wait`;
+//! - the deletes-per-minute budget trips the breaker across passes and stays open;
+//! - a pod GET that hangs neither blocks the reactor nor waits for the next full pass;
+//! - a draining pod on another node whose labels change keeps its connections.
+
+mod agent_support;
+mod scan_support;
+
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, SocketAddr};
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use agent_support::*;
+use fake_apiserver::FakeApiServer;
+use netlab::plan::vip_v4;
+use netlab::{ClientReport, Endpoint, Service, ServicePort, TcpPool};
+use scan_support::*;
+use serde_json::Value;
+
+/// The agent with its stderr captured (and echoed), so a test can read its log lines.
+struct LoggedAgent {
+    child: Child,
+    port: u16,
+    log: Arc<Mutex<Vec<String>>>,
+    _kubeconfig: tempfile_path::Path,
+}
+
+impl LoggedAgent {
+    fn start(api: &FakeApiServer, node_ns: &str, kp: &FakeKubeProxy, extra: &[&str]) -> Self {
+        let launch = Launch {
+            kubeconfig: api.kubeconfig(),
+            kube_proxy: kp.addr,
+            netns: Some(node_ns.to_string()),
+            wrapper: Vec::new(),
+            scrape_ns: None,
+            port: free_port(),
+        };
+        let kc = Agent::kubeconfig_file(&launch.kubeconfig);
+        let mut child = Agent::command(&launch, &kc.0, extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the agent");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("agent stderr");
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("agent: {line}");
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let agent = LoggedAgent {
+            child,
+            port: launch.port,
+            log,
+            _kubeconfig: kc,
+        };
+        let until = Instant::now() + Duration::from_secs(20);
+        while !matches!(http_get(agent.port, "/readyz"), Some((200, _))) {
+            assert!(Instant::now() < until, "the agent never got ready");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        agent
+    }
+
+    fn metrics(&self) -> String {
+        http_get(self.port, "/metrics")
+            .map(|(_, b)| b)
+            .unwrap_or_default()
+    }
+
+    fn logged(&self, text: &str) -> bool {
+        self.log.lock().unwrap().iter().any(|l| l.contains(text))
+    }
+}
+
+impl Drop for LoggedAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn svc(ns: &str, vip: u8, eps: &[Endpoint]) -> Service {
+    Service::new(ns, "web")
+        .cluster_ip(vip_v4(vip))
+        .port(ServicePort::tcp("http", 80, HTTP))
+        .endpoints(v4(eps))
+}
+
+/// Entries to `backend` whose original destination is `vip`.
+fn flows_via(node: &str, vip: SocketAddr, backend: IpAddr) -> usize {
+    table(node)
+        .iter()
+        .filter(|f| reply_src(f) == Some(backend) && orig_dst(f) == Some(vip))
+        .count()
+}
+
+/// GETs of pod `namespace/name` the fake API server saw.
+fn pod_gets(api: &FakeApiServer, namespace: &str, name: &str) -> Vec<fake_apiserver::Request> {
+    api.requests()
+        .into_iter()
+        .filter(|r| {
+            r.verb == "get"
+                && r.resource == "pods"
+                && r.namespace.as_deref() == Some(namespace)
+                && r.name.as_deref() == Some(name)
+        })
+        .collect()
+}
+
+/// kube-proxy keeps syncing until `done`, at most `within`; returns how long it took.
+fn sync_until(kp: &FakeKubeProxy, within: Duration, done: impl Fn() -> bool) -> Duration {
+    let t = Instant::now();
+    while !done() && t.elapsed() < within {
+        kp.synced_now();
+    }
+    t.elapsed()
+}
+
+/// Moves pod `name` and its endpoints in `objects` to another node (`node-b`): this node's pod
+/// watch does not see it, only a GET can say what became of it.
+fn on_another_node(objects: &mut Value, name: &str, ip: IpAddr) {
+    for item in items(objects) {
+        if item["kind"] == "Pod" && item["metadata"]["name"] == name {
+            item["spec"]["nodeName"] = Value::from("node-b");
+            item["status"]["hostIP"] = Value::from("203.0.113.99");
+        }
+    }
+    for item in items(objects) {
+        if item["kind"] != "EndpointSlice" {
+            continue;
+        }
+        for ep in item["endpoints"].as_array_mut().into_iter().flatten() {
+            if ep["addresses"][0] == ip.to_string() {
+                ep["nodeName"] = Value::from("node-b");
+            }
+        }
+    }
+}
+
+/// Issue #12 §1: a pod is namespace/name/uid. The IP of `a/web-0` (Service a/web) is, in the
+/// agent's lagging view, also that of `b/web-0` (Service b/web); `b/web-0` is deselected (it
+/// runs on, its connections live), then `a/web-0` is deleted (its pod GET answers 404). The
+/// 404 for `a/web-0` marks a/web's tombstone only: a's flows to the IP go (the sibling ghosts,
+/// removed in the very pass that judges b's), b's connections survive. Old code matched the
+/// gone pod by name and removed b's live connections as `endpoint_gone`.
+#[test]
+fn a_pod_gone_in_one_namespace_leaves_its_namesake_in_another_alone() {
+    let Some(mut s) = Story::start("agent_safety_namesake", true) else {
+        return;
+    };
+    // The lab's one process at the IP is b/web-0; a/web's endpoint names a/web-0 (no such Pod
+    // object: the API answers 404 for it).
+    let b0 = s.backend("web-0", "b", "web", &[]);
+    let b1 = s.backend("web-1", "b", "web", &[]);
+    let ip = ip_of(&b0, false);
+    let (a_vip, b_vip) = (
+        SocketAddr::from((vip_v4(50), 80)),
+        SocketAddr::from((vip_v4(51), 80)),
+    );
+    s.lab
+        .sync_services(&[svc("a", 50, &b0), svc("b", 51, &b0)])
+        .unwrap();
+    let a_pool = pool(&s.client, a_vip, 2);
+    let b_pool = pool(&s.client, b_vip, 2);
+    expect_answers(&a_pool, 2, "pool via a/web");
+    expect_answers(&b_pool, 2, "pool via b/web");
+    let both: Vec<Endpoint> = b0.iter().chain(&b1).cloned().collect();
+    s.lab
+        .sync_services(&[svc("a", 50, &b0), svc("b", 51, &both)])
+        .unwrap();
+
+    let api = FakeApiServer::start_in_thread().unwrap();
+    publish(&api, &s.lab.kubernetes_objects());
+    assert!(api.get("pods", "a", "web-0").is_none());
+    let kp = FakeKubeProxy::start("nftables");
+    let agent = LoggedAgent::start(&api, &s.node(), &kp, &[]);
+
+    // b/web-0 deselected: it leaves b/web's slice and runs on. kube-proxy does not sync yet,
+    // so nothing can be removed before a's change below.
+    s.lab
+        .sync_services(&[svc("a", 50, &b0), svc("b", 51, &b1)])
+        .unwrap();
+    publish(&api, &s.lab.kubernetes_objects());
+    let until = Instant::now() + Duration::from_secs(20);
+    while pod_gets(&api, "b", "web-0").is_empty() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !pod_gets(&api, "b", "web-0").is_empty(),
+        "the agent never asked about b/web-0"
+    );
+    // a/web-0 deleted: a/web loses its endpoint.
+    s.lab
+        .sync_services(&[svc("a", 50, &[]), svc("b", 51, &b1)])
+        .unwrap();
+    publish(&api, &s.lab.kubernetes_objects());
+    let before = mark(&b_pool);
+
+    let took = sync_until(&kp, Duration::from_secs(20), || {
+        flows_via(&s.node(), a_vip, ip) == 0
+    });
+    assert_eq!(
+        flows_via(&s.node(), a_vip, ip),
+        0,
+        "a/web-0's flows (its pod answers 404) are still there {took:?} after the change"
+    );
+    assert!(
+        pod_gets(&api, "a", "web-0").iter().any(|r| r.status == 404),
+        "{:#?}",
+        api.requests()
+    );
+    eprintln!("a/web-0's flows removed {took:?} after the change");
+    assert_eq!(
+        flows_via(&s.node(), b_vip, ip),
+        2,
+        "b/web-0's connections were removed because a/web-0 is gone"
+    );
+    expect_untouched(
+        b_pool,
+        &before,
+        &["web-0"],
+        "pool to the deselected b/web-0",
+    );
+    drop(a_pool);
+    let m = agent.metrics();
+    assert_eq!(
+        metric_sum(&m, "ghostbuster_flows_removed_total"),
+        2.0,
+        "{m}"
+    );
+}
+
+/// A ghost and a healthy connection: pooled connections to `web-a`, which vanishes without a
+/// RST while the Service moves to `web-b` (the node's rules already say so); the API is told
+/// by [`Ghosts::tell_api`].
+struct Ghosts {
+    s: Story,
+    api: FakeApiServer,
+    kp: FakeKubeProxy,
+    agent: LoggedAgent,
+    dead: IpAddr,
+    healthy: TcpPool,
+    before: ClientReport,
+    // Last: its connections hang until the ghosts go.
+    _ghost: TcpPool,
+}
+
+impl Ghosts {
+    fn start(name: &str, vip: u8, extra: &[&str]) -> Option<Ghosts> {
+        let mut s = Story::start(name, true)?;
+        let a = s.backend("web-a", "shop", "web", &[]);
+        let b = s.backend("web-b", "shop", "web", &[]);
+        let addr = SocketAddr::from((vip_v4(vip), 80));
+        s.lab.sync_services(&[svc("shop", vip, &a)]).unwrap();
+        let ghost = pool(&s.client, addr, 2);
+        expect_answers(&ghost, 2, "ghost pool");
+        let api = FakeApiServer::start_in_thread().unwrap();
+        publish(&api, &s.lab.kubernetes_objects());
+        let kp = FakeKubeProxy::start("nftables");
+        let agent = LoggedAgent::start(&api, &s.node(), &kp, extra);
+        s.lab.sync_services(&[svc("shop", vip, &b)]).unwrap();
+        s.lab.delete_pod_silently("web-a").unwrap();
+        let healthy = pool(&s.client, addr, 2);
+        expect_answers(&healthy, 2, "healthy pool");
+        expect_hang(&ghost, 2, Duration::from_millis(500));
+        let before = mark(&healthy);
+        Some(Ghosts {
+            dead: ip_of(&a, false),
+            s,
+            api,
+            kp,
+            agent,
+            healthy,
+            before,
+            _ghost: ghost,
+        })
+    }
+
+    /// The API learns of the change: web-a left the slice, its pod is deleted.
+    fn tell_api(&self) {
+        publish(&self.api, &self.s.lab.kubernetes_objects());
+        self.api.delete("pods", "shop", "web-a");
+    }
+
+    fn ghosts_left(&self) -> usize {
+        entries_to(&table(&self.s.node()), self.dead).len()
+    }
+
+    fn removed(&self) -> f64 {
+        metric_sum(&self.agent.metrics(), "ghostbuster_flows_removed_total")
+    }
+
+    /// The healthy connection survived; then the agent goes.
+    fn finish(self) {
+        expect_untouched(self.healthy, &self.before, &["web-b"], "healthy pool");
+    }
+}
+
+/// Issue #12 §3: the gate opens only on a successful sync that *began* after the change. The
+/// fake kube-proxy publishes a sync that began a second before the change and ended after it
+/// (its gauge, the end, is later than the removal: old code opened on it). The agent reads it
+/// several times and removes nothing; the next sync, which began after the change, opens it.
+#[test]
+fn a_sync_that_began_before_the_change_does_not_open_the_gate() {
+    let Some(g) = Ghosts::start("agent_safety_straddle", 52, &[]) else {
+        return;
+    };
+    let changed = now_secs();
+    g.tell_api();
+    // The agent waits on kube-proxy: it reads it again and again.
+    let seen = g.kp.scrapes();
+    assert!(
+        g.kp.wait_scrapes(seen, 3, Duration::from_secs(10)),
+        "the agent never read kube-proxy after the change"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    g.kp.synced(changed - 1.0, now_secs());
+    // Read ten times (an agent that removed the ghosts stops waiting, and reading, sooner).
+    let seen = g.kp.scrapes();
+    let read = g.kp.wait_scrapes(seen, 10, Duration::from_secs(10));
+    assert_eq!(
+        g.ghosts_left(),
+        2,
+        "removed on a sync that began before the change"
+    );
+    assert!(read, "the agent stopped reading kube-proxy");
+    assert_eq!(g.removed(), 0.0);
+
+    let took = sync_until(&g.kp, Duration::from_secs(10), || g.ghosts_left() == 0);
+    assert_eq!(
+        g.ghosts_left(),
+        0,
+        "a later sync did not open the gate ({took:?})"
+    );
+    eprintln!("ghosts removed {took:?} after the first sync that began after the change");
+    assert_eq!(g.removed(), 2.0);
+    g.finish();
+}
+
+/// Issue #12 §3: a kube-proxy whose syncs fail holds every delete — past
+/// `--kube-proxy-max-wait` (old code opened then), and however long — until a sync succeeds
+/// with no failure next to it.
+#[test]
+fn a_failing_kube_proxy_holds_deletes_until_a_clean_sync() {
+    let Some(g) = Ghosts::start("agent_safety_failing", 53, &["--kube-proxy-max-wait", "2s"])
+    else {
+        return;
+    };
+    g.tell_api();
+    let until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < until {
+        g.kp.sync_failed();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let m = g.agent.metrics();
+    assert_eq!(metric_sum(&m, "ghostbuster_kube_proxy_failing"), 1.0, "{m}");
+    assert_eq!(g.ghosts_left(), 2, "removed while kube-proxy's syncs fail");
+    assert_eq!(g.removed(), 0.0);
+
+    let took = sync_until(&g.kp, Duration::from_secs(10), || g.ghosts_left() == 0);
+    assert_eq!(
+        g.ghosts_left(),
+        0,
+        "a clean sync did not open the gate ({took:?})"
+    );
+    assert_eq!(
+        metric_sum(&g.agent.metrics(), "ghostbuster_kube_proxy_failing"),
+        0.0
+    );
+    g.finish();
+}
+
+/// Issue #12 §3: the deletes-per-minute budget counts across passes. With a budget of 3, a
+/// first backend's 2 ghosts go; a second backend's 2 would make 4 within the minute: the
+/// breaker trips, removes nothing, says so (metric, Warning Event, a log line on how to reset)
+/// and stays open through later syncs and passes.
+#[test]
+fn the_delete_budget_trips_across_passes_and_stays_open() {
+    let Some(mut s) = Story::start("agent_safety_budget", true) else {
+        return;
+    };
+    let a = s.backend("web-a", "shop", "web", &[]);
+    let c = s.backend("web-c", "shop", "web", &[]);
+    let b = s.backend("web-b", "shop", "web", &[]);
+    let vip = SocketAddr::from((vip_v4(54), 80));
+    s.lab.sync_services(&[svc("shop", 54, &a)]).unwrap();
+    let ghost_a = pool(&s.client, vip, 2);
+    expect_answers(&ghost_a, 2, "pool to web-a");
+    s.lab.sync_services(&[svc("shop", 54, &c)]).unwrap();
+    let ghost_c = pool(&s.client, vip, 2);
+    expect_answers(&ghost_c, 2, "pool to web-c");
+    let ac: Vec<Endpoint> = a.iter().chain(&c).cloned().collect();
+    s.lab.sync_services(&[svc("shop", 54, &ac)]).unwrap();
+    let api = FakeApiServer::start_in_thread().unwrap();
+    publish(&api, &s.lab.kubernetes_objects());
+    let kp = FakeKubeProxy::start("nftables");
+    let agent = LoggedAgent::start(
+        &api,
+        &s.node(),
+        &kp,
+        &["--max-deletes-per-minute", "3", "--resync-interval", "1s"],
+    );
+    let (dead_a, dead_c) = (ip_of(&a, false), ip_of(&c, false));
+    let node = s.node();
+    let left = |ip| entries_to(&table(&node), ip).len();
+
+    // web-a goes: 2 of the budget of 3.
+    s.lab.sync_services(&[svc("shop", 54, &c)]).unwrap();
+    s.lab.delete_pod_silently("web-a").unwrap();
+    publish(&api, &s.lab.kubernetes_objects());
+    api.delete("pods", "shop", "web-a");
+    sync_until(&kp, Duration::from_secs(20), || left(dead_a) == 0);
+    assert_eq!(left(dead_a), 0, "web-a's ghosts were never removed");
+    // Its clients reconnect (to web-c, the rules say so): those are web-c's flows now.
+    drop(ghost_a);
+
+    // web-c goes too, within the minute: 2 more would overspend it.
+    s.lab.sync_services(&[svc("shop", 54, &b)]).unwrap();
+    s.lab.delete_pod_silently("web-c").unwrap();
+    let healthy = pool(&s.client, vip, 2);
+    expect_answers(&healthy, 2, "healthy pool");
+    let before = mark(&healthy);
+    let ghosts_c = left(dead_c);
+    assert!(ghosts_c >= 2, "{ghosts_c}");
+    publish(&api, &s.lab.kubernetes_objects());
+    api.delete("pods", "shop", "web-c");
+    let tripped = || metric_sum(&agent.metrics(), "ghostbuster_circuit_breaker_trips_total") >= 1.0;
+    sync_until(&kp, Duration::from_secs(20), tripped);
+    assert!(tripped(), "the breaker never tripped: {}", agent.metrics());
+    // Later syncs and full passes (every second) keep it open.
+    for _ in 0..8 {
+        kp.synced_now();
+    }
+    assert_eq!(left(dead_c), ghosts_c, "removed past the budget");
+    let m = agent.metrics();
+    assert_eq!(
+        metric_sum(&m, "ghostbuster_flows_removed_total"),
+        2.0,
+        "{m}"
+    );
+    assert_eq!(metric_sum(&m, "ghostbuster_circuit_open"), 1.0, "{m}");
+    assert!(agent.logged("circuit breaker tripped: reporting only until the agent restarts"));
+    let warned = api
+        .events()
+        .iter()
+        .any(|e| e["reason"] == "GhostbusterCircuitOpen" && e["type"] == "Warning");
+    assert!(warned, "no Warning Event: {:#?}", api.events());
+    expect_untouched(healthy, &before, &["web-b"], "healthy pool");
+    drop(ghost_c);
+}
+
+/// Issue #12 §3: a pod GET that hangs times out (`--pod-get-timeout`, 5 s), keeps that backend's
+/// flows (unknown is not gone), does not hold the reactor (another backend's ghosts, whose pod
+/// the node's watch saw deleted, go meanwhile), and is asked again with backoff: once the API
+/// answers, the flows go, long before the next full pass.
+#[test]
+fn a_hanging_pod_get_neither_blocks_the_agent_nor_waits_for_a_full_pass() {
+    let Some(mut s) = Story::start("agent_safety_hang", true) else {
+        return;
+    };
+    let a = s.backend("web-a", "shop", "web", &[]);
+    let c = s.backend("web-c", "shop", "web", &[]);
+    let b = s.backend("web-b", "shop", "web", &[]);
+    let vip = SocketAddr::from((vip_v4(55), 80));
+    s.lab.sync_services(&[svc("shop", 55, &a)]).unwrap();
+    let ghost_a = pool(&s.client, vip, 2);
+    expect_answers(&ghost_a, 2, "pool to web-a");
+    s.lab.sync_services(&[svc("shop", 55, &c)]).unwrap();
+    let ghost_c = pool(&s.client, vip, 2);
+    expect_answers(&ghost_c, 2, "pool to web-c");
+    let ac: Vec<Endpoint> = a.iter().chain(&c).cloned().collect();
+    s.lab.sync_services(&[svc("shop", 55, &ac)]).unwrap();
+    let (dead_a, dead_c) = (ip_of(&a, false), ip_of(&c, false));
+    // web-a runs on another node: only a GET can tell the agent it is gone.
+    let objects = |s: &Story| {
+        let mut o = s.lab.kubernetes_objects();
+        on_another_node(&mut o, "web-a", dead_a);
+        o
+    };
+    let api = FakeApiServer::start_in_thread().unwrap();
+    publish(&api, &objects(&s));
+    let kp = FakeKubeProxy::start("nftables");
+    // The default --pod-get-timeout (5 s).
+    let agent = LoggedAgent::start(&api, &s.node(), &kp, &[]);
+    let node = s.node();
+    let left = |ip| entries_to(&table(&node), ip).len();
+
+    api.hang_gets("pods", true);
+    s.lab.sync_services(&[svc("shop", 55, &b)]).unwrap();
+    s.lab.delete_pod_silently("web-a").unwrap();
+    s.lab.delete_pod_silently("web-c").unwrap();
+    let healthy = pool(&s.client, vip, 2);
+    expect_answers(&healthy, 2, "healthy pool");
+    let before = mark(&healthy);
+    publish(&api, &objects(&s));
+    api.delete("pods", "shop", "web-a");
+    api.delete("pods", "shop", "web-c");
+    let took = sync_until(&kp, Duration::from_secs(30), || left(dead_c) == 0);
+    assert_eq!(
+        left(dead_c),
+        0,
+        "web-c's ghosts are still there {took:?} after the change (the reactor is stuck?)"
+    );
+    let hung = pod_gets(&api, "shop", "web-a");
+    assert!(
+        hung.iter().any(|r| r.status == 0),
+        "no GET of web-a hung: {hung:#?}"
+    );
+    assert_eq!(left(dead_a), 2, "removed without an answer about web-a");
+    assert!(agent.logged("pod lookup timed out"));
+
+    // The API answers again: the retry (not the full pass, 60 s away) finds web-a gone.
+    api.hang_gets("pods", false);
+    let took = sync_until(&kp, Duration::from_secs(30), || left(dead_a) == 0);
+    assert_eq!(
+        left(dead_a),
+        0,
+        "web-a's ghosts still there {took:?} after the API answered"
+    );
+    eprintln!("web-a's ghosts removed {took:?} after the API answered again");
+    assert!(pod_gets(&api, "shop", "web-a")
+        .iter()
+        .any(|r| r.status == 404));
+    let m = agent.metrics();
+    assert_eq!(
+        metric_sum(&m, "ghostbuster_flows_removed_total"),
+        4.0,
+        "{m}"
+    );
+    expect_untouched(healthy, &before, &["web-b"], "healthy pool");
+    drop((ghost_a, ghost_c));
+}
+
+/// Issue #12 §1: "terminating when it left the slice" is not "gone". A pod on another node
+/// drains (terminating, still serving) and its labels change: its endpoint leaves the slice
+/// while it lives. The agent asks the API (the pod is there, terminating) and keeps its
+/// connections through later kube-proxy syncs and full passes; they keep answering.
+///
+/// Needs the classifier's half too (h/classify: a managed endpoint last seen terminating is
+/// not by itself `pod_gone`); this branch makes the agent ask.
+#[test]
+fn a_draining_pod_on_another_node_whose_labels_change_keeps_its_connections() {
+    let Some(mut s) = Story::start("agent_safety_draining", true) else {
+        return;
+    };
+    let a = s.backend("web-a", "shop", "web", &[]);
+    let b = s.backend("web-b", "shop", "web", &[]);
+    let vip = SocketAddr::from((vip_v4(56), 80));
+    s.lab.sync_services(&[svc("shop", 56, &a)]).unwrap();
+    let draining = pool(&s.client, vip, 2);
+    expect_answers(&draining, 2, "pool to web-a");
+    let dead = ip_of(&a, false);
+    let objects = |s: &Story, deleting: bool| {
+        let mut o = s.lab.kubernetes_objects();
+        on_another_node(&mut o, "web-a", dead);
+        if deleting {
+            let now = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second()).unwrap();
+            object_mut(&mut o, "Pod", "web-a")["metadata"]["deletionTimestamp"] =
+                Value::String(now.to_string());
+        }
+        o
+    };
+    // Draining: terminating and serving, next to web-b.
+    let terminating = v4(&a).into_iter().map(Endpoint::terminating);
+    let mix: Vec<Endpoint> = b.iter().cloned().chain(terminating).collect();
+    s.lab.sync_services(&[svc("shop", 56, &mix)]).unwrap();
+    let api = FakeApiServer::start_in_thread().unwrap();
+    publish(&api, &objects(&s, true));
+    let kp = FakeKubeProxy::start("nftables");
+    let agent = LoggedAgent::start(&api, &s.node(), &kp, &["--resync-interval", "1s"]);
+    let healthy = pool(&s.client, vip, 2);
+    expect_answers(&healthy, 2, "healthy pool");
+
+    // Its labels change: it leaves the slice, still terminating, still running.
+    s.lab.sync_services(&[svc("shop", 56, &b)]).unwrap();
+    let mut o = objects(&s, true);
+    object_mut(&mut o, "Pod", "web-a")["metadata"]["labels"]["app"] = Value::from("other");
+    publish(&api, &o);
+    let before = mark(&draining);
+    let before_healthy = mark(&healthy);
+    let until = Instant::now() + Duration::from_secs(20);
+    while pod_gets(&api, "shop", "web-a").is_empty() && Instant::now() < until {
+        kp.synced_now();
+    }
+    assert!(
+        pod_gets(&api, "shop", "web-a")
+            .iter()
+            .any(|r| r.status == 200),
+        "the agent never asked about the draining web-a: {:#?}",
+        api.requests()
+    );
+    // Judged after the answer: kube-proxy synced and two full passes ran.
+    let scans = |agent: &LoggedAgent| {
+        agent
+            .metrics()
+            .lines()
+            .filter(|l| {
+                l.starts_with("ghostbuster_scan_duration_seconds_count")
+                    && l.contains("kind=\"full\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let full = scans(&agent);
+    let until = Instant::now() + Duration::from_secs(20);
+    while scans(&agent) < full + 2.0 && Instant::now() < until {
+        kp.synced_now();
+    }
+    assert!(scans(&agent) >= full + 2.0, "no full passes");
+    assert_eq!(
+        entries_to(&table(&s.node()), dead).len(),
+        2,
+        "a draining pod's connections were removed"
+    );
+    expect_untouched(draining, &before, &["web-a"], "draining pool");
+    expect_untouched(healthy, &before_healthy, &["web-b"], "healthy pool");
+    let m = agent.metrics();
+    assert_eq!(
+        metric_sum(&m, "ghostbuster_flows_removed_total"),
+        0.0,
+        "{m}"
+    );
+}

@@ -708,7 +708,7 @@ fn act(
         held = Some(Hold::CircuitOpen);
     }
     let dry = held.is_some() || planned == 0;
-    let (outcomes, totals) = match sweep(ct, &findings, dry) {
+    let (outcomes, totals) = match sweep(ct, &findings, dry, started) {
         Ok((o, t, _)) => (o, t),
         Err(e) => {
             tracing::warn!(error = %e, "delete failed");

@@ -102,6 +102,7 @@ fn run(a: ScanArgs, sweep_mode: Option<bool>) -> anyhow::Result<ExitCode> {
     let policy = a.policy.policy().map_err(input_error)?;
     let loaded = a.cluster.load()?;
     let mut ct = Conntrack::open_in(a.cluster.netns.as_deref()).context("open conntrack")?;
+    let dumped_at = std::time::Instant::now();
     let report = scan(&mut ct, &loaded.index, &policy, &Filter::default())
         .context("scan the conntrack table")?;
     if report.dump.malformed > 0 {
@@ -109,7 +110,8 @@ fn run(a: ScanArgs, sweep_mode: Option<bool>) -> anyhow::Result<ExitCode> {
     }
     let (outcomes, totals, first_errno) = match sweep_mode {
         Some(dry) => {
-            let (o, t, e) = sweep(&mut ct, &report.findings, dry).context("delete stale flows")?;
+            let (o, t, e) =
+                sweep(&mut ct, &report.findings, dry, dumped_at).context("delete stale flows")?;
             (Some(o), Some(t), e)
         }
         None => (None, None, None),

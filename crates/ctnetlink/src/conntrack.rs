@@ -12,7 +12,7 @@ use crate::error::{Error, ParseError, Result};
 use crate::filter::Filter;
 use crate::flow::{parse_flow, Flow};
 use crate::nl::*;
-use crate::request::{self, DeleteKey, NewFlow};
+use crate::request::{self, DeleteKey, FlowUpdate, NewFlow};
 use crate::socket::Socket;
 use crate::stats::{CpuStats, GlobalStats};
 
@@ -22,6 +22,9 @@ const RX_BUF: usize = 64 * 1024;
 const TX_BATCH_BYTES: usize = 192 * 1024;
 /// A failed message's answer costs up to ~1 KiB of receive buffer (skb truesize).
 const RX_COST_PER_ANSWER: usize = 1024;
+/// An exact read's answer is allocated at `NLMSG_DEFAULT_SIZE` (~4 KiB of data, ~5 KiB of skb
+/// truesize) whatever the entry's size; 8 KiB each keeps every answer of a batch in the buffer.
+const RX_COST_PER_ENTRY: usize = 8 * 1024;
 
 /// What a dump saw.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -47,6 +50,19 @@ pub enum DeleteOutcome {
     Failed(i32),
 }
 
+/// What an exact read of one entry found.
+// `Found` is as large as a `Flow` (~224 bytes) by design: reads come in batches of the few flows
+// about to be deleted, and a `Copy` answer is worth more than the bytes a box would save.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    /// The entry that has this tuple now (its id may differ from the key's: compare).
+    Found(Flow),
+    /// ENOENT: no entry has this tuple any more.
+    Gone,
+    Failed(i32),
+}
+
 /// What a batch of creates did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CreateSummary {
@@ -65,6 +81,8 @@ pub struct Conntrack {
     seq: u32,
     /// Upper bound of messages per batch so that every failure answer fits the receive buffer.
     batch_msgs: usize,
+    /// The same for exact reads, whose every answer carries an entry.
+    get_batch_msgs: usize,
 }
 
 impl Conntrack {
@@ -88,12 +106,14 @@ impl Conntrack {
         let rcv = sock.set_rcvbuf(8 << 20);
         sock.set_sndbuf(1 << 20);
         let batch_msgs = (rcv / RX_COST_PER_ANSWER).clamp(16, 8192);
+        let get_batch_msgs = (rcv / RX_COST_PER_ENTRY).clamp(16, 1024);
         Ok(Conntrack {
             sock,
             rx: vec![0; RX_BUF],
             tx: MsgWriter::with_capacity(TX_BATCH_BYTES + 4096),
             seq: std::process::id().wrapping_mul(7919),
             batch_msgs,
+            get_batch_msgs,
         })
     }
 
@@ -230,29 +250,31 @@ impl Conntrack {
         Ok(v)
     }
 
-    /// Sends a batch of messages built by `build` (one per item, no ACK flag) plus a trailing
-    /// ACKed no-op, and reports each item's answer to `on_answer(index, errno)` — only failures
-    /// answer, so everything not reported succeeded.
-    fn batch<T, B, A>(
+    /// Sends a batch of messages built by `build` (one per item, no ACK flag, at most
+    /// `per_batch` per `sendmsg`) plus a trailing ACKed no-op, and reports each item's answer:
+    /// failures to `on_error(index, errno)` — only failures answer a delete or a create, so
+    /// everything not reported succeeded — and other messages answering an item (the entry an
+    /// exact read returns) to `on_data(index, message)`.
+    fn batch<T, B, A, D>(
         &mut self,
         op: &'static str,
         items: &[T],
+        per_batch: usize,
         mut build: B,
-        mut on_answer: A,
+        mut on_error: A,
+        mut on_data: D,
     ) -> Result<()>
     where
         B: FnMut(&mut MsgWriter, u32, &T) -> Result<()>,
         A: FnMut(usize, i32),
+        D: FnMut(usize, &Message<'_>),
     {
         let mut start = 0;
         while start < items.len() {
             self.tx.clear();
             let base = self.seq;
             let mut end = start;
-            while end < items.len()
-                && end - start < self.batch_msgs
-                && self.tx.len() < TX_BATCH_BYTES
-            {
+            while end < items.len() && end - start < per_batch && self.tx.len() < TX_BATCH_BYTES {
                 let seq = base.wrapping_add((end - start) as u32);
                 build(&mut self.tx, seq, &items[end])?;
                 end += 1;
@@ -266,25 +288,28 @@ impl Conntrack {
                 let n = self.recv(op)?;
                 for m in Messages::new(&self.rx[..n]) {
                     let m = m.map_err(|source| Error::Malformed { op, source })?;
+                    let seq = m.header.seq;
+                    let off = seq.wrapping_sub(base);
                     if m.header.kind != NLMSG_ERROR {
+                        if off < count {
+                            on_data(start + off as usize, &m);
+                        }
                         continue;
                     }
                     let (errno, msg) = m
                         .error()
                         .map_err(|source| Error::Malformed { op, source })?;
-                    let seq = m.header.seq;
                     if seq == ack_seq {
                         if errno != 0 {
                             return Err(Error::from_errno(op, errno, msg.map(str::to_string)));
                         }
                         break 'recv;
                     }
-                    let off = seq.wrapping_sub(base);
                     if off < count && errno != 0 {
                         if errno == libc::EPERM {
                             return Err(Error::PermissionDenied { op });
                         }
-                        on_answer(start + off as usize, errno);
+                        on_error(start + off as usize, errno);
                     }
                 }
             }
@@ -293,13 +318,15 @@ impl Conntrack {
         Ok(())
     }
 
-    /// Deletes exactly these entries (tuple + zone + id), many per `sendmsg`, and returns the
-    /// outcome of each, in order.
+    /// Deletes exactly these entries (reply tuple + zone + id, see [`DeleteKey`]), many per
+    /// `sendmsg`, and returns the outcome of each, in order.
     pub fn delete(&mut self, keys: &[DeleteKey]) -> Result<Vec<DeleteOutcome>> {
         let mut out = vec![DeleteOutcome::Deleted; keys.len()];
+        let per_batch = self.batch_msgs;
         self.batch(
             "delete conntrack entries",
             keys,
+            per_batch,
             request::delete,
             |i, errno| {
                 out[i] = if errno == libc::ENOENT {
@@ -308,7 +335,46 @@ impl Conntrack {
                     DeleteOutcome::Failed(errno)
                 }
             },
+            |_, _| {},
         )?;
+        Ok(out)
+    }
+
+    /// Reads exactly these entries now (one CT_GET per key, by reply tuple and zone, many per
+    /// `sendmsg`; no dump): what a verdict made from an earlier dump is checked against right
+    /// before a delete. The kernel does not compare ids on a read: a `Found` entry may be a newer
+    /// one with the same tuple, and the caller compares `id` itself.
+    pub fn get(&mut self, keys: &[DeleteKey]) -> Result<Vec<Lookup>> {
+        const OP: &str = "read conntrack entries";
+        // Until an answer arrives an item counts as failed: every request is answered (with the
+        // entry or an error), so one left unanswered means the kernel dropped the answer.
+        let mut out = vec![Lookup::Failed(libc::ENOBUFS); keys.len()];
+        let mut found: Vec<(usize, Result<Flow, ParseError>)> = Vec::new();
+        let entry_type = msg_type(IPCTNL_MSG_CT_NEW);
+        let per_batch = self.get_batch_msgs;
+        self.batch(
+            OP,
+            keys,
+            per_batch,
+            request::get,
+            |i, errno| {
+                out[i] = if errno == libc::ENOENT {
+                    Lookup::Gone
+                } else {
+                    Lookup::Failed(errno)
+                };
+            },
+            |i, m| {
+                if m.header.kind == entry_type {
+                    let flow = m.nfgen().and_then(|(g, attrs)| parse_flow(g.family, attrs));
+                    found.push((i, flow));
+                }
+            },
+        )?;
+        for (i, flow) in found {
+            let flow = flow.map_err(|source| Error::Malformed { op: OP, source })?;
+            out[i] = Lookup::Found(flow);
+        }
         Ok(out)
     }
 
@@ -317,9 +383,11 @@ impl Conntrack {
         let mut sum = CreateSummary::default();
         let mut failed = 0u64;
         let mut existed = 0u64;
+        let per_batch = self.batch_msgs;
         self.batch(
             "create conntrack entries",
             flows,
+            per_batch,
             request::create,
             |_, errno| {
                 if errno == libc::EEXIST {
@@ -329,11 +397,28 @@ impl Conntrack {
                     sum.first_errno.get_or_insert(errno);
                 }
             },
+            |_, _| {},
         )?;
         sum.existed = existed;
         sum.failed = failed;
         sum.created = flows.len() as u64 - existed - failed;
         Ok(sum)
+    }
+
+    /// Changes existing entries (status, TCP state, timeout), many per `sendmsg`; returns the
+    /// errno of each change that failed (`None`: done), in order.
+    pub fn update(&mut self, updates: &[FlowUpdate]) -> Result<Vec<Option<i32>>> {
+        let mut out = vec![None; updates.len()];
+        let per_batch = self.batch_msgs;
+        self.batch(
+            "update conntrack entries",
+            updates,
+            per_batch,
+            request::update,
+            |i, errno| out[i] = Some(errno),
+            |_, _| {},
+        )?;
+        Ok(out)
     }
 
     /// The table's entry count and limit (no dump; what `conntrack -C` reads).

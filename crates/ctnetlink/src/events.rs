@@ -133,7 +133,7 @@ impl EventSocket {
 
     /// Reads one datagram and hands each event in it to `f`. Returns the number of events, 0 when
     /// the timeout expired. Malformed events are skipped (counted in the second value).
-    pub fn recv<F>(&mut self, mut f: F) -> Result<(usize, usize)>
+    pub fn recv<F>(&mut self, f: F) -> Result<(usize, usize)>
     where
         F: FnMut(EventKind, &Flow),
     {
@@ -148,33 +148,43 @@ impl EventSocket {
                 }
             }
         };
-        let (mut events, mut bad) = (0, 0);
-        for m in Messages::new(&self.rx[..n]) {
-            let Ok(m) = m else {
-                bad += 1;
-                break;
-            };
-            let kind = match m.header.kind {
-                k if k == msg_type(IPCTNL_MSG_CT_NEW) => {
-                    if m.header.flags & (NLM_F_CREATE | NLM_F_EXCL) != 0 {
-                        EventKind::New
-                    } else {
-                        EventKind::Update
-                    }
-                }
-                k if k == msg_type(IPCTNL_MSG_CT_DELETE) => EventKind::Destroy,
-                _ => continue,
-            };
-            match m.nfgen().and_then(|(g, a)| parse_flow(g.family, a)) {
-                Ok(flow) => {
-                    events += 1;
-                    f(kind, &flow);
-                }
-                Err(_) => bad += 1,
-            }
-        }
-        Ok((events, bad))
+        Ok(parse_events(&self.rx[..n], f))
     }
+}
+
+/// Hands each conntrack event of one datagram (as read from an event socket) to `f` and returns
+/// the number of events and of malformed ones (skipped; framing that breaks ends the datagram).
+/// Pure: what [`EventSocket::recv`] does with the bytes it reads, for captures and fuzzing.
+pub fn parse_events<F>(buf: &[u8], mut f: F) -> (usize, usize)
+where
+    F: FnMut(EventKind, &Flow),
+{
+    let (mut events, mut bad) = (0, 0);
+    for m in Messages::new(buf) {
+        let Ok(m) = m else {
+            bad += 1;
+            break;
+        };
+        let kind = match m.header.kind {
+            k if k == msg_type(IPCTNL_MSG_CT_NEW) => {
+                if m.header.flags & (NLM_F_CREATE | NLM_F_EXCL) != 0 {
+                    EventKind::New
+                } else {
+                    EventKind::Update
+                }
+            }
+            k if k == msg_type(IPCTNL_MSG_CT_DELETE) => EventKind::Destroy,
+            _ => continue,
+        };
+        match m.nfgen().and_then(|(g, a)| parse_flow(g.family, a)) {
+            Ok(flow) => {
+                events += 1;
+                f(kind, &flow);
+            }
+            Err(_) => bad += 1,
+        }
+    }
+    (events, bad)
 }
 
 /// Changes the filter of an [`EventSocket`] from another thread; see

@@ -2,8 +2,8 @@
 //!
 //! - a pure codec ([`attr`], [`nl`], [`flow`], [`request`]) that never touches a socket and
 //!   parses an entry into a `Copy` [`Flow`] without allocating;
-//! - [`Conntrack`]: streamed and filtered dumps, exact batched deletes (tuple + zone + id),
-//!   batched creates, global and per-CPU statistics, in any named network namespace;
+//! - [`Conntrack`]: streamed and filtered dumps, exact batched deletes and reads (reply tuple +
+//!   zone + id), batched creates, global and per-CPU statistics, in any named network namespace;
 //! - [`EventSocket`]: NEW/UPDATE/DESTROY events with a distinct "events were lost" signal, and a
 //!   kernel-side filter on the backend ([`bpf`]) so a listener wakes only for the flows it wants.
 //!
@@ -25,15 +25,17 @@ mod socket;
 pub mod stats;
 
 pub use bpf::reply_src_program;
-pub use conntrack::{Conntrack, CreateSummary, DeleteOutcome, DumpSummary};
+pub use conntrack::{Conntrack, CreateSummary, DeleteOutcome, DumpSummary, Lookup};
 pub use error::{Error, ParseError, Result};
-pub use events::{EventFilterHandle, EventGroups, EventKind, EventSocket, FilterApplied};
+pub use events::{
+    parse_events, EventFilterHandle, EventGroups, EventKind, EventSocket, FilterApplied,
+};
 pub use filter::{Filter, TupleMatch};
 pub use flow::{
     parse_flow, proto_from_name, proto_name, Counters, Family, Flow, SctpState, Status, TcpState,
     Tuple, L4,
 };
-pub use request::{DeleteKey, NewFlow};
+pub use request::{DeleteKey, FlowUpdate, NewFlow};
 pub use stats::{CpuStats, GlobalStats};
 
 /// Parses one complete netlink message holding a conntrack entry (as found in dumps and events),

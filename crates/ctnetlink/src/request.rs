@@ -11,11 +11,19 @@ use crate::filter::{Filter, TupleMatch};
 use crate::flow::{Family, Flow, TcpState, Tuple, L4};
 use crate::nl::*;
 
-/// What identifies one entry for an exact delete: original tuple, zone and the kernel's id.
+/// What identifies one entry exactly, for a delete or an exact read ([`get`]): the *reply* tuple,
+/// the zone and the kernel's id.
+///
+/// The reply tuple, not the original one: `CTA_ID` is a hash of the entry's address and original
+/// tuple, so a new entry that reuses both the original tuple and the freed slot (a UDP flow that
+/// kube-proxy re-routed to another backend) carries the same id. Its reply tuple names the new
+/// backend, so a key taken from the old entry cannot match it (the kernel's
+/// `ctnetlink_del_conntrack` looks an entry up by `CTA_TUPLE_REPLY` when no `CTA_TUPLE_ORIG` is
+/// given, then compares `CTA_ID`). Test: `a_stale_key_never_hits_a_rerouted_entry_with_the_same_id`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct DeleteKey {
     pub family: Family,
-    pub orig: Tuple,
+    pub reply: Tuple,
     pub zone: u16,
     /// With an id the kernel refuses (ENOENT) to delete a newer entry that reuses the tuple.
     pub id: Option<u32>,
@@ -25,11 +33,23 @@ impl From<&Flow> for DeleteKey {
     fn from(f: &Flow) -> Self {
         DeleteKey {
             family: f.family,
-            orig: f.orig,
+            reply: f.reply,
             zone: f.zone,
             id: f.id,
         }
     }
+}
+
+/// A change to an existing entry (tests and the lab: what a packet would have done to it, e.g. a
+/// half-open flow that gets its reply). Found like a delete, by reply tuple and zone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowUpdate {
+    pub key: DeleteKey,
+    /// The whole new status. The kernel refuses (EBUSY) to clear CONFIRMED, SEEN_REPLY or
+    /// ASSURED and ignores the NAT bits: pass the entry's status with the bits to add.
+    pub status: Option<u32>,
+    pub tcp_state: Option<TcpState>,
+    pub timeout: Option<u32>,
 }
 
 /// An entry to create (tests, benchmarks, the lab).
@@ -197,15 +217,22 @@ pub fn dump(w: &mut MsgWriter, seq: u32, family: Option<Family>, filter: &Filter
     w.end_msg(m);
 }
 
-/// Appends one exact delete. The message carries no ACK request: the kernel answers only on
-/// failure, and a trailing [`noop_ack`] tells when the whole batch has been processed.
-pub fn delete(w: &mut MsgWriter, seq: u32, key: &DeleteKey) -> Result<()> {
-    if Family::of(&key.orig.src) != key.family || Family::of(&key.orig.dst) != key.family {
-        // A DELETE without a usable tuple would be a table flush; never build one.
+/// Refuses a key whose tuple cannot be encoded for its family: a DELETE without a usable tuple
+/// would be a table flush, so one is never built.
+fn check_key(key: &DeleteKey) -> Result<()> {
+    if Family::of(&key.reply.src) != key.family || Family::of(&key.reply.dst) != key.family {
         return Err(Error::Refused(
-            "a DELETE whose tuple does not match its family",
+            "a DELETE or GET whose tuple does not match its family",
         ));
     }
+    Ok(())
+}
+
+/// Appends one exact delete, keyed on the reply tuple (never the original one: see
+/// [`DeleteKey`]), the zone and the id. The message carries no ACK request: the kernel answers
+/// only on failure, and a trailing [`noop_ack`] tells when the whole batch has been processed.
+pub fn delete(w: &mut MsgWriter, seq: u32, key: &DeleteKey) -> Result<()> {
+    check_key(key)?;
     let m = w.begin_msg(
         msg_type(IPCTNL_MSG_CT_DELETE),
         NLM_F_REQUEST,
@@ -214,11 +241,31 @@ pub fn delete(w: &mut MsgWriter, seq: u32, key: &DeleteKey) -> Result<()> {
         NFNETLINK_V0,
         0,
     );
-    put_tuple(w, CTA_TUPLE_ORIG, &key.orig);
+    put_tuple(w, CTA_TUPLE_REPLY, &key.reply);
     w.put_be16(CTA_ZONE, key.zone);
     if let Some(id) = key.id {
         w.put_be32(CTA_ID, id);
     }
+    w.end_msg(m);
+    Ok(())
+}
+
+/// Appends one exact read of a single entry (a CT_GET *do* request, not a dump), keyed like
+/// [`delete`]. The kernel answers with the entry (a CT_NEW message carrying this `seq`) or with
+/// an error (ENOENT when no entry has this tuple); it ignores `CTA_ID` here, so the caller
+/// compares the id itself. No ACK request, as for [`delete`].
+pub fn get(w: &mut MsgWriter, seq: u32, key: &DeleteKey) -> Result<()> {
+    check_key(key)?;
+    let m = w.begin_msg(
+        msg_type(IPCTNL_MSG_CT_GET),
+        NLM_F_REQUEST,
+        seq,
+        key.family.af(),
+        NFNETLINK_V0,
+        0,
+    );
+    put_tuple(w, CTA_TUPLE_REPLY, &key.reply);
+    w.put_be16(CTA_ZONE, key.zone);
     w.end_msg(m);
     Ok(())
 }
@@ -276,6 +323,37 @@ pub fn create(w: &mut MsgWriter, seq: u32, nf: &NewFlow) -> Result<()> {
         w.put_be16(CTA_PROTONAT_PORT_MAX, port);
         w.end_nest(p);
         w.end_nest(n);
+    }
+    w.end_msg(m);
+    Ok(())
+}
+
+/// Appends one change of an existing entry: a CT_NEW without NLM_F_CREATE, so the kernel answers
+/// ENOENT rather than create one (no ACK request; see [`delete`]).
+pub fn update(w: &mut MsgWriter, seq: u32, u: &FlowUpdate) -> Result<()> {
+    check_key(&u.key)?;
+    let m = w.begin_msg(
+        msg_type(IPCTNL_MSG_CT_NEW),
+        NLM_F_REQUEST,
+        seq,
+        u.key.family.af(),
+        NFNETLINK_V0,
+        0,
+    );
+    put_tuple(w, CTA_TUPLE_REPLY, &u.key.reply);
+    w.put_be16(CTA_ZONE, u.key.zone);
+    if let Some(status) = u.status {
+        w.put_be32(CTA_STATUS, status);
+    }
+    if let Some(t) = u.timeout {
+        w.put_be32(CTA_TIMEOUT, t);
+    }
+    if let Some(st) = u.tcp_state {
+        let p = w.begin_nest(CTA_PROTOINFO);
+        let t = w.begin_nest(CTA_PROTOINFO_TCP);
+        w.put_u8(CTA_PROTOINFO_TCP_STATE, st.0);
+        w.end_nest(t);
+        w.end_nest(p);
     }
     w.end_msg(m);
     Ok(())

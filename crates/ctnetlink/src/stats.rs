@@ -12,7 +12,8 @@ pub struct GlobalStats {
 }
 
 impl GlobalStats {
-    pub(crate) fn parse(attrs: Attrs<'_>) -> Result<Self, ParseError> {
+    /// Parses the attributes of a CT_GET_STATS answer (after the nfgenmsg).
+    pub fn parse(attrs: Attrs<'_>) -> Result<Self, ParseError> {
         let mut s = GlobalStats::default();
         for a in attrs {
             let a = a?;
@@ -80,7 +81,9 @@ impl CpuStats {
         ]
     }
 
-    pub(crate) fn parse(cpu: u16, attrs: Attrs<'_>) -> Result<Self, ParseError> {
+    /// Parses the attributes of one CT_GET_STATS_CPU answer (after the nfgenmsg, whose `res_id`
+    /// is the CPU).
+    pub fn parse(cpu: u16, attrs: Attrs<'_>) -> Result<Self, ParseError> {
         let mut s = CpuStats {
             cpu,
             ..Default::default()

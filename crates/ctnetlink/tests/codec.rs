@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use ctnetlink::attr::{Attrs, MsgWriter};
 use ctnetlink::consts::*;
-use ctnetlink::nl::Messages;
+use ctnetlink::nl::{Messages, NLM_F_DUMP};
 use ctnetlink::request::{self, DeleteKey};
 use ctnetlink::{parse_message, Family, Filter, Flow, Status, TcpState, Tuple, TupleMatch, L4};
 use proptest::prelude::*;
@@ -157,7 +157,35 @@ fn delete_request_round_trips_and_carries_id_and_zone() {
     assert_eq!(zone.be16("zone").unwrap(), 5);
     let id = attrs.iter().find(|a| a.kind == CTA_ID).unwrap();
     assert_eq!(Some(id.be32("id").unwrap()), f.id);
-    assert!(attrs.iter().any(|a| a.kind == CTA_TUPLE_ORIG));
+    // Keyed on the reply tuple (it names the backend), never the original one: the kernel
+    // prefers CTA_TUPLE_ORIG when both are present, so the original must be absent.
+    assert!(!attrs.iter().any(|a| a.kind == CTA_TUPLE_ORIG));
+    let reply = attrs.iter().find(|a| a.kind == CTA_TUPLE_REPLY).unwrap();
+    let mut w = MsgWriter::new();
+    request::put_tuple(&mut w, CTA_TUPLE_REPLY, &f.reply);
+    let ours = Attrs::new(w.as_bytes()).next().unwrap().unwrap();
+    assert_eq!(reply.payload, ours.payload);
+}
+
+/// An exact read is a *do* request (no DUMP flag: that would list the table) with the same key.
+#[test]
+fn get_request_is_one_exact_lookup_by_reply_tuple_and_zone() {
+    let f = flow("ipv4-udp-zone5-unreplied.bin");
+    let mut w = MsgWriter::new();
+    request::get(&mut w, 7, &DeleteKey::from(&f)).unwrap();
+    let m = Messages::new(w.as_bytes()).next().unwrap().unwrap();
+    assert_eq!(m.header.kind, msg_type(IPCTNL_MSG_CT_GET));
+    assert_eq!(m.header.flags & NLM_F_DUMP, 0);
+    assert_eq!(m.header.seq, 7);
+    let (_, attrs) = m.nfgen().unwrap();
+    let kinds: Vec<u16> = attrs.map(|a| a.unwrap().kind).collect();
+    assert!(kinds.contains(&CTA_TUPLE_REPLY) && kinds.contains(&CTA_ZONE));
+    assert!(!kinds.contains(&CTA_TUPLE_ORIG));
+    let mut key = DeleteKey::from(&f);
+    key.family = Family::Ipv6;
+    let mut w = MsgWriter::new();
+    assert!(request::get(&mut w, 1, &key).is_err());
+    assert!(w.is_empty());
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use ctnetlink::consts::*;
 use ctnetlink::{
     Conntrack, DeleteKey, DeleteOutcome, EventGroups, EventKind, EventSocket, Family, Filter, Flow,
-    NewFlow, Status, TcpState, Tuple, TupleMatch,
+    FlowUpdate, Lookup, NewFlow, Status, TcpState, Tuple, TupleMatch,
 };
 use netlab::NetNs;
 
@@ -203,6 +203,153 @@ fn delete_with_an_old_id_never_hits_a_new_entry_with_the_same_tuple() {
         .find(|f| f.orig == nf.orig)
         .expect("the new entry must survive");
     assert_eq!(survivor.reply.src, ip("203.0.113.8"));
+}
+
+/// Pins the calling thread to one CPU (best effort): the conntrack slab hands a freed object back
+/// to the next allocation on the same CPU, which is what makes ids repeat.
+fn pin_to_one_cpu() {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it; sched_setaffinity(0, ..)
+    // concerns only the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        let cpu = libc::sched_getcpu().max(0) as usize;
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// Issue #12 §2: CTA_ID is a hash of the entry's address and *original* tuple, so a UDP entry
+/// re-created with the same original tuple in the freed slot carries the same id even when
+/// kube-proxy now sends it to another backend. A delete by original tuple + id then hits the
+/// re-routed, healthy entry; a delete by reply tuple (it names the backend) + id cannot.
+#[test]
+fn a_stale_key_never_hits_a_rerouted_entry_with_the_same_id() {
+    if !root_or_skip("a_stale_key_never_hits_a_rerouted_entry_with_the_same_id") {
+        return;
+    }
+    let ns = NetNs::create("ct").unwrap();
+    let mut ct = Conntrack::open_in(Some(ns.name())).unwrap();
+    pin_to_one_cpu();
+    let orig = udp("192.0.2.2", 40000, "198.51.100.53", 53);
+    let to_a = NewFlow::established(orig, Some((ip("203.0.113.7"), 5353)));
+    let to_b = NewFlow::established(orig, Some((ip("203.0.113.8"), 5353)));
+    let find = |ct: &mut Conntrack| {
+        ct.dump_vec(&Filter::default())
+            .unwrap()
+            .into_iter()
+            .find(|f| f.orig == orig)
+    };
+    // The slot is reused by the next allocation on the same CPU; a few attempts, bounded.
+    let mut pair = None;
+    for _ in 0..50 {
+        assert_eq!(ct.create(&[to_a]).unwrap().created, 1);
+        let old = find(&mut ct).expect("entry to A");
+        assert_eq!(
+            ct.delete(&[DeleteKey::from(&old)]).unwrap(),
+            vec![DeleteOutcome::Deleted]
+        );
+        assert_eq!(ct.create(&[to_b]).unwrap().created, 1);
+        let new = find(&mut ct).expect("entry to B");
+        if new.id == old.id {
+            pair = Some((old, new));
+            break;
+        }
+        assert_eq!(
+            ct.delete(&[DeleteKey::from(&new)]).unwrap(),
+            vec![DeleteOutcome::Deleted]
+        );
+    }
+    let (old, new) = pair.expect("the kernel never reused the id in 50 attempts");
+    assert_eq!(new.reply.src, ip("203.0.113.8"));
+    // The stale key (from the dump that saw A) must not touch B.
+    assert_eq!(
+        ct.delete(&[DeleteKey::from(&old)]).unwrap(),
+        vec![DeleteOutcome::AlreadyGone],
+        "a delete keyed on the flow to A hit the re-routed flow to B"
+    );
+    let survivor = find(&mut ct).expect("the re-routed entry to B must survive");
+    assert_eq!((survivor.id, survivor.reply), (new.id, new.reply));
+    // B's own key still removes it: the reply-tuple key is exact, not blind.
+    assert_eq!(
+        ct.delete(&[DeleteKey::from(&new)]).unwrap(),
+        vec![DeleteOutcome::Deleted]
+    );
+    assert!(find(&mut ct).is_none());
+}
+
+/// Exact reads (one CT_GET per key, batched) see an entry as it is now: a half-open flow that got
+/// its reply reads back replied and ESTABLISHED with the same id, a deleted one reads back gone.
+#[test]
+fn exact_reads_see_the_entry_as_it_is_now() {
+    if !root_or_skip("exact_reads_see_the_entry_as_it_is_now") {
+        return;
+    }
+    let ns = NetNs::create("ct").unwrap();
+    let mut ct = Conntrack::open_in(Some(ns.name())).unwrap();
+    let half_open = |sport| NewFlow {
+        status: 0,
+        timeout: 120,
+        tcp_state: Some(TcpState::SYN_SENT),
+        ..NewFlow::established(
+            tcp("192.0.2.2", sport, "198.51.100.10", 80),
+            Some((ip("203.0.113.7"), 8080)),
+        )
+    };
+    // Enough keys for several batches (at least 16 per batch).
+    let n = 3000u16;
+    let flows: Vec<NewFlow> = (0..n).map(|i| half_open(20000 + i)).collect();
+    assert_eq!(ct.create(&flows).unwrap().created, u64::from(n));
+    let mut table = ct.dump_vec(&Filter::default()).unwrap();
+    table.sort_by_key(|f| f.orig.sport());
+    let keys: Vec<DeleteKey> = table.iter().map(DeleteKey::from).collect();
+    // Entry 0 gets its reply; entry 1 is deleted.
+    let first = table[0];
+    let done = ct
+        .update(&[FlowUpdate {
+            key: keys[0],
+            status: Some(first.status.0 | Status::SEEN_REPLY | Status::ASSURED),
+            tcp_state: Some(TcpState::ESTABLISHED),
+            timeout: None,
+        }])
+        .unwrap();
+    assert_eq!(done, vec![None]);
+    assert_eq!(
+        ct.delete(&keys[1..2]).unwrap(),
+        vec![DeleteOutcome::Deleted]
+    );
+    let now = ct.get(&keys).unwrap();
+    assert_eq!(now.len(), keys.len());
+    match now[0] {
+        Lookup::Found(f) => {
+            assert_eq!((f.id, f.orig, f.reply), (first.id, first.orig, first.reply));
+            assert!(f.status.has(Status::SEEN_REPLY));
+            assert_eq!(f.tcp_state, Some(TcpState::ESTABLISHED));
+        }
+        other => panic!("entry 0: {other:?}"),
+    }
+    assert_eq!(now[1], Lookup::Gone);
+    for (i, (was, is)) in table.iter().zip(&now).enumerate().skip(2) {
+        let Lookup::Found(f) = is else {
+            panic!("entry {i}: {is:?}")
+        };
+        assert_eq!((f.id, f.orig, f.reply), (was.id, was.orig, was.reply));
+        assert!(!f.status.has(Status::SEEN_REPLY));
+    }
+    // A change of an entry that is gone is refused, never a create.
+    assert_eq!(
+        ct.update(&[FlowUpdate {
+            key: keys[1],
+            status: None,
+            tcp_state: Some(TcpState::ESTABLISHED),
+            timeout: None,
+        }])
+        .unwrap(),
+        vec![Some(libc::ENOENT)]
+    );
+    assert_eq!(
+        ct.dump_vec(&Filter::default()).unwrap().len(),
+        n as usize - 1
+    );
 }
 
 #[test]

@@ -828,7 +828,7 @@ fn act(
     let circuit_open = trips || budget.tripped().is_some();
     shared.circuit_open.store(circuit_open, Ordering::Relaxed);
     let dry = held.is_some() || planned == 0;
-    let (outcomes, totals) = match sweep(ct, &findings, dry) {
+    let (outcomes, totals) = match sweep(ct, &findings, dry, started) {
         Ok((o, t, _)) => (o, t),
         Err(e) => {
             tracing::warn!(error = %e, "delete failed");

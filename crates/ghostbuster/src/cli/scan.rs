@@ -154,6 +154,7 @@ fn run(a: ScanArgs, mode: Option<SweepMode>) -> anyhow::Result<ExitCode> {
     };
     let loaded = a.cluster.load_for(need)?;
     let mut ct = Conntrack::open_in(a.cluster.netns.as_deref()).context("open conntrack")?;
+    let dumped_at = std::time::Instant::now();
     let report = scan(&mut ct, &loaded.index, &policy, &Filter::default())
         .context("scan the conntrack table")?;
     if report.dump.malformed > 0 {
@@ -177,7 +178,7 @@ fn run(a: ScanArgs, mode: Option<SweepMode>) -> anyhow::Result<ExitCode> {
         Some(dry) => {
             // A tripped breaker turns the sweep into a report: every flow is kept.
             let hold = dry || tripped.is_some();
-            let (o, t, e) = sweep(&mut ct, &report.findings, hold).context("delete stale flows")?;
+            let (o, t, e) = sweep(&mut ct, &report.findings, hold, dumped_at).context("delete stale flows")?;
             (Some(o), Some(t), e)
         }
         None => (None, None, None),

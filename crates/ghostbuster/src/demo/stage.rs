@@ -270,9 +270,10 @@ impl<'c> Stage<'c> {
         let start = Instant::now();
         let loaded = self.cluster_view()?;
         let mut ct = Conntrack::open_in(Some(self.node()))?;
+        let dumped_at = Instant::now();
         let report = scan::scan(&mut ct, &loaded.index, policy, &Filter::default())?;
         let (outcomes, totals) = if delete {
-            let (o, t, _) = sweep::sweep(&mut ct, &report.findings, false)?;
+            let (o, t, _) = sweep::sweep(&mut ct, &report.findings, false, dumped_at)?;
             (Some(o), Some(t))
         } else {
             (None, None)

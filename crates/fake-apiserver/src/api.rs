@@ -430,22 +430,6 @@ async fn hang_while_told_in(
     }
 }
 
-/// Waits while the test keeps GETs of one `r` hanging (for ever, if it never lets go).
-async fn hang_gets_while_told(shared: &Arc<Shared>, r: &ResourceType) {
-    let mut changed = shared.changed.subscribe();
-    loop {
-        {
-            let st = shared.lock();
-            if st.ctl.shutdown || !st.ctl.hung_gets.contains(r.plural) {
-                return;
-            }
-        }
-        if changed.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
 struct WatchSpec {
     resource: &'static ResourceType,
     sel: Selection,

@@ -130,7 +130,9 @@ fn endpoint_last_seen_terminating_is_gone_only_once_confirmed() {
     assert!(!v.evidence.contains(Evidence::PodGone));
     assert!(!v.removable);
     assert_eq!(v.kept_because, Some(KeepReason::NoEvidence));
-    index.tombstones_mut().mark_pod_gone(&ip("10.244.0.2"), "b");
+    index
+        .tombstones_mut()
+        .mark_pod_gone(&ip("10.244.0.2"), &pod_b(), None);
     let v = verdict_for(&index, "10.244.0.2");
     assert!(v.evidence.contains(Evidence::PodGone));
     assert!(v.removable);
@@ -320,7 +322,7 @@ fn ip_reused_by_a_pod_with_another_uid() {
     assert!(!v.removable);
     index
         .tombstones_mut()
-        .mark_pod_gone(&ip("10.244.0.5"), "db-0");
+        .mark_pod_gone(&ip("10.244.0.5"), &ObjectKey::new("ns", "db-0"), None);
     let v = classify(&f, &index, &Policy::default(), t(NOW));
     assert_eq!(v.kind, VerdictKind::IpReused);
     assert!(v.evidence.contains(Evidence::PodReplaced));

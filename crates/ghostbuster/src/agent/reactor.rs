@@ -82,6 +82,10 @@ pub struct PassReport {
     pub stale: BTreeMap<StaleKey, u64>,
     /// Backends with removable flows that `held` kept.
     pub held_backends: Vec<IpAddr>,
+    /// Backends whose removable flows were judged from a dump older than the sweep's
+    /// `max_verdict_age` (pod GETs took long, a slow pass): nothing of theirs was deleted, and
+    /// they are read and judged again at once, by a targeted pass.
+    pub redo_backends: Vec<IpAddr>,
     pub totals: SweepTotals,
     /// Why nothing was removed, when something removable was held back.
     pub held: Option<Hold>,
@@ -372,6 +376,8 @@ pub fn run(
             if r.held.as_ref().is_some_and(Hold::lifts_by_itself) {
                 held_back.extend(r.held_backends.iter().copied());
             }
+            let now = Instant::now();
+            parked.extend(r.redo_backends.iter().map(|ip| (*ip, now)));
             let every = resync_every(cfg.resync_interval, cfg.resync_cpu_percent, cost);
             // Logged when it starts and when it moves by more than a tenth.
             let moved = every.abs_diff(resync_logged) > resync_logged / 10;
@@ -485,27 +491,29 @@ fn targeted(
 
     // Gate open: snapshots that are still good, a fresh read for the others.
     let now = Instant::now();
-    let mut ready: Vec<(IpAddr, Option<Timestamp>, Vec<ctnetlink::Flow>)> = Vec::new();
+    // (backend, its removal, its flows, when they were read)
+    let mut ready: Vec<(IpAddr, Option<Timestamp>, Vec<ctnetlink::Flow>, Instant)> = Vec::new();
     let mut reread: Vec<(IpAddr, Option<Timestamp>)> = Vec::new();
     for (ip, removed_at) in open {
         match prefetched.remove(&ip) {
-            Some(s) if s.usable(marks, ip, now) => ready.push((ip, removed_at, s.flows)),
+            Some(s) if s.usable(marks, ip, now) => ready.push((ip, removed_at, s.flows, s.taken)),
             _ => reread.push((ip, removed_at)),
         }
     }
     if !reread.is_empty() {
         let ips: Vec<IpAddr> = reread.iter().map(|(ip, _)| *ip).collect();
+        let read_at = Instant::now();
         match prefetch::read(ct, marks, &ips) {
             Ok(mut snaps) => {
                 for (ip, removed_at) in reread {
                     let flows = snaps.remove(&ip).map(|s| s.flows).unwrap_or_default();
-                    ready.push((ip, removed_at, flows));
+                    ready.push((ip, removed_at, flows, read_at));
                 }
             }
             Err(e) => tracing::warn!(error = %e, "reading a backend's flows failed"),
         }
     }
-    for (ip, removed_at, flows) in ready {
+    for (ip, removed_at, flows, read_at) in ready {
         if flows.is_empty() {
             continue;
         }
@@ -532,12 +540,18 @@ fn targeted(
             findings,
             n,
             n,
-            started,
+            Span {
+                started,
+                dumped_at: read_at,
+            },
             removed_at,
             Some(gate_opened),
         );
         if r.held.as_ref().is_some_and(Hold::lifts_by_itself) {
             held_back.insert(ip);
+        }
+        if !r.redo_backends.is_empty() {
+            parked.insert(ip, Instant::now());
         }
         world.report(&r);
     }
@@ -697,6 +711,7 @@ fn full_pass(
                 not_shown: 0,
                 stale: BTreeMap::new(),
                 held_backends: Vec::new(),
+                redo_backends: Vec::new(),
                 totals: SweepTotals::default(),
                 held: None,
                 circuit_open: false,
@@ -779,13 +794,25 @@ fn full_pass(
         findings,
         report.scanned,
         service_flows,
-        started,
+        Span {
+            started,
+            dumped_at: started,
+        },
         None,
         None,
     );
     r.by_state = by_state;
     r.by_service = by_service;
     r
+}
+
+/// When a pass began, and when the flows it judges were read from the kernel (a prefetched
+/// snapshot is older than its pass): the sweep refuses verdicts from a dump older than its
+/// `max_verdict_age`.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    started: Instant,
+    dumped_at: Instant,
 }
 
 /// Applies the global gate and the circuit breakers (this pass's share, and the budget across
@@ -801,10 +828,11 @@ fn act(
     findings: Vec<Finding>,
     scanned: u64,
     service_flows: u64,
-    started: Instant,
+    span: Span,
     removed_at: Option<Timestamp>,
     gate_opened: Option<Instant>,
 ) -> PassReport {
+    let Span { started, dumped_at } = span;
     let planned = findings.iter().filter(|f| f.verdict.removable).count() as u64;
     let mut held = world.global().check().err();
     let trips = kind == PassKind::Full && cfg.breaker.trips(planned, service_flows)
@@ -828,7 +856,7 @@ fn act(
     let circuit_open = trips || budget.tripped().is_some();
     shared.circuit_open.store(circuit_open, Ordering::Relaxed);
     let dry = held.is_some() || planned == 0;
-    let (outcomes, totals) = match sweep(ct, &findings, dry, started) {
+    let (outcomes, totals) = match sweep(ct, &findings, dry, dumped_at) {
         Ok((o, t, _)) => (o, t),
         Err(e) => {
             tracing::warn!(error = %e, "delete failed");
@@ -854,6 +882,23 @@ fn act(
             }
         }
     }
+    let mut redo_backends: Vec<IpAddr> = Vec::new();
+    for (f, o) in findings.iter().zip(&outcomes) {
+        if *o == Outcome::StaleVerdict {
+            if let Some(b) = f.verdict.backend {
+                if !redo_backends.contains(&b.ip) {
+                    redo_backends.push(b.ip);
+                }
+            }
+        }
+    }
+    if !redo_backends.is_empty() {
+        tracing::info!(
+            backends = redo_backends.len(),
+            flows = totals.stale_verdict,
+            "verdicts older than the sweep allows (slow pass or pod lookups): judging those backends again"
+        );
+    }
     let (findings, not_shown) = keep_shown(findings.into_iter().zip(outcomes));
     PassReport {
         kind,
@@ -865,6 +910,7 @@ fn act(
         not_shown,
         stale,
         held_backends,
+        redo_backends,
         totals,
         held,
         circuit_open,

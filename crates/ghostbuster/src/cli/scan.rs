@@ -178,7 +178,8 @@ fn run(a: ScanArgs, mode: Option<SweepMode>) -> anyhow::Result<ExitCode> {
         Some(dry) => {
             // A tripped breaker turns the sweep into a report: every flow is kept.
             let hold = dry || tripped.is_some();
-            let (o, t, e) = sweep(&mut ct, &report.findings, hold, dumped_at).context("delete stale flows")?;
+            let (o, t, e) =
+                sweep(&mut ct, &report.findings, hold, dumped_at).context("delete stale flows")?;
             (Some(o), Some(t), e)
         }
         None => (None, None, None),

@@ -6,7 +6,7 @@ mod classify_support;
 
 use classify_support::*;
 use ghostbuster::classify::classify;
-use ghostbuster::cluster::{Event, Index, Object};
+use ghostbuster::cluster::{Event, Index, Object, ObjectKey};
 use ghostbuster::policy::Policy;
 use ghostbuster::verdict::{Evidence, Verdict, VerdictKind};
 use serde_json::json;
@@ -123,7 +123,9 @@ fn a_host_network_holder_is_a_node_address() {
     );
     apply(&mut index, web_slice(vec![]));
     // Even when the web pod is confirmed gone and the holder is newer than the flow.
-    index.tombstones_mut().mark_pod_gone(&ip(node_b), "agent-b");
+    index
+        .tombstones_mut()
+        .mark_pod_gone(&ip(node_b), &ObjectKey::new("ns", "agent-b"), None);
     let f = tcp(CLIENT, 40000, VIP, 80)
         .dnat(node_b, 8080)
         .started("2025-06-01T11:00:00Z");
@@ -176,7 +178,7 @@ fn ip_reused_needs_the_old_pod_confirmed_gone() {
     // The API confirms db-0 is gone: now the other Service's pod holds its IP.
     index
         .tombstones_mut()
-        .mark_pod_gone(&ip("10.244.0.5"), "db-0");
+        .mark_pod_gone(&ip("10.244.0.5"), &ObjectKey::new("ns", "db-0"), None);
     let v = judge(&index, f);
     assert_eq!(v.kind, VerdictKind::IpReused, "{}", v.reason());
     assert!(v.evidence.contains(Evidence::PodReplaced));
@@ -195,7 +197,7 @@ fn slice_watch_lagging_the_pod_watch_is_not_ip_reused() {
     apply(&mut index, web_slice(vec![]));
     index
         .tombstones_mut()
-        .mark_pod_gone(&ip("10.244.0.7"), "web-0");
+        .mark_pod_gone(&ip("10.244.0.7"), &ObjectKey::new("ns", "web-0"), None);
     apply(
         &mut index,
         pod_at("web-0b", "10.244.0.7", "2025-06-01T12:00:30Z", false),
@@ -238,7 +240,9 @@ fn terminating_when_it_left_the_slice_is_not_gone() {
     assert!(!v.evidence.contains(Evidence::PodGone));
     assert_eq!(kept(&v).as_deref(), Some("no_evidence"));
     // The API confirms: gone.
-    index.tombstones_mut().mark_pod_gone(&ip("10.244.0.2"), "b");
+    index
+        .tombstones_mut()
+        .mark_pod_gone(&ip("10.244.0.2"), &ObjectKey::new("ns", "b"), None);
     let v = judge(&index, f);
     assert!(v.evidence.contains(Evidence::PodGone) && v.removable);
 }
@@ -339,7 +343,9 @@ fn the_agents_tombstone_evidence_needs_no_age() {
         web_slice(vec![ready("10.244.0.1", "a"), ready("10.244.0.2", "b")]),
     ]);
     apply(&mut index, web_slice(vec![ready("10.244.0.1", "a")]));
-    index.tombstones_mut().mark_pod_gone(&ip("10.244.0.2"), "b");
+    index
+        .tombstones_mut()
+        .mark_pod_gone(&ip("10.244.0.2"), &ObjectKey::new("ns", "b"), None);
     let v = judge(&index, tcp(CLIENT, 40000, VIP, 80).dnat("10.244.0.2", 8080));
     assert!(v.removable, "{}", v.reason());
     assert!(v.evidence.contains(Evidence::PodGone));

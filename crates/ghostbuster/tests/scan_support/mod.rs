@@ -785,3 +785,20 @@ pub fn sleep_until(deadline: Instant) {
         thread::sleep(deadline - now);
     }
 }
+
+/// A scratch directory for a test that needs no lab (its own namespace, its own entries), removed
+/// on drop.
+pub struct Scratch(TempDir);
+
+impl Scratch {
+    pub fn new(test: &str) -> Scratch {
+        Scratch(TempDir::new(test))
+    }
+
+    /// Writes `objects` as `name`; returns the path.
+    pub fn write(&self, name: &str, objects: &Value) -> String {
+        let path = self.0 .0.join(name);
+        std::fs::write(&path, serde_json::to_vec_pretty(objects).unwrap()).expect("write file");
+        path.to_string_lossy().into_owned()
+    }
+}

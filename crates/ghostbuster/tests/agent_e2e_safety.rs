@@ -212,7 +212,7 @@ fn a_pod_gone_in_one_namespace_leaves_its_namesake_in_another_alone() {
     // after that answer. a/web-0's flows themselves are kept: a live pod (b/web-0) holds the
     // IP they go to, and a confirmed-gone pod is not proof that a flow to an IP someone else
     // answers on is dead (docs/detection.md, ip_reused) — so they are no sibling ghost here.
-    let passes = |m: &str| metric_sum(m, "ghostbuster_scan_duration_seconds_count");
+    let passes = |m: &str| metric_sum(m, "ghostbuster_last_scan_timestamp_seconds");
     let took = sync_until(&kp, Duration::from_secs(20), || {
         pod_gets(&api, "a", "web-0").iter().any(|r| r.status == 404)
     });

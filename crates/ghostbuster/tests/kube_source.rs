@@ -1342,6 +1342,14 @@ fn cli_scan_and_sweep_read_the_live_api_end_to_end() {
         return;
     }
     let mut lab = Lab::new().expect("lab");
+    // Flow start times: absence from the API's answer is evidence only against a flow proven
+    // older than it (issue #12), and only the kernel's timestamp proves that.
+    let on = std::process::Command::new("ip")
+        .args(["netns", "exec", lab.node_netns()])
+        .args(["sysctl", "-qw", "net.netfilter.nf_conntrack_timestamp=1"])
+        .status()
+        .expect("sysctl");
+    assert!(on.success(), "could not turn on nf_conntrack_timestamp");
     let dns = lab
         .add_pod(
             PodSpec::backend("dns-a")
@@ -1401,6 +1409,8 @@ fn cli_scan_and_sweep_read_the_live_api_end_to_end() {
 
     let run = ghostbuster(&[
         "scan",
+        "--clock-skew",
+        "0s",
         "--kubeconfig",
         &kubeconfig,
         "--netns",
@@ -1432,6 +1442,8 @@ fn cli_scan_and_sweep_read_the_live_api_end_to_end() {
 
     let run = ghostbuster(&[
         "sweep",
+        "--clock-skew",
+        "0s",
         "--kubeconfig",
         &kubeconfig,
         "--netns",
@@ -1444,6 +1456,8 @@ fn cli_scan_and_sweep_read_the_live_api_end_to_end() {
     assert_eq!(flows[0]["result"], "deleted", "{}", run.stdout);
     let run = ghostbuster(&[
         "scan",
+        "--clock-skew",
+        "0s",
         "--kubeconfig",
         &kubeconfig,
         "--netns",

@@ -117,6 +117,8 @@ fn sweep_from_file_keeps_a_connection_of_unknown_age_to_a_pod_newer_than_the_exp
         &node,
         "--from-file",
         &file,
+        // The lab's export has no Namespaces (no namespace is annotated here).
+        "--ignore-namespace-modes",
         "-o",
         "json",
         "--snapshot-time",

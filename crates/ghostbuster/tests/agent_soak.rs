@@ -15,6 +15,7 @@
 //! 3. no delete while the gate was closed (the agent's `/debug/recent` times against the syncs);
 //! 4. no flow of a live backend deleted (UDP of a deleted Service excepted);
 //! 5. agent RSS flat after warm-up (max − min ≤ 10 %); 6. `/metrics` answers in < 100 ms.
+//!
 //! Invariant 2 is printed always but enforced only with `SOAK_STRICT_REAP=1`: after the stricter
 //! kube-proxy gate was merged (a sync proven to have begun after the change), some ghosts go
 //! 1–11 s late — a known gap of issue #12, never an early delete (`Verdict::ok_with`).

@@ -316,12 +316,46 @@ impl<'a> Classifier<'a> {
             self.v.evidence.insert(Evidence::PodAbsent);
         }
         self.tombstone_evidence(tombstone);
+        let unused_answer = self.api_absence(&b.ip);
         self.protocol_evidence(protocol);
         if self.v.evidence.is_empty() {
             self.v.evidence.insert(Evidence::SnapshotOnly);
         }
         let enough = self.v.evidence.suffices() || self.policy.trust_snapshot;
         self.decide(protocol, enough, true);
+        if self.v.kept_because == Some(KeepReason::NoEvidence) {
+            self.v.kept_because = unused_answer.or(self.v.kept_because);
+        }
+    }
+
+    /// The agent's evidence for a ghost without a tombstone (its endpoint left before the agent
+    /// started, or it was nobody's this agent saw leave): the API server listed no pod at `ip`
+    /// (`IpAnswers`), asked after the flow began by more than the clock-skew margin → `PodAbsent`.
+    /// Only when nothing the index knows holds the IP — the caller has found no endpoint of any
+    /// Service, no live pod and no node address there; a hostNetwork pod or a tombstone at the
+    /// IP (whose pod GET is the better evidence) also rule it out. Returns why an answer that
+    /// exists could not be used (the flow's start unknown, or not older than the answer).
+    fn api_absence(&mut self, ip: &IpAddr) -> Option<KeepReason> {
+        let index = self.index;
+        let as_of = index.ip_answers().absent_as_of(ip)?;
+        if !index.tombstones().at(ip).is_empty()
+            || index.is_node_address(ip)
+            || index.endpoints_at(ip).next().is_some()
+            || index.pods_at(ip).any(|p| p.host_network || p.is_alive())
+        {
+            return None;
+        }
+        let Some(start) = flow_start(self.flow) else {
+            self.step(Step::Age(Age::Unknown));
+            return Some(KeepReason::UnknownAge);
+        };
+        if start.as_nanosecond() + self.skew() >= as_of.as_nanosecond() {
+            self.step(Step::NewerThanApiAnswer);
+            return Some(KeepReason::NewerThanApiAnswer);
+        }
+        self.step(Step::ApiNoPod);
+        self.v.evidence.insert(Evidence::PodAbsent);
+        None
     }
 
     /// Rows 6 and 7 once the IP is known to be held by someone else: `ip_reused` with evidence

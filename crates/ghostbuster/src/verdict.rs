@@ -245,6 +245,9 @@ pub enum KeepReason {
     /// flow is judged only once known to be older than `--min-age`, and absence from a snapshot
     /// is evidence only for a flow known to be older than the snapshot.
     UnknownAge,
+    /// The API server listed no pod at the backend IP, but the flow started after it was asked,
+    /// or within `--clock-skew` of it: a pod may have been created at the IP since.
+    NewerThanApiAnswer,
 }
 
 impl KeepReason {
@@ -274,6 +277,10 @@ impl KeepReason {
                  snapshot can judge it; turn timestamps on with `sysctl -w \
                  net.netfilter.nf_conntrack_timestamp=1` (flows opened afterwards carry a start \
                  time)"
+            }
+            KeepReason::NewerThanApiAnswer => {
+                "no pod held the backend IP when the API server was asked, but the flow started \
+                 after that (or within --clock-skew of it); the agent asks again"
             }
         }
     }
@@ -435,6 +442,11 @@ pub enum Step {
         pod_gone: bool,
     },
     NewerThanSnapshot,
+    /// The API server listed no pod at the backend IP, asked after the flow began.
+    ApiNoPod,
+    /// The API server listed no pod at the backend IP, asked before the flow began (or within
+    /// `--clock-skew` of it): no evidence for this flow.
+    NewerThanApiAnswer,
     /// A `ghostbuster.io/mode` annotation applies to the Service, and from where.
     Mode(EffectiveMode),
     /// The decision-table row that gave the verdict.
@@ -548,6 +560,14 @@ impl fmt::Display for Step {
             Step::NewerThanSnapshot => f.write_str(
                 "the flow started after the snapshot, or within --clock-skew of it: the snapshot \
                  cannot judge it",
+            ),
+            Step::ApiNoPod => f.write_str(
+                "the API server listed no pod at the backend IP, asked after the flow began \
+                 (beyond --clock-skew)",
+            ),
+            Step::NewerThanApiAnswer => f.write_str(
+                "the API server listed no pod at the backend IP, but the flow began after it was \
+                 asked (or within --clock-skew of it): not evidence for this flow",
             ),
             Step::Mode(m) => match (m.from, m.overrides) {
                 (ModeSource::Service, None) => write!(

@@ -21,6 +21,7 @@ use jiff::Timestamp;
 use super::cidr::Cidr;
 use super::error::Result;
 use super::event::{Event, Kind, Object};
+use super::ip_answers::IpAnswers;
 use super::meta;
 use super::model::{IpFamily, ObjectKey, Protocol, Uid};
 use super::name::{Name, NamePool};
@@ -187,6 +188,9 @@ pub struct Index {
     namespace_modes: HashMap<Name, SweepMode>,
 
     tombstones: Tombstones,
+    /// The API server's "no pod at this IP" answers (the agent's, for ghosts without a
+    /// tombstone).
+    ip_answers: IpAnswers,
     relists: HashMap<Kind, Relist>,
     snapshot_time: Option<Timestamp>,
     removals_since_purge: usize,
@@ -277,6 +281,14 @@ impl Index {
 
     pub fn tombstones_mut(&mut self) -> &mut Tombstones {
         &mut self.tombstones
+    }
+
+    pub fn ip_answers(&self) -> &IpAnswers {
+        &self.ip_answers
+    }
+
+    pub fn ip_answers_mut(&mut self) -> &mut IpAnswers {
+        &mut self.ip_answers
     }
 
     /// Counts of what is indexed: (services, slices, endpoints, pods).

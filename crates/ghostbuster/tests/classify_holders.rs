@@ -1,0 +1,174 @@
+//! Issue #12 §1, "ghosts without a tombstone": the agent asked the API server which pods hold a
+//! backend IP and none did (`IpAnswers`). That answer is `PodAbsent` only for a flow whose start
+//! is known and older than the answer (beyond `--clock-skew`), and only while nothing the index
+//! knows holds the IP.
+
+mod classify_support;
+
+use classify_support::*;
+use ghostbuster::classify::classify;
+use ghostbuster::cluster::{Event, Index, Object};
+use ghostbuster::policy::Policy;
+use ghostbuster::verdict::{Evidence, KeepReason, Step, Verdict, VerdictKind};
+use serde_json::json;
+
+const VIP: &str = "10.96.1.1";
+/// The ghost's backend: nobody's endpoint, no pod in the agent's view (a live index).
+const GHOST: &str = "10.244.0.2";
+/// When the API server was asked (NOW is 12:01:00).
+const ASKED: &str = "2025-06-01T12:00:30Z";
+
+fn web() -> Index {
+    index_of(vec![
+        service(
+            "ns",
+            "web",
+            &[VIP],
+            json!([{"name": "http", "port": 80, "targetPort": "http"}]),
+        )
+        .into(),
+        slice(
+            "ns",
+            "web",
+            "web-1",
+            vec![ready("10.244.0.1", "a")],
+            json!([{"name": "http", "port": 8080}]),
+        )
+        .into(),
+    ])
+}
+
+fn answered(mut index: Index) -> Index {
+    index.ip_answers_mut().record_absent(ip(GHOST), t(ASKED));
+    index
+}
+
+fn judge(index: &Index, started: Option<&str>) -> Verdict {
+    let mut f = tcp("10.244.9.9", 40000, VIP, 80).dnat(GHOST, 8080);
+    if let Some(s) = started {
+        f = f.started(s);
+    }
+    classify(&f.build(), index, &Policy::default(), t(NOW))
+}
+
+#[test]
+fn without_an_answer_a_ghost_without_a_tombstone_is_kept_for_lack_of_evidence() {
+    let v = judge(&web(), Some("2025-06-01T11:00:00Z"));
+    assert_eq!(v.kind, VerdictKind::EndpointGone);
+    assert!(!v.removable);
+    assert_eq!(v.kept_because, Some(KeepReason::NoEvidence));
+}
+
+#[test]
+fn no_pod_at_the_ip_asked_after_the_flow_began_is_pod_absent() {
+    let v = judge(&answered(web()), Some("2025-06-01T11:00:00Z"));
+    assert_eq!(v.kind, VerdictKind::EndpointGone);
+    assert!(v.evidence.contains(Evidence::PodAbsent), "{:?}", v.evidence);
+    assert!(v.trace.steps().contains(&Step::ApiNoPod));
+    assert!(v.removable, "kept: {:?}", v.kept_because);
+    assert_eq!(v.kept_because, None);
+}
+
+#[test]
+fn a_flow_that_began_after_the_answer_or_within_the_skew_is_kept() {
+    let index = answered(web());
+    // 1 s before the question: within the default 2 s clock-skew margin.
+    for started in ["2025-06-01T12:00:29Z", "2025-06-01T12:00:45Z"] {
+        let v = judge(&index, Some(started));
+        assert!(!v.removable, "{started}");
+        assert!(!v.evidence.contains(Evidence::PodAbsent));
+        assert_eq!(v.kept_because, Some(KeepReason::NewerThanApiAnswer));
+    }
+    // 3 s before: beyond it.
+    assert!(judge(&index, Some("2025-06-01T12:00:27Z")).removable);
+}
+
+#[test]
+fn a_flow_of_unknown_age_is_kept_whatever_the_answer() {
+    let v = judge(&answered(web()), None);
+    assert!(!v.removable);
+    assert!(!v.evidence.contains(Evidence::PodAbsent));
+    assert_eq!(v.kept_because, Some(KeepReason::UnknownAge));
+}
+
+#[test]
+fn anything_in_the_index_at_the_ip_outweighs_the_answer() {
+    let old = Some("2025-06-01T11:00:00Z");
+    // A live pod at the IP (the agent's watch saw it after the answer).
+    let mut index = answered(web());
+    index
+        .apply(
+            Event::Apply(pod("ns", "new", GHOST, "2025-06-01T10:00:00Z", "Running").into()),
+            t(NOW),
+        )
+        .unwrap();
+    let v = judge(&index, old);
+    assert!(!v.removable && !v.evidence.contains(Evidence::PodAbsent));
+
+    // A node's address (hostNetwork pods share it).
+    let mut index = answered(web());
+    let n: Object = node("node-b", &[GHOST]).into();
+    index.apply(Event::Apply(n), t(NOW)).unwrap();
+    let v = judge(&index, old);
+    assert!(!v.removable && !v.evidence.contains(Evidence::PodAbsent));
+
+    // An endpoint of another Service.
+    let mut index = answered(web());
+    for o in [
+        Object::from(service(
+            "ns",
+            "db",
+            &["10.96.1.2"],
+            json!([{"name": "pg", "port": 5432}]),
+        )),
+        slice(
+            "ns",
+            "db",
+            "db-1",
+            vec![ready(GHOST, "db-0")],
+            json!([{"name": "pg", "port": 5432}]),
+        )
+        .into(),
+    ] {
+        index.apply(Event::Apply(o), t(NOW)).unwrap();
+    }
+    let v = judge(&index, old);
+    assert!(!v.removable && !v.evidence.contains(Evidence::PodAbsent));
+
+    // A tombstone at the IP: its pod GET is the evidence, not the list.
+    let mut index = index_of(vec![
+        service(
+            "ns",
+            "web",
+            &[VIP],
+            json!([{"name": "http", "port": 80, "targetPort": "http"}]),
+        )
+        .into(),
+        slice(
+            "ns",
+            "web",
+            "web-1",
+            vec![ready("10.244.0.1", "a"), ready(GHOST, "b")],
+            json!([{"name": "http", "port": 8080}]),
+        )
+        .into(),
+    ]);
+    index
+        .apply(
+            Event::Apply(
+                slice(
+                    "ns",
+                    "web",
+                    "web-1",
+                    vec![ready("10.244.0.1", "a")],
+                    json!([{"name": "http", "port": 8080}]),
+                )
+                .into(),
+            ),
+            t(NOW),
+        )
+        .unwrap();
+    let index = answered(index);
+    let v = judge(&index, old);
+    assert!(!v.removable && !v.evidence.contains(Evidence::PodAbsent));
+}

@@ -19,12 +19,12 @@ use jiff::Timestamp;
 use super::gate::{self, Breaker, DeleteBudget, Global, Hold, KubeProxyView, Trip};
 use super::prefetch::{self, EventMarks, Snapshot};
 use crate::classify::classify;
-use crate::cluster::{Index, Name, ObjectKey};
+use crate::cluster::{Index, IpFamily, Name, ObjectKey};
 use crate::policy::Policy;
 use crate::scan::{classify_flows, scan_with, Finding, ScanOptions};
 use crate::sweep::{sweep, Outcome, SweepTotals};
 use crate::telemetry::metrics::{stale_counts, StaleKey};
-use crate::verdict::VerdictKind;
+use crate::verdict::{KeepReason, VerdictKind};
 
 /// What the reactor is asked to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +46,18 @@ pub enum PodFate {
     Unknown,
 }
 
+/// What the API server said when asked which pods hold an IP
+/// ([`crate::cluster::kube::IpHolders`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldersAnswer {
+    /// No pod's primary IP was the IP when the question was sent (`as_of`, the local clock).
+    Absent { as_of: Timestamp },
+    /// Some pod is listed at the IP (finished ones too: conservative).
+    Held,
+    /// No answer (timeout, error, over the rate limit): keep, ask again later.
+    Unknown,
+}
+
 /// The outside world the reactor needs, behind small traits so the loop can be driven by tests
 /// and by the real API/kube-proxy clients alike.
 pub trait World: Send {
@@ -54,6 +66,11 @@ pub trait World: Send {
     fn kube_proxy(&mut self) -> KubeProxyView;
     /// Is the pod `namespace/name` (uid, ip) gone?
     fn pod_fate(&mut self, namespace: &str, name: &str, uid: Option<&str>, ip: IpAddr) -> PodFate;
+    /// Which pods hold `ip`, cluster-wide (rate-limited, with a timeout). The default knows
+    /// nothing.
+    fn ip_holders(&mut self, _ip: IpAddr) -> HoldersAnswer {
+        HoldersAnswer::Unknown
+    }
     /// The global gate's current inputs (sync/freshness of watches, dataplane mode, dry run).
     fn global(&mut self) -> Global;
     /// Called after every pass with what happened.
@@ -130,6 +147,148 @@ pub struct ReactorConfig {
     pub breaker: Breaker,
     /// How long tombstones are kept.
     pub tombstone_ttl: Duration,
+    /// The least time between two "who holds this IP?" questions about one backend (ghosts
+    /// without a tombstone); zero: never ask.
+    pub ip_lookup_every: Duration,
+}
+
+/// How long the API server's "no pod at this IP" is remembered (the agent asks again while the
+/// flows are there).
+const IP_ANSWER_TTL: Duration = Duration::from_secs(600);
+
+/// The "who holds this IP?" questions: when each backend may be asked again, the backoff of
+/// unanswered ones, and whether one went unanswered this turn (then the others wait too: a
+/// hanging API server must not hold the reactor for one timeout per backend).
+#[derive(Debug, Default)]
+pub struct HolderAsks {
+    next: HashMap<IpAddr, Instant>,
+    backoff: HashMap<IpAddr, Duration>,
+    unanswered_this_turn: bool,
+}
+
+/// What asking about one backend came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Asked {
+    /// Nothing to ask, or asked too recently.
+    No,
+    /// An answer was recorded in the index: judge the flows again.
+    Recorded,
+    /// No answer: look at the backend again after this long.
+    Unanswered(Duration),
+}
+
+impl HolderAsks {
+    fn begin_turn(&mut self) {
+        self.unanswered_this_turn = false;
+        // Bounded by the backends with ghosts: forget those not asked about for a long time.
+        let now = Instant::now();
+        self.next
+            .retain(|_, t| now.saturating_duration_since(*t) < IP_ANSWER_TTL);
+        let next = &self.next;
+        self.backoff.retain(|ip, _| next.contains_key(ip));
+    }
+}
+
+/// Whether the API server's empty answer for `ip` can be read as "no pod holds it": its field
+/// selector matches a pod's first IP only, so an empty answer is absence only for the cluster's
+/// primary family. The agent cannot read that from a pod it does not see, so it takes an empty
+/// answer as absence only on a cluster whose Services are all of `ip`'s family (single-stack);
+/// on a dual-stack cluster, or one with no Services yet, an empty answer is unknown.
+fn empty_answer_is_absence(ix: &Index, ip: &IpAddr) -> bool {
+    let family = IpFamily::of(ip);
+    let other = match family {
+        IpFamily::V4 => IpFamily::V6,
+        IpFamily::V6 => IpFamily::V4,
+    };
+    let mut any = false;
+    for s in ix.services() {
+        if s.families.contains(other) || s.frontends.iter().any(|(a, _)| IpFamily::of(a) == other) {
+            return false;
+        }
+        any |= s.families.contains(family);
+    }
+    any
+}
+
+/// A stale TCP/SCTP flow of `ip` kept only for lack of evidence (or because it began after the
+/// last answer: asked again), with a known start, and nothing in the index at `ip` (no
+/// tombstone, endpoint, live pod or node address): the kind of ghost an answer from the API
+/// server can prove gone.
+fn wants_holders(ix: &Index, ip: &IpAddr, findings: &[Finding]) -> bool {
+    let candidate = findings.iter().any(|f| {
+        f.verdict.backend.is_some_and(|b| b.ip == *ip)
+            && f.verdict.kind == VerdictKind::EndpointGone
+            && !f.verdict.removable
+            && matches!(
+                f.verdict.kept_because,
+                Some(KeepReason::NoEvidence | KeepReason::NewerThanApiAnswer)
+            )
+            && matches!(f.flow.orig.proto, 6 | 132)
+            && f.flow.start_ns.is_some()
+    });
+    candidate
+        && ix.tombstones().at(ip).is_empty()
+        && !ix.is_node_address(ip)
+        && ix.endpoints_at(ip).next().is_none()
+        && !ix.pods_at(ip).any(|p| p.is_alive() || p.host_network)
+}
+
+/// Asks the API server who holds `ip` when its flows need it (see [`wants_holders`]), at most
+/// once per `ip_lookup_every` per backend, and records a "no pod" answer in the index. Must be
+/// called with the gate of `ip` open (the index is not locked here).
+fn ask_holders(
+    shared: &Shared,
+    world: &mut impl World,
+    cfg: &ReactorConfig,
+    asks: &mut HolderAsks,
+    ip: IpAddr,
+    findings: &[Finding],
+) -> Asked {
+    if cfg.ip_lookup_every.is_zero() {
+        return Asked::No;
+    }
+    let now = Instant::now();
+    if asks.next.get(&ip).is_some_and(|t| *t > now) {
+        return Asked::No;
+    }
+    {
+        let ix = shared.index.read().unwrap_or_else(|e| e.into_inner());
+        if !wants_holders(&ix, &ip, findings) {
+            return Asked::No;
+        }
+    }
+    let answer = if asks.unanswered_this_turn {
+        HoldersAnswer::Unknown
+    } else {
+        world.ip_holders(ip)
+    };
+    let now = Instant::now();
+    match answer {
+        HoldersAnswer::Unknown => {
+            asks.unanswered_this_turn = true;
+            let again = next_retry(&mut asks.backoff, ip);
+            asks.next.insert(ip, now + again);
+            Asked::Unanswered(again)
+        }
+        HoldersAnswer::Held => {
+            asks.backoff.remove(&ip);
+            asks.next.insert(ip, now + cfg.ip_lookup_every);
+            let mut ix = shared.index.write().unwrap_or_else(|e| e.into_inner());
+            ix.ip_answers_mut().forget(&ip);
+            Asked::No
+        }
+        HoldersAnswer::Absent { as_of } => {
+            asks.backoff.remove(&ip);
+            asks.next.insert(ip, now + cfg.ip_lookup_every);
+            let mut ix = shared.index.write().unwrap_or_else(|e| e.into_inner());
+            if !empty_answer_is_absence(&ix, &ip) {
+                tracing::debug!(%ip, "no pod lists the IP first, but the cluster may be dual-stack: unknown");
+                return Asked::No;
+            }
+            ix.ip_answers_mut().record_absent(ip, as_of);
+            Asked::Recorded
+        }
+    }
 }
 
 /// Backoff of a backend whose pod GET could not be answered (error, timeout): looked at again
@@ -309,6 +468,7 @@ pub fn run(
     // The brake across passes, and the backoff of backends whose pod GET went unanswered.
     let mut budget = DeleteBudget::new(cfg.breaker.max_deletes_per_minute);
     let mut backoff: HashMap<IpAddr, Duration> = HashMap::new();
+    let mut asks = HolderAsks::default();
     let mut next_full = Instant::now();
     let mut resync_logged = cfg.resync_interval;
     // A first reading of kube-proxy's sync metrics: the duration of the first sync after a
@@ -361,6 +521,7 @@ pub fn run(
             backends.extend(held_back.drain());
         }
         expire_tombstones(&shared, cfg.tombstone_ttl);
+        asks.begin_turn();
         if full {
             let (r, cost) = super::cpu::cost_of(|| {
                 full_pass(
@@ -371,6 +532,7 @@ pub fn run(
                     &mut parked,
                     &mut budget,
                     &mut backoff,
+                    &mut asks,
                 )
             });
             if r.held.as_ref().is_some_and(Hold::lifts_by_itself) {
@@ -409,6 +571,7 @@ pub fn run(
             &mut held_back,
             &mut budget,
             &mut backoff,
+            &mut asks,
         );
         if full || many {
             // The peaks of a pass are over (findings, flows read for many backends at once).
@@ -434,6 +597,7 @@ fn targeted(
     held_back: &mut HashSet<IpAddr>,
     budget: &mut DeleteBudget,
     backoff: &mut HashMap<IpAddr, Duration>,
+    asks: &mut HolderAsks,
 ) {
     let started = Instant::now();
     let mut open: Vec<(IpAddr, Option<Timestamp>)> = Vec::new();
@@ -525,10 +689,23 @@ fn targeted(
         } else {
             backoff.remove(&ip);
         }
-        let findings = {
+        let mut findings = {
             let ix = shared.index.read().unwrap_or_else(|e| e.into_inner());
             classify_flows(&flows, &ix, &cfg.policy)
         };
+        // A ghost without a tombstone: ask the API server who holds the IP.
+        match ask_holders(shared, world, cfg, asks, ip, &findings) {
+            Asked::Recorded => {
+                let ix = shared.index.read().unwrap_or_else(|e| e.into_inner());
+                findings = classify_flows(&flows, &ix, &cfg.policy);
+            }
+            Asked::Unanswered(again) => {
+                let due = Instant::now() + again;
+                let p = parked.entry(ip).or_insert(due);
+                *p = (*p).min(due);
+            }
+            Asked::No => {}
+        }
         let n = flows.len() as u64;
         let r = act(
             ct,
@@ -583,11 +760,17 @@ fn absorb(w: Work, full: &mut bool, backends: &mut HashSet<IpAddr>) {
 }
 
 fn expire_tombstones(shared: &Shared, ttl: Duration) {
-    let cutoff = Timestamp::now()
-        .checked_sub(jiff::SignedDuration::try_from(ttl).unwrap_or_default())
-        .unwrap_or(Timestamp::UNIX_EPOCH);
+    let before = |d: Duration| {
+        Timestamp::now()
+            .checked_sub(jiff::SignedDuration::try_from(d).unwrap_or_default())
+            .unwrap_or(Timestamp::UNIX_EPOCH)
+    };
+    let cutoff = before(ttl);
     let expired = {
         let mut ix = shared.index.write().unwrap_or_else(|e| e.into_inner());
+        if !ix.ip_answers().is_empty() {
+            ix.ip_answers_mut().expire(before(IP_ANSWER_TTL));
+        }
         ix.tombstones_mut().expire(cutoff)
     };
     // Also while any backend is dead: cheap (nothing is written when the set is unchanged) and
@@ -677,6 +860,7 @@ fn confirm_pods(shared: &Shared, world: &mut impl World, ip: IpAddr) -> bool {
     false
 }
 
+#[allow(clippy::too_many_arguments)]
 fn full_pass(
     ct: &mut Conntrack,
     shared: &Shared,
@@ -685,6 +869,7 @@ fn full_pass(
     parked: &mut HashMap<IpAddr, Instant>,
     budget: &mut DeleteBudget,
     backoff: &mut HashMap<IpAddr, Duration>,
+    asks: &mut HolderAsks,
 ) -> PassReport {
     let started = Instant::now();
     let report = {
@@ -751,7 +936,17 @@ fn full_pass(
                 }
                 reclassify = true;
             }
-            Ok(None) => {}
+            Ok(None) => {
+                // No tombstone, and kube-proxy has synced since the agent started (and the last
+                // Service removal): a ghost older than the agent may be proved gone by the API.
+                match ask_holders(shared, world, cfg, asks, *ip, &findings) {
+                    Asked::Recorded => reclassify = true,
+                    Asked::Unanswered(again) => {
+                        parked.insert(*ip, Instant::now() + again);
+                    }
+                    Asked::No => {}
+                }
+            }
             Err(again) => {
                 parked.insert(*ip, Instant::now() + again);
                 not_yet.insert(*ip);
@@ -1046,6 +1241,81 @@ mod tests {
         let many: Vec<Finding> = (0..1_000).map(|i| finding(i, false)).collect();
         let stale = stale_counts(&many);
         assert_eq!(stale.values().sum::<u64>(), 1_000);
+    }
+
+    fn index_with_services(cluster_ips: &[&[&str]]) -> Index {
+        let mut ix = Index::new(crate::cluster::IndexConfig::default());
+        for (i, ips) in cluster_ips.iter().enumerate() {
+            let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(serde_json::json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": format!("s{i}"), "namespace": "ns", "uid": format!("u{i}")},
+                "spec": {"clusterIP": ips[0], "clusterIPs": ips, "selector": {"app": "x"},
+                         "ports": [{"name": "http", "port": 80}], "type": "ClusterIP"}
+            }))
+            .unwrap();
+            ix.apply(crate::cluster::Event::Apply(svc.into()), Timestamp::now())
+                .unwrap();
+        }
+        ix
+    }
+
+    /// The API server's `status.podIP` selector matches a pod's first IP only: an empty answer
+    /// is absence only on a single-stack cluster of the IP's family.
+    #[test]
+    fn an_empty_answer_is_absence_only_on_a_single_stack_cluster() {
+        let v4: IpAddr = "10.244.0.2".parse().unwrap();
+        let v6: IpAddr = "fd00:10:244::2".parse().unwrap();
+        let single = index_with_services(&[&["10.96.0.10"], &["10.96.0.11"]]);
+        assert!(empty_answer_is_absence(&single, &v4));
+        assert!(!empty_answer_is_absence(&single, &v6));
+        let dual = index_with_services(&[&["10.96.0.10"], &["10.96.0.11", "fd00:10:96::11"]]);
+        assert!(!empty_answer_is_absence(&dual, &v4));
+        assert!(!empty_answer_is_absence(&dual, &v6));
+        // Nothing known of the cluster's families: unknown.
+        let none = index_with_services(&[]);
+        assert!(!empty_answer_is_absence(&none, &v4));
+    }
+
+    /// Asked only for stale TCP/SCTP flows kept for lack of evidence, of known age, with
+    /// nothing in the index at the IP.
+    #[test]
+    fn only_ghosts_kept_for_lack_of_evidence_are_asked_about() {
+        let ix = index_with_services(&[&["10.96.0.10"]]);
+        let pod = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7));
+        let ghost = |f: fn(&mut Finding)| {
+            let mut g = finding(40000, false);
+            g.flow.start_ns = Some(1);
+            g.verdict.kept_because = Some(KeepReason::NoEvidence);
+            f(&mut g);
+            g
+        };
+        assert!(wants_holders(&ix, &pod, &[ghost(|_| {})]));
+        assert!(!wants_holders(
+            &ix,
+            &pod,
+            &[ghost(|g| g.flow.start_ns = None)]
+        ));
+        assert!(!wants_holders(
+            &ix,
+            &pod,
+            &[ghost(|g| {
+                g.flow.orig.proto = 17;
+            })]
+        ));
+        assert!(!wants_holders(
+            &ix,
+            &pod,
+            &[ghost(|g| {
+                g.verdict.kept_because = Some(KeepReason::LivePod);
+            })]
+        ));
+        assert!(!wants_holders(
+            &ix,
+            &pod,
+            &[ghost(|g| g.verdict.removable = true)]
+        ));
+        let other: IpAddr = "203.0.113.8".parse().unwrap();
+        assert!(!wants_holders(&ix, &other, &[ghost(|_| {})]));
     }
 
     #[test]

@@ -319,6 +319,13 @@ pub async fn run(
         kube_proxy_syncs: Default::default(),
         pods: PodChecker::new(client.clone(), Duration::from_secs(5)),
         pod_get_timeout: a.pod_get_timeout,
+        ip_holders: crate::cluster::kube::IpHolders::new(
+            client.clone(),
+            crate::cluster::kube::HoldersConfig {
+                timeout: a.pod_get_timeout,
+                ..Default::default()
+            },
+        ),
         client: client.clone(),
         node_name: a.node_name.clone(),
         health: health.clone(),
@@ -343,6 +350,7 @@ pub async fn run(
             ..Breaker::default()
         },
         tombstone_ttl: a.tombstone_ttl,
+        ip_lookup_every: a.ip_lookup_every,
     };
     // The reactor starts once the index holds the first list of every kind: a full pass over a
     // partial view (Services listed, their slices not yet) would call healthy flows stale and

@@ -11,8 +11,8 @@ use tokio::runtime::Handle;
 
 use super::gate::{Global, KubeProxyView, SyncTracker, Trip};
 use super::k8s_events::EventPoster;
-use super::reactor::{PassKind, PassReport, PodFate, World};
-use crate::cluster::kube::{PodCheck, PodChecker, WatchHealth};
+use super::reactor::{HoldersAnswer, PassKind, PassReport, PodFate, World};
+use crate::cluster::kube::{HoldersError, IpHolders, PodCheck, PodChecker, WatchHealth};
 use crate::sweep::Outcome;
 use crate::telemetry::admin::AdminState;
 use crate::telemetry::health::ReportOnly;
@@ -28,6 +28,9 @@ pub struct AgentWorld {
     pub pods: PodChecker,
     /// The longest a pod GET may take: the reactor waits for it.
     pub pod_get_timeout: Duration,
+    /// "Which pods hold IP x?" (rate-limited, with its own timeout), for ghosts without a
+    /// tombstone.
+    pub ip_holders: IpHolders,
     /// For the Warning Event on this node when the circuit breaker trips.
     pub client: kube::Client,
     pub node_name: String,
@@ -86,6 +89,24 @@ impl World for AgentWorld {
             Err(_) => {
                 tracing::warn!(pod = %format!("{namespace}/{name}"), timeout_ms = self.pod_get_timeout.as_millis() as u64, "pod lookup timed out; keeping its flows, asking again with backoff (--pod-get-timeout)");
                 PodFate::Unknown
+            }
+        }
+    }
+
+    fn ip_holders(&mut self, ip: IpAddr) -> HoldersAnswer {
+        let holders = &self.ip_holders;
+        match self.rt.block_on(holders.pods_at(ip)) {
+            // Any pod listed, finished ones too: a Succeeded/Failed pod has released the IP,
+            // but one whose phase lags may not have; keep the connection.
+            Ok(h) if h.pods.is_empty() => HoldersAnswer::Absent { as_of: h.asked_at },
+            Ok(_) => HoldersAnswer::Held,
+            Err(e @ HoldersError::RateLimited(_)) => {
+                tracing::debug!(error = %e, "keeping the flows; asking again later");
+                HoldersAnswer::Unknown
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "asking who holds a backend IP failed; keeping its flows, asking again with backoff");
+                HoldersAnswer::Unknown
             }
         }
     }

@@ -67,6 +67,11 @@ pub struct AgentArgs {
     /// gone); unanswered, the flows are kept and the pod is asked again with backoff.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub pod_get_timeout: Duration,
+    /// The least time between two questions to the API server about who holds one backend IP
+    /// (a ghost without a tombstone: older than the agent); 0s: never ask. The questions are
+    /// also rate-limited (5 per second) and time out after --pod-get-timeout.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub ip_lookup_every: Duration,
     /// Cap of per-service metric series; the rest is aggregated as service="_other".
     #[arg(long, default_value_t = 100)]
     pub max_service_series: usize,

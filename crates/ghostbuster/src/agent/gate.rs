@@ -211,10 +211,18 @@ impl SyncTracker {
                 self.failing |= failed;
             }
             Some(_) => {
-                // No new success: the next one's duration is taken against the last reading
-                // that saw one (failed syncs in between only make its start look earlier).
+                // No new success. When the histogram moved, the syncs that ended in between all
+                // failed (a success sets the gauge before it observes its duration): they become
+                // the baseline, so their durations are not taken for the next success's (which
+                // would make a sync that began after a removal look as if it began before it).
                 self.failing |= failed;
-                return;
+                let histogram_moved = matches!(
+                    (p.duration, r.duration),
+                    (Some((_, pc)), Some((_, c))) if c > pc
+                );
+                if !histogram_moved {
+                    return;
+                }
             }
         }
         self.last = Some(r);
@@ -241,7 +249,7 @@ impl SyncTracker {
 
 /// How often a backend whose gate waits on kube-proxy is looked at again.
 const KUBE_PROXY_POLL: Duration = Duration::from_millis(100);
-/// ... once it has waited longer than `max_wait`, and while kube-proxy fails.
+/// ... once it has waited longer than `max_wait`.
 const KUBE_PROXY_SLOW_POLL: Duration = Duration::from_secs(1);
 
 /// Rule 2 for one backend removed at `removed_at` (when the agent saw it leave): has kube-proxy
@@ -262,18 +270,20 @@ pub fn kube_proxy_caught_up(
         .duration_since(removed_at)
         .try_into()
         .unwrap_or(Duration::ZERO);
+    // Read again soon while the change is fresh (the clean sync that programs it opens the gate
+    // within one short poll, also after a failure), less often once it has waited long.
+    let again = if elapsed >= max_wait {
+        KUBE_PROXY_SLOW_POLL
+    } else {
+        KUBE_PROXY_POLL
+    };
     if kube_proxy.failing {
-        return Err((Hold::KubeProxyFailing, KUBE_PROXY_SLOW_POLL));
+        return Err((Hold::KubeProxyFailing, again));
     }
     if kube_proxy.readable {
         if kube_proxy.began_after.is_some_and(|b| b > removed_at) {
             return Ok(());
         }
-        let again = if elapsed >= max_wait {
-            KUBE_PROXY_SLOW_POLL
-        } else {
-            KUBE_PROXY_POLL
-        };
         return Err((Hold::KubeProxyBehind, again));
     }
     if elapsed >= grace {
@@ -582,6 +592,44 @@ mod tests {
         r.healthy = Some(true);
         k.observe(r);
         assert!(!k.view().failing);
+    }
+
+    /// A failed sync between two successes adds its duration to the histogram's sum; taken
+    /// into the next success's bound, it made a sync that began after a removal look as if it
+    /// began before it, and the gate waited for one more sync (the soak's late reaping).
+    #[test]
+    fn a_failed_sync_in_between_does_not_push_the_next_start_back() {
+        let mut k = SyncTracker::default();
+        k.observe(read(5.0, 10.0, 40.0));
+        k.observe(read(10.0, 10.5, 41.0));
+        // A failed sync of 1.5 s ended at 12: the gauge stays, the histogram and the failure
+        // counter move.
+        let mut r = read(10.0, 12.0, 42.0);
+        r.failures = Some(1.0);
+        k.observe(r);
+        assert!(k.view().failing);
+        // The endpoint leaves at 12.25; a clean sync runs 12.5 → 13.
+        let mut r = read(13.0, 12.5, 43.0);
+        r.failures = Some(1.0);
+        k.observe(r);
+        assert_eq!(k.view().began_after, Some(ts(12.5)));
+        assert!(!k.view().failing);
+        let removed = ts(12.25);
+        assert!(kube_proxy_caught_up(removed, &k.view(), Duration::ZERO, MAX, ts(13.0)).is_ok());
+    }
+
+    /// While kube-proxy fails the gate holds, and it is read as often as when it is merely
+    /// behind: the clean sync that ends the failure opens the gate within one short poll.
+    #[test]
+    fn a_failing_kube_proxy_is_read_again_soon() {
+        let failing = KubeProxyView {
+            failing: true,
+            ..view(Some(9.0))
+        };
+        let r = kube_proxy_caught_up(t(10), &failing, Duration::ZERO, MAX, t(11));
+        assert!(matches!(r, Err((Hold::KubeProxyFailing, d)) if d == Duration::from_millis(100)));
+        let r = kube_proxy_caught_up(t(10), &failing, Duration::ZERO, MAX, t(100));
+        assert!(matches!(r, Err((Hold::KubeProxyFailing, d)) if d == Duration::from_secs(1)));
     }
 
     fn at(base: std::time::Instant, s: u64) -> std::time::Instant {

@@ -799,13 +799,23 @@ fn backend_gate(
     };
     let change = latest.map_or(shared.changed_at(), |t| t.max(shared.changed_at()));
     let view = *synced.get_or_insert_with(|| world.kube_proxy());
-    match gate::kube_proxy_caught_up(
+    let verdict = gate::kube_proxy_caught_up(
         change,
         &view,
         cfg.grace,
         cfg.kube_proxy_max_wait,
         Timestamp::now(),
-    ) {
+    );
+    tracing::debug!(
+        backend = %ip,
+        removed_at = ?latest,
+        change = %change,
+        sync_began_after = ?view.began_after,
+        failing = view.failing,
+        hold = ?verdict.as_ref().err().map(|(h, _)| h.label()),
+        "gate"
+    );
+    match verdict {
         Ok(()) => Ok(latest),
         Err((_, again)) => Err(again),
     }

@@ -252,6 +252,22 @@ impl World for AgentWorld {
             .map(|h| ReportOnly::new(h.label(), serde_json::to_string(h).unwrap_or_default()))
             .collect();
         self.admin.set_report_only(held);
+        // "Why is my ghost still there?", flow by flow (the few hundred kept details a pass
+        // carries), at debug level: `--log info,ghostbuster::agent=debug`.
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            for (f, o) in &pass.findings {
+                if !matches!(o, Outcome::Deleted | Outcome::AlreadyGone) {
+                    tracing::debug!(
+                        kind = pass.kind.label(),
+                        flow = ?f.flow.orig,
+                        reply = ?f.flow.reply,
+                        outcome = ?o,
+                        verdict = %f.verdict.reason(),
+                        "kept"
+                    );
+                }
+            }
+        }
         let stale = pass.findings.len() as u64 + pass.not_shown;
         // A targeted pass that kept stale flows is logged too: "why is my ghost still there?"
         if deleted > 0

@@ -133,6 +133,15 @@ pub fn gate_open(syncs: &[SyncRecord], seq: u64) -> Option<f64> {
         .fold(None, |a: Option<f64>, e| Some(a.map_or(e, |a| a.min(e))))
 }
 
+/// The end of the first successful sync covering change `seq` that began at or after `t`.
+fn sync_after(syncs: &[SyncRecord], seq: u64, t: f64) -> Option<f64> {
+    syncs
+        .iter()
+        .filter(|s| s.ok && s.covers >= seq && s.start >= t)
+        .map(|s| s.end)
+        .fold(None, |a: Option<f64>, e| Some(a.map_or(e, |a| a.min(e))))
+}
+
 fn state_at(p: &PodRec, served_now: bool, t: f64) -> &'static str {
     if p.terminating.is_some_and(|x| x <= t) {
         "draining"
@@ -264,12 +273,30 @@ pub fn judge(i: &Inputs<'_>) -> Verdict {
         if entries.is_empty() {
             continue;
         }
-        ghosts += 1;
-        flows += entries.len();
         let t_c = ta;
         let Some(gate) = gate_open(i.syncs, seq) else {
             // kube-proxy never programmed the change before the end: nothing may go.
             continue;
+        };
+        // A change an API fault hid (a 410, a dropped, silent or hung watch or GET) reaches the
+        // agent when the fault ends at the latest, and the agent's gate then waits for a sync
+        // that began after it learned of it (rule 2, as the agent can see it): the deadline
+        // counts from the first successful sync that began after the fault.
+        let hidden_until = i
+            .faults
+            .iter()
+            .filter(|f| f.name.starts_with("api_") && f.start - 1.0 <= t_c && t_c <= f.end)
+            .map(|f| f.end)
+            .fold(None, |a: Option<f64>, e| {
+                Some(a.map_or(e, |a: f64| a.max(e)))
+            });
+        let gate = match hidden_until {
+            None => gate,
+            Some(h) => match sync_after(i.syncs, seq, h) {
+                Some(g) => g.max(gate),
+                // No sync began after the fault before the run ended: nothing may go yet.
+                None => continue,
+            },
         };
         let fault_end = i
             .faults
@@ -277,6 +304,8 @@ pub fn judge(i: &Inputs<'_>) -> Verdict {
             .filter(|f| f.start - 1.0 <= t_c && t_c <= f.end)
             .map(|f| f.end)
             .fold(gate, f64::max);
+        ghosts += 1;
+        flows += entries.len();
         let deadline = fault_end + slack;
         let reaped = entries
             .iter()
@@ -298,12 +327,14 @@ pub fn judge(i: &Inputs<'_>) -> Verdict {
                 reaped_row.violation(
                     &label(&pod.scenario, t_c),
                     format!(
-                        "{:.1}s {}/{} ({} flows): reaped {:.2}s after the gate opened (deadline {:.2}s)",
+                        "{:.1}s {}/{} {} ({} flows): reaped {:.2}s after the gate opened at {:.1}s (deadline {:.2}s)",
                         t_c - i.started,
                         pod.ns,
                         pod.name,
+                        pod.ip,
                         entries.len(),
                         r - gate,
+                        gate - i.started,
                         deadline - gate
                     ),
                 );
@@ -311,11 +342,13 @@ pub fn judge(i: &Inputs<'_>) -> Verdict {
             None => reaped_row.violation(
                 &label(&pod.scenario, t_c),
                 format!(
-                    "{:.1}s {}/{} ({} flows): never reaped",
+                    "{:.1}s {}/{} {} ({} flows): never reaped (gate opened at {:.1}s)",
                     t_c - i.started,
                     pod.ns,
                     pod.name,
-                    entries.len()
+                    pod.ip,
+                    entries.len(),
+                    gate - i.started
                 ),
             ),
         }
@@ -424,12 +457,15 @@ pub fn judge(i: &Inputs<'_>) -> Verdict {
             gate_row.violation(
                 &label(&pod.scenario, d.t),
                 format!(
-                    "{:.1}s {} {} -> {}/{}: deleted before the API said anything",
+                    "{:.1}s {} {} -> {}/{} ({}, flow began {}): deleted before the API said anything",
                     d.t - i.started,
                     d.proto,
                     d.vip,
                     pod.ns,
-                    pod.name
+                    pod.name,
+                    d.verdict,
+                    d.start
+                        .map_or("at an unknown time".to_string(), |s| format!("{:.2}s", s - i.started))
                 ),
             );
             continue;

@@ -45,7 +45,9 @@ impl Seen {
     }
 }
 
-/// Entries by (kernel id, original tuple).
+/// Entries by (kernel id, original tuple, backend). The backend is part of the key: an id is a
+/// hash of the entry's address and original tuple, so a UDP client's next datagram after a
+/// delete re-creates "the same" id and tuple — routed to a live backend now, a new entry.
 pub type EntryKey = (u32, String);
 
 #[derive(Default)]
@@ -126,12 +128,13 @@ fn key_of(f: &Flow) -> Option<EntryKey> {
     Some((
         f.id?,
         format!(
-            "{} {}:{} {}:{}",
+            "{} {}:{} {}:{} via {}",
             f.orig.proto,
             f.orig.src,
             port(&f.orig, false),
             f.orig.dst,
-            port(&f.orig, true)
+            port(&f.orig, true),
+            f.reply.src
         ),
     ))
 }

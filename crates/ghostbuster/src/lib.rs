@@ -10,6 +10,7 @@ pub mod audit;
 pub mod classify;
 pub mod cli;
 pub mod cluster;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod exit;
 pub mod local_addrs;

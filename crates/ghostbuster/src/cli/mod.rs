@@ -8,6 +8,7 @@ pub mod agent;
 pub mod audit;
 pub mod cluster_args;
 pub mod completions;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod explain;
 pub mod filter_args;
@@ -48,7 +49,30 @@ pub enum Command {
     /// Print shell completions.
     Completions(completions::CompletionsArgs),
     /// Reproduce the ghost-pod failures in throwaway namespaces and fix them
+    #[cfg(feature = "demo")]
     Demo(demo::DemoArgs),
+    /// Not in this build (built without the `demo` feature, like the container image): kept,
+    /// hidden, so that `ghostbuster demo` says so instead of "unrecognized subcommand".
+    #[cfg(not(feature = "demo"))]
+    #[command(hide = true, disable_help_flag = true)]
+    Demo(NoDemoArgs),
+}
+
+/// Whatever followed `demo` in a build without it: accepted only to give the clear error.
+#[cfg(not(feature = "demo"))]
+#[derive(Debug, clap::Args)]
+pub struct NoDemoArgs {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    _rest: Vec<String>,
+}
+
+/// The error of `ghostbuster demo` in a build without the `demo` feature (exit 2, nothing done).
+#[cfg(not(feature = "demo"))]
+fn no_demo() -> anyhow::Result<ExitCode> {
+    Err(crate::exit::input_error(anyhow::anyhow!(
+        "this build of ghostbuster has no demo (built without the `demo` cargo feature, like the \
+         container image); install the CLI with it: `cargo install --path crates/ghostbuster`"
+    )))
 }
 
 /// Output formats shared by the commands.
@@ -71,6 +95,29 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Explain(a) => explain::run(a),
         Command::Agent(a) => agent::run(a),
         Command::Completions(a) => completions::run(a),
+        #[cfg(feature = "demo")]
         Command::Demo(a) => demo::run(a),
+        #[cfg(not(feature = "demo"))]
+        Command::Demo(_) => no_demo(),
+    }
+}
+
+/// Only in a build without the demo (`cargo test -p ghostbuster --no-default-features --lib cli::`).
+#[cfg(all(test, not(feature = "demo")))]
+mod no_demo_tests {
+    use super::*;
+
+    #[test]
+    fn demo_says_this_build_has_none_and_exits_2() {
+        let cli = Cli::try_parse_from(["ghostbuster", "demo", "--act", "1", "-o", "json"])
+            .expect("`demo` and its old flags still parse, to give the clear error");
+        let err = run(cli).expect_err("no demo in this build");
+        assert_eq!(crate::exit::code_of(&err), ExitCode::Input);
+        let msg = format!("{err:#}");
+        assert!(msg.contains("has no demo"), "{msg}");
+        assert!(
+            msg.contains("cargo install --path crates/ghostbuster"),
+            "{msg}"
+        );
     }
 }

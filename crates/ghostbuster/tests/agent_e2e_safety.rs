@@ -91,6 +91,9 @@ impl Drop for LoggedAgent {
     }
 }
 
+/// Targeted passes reported (each one has judged a backend's flows).
+const TARGETED_PASSES: &str = "ghostbuster_scan_duration_seconds_count{kind=\"targeted\"}";
+
 fn svc(ns: &str, vip: u8, eps: &[Endpoint]) -> Service {
     Service::new(ns, "web")
         .cluster_ip(vip_v4(vip))
@@ -208,24 +211,29 @@ fn a_pod_gone_in_one_namespace_leaves_its_namesake_in_another_alone() {
     publish(&api, &s.lab.kubernetes_objects());
     let before = mark(&b_pool);
 
-    // The change was seen and judged: the agent asked about a/web-0 (404) and finished a pass
-    // after that answer. a/web-0's flows themselves are kept: a live pod (b/web-0) holds the
-    // IP they go to, and a confirmed-gone pod is not proof that a flow to an IP someone else
-    // answers on is dead (docs/detection.md, ip_reused) — so they are no sibling ghost here.
+    // The change was seen and judged: the agent asked about a/web-0 (404) and a targeted pass
+    // finished after that answer. Until kube-proxy syncs, the gate is closed and no targeted
+    // pass is reported (flows read while waiting are not a pass); every pass reported after
+    // `passes_before` calls the pod GET first (or follows the pass that did), so the first one
+    // to finish has judged the IP's flows with a/web-0 known gone. a/web-0's flows themselves
+    // are kept: a live pod (b/web-0) holds the IP they go to, and a confirmed-gone pod is not
+    // proof that a flow to an IP someone else answers on is dead (docs/detection.md,
+    // ip_reused) — so they are no sibling ghost here.
+    let targeted = || metric_sum(&agent.metrics(), TARGETED_PASSES);
+    let passes_before = targeted();
+    let a_gone = || pod_gets(&api, "a", "web-0").iter().any(|r| r.status == 404);
     let took = sync_until(&kp, Duration::from_secs(20), || {
-        pod_gets(&api, "a", "web-0").iter().any(|r| r.status == 404)
+        a_gone() && targeted() > passes_before
     });
     assert!(
-        pod_gets(&api, "a", "web-0").iter().any(|r| r.status == 404),
+        a_gone(),
         "the agent never confirmed a/web-0 gone ({took:?}): {:#?}",
         api.requests()
     );
-    // The 404 is answered inside the pass that then judges the IP's flows (microseconds later,
-    // on the reactor thread); two more kube-proxy syncs (≥ 600 ms) give that pass time to act.
-    // Known weakness (session 4): a count of finished passes is the better proof, but the pass
-    // counters did not move in this story and there was no time left to find out why.
-    kp.synced_now();
-    kp.synced_now();
+    assert!(
+        targeted() > passes_before,
+        "no targeted pass finished after a/web-0's 404 ({took:?})"
+    );
     eprintln!(
         "a/web-0 confirmed gone and judged; its flows via a/web: {}",
         flows_via(&s.node(), a_vip, ip)

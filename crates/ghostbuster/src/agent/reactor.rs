@@ -1340,6 +1340,86 @@ mod tests {
         assert!(!wants_holders(&ix, &other, &[ghost(|_| {})]));
     }
 
+    /// A World whose pod lookups answer from a table (what the agent's lookups would have
+    /// answered by now), and which records what was asked.
+    struct Answers {
+        fates: HashMap<String, PodFate>,
+        asked: Vec<String>,
+    }
+
+    impl World for Answers {
+        fn kube_proxy(&mut self) -> KubeProxyView {
+            KubeProxyView::default()
+        }
+        fn pod_fate(&mut self, ns: &str, name: &str, _: Option<&str>, _: IpAddr) -> PodFate {
+            let pod = format!("{ns}/{name}");
+            self.asked.push(pod.clone());
+            self.fates[&pod]
+        }
+        fn global(&mut self) -> Global {
+            Global::default()
+        }
+        fn report(&mut self, _: &PassReport) {}
+    }
+
+    fn tombstone(ns: &str, pod: &str, ip: IpAddr) -> crate::cluster::Tombstone {
+        crate::cluster::Tombstone {
+            service: ObjectKey::new(ns, "web"),
+            ip,
+            ports: Vec::new(),
+            pod: Some(crate::cluster::PodTarget {
+                name: Name::new(pod),
+                uid: None,
+            }),
+            conditions: crate::cluster::Conditions::new(true, true, false),
+            managed: true,
+            removed_at: Timestamp::now(),
+            pod_gone: false,
+        }
+    }
+
+    /// The reactor's side of the lookups: every tombstone's pod is asked about (none waits for
+    /// another); a gone answer marks only its own tombstone; a pending lookup keeps the flows
+    /// without parking the backend (its answer wakes the reactor); an unanswered one parks it
+    /// with backoff, whatever else is pending.
+    #[test]
+    fn pending_lookups_keep_the_flows_and_only_unanswered_ones_park() {
+        let ip = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7));
+        let shared = Shared::new(index_with_services(&[&["10.96.0.10"]]));
+        {
+            let mut ix = shared.index.write().unwrap();
+            for ns in ["a", "b", "c"] {
+                ix.tombstones_mut().bury(tombstone(ns, "web-0", ip));
+            }
+        }
+        let gone = |shared: &Shared| -> Vec<String> {
+            let ix = shared.index.read().unwrap();
+            let at = ix.tombstones().at(&ip);
+            at.iter()
+                .filter(|t| t.pod_gone)
+                .map(|t| t.service.namespace.to_string())
+                .collect()
+        };
+        let world = |a, b, c| Answers {
+            fates: [("a/web-0", a), ("b/web-0", b), ("c/web-0", c)]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            asked: Vec::new(),
+        };
+        let mut w = world(PodFate::Pending, PodFate::Gone, PodFate::Alive);
+        assert_eq!(confirm_pods(&shared, &mut w, ip), Confirmed::Pending);
+        assert_eq!(w.asked.len(), 3);
+        assert_eq!(gone(&shared), ["b"]);
+        // b is confirmed: not asked again.
+        let mut w = world(PodFate::Unknown, PodFate::Gone, PodFate::Pending);
+        assert_eq!(confirm_pods(&shared, &mut w, ip), Confirmed::Unanswered);
+        assert_eq!(w.asked, ["a/web-0", "c/web-0"]);
+        let mut w = world(PodFate::Alive, PodFate::Gone, PodFate::Gone);
+        assert_eq!(confirm_pods(&shared, &mut w, ip), Confirmed::Answered);
+        assert_eq!(gone(&shared), ["b", "c"]);
+    }
+
     #[test]
     fn a_long_full_pass_stretches_the_resync_interval() {
         let min = Duration::from_secs(60);

@@ -208,6 +208,7 @@ async fn serve(
     match (method, t.name.as_deref()) {
         (&Method::GET | &Method::HEAD, Some(name)) => {
             hang_while_told_in(shared, r, |c| &c.hung_gets).await;
+            hang_while_object_told(shared, r, &ns, name).await;
             let st = shared.lock();
             match st.store.get(r, &ns, name) {
                 Some(o) => Ok(json_response(200, o)),
@@ -421,6 +422,23 @@ async fn hang_while_told_in(
         {
             let st = shared.lock();
             if st.ctl.shutdown || !which(&st.ctl).contains(r.plural) {
+                return;
+            }
+        }
+        if changed.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Waits while the test keeps GETs of this one object hanging.
+async fn hang_while_object_told(shared: &Arc<Shared>, r: &ResourceType, ns: &str, name: &str) {
+    let key = (r.plural, ns.to_owned(), name.to_owned());
+    let mut changed = shared.changed.subscribe();
+    loop {
+        {
+            let st = shared.lock();
+            if st.ctl.shutdown || !st.ctl.hung_objects.contains(&key) {
                 return;
             }
         }

@@ -340,6 +340,20 @@ impl FakeApiServer {
         });
     }
 
+    /// Makes GETs of the one object `namespace/name` of `resource` hang (never answer) until
+    /// called again with `false`; other objects of the kind answer as usual.
+    pub fn hang_get(&self, resource: &str, namespace: &str, name: &str, hang: bool) {
+        let r = Self::resource(resource);
+        let key = (r.plural, namespace.to_owned(), name.to_owned());
+        self.shared.mutate(|st| {
+            if hang {
+                st.ctl.hung_objects.insert(key);
+            } else {
+                st.ctl.hung_objects.remove(&key);
+            }
+        });
+    }
+
     /// Makes every watch of `resource` (open now or opened later) stay connected but silent: no
     /// events, no BOOKMARKs, until called again with `false`, when what changed meanwhile is
     /// sent. A watch that looks alive and is not (a stuck proxy, a wedged watch cache).

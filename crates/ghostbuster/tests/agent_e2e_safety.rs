@@ -8,6 +8,7 @@
 //! - a kube-proxy that reports failing syncs holds every delete, even past `--kube-proxy-max-wait`;
 //! - the deletes-per-minute budget trips the breaker across passes and stays open;
 //! - a pod GET that hangs neither blocks the reactor nor waits for the next full pass;
+//! - one Service's hanging pod GET does not hold back another Service's deletes;
 //! - a draining pod on another node whose labels change keeps its connections.
 
 mod agent_support;
@@ -565,6 +566,113 @@ fn a_hanging_pod_get_neither_blocks_the_agent_nor_waits_for_a_full_pass() {
     );
     expect_untouched(healthy, &before, &["web-b"], "healthy pool");
     drop((ghost_a, ghost_c));
+}
+
+/// Issue #12 §3: the reactor never blocks on the network, and one slow Service cannot hold
+/// back another's deletes. Service a/web's old backend `web-a` runs on another node (only a
+/// GET can tell what became of it) and its GET hangs, with a `--pod-get-timeout` of 60 s;
+/// then b/web's backend `web-b` (on this node: its pod watch sees it deleted, no GET needed)
+/// goes. b's ghosts are removed while a's lookup still hangs, unanswered and not given up on;
+/// a's flows are kept meanwhile (unknown is not gone). Once the API answers (404), a's ghosts
+/// go too: the answer itself wakes the reactor. Old code waited, on the reactor thread, for
+/// a's GET to give up before it looked at b.
+#[test]
+fn a_hanging_pod_get_of_one_service_does_not_hold_back_anothers_deletes() {
+    let Some(mut s) = Story::start("agent_safety_slow_svc", true) else {
+        return;
+    };
+    let a = s.backend("web-a", "a", "web", &[]);
+    let a2 = s.backend("web-a2", "a", "web", &[]);
+    let b = s.backend("web-b", "b", "web", &[]);
+    let b2 = s.backend("web-b2", "b", "web", &[]);
+    let (a_vip, b_vip) = (
+        SocketAddr::from((vip_v4(57), 80)),
+        SocketAddr::from((vip_v4(58), 80)),
+    );
+    s.lab
+        .sync_services(&[svc("a", 57, &a), svc("b", 58, &b)])
+        .unwrap();
+    let ghost_a = pool(&s.client, a_vip, 2);
+    let ghost_b = pool(&s.client, b_vip, 2);
+    expect_answers(&ghost_a, 2, "pool to web-a");
+    expect_answers(&ghost_b, 2, "pool to web-b");
+    let (dead_a, dead_b) = (ip_of(&a, false), ip_of(&b, false));
+    let objects = |s: &Story| {
+        let mut o = s.lab.kubernetes_objects();
+        on_another_node(&mut o, "web-a", dead_a);
+        o
+    };
+    let api = FakeApiServer::start_in_thread().unwrap();
+    publish(&api, &objects(&s));
+    let kp = FakeKubeProxy::start("nftables");
+    let agent = LoggedAgent::start(&api, &s.node(), &kp, &["--pod-get-timeout", "60s"]);
+    let node = s.node();
+    let left = |ip| entries_to(&table(&node), ip).len();
+    let given_up = || agent.logged("pod lookup timed out") || agent.logged("pod lookup failed");
+
+    // a/web moves to web-a2; web-a vanishes on its node, and its GET hangs.
+    api.hang_get("pods", "a", "web-a", true);
+    s.lab
+        .sync_services(&[svc("a", 57, &a2), svc("b", 58, &b)])
+        .unwrap();
+    s.lab.delete_pod_silently("web-a").unwrap();
+    publish(&api, &objects(&s));
+    api.delete("pods", "a", "web-a");
+    let hanging = || pod_gets(&api, "a", "web-a").iter().any(|r| r.status == 0);
+    let until = Instant::now() + Duration::from_secs(20);
+    while !hanging() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        hanging(),
+        "the agent never asked about web-a: {:#?}",
+        api.requests()
+    );
+
+    // Then b/web moves to web-b2, and this node's watch sees web-b deleted.
+    s.lab
+        .sync_services(&[svc("a", 57, &a2), svc("b", 58, &b2)])
+        .unwrap();
+    s.lab.delete_pod_silently("web-b").unwrap();
+    let healthy = pool(&s.client, b_vip, 2);
+    expect_answers(&healthy, 2, "healthy pool");
+    let before = mark(&healthy);
+    publish(&api, &objects(&s));
+    api.delete("pods", "b", "web-b");
+    let took = sync_until(&kp, Duration::from_secs(30), || {
+        left(dead_b) == 0 || given_up()
+    });
+    let (waited, b_left) = (given_up(), left(dead_b));
+    assert!(
+        b_left == 0 && !waited,
+        "{took:?} after web-b left b/web: {b_left} of its ghosts left, web-a's hanging pod \
+         lookup given up on: {waited} (b's deletes waited for a's GET on the reactor thread)"
+    );
+    eprintln!("web-b's ghosts removed {took:?} after the change, web-a's GET still hanging");
+    assert!(
+        hanging(),
+        "web-a's GET stopped hanging: {:#?}",
+        api.requests()
+    );
+    assert_eq!(left(dead_a), 2, "removed without an answer about web-a");
+
+    // The API answers (404): that answer wakes the reactor, web-a's ghosts go.
+    api.hang_get("pods", "a", "web-a", false);
+    let took = sync_until(&kp, Duration::from_secs(20), || left(dead_a) == 0);
+    assert_eq!(
+        left(dead_a),
+        0,
+        "web-a's ghosts still there {took:?} after the API answered"
+    );
+    eprintln!("web-a's ghosts removed {took:?} after the API answered");
+    let m = agent.metrics();
+    assert_eq!(
+        metric_sum(&m, "ghostbuster_flows_removed_total"),
+        4.0,
+        "{m}"
+    );
+    expect_untouched(healthy, &before, &["web-b2"], "healthy pool");
+    drop((ghost_a, ghost_b));
 }
 
 /// Issue #12 §1: "terminating when it left the slice" is not "gone". A pod on another node

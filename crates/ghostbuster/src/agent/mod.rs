@@ -8,6 +8,7 @@
 //! - [`prefetch`]: a removed backend's flows read while its gate is still closed;
 //! - [`k8s_events`]: aggregated Kubernetes Events on Services;
 //! - [`table_alarm`]: warnings when the table crosses 75 % and 90 %;
+//! - [`lookups`]: pod and IP-holder lookups that run off the reactor and wake it;
 //! - [`world`]: the reactor's view of kube-proxy, the API server and the telemetry;
 //! - [`run`]: the wiring.
 
@@ -15,6 +16,7 @@ pub mod conntrack_events;
 pub mod cpu;
 pub mod gate;
 pub mod k8s_events;
+pub mod lookups;
 pub mod memory;
 pub mod prefetch;
 pub mod reactor;

@@ -44,6 +44,9 @@ pub enum PodFate {
     Alive,
     /// The API could not be asked: keep, try again later.
     Unknown,
+    /// A lookup is under way (it never blocks the reactor): keep the flows for now. Its answer
+    /// wakes the reactor for the backend when it is `Gone` or `Unknown`.
+    Pending,
 }
 
 /// What the API server said when asked which pods hold an IP
@@ -56,6 +59,8 @@ pub enum HoldersAnswer {
     Held,
     /// No answer (timeout, error, over the rate limit): keep, ask again later.
     Unknown,
+    /// The question is under way: keep the flows for now; its answer wakes the reactor.
+    Pending,
 }
 
 /// The outside world the reactor needs, behind small traits so the loop can be driven by tests
@@ -64,10 +69,11 @@ pub trait World: Send {
     /// What is known of kube-proxy's syncs (read now; the tracker behind it remembers earlier
     /// readings).
     fn kube_proxy(&mut self) -> KubeProxyView;
-    /// Is the pod `namespace/name` (uid, ip) gone?
+    /// Is the pod `namespace/name` (uid, ip) gone? Must not block on the network: an answer
+    /// not known yet is [`PodFate::Pending`] (see [`super::lookups`]).
     fn pod_fate(&mut self, namespace: &str, name: &str, uid: Option<&str>, ip: IpAddr) -> PodFate;
-    /// Which pods hold `ip`, cluster-wide (rate-limited, with a timeout). The default knows
-    /// nothing.
+    /// Which pods hold `ip`, cluster-wide (rate-limited, with a timeout). Must not block on the
+    /// network, like [`World::pod_fate`]. The default knows nothing.
     fn ip_holders(&mut self, _ip: IpAddr) -> HoldersAnswer {
         HoldersAnswer::Unknown
     }
@@ -156,14 +162,12 @@ pub struct ReactorConfig {
 /// flows are there).
 const IP_ANSWER_TTL: Duration = Duration::from_secs(600);
 
-/// The "who holds this IP?" questions: when each backend may be asked again, the backoff of
-/// unanswered ones, and whether one went unanswered this turn (then the others wait too: a
-/// hanging API server must not hold the reactor for one timeout per backend).
+/// The "who holds this IP?" questions: when each backend may be asked again, and the backoff
+/// of unanswered ones. (The questions themselves run off the reactor: see [`super::lookups`].)
 #[derive(Debug, Default)]
 pub struct HolderAsks {
     next: HashMap<IpAddr, Instant>,
     backoff: HashMap<IpAddr, Duration>,
-    unanswered_this_turn: bool,
 }
 
 /// What asking about one backend came to.
@@ -175,11 +179,12 @@ enum Asked {
     Recorded,
     /// No answer: look at the backend again after this long.
     Unanswered(Duration),
+    /// The question is under way: its answer wakes the reactor for the backend.
+    Pending,
 }
 
 impl HolderAsks {
     fn begin_turn(&mut self) {
-        self.unanswered_this_turn = false;
         // Bounded by the backends with ghosts: forget those not asked about for a long time.
         let now = Instant::now();
         self.next
@@ -257,15 +262,11 @@ fn ask_holders(
             return Asked::No;
         }
     }
-    let answer = if asks.unanswered_this_turn {
-        HoldersAnswer::Unknown
-    } else {
-        world.ip_holders(ip)
-    };
+    let answer = world.ip_holders(ip);
     let now = Instant::now();
     match answer {
+        HoldersAnswer::Pending => Asked::Pending,
         HoldersAnswer::Unknown => {
-            asks.unanswered_this_turn = true;
             let again = next_retry(&mut asks.backoff, ip);
             asks.next.insert(ip, now + again);
             Asked::Unanswered(again)
@@ -642,8 +643,8 @@ fn targeted(
             Ok(snaps) => {
                 for (ip, snap) in snaps {
                     if !snap.flows.is_empty() {
-                        // The pod GET, too, happens during the wait (an unanswered one is
-                        // asked again when the gate opens).
+                        // The pod GET, too, starts during the wait (its answer is used when
+                        // the gate opens; an unanswered one is asked again then).
                         confirm_pods(shared, world, ip);
                     }
                     prefetched.insert(ip, snap);
@@ -682,12 +683,16 @@ fn targeted(
             continue;
         }
         // Only ask the API server when this node holds flows to the backend.
-        let unanswered = confirm_pods(shared, world, ip);
-        if unanswered {
+        match confirm_pods(shared, world, ip) {
             // Kept for now (the evidence is unknown); asked again soon, with backoff.
-            parked.insert(ip, Instant::now() + next_retry(backoff, ip));
-        } else {
-            backoff.remove(&ip);
+            Confirmed::Unanswered => {
+                parked.insert(ip, Instant::now() + next_retry(backoff, ip));
+            }
+            Confirmed::Answered => {
+                backoff.remove(&ip);
+            }
+            // Kept for now, not parked: the answer (gone, or none) wakes the reactor.
+            Confirmed::Pending => {}
         }
         let mut findings = {
             let ix = shared.index.read().unwrap_or_else(|e| e.into_inner());
@@ -704,7 +709,7 @@ fn targeted(
                 let p = parked.entry(ip).or_insert(due);
                 *p = (*p).min(due);
             }
-            Asked::No => {}
+            Asked::No | Asked::Pending => {}
         }
         let n = flows.len() as u64;
         let r = act(
@@ -825,11 +830,10 @@ fn backend_gate(
 /// holds flows to it. Always for a managed endpoint not yet confirmed gone, terminating or not:
 /// an endpoint that left its slice while terminating may have been deselected (labels changed,
 /// a controller that drops terminating endpoints) and still drain. A pod is its namespace, name
-/// and uid: a 404 for `a/web-0` says nothing about `b/web-0`. Returns true when a GET went
-/// unanswered (error, timeout): the flows are kept, and the caller asks again later. After
-/// one unanswered GET the others wait too (a hanging API server must not hold the reactor for
-/// one timeout per tombstone).
-fn confirm_pods(shared: &Shared, world: &mut impl World, ip: IpAddr) -> bool {
+/// and uid: a 404 for `a/web-0` says nothing about `b/web-0`. The lookups run off the reactor
+/// ([`World::pod_fate`] returns at once): each tombstone's pod is asked about, whatever the
+/// others' answers. While any is unanswered or pending the flows are kept (unknown is not gone).
+fn confirm_pods(shared: &Shared, world: &mut impl World, ip: IpAddr) -> Confirmed {
     let asks: Vec<(ObjectKey, Option<crate::cluster::Uid>)> = {
         let ix = shared.index.read().unwrap_or_else(|e| e.into_inner());
         ix.tombstones()
@@ -851,6 +855,7 @@ fn confirm_pods(shared: &Shared, world: &mut impl World, ip: IpAddr) -> bool {
             .collect()
     };
     let mut asked: Vec<&ObjectKey> = Vec::new();
+    let mut out = Confirmed::Answered;
     for (key, uid) in &asks {
         // Two Services' tombstones may name one pod.
         if asked.contains(&key) {
@@ -864,10 +869,22 @@ fn confirm_pods(shared: &Shared, world: &mut impl World, ip: IpAddr) -> bool {
                 ix.tombstones_mut().mark_pod_gone(&ip, key, uid.as_ref());
             }
             PodFate::Alive => {}
-            PodFate::Unknown => return true,
+            PodFate::Pending => out = out.max(Confirmed::Pending),
+            PodFate::Unknown => out = Confirmed::Unanswered,
         }
     }
-    false
+    out
+}
+
+/// What asking about the pods of a backend's tombstones came to (the worst of its answers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Confirmed {
+    /// Every pod asked about was answered (or none needed asking).
+    Answered,
+    /// Some lookup is under way: its answer wakes the reactor; do not park the backend.
+    Pending,
+    /// Some lookup went unanswered (error, timeout): park the backend with backoff.
+    Unanswered,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -939,10 +956,15 @@ fn full_pass(
     for ip in backends.keys() {
         match backend_gate(shared, world, cfg, *ip, &mut synced) {
             Ok(Some(_)) => {
-                if confirm_pods(shared, world, *ip) {
-                    parked.insert(*ip, Instant::now() + next_retry(backoff, *ip));
-                } else {
-                    backoff.remove(ip);
+                match confirm_pods(shared, world, *ip) {
+                    Confirmed::Unanswered => {
+                        parked.insert(*ip, Instant::now() + next_retry(backoff, *ip));
+                    }
+                    Confirmed::Answered => {
+                        backoff.remove(ip);
+                    }
+                    // Kept for now; the answer wakes the reactor.
+                    Confirmed::Pending => {}
                 }
                 reclassify = true;
             }
@@ -954,7 +976,7 @@ fn full_pass(
                     Asked::Unanswered(again) => {
                         parked.insert(*ip, Instant::now() + again);
                     }
-                    Asked::No => {}
+                    Asked::No | Asked::Pending => {}
                 }
             }
             Err(again) => {
@@ -1326,6 +1348,86 @@ mod tests {
         ));
         let other: IpAddr = "203.0.113.8".parse().unwrap();
         assert!(!wants_holders(&ix, &other, &[ghost(|_| {})]));
+    }
+
+    /// A World whose pod lookups answer from a table (what the agent's lookups would have
+    /// answered by now), and which records what was asked.
+    struct Answers {
+        fates: HashMap<String, PodFate>,
+        asked: Vec<String>,
+    }
+
+    impl World for Answers {
+        fn kube_proxy(&mut self) -> KubeProxyView {
+            KubeProxyView::default()
+        }
+        fn pod_fate(&mut self, ns: &str, name: &str, _: Option<&str>, _: IpAddr) -> PodFate {
+            let pod = format!("{ns}/{name}");
+            self.asked.push(pod.clone());
+            self.fates[&pod]
+        }
+        fn global(&mut self) -> Global {
+            Global::default()
+        }
+        fn report(&mut self, _: &PassReport) {}
+    }
+
+    fn tombstone(ns: &str, pod: &str, ip: IpAddr) -> crate::cluster::Tombstone {
+        crate::cluster::Tombstone {
+            service: ObjectKey::new(ns, "web"),
+            ip,
+            ports: Vec::new(),
+            pod: Some(crate::cluster::PodTarget {
+                name: Name::new(pod),
+                uid: None,
+            }),
+            conditions: crate::cluster::Conditions::new(true, true, false),
+            managed: true,
+            removed_at: Timestamp::now(),
+            pod_gone: false,
+        }
+    }
+
+    /// The reactor's side of the lookups: every tombstone's pod is asked about (none waits for
+    /// another); a gone answer marks only its own tombstone; a pending lookup keeps the flows
+    /// without parking the backend (its answer wakes the reactor); an unanswered one parks it
+    /// with backoff, whatever else is pending.
+    #[test]
+    fn pending_lookups_keep_the_flows_and_only_unanswered_ones_park() {
+        let ip = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7));
+        let shared = Shared::new(index_with_services(&[&["10.96.0.10"]]));
+        {
+            let mut ix = shared.index.write().unwrap();
+            for ns in ["a", "b", "c"] {
+                ix.tombstones_mut().bury(tombstone(ns, "web-0", ip));
+            }
+        }
+        let gone = |shared: &Shared| -> Vec<String> {
+            let ix = shared.index.read().unwrap();
+            let at = ix.tombstones().at(&ip);
+            at.iter()
+                .filter(|t| t.pod_gone)
+                .map(|t| t.service.namespace.to_string())
+                .collect()
+        };
+        let world = |a, b, c| Answers {
+            fates: [("a/web-0", a), ("b/web-0", b), ("c/web-0", c)]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            asked: Vec::new(),
+        };
+        let mut w = world(PodFate::Pending, PodFate::Gone, PodFate::Alive);
+        assert_eq!(confirm_pods(&shared, &mut w, ip), Confirmed::Pending);
+        assert_eq!(w.asked.len(), 3);
+        assert_eq!(gone(&shared), ["b"]);
+        // b is confirmed: not asked again.
+        let mut w = world(PodFate::Unknown, PodFate::Gone, PodFate::Pending);
+        assert_eq!(confirm_pods(&shared, &mut w, ip), Confirmed::Unanswered);
+        assert_eq!(w.asked, ["a/web-0", "c/web-0"]);
+        let mut w = world(PodFate::Alive, PodFate::Gone, PodFate::Gone);
+        assert_eq!(confirm_pods(&shared, &mut w, ip), Confirmed::Answered);
+        assert_eq!(gone(&shared), ["b", "c"]);
     }
 
     #[test]

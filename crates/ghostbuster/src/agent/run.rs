@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use super::conntrack_events::{self, EventSink};
 use super::gate::Breaker;
 use super::k8s_events::EventPoster;
+use super::lookups::Lookups;
 use super::reactor::{self, ReactorConfig, Shared, Work};
 use super::table_alarm::UtilizationAlarm;
 use super::world::AgentWorld;
@@ -29,6 +30,10 @@ use crate::telemetry::admin::{self, AdminState};
 use crate::telemetry::health::{Readiness, ReportOnly};
 use crate::telemetry::kube_proxy::{KubeProxy, KubeProxyConfig};
 use crate::telemetry::metrics::{Metrics, MetricsConfig};
+
+/// How long past `--pod-get-timeout` a lookup that never finished is presumed lost (and asked
+/// again).
+const LOOKUP_SLACK: Duration = Duration::from_secs(5);
 
 /// `ghostbuster agent`: builds the runtime, binds the admin listener, runs until SIGTERM/SIGINT.
 pub fn main(a: AgentArgs) -> anyhow::Result<ExitCode> {
@@ -317,15 +322,26 @@ pub async fn run(
         rt: tokio::runtime::Handle::current(),
         kube_proxy,
         kube_proxy_syncs: Default::default(),
-        pods: PodChecker::new(client.clone(), Duration::from_secs(5)),
+        pods: Arc::new(
+            PodChecker::new(client.clone(), Duration::from_secs(5)).with_timeout(a.pod_get_timeout),
+        ),
         pod_get_timeout: a.pod_get_timeout,
-        ip_holders: crate::cluster::kube::IpHolders::new(
+        ip_holders: Arc::new(crate::cluster::kube::IpHolders::new(
             client.clone(),
             crate::cluster::kube::HoldersConfig {
                 timeout: a.pod_get_timeout,
                 ..Default::default()
             },
-        ),
+        )),
+        // A lookup that has not finished well past its timeout is presumed lost.
+        pod_lookups: Lookups::new(a.pod_get_timeout + LOOKUP_SLACK),
+        holder_lookups: Lookups::new(a.pod_get_timeout + LOOKUP_SLACK),
+        wake: {
+            let work_tx = work_tx.clone();
+            Arc::new(move |ip| {
+                let _ = work_tx.send(Work::Backend(ip));
+            })
+        },
         client: client.clone(),
         node_name: a.node_name.clone(),
         health: health.clone(),

@@ -11,6 +11,7 @@ use tokio::runtime::Handle;
 
 use super::gate::{Global, KubeProxyView, SyncTracker, Trip};
 use super::k8s_events::EventPoster;
+use super::lookups::{Lookups, Polled};
 use super::reactor::{HoldersAnswer, PassKind, PassReport, PodFate, World};
 use crate::cluster::kube::{HoldersError, IpHolders, PodCheck, PodChecker, WatchHealth};
 use crate::sweep::Outcome;
@@ -20,17 +21,27 @@ use crate::telemetry::kube_proxy::KubeProxy;
 use crate::telemetry::metrics::{ScanKind, StaleKey};
 use crate::telemetry::recent::RemovedFlow;
 
+/// A pod lookup's key: the pod is its namespace, name and uid (never a name alone), asked about
+/// one IP.
+pub type PodKey = (String, String, Option<String>, IpAddr);
+
 pub struct AgentWorld {
     pub rt: Handle,
     pub kube_proxy: KubeProxy,
     /// What successive readings of kube-proxy's metrics proved.
     pub kube_proxy_syncs: SyncTracker,
-    pub pods: PodChecker,
-    /// The longest a pod GET may take: the reactor waits for it.
+    pub pods: Arc<PodChecker>,
+    /// The longest a pod GET may take (it runs off the reactor, see [`super::lookups`]).
     pub pod_get_timeout: Duration,
     /// "Which pods hold IP x?" (rate-limited, with its own timeout), for ghosts without a
     /// tombstone.
-    pub ip_holders: IpHolders,
+    pub ip_holders: Arc<IpHolders>,
+    /// Pod lookups under way or answered, by pod and IP.
+    pub pod_lookups: Lookups<PodKey, PodFate>,
+    /// "Who holds this IP?" questions under way or answered.
+    pub holder_lookups: Lookups<IpAddr, HoldersAnswer>,
+    /// Asks the reactor to look at a backend again (a lookup's answer it must act on).
+    pub wake: Arc<dyn Fn(IpAddr) + Send + Sync>,
     /// For the Warning Event on this node when the circuit breaker trips.
     pub client: kube::Client,
     pub node_name: String,
@@ -74,41 +85,67 @@ impl World for AgentWorld {
     }
 
     fn pod_fate(&mut self, namespace: &str, name: &str, uid: Option<&str>, ip: IpAddr) -> PodFate {
-        let pods = &self.pods;
-        let limit = self.pod_get_timeout;
-        // The timer is made inside the runtime: the reactor thread has no runtime context.
-        let check =
-            async move { tokio::time::timeout(limit, pods.check(namespace, name, uid, ip)).await };
-        match self.rt.block_on(check) {
-            Ok(Ok(PodCheck::Gone | PodCheck::Replaced | PodCheck::Moved)) => PodFate::Gone,
-            Ok(Ok(PodCheck::Same | PodCheck::Terminating)) => PodFate::Alive,
-            Ok(Err(e)) => {
-                tracing::warn!(pod = %format!("{namespace}/{name}"), error = %e, "pod lookup failed; keeping its flows, asking again with backoff");
-                PodFate::Unknown
-            }
-            Err(_) => {
-                tracing::warn!(pod = %format!("{namespace}/{name}"), timeout_ms = self.pod_get_timeout.as_millis() as u64, "pod lookup timed out; keeping its flows, asking again with backoff (--pod-get-timeout)");
-                PodFate::Unknown
-            }
+        let key: PodKey = (
+            namespace.to_owned(),
+            name.to_owned(),
+            uid.map(str::to_owned),
+            ip,
+        );
+        match self.pod_lookups.poll(&key, Instant::now()) {
+            Polled::Ready(fate) => return fate,
+            Polled::Pending { start: false } => return PodFate::Pending,
+            Polled::Pending { start: true } => {}
         }
+        let pods = self.pods.clone();
+        let limit = self.pod_get_timeout;
+        let (namespace, name, uid) = (key.0.clone(), key.1.clone(), key.2.clone());
+        let lookup = async move {
+            let pod = format!("{namespace}/{name}");
+            let check = pods.check(&namespace, &name, uid.as_deref(), ip);
+            match tokio::time::timeout(limit, check).await {
+                Ok(Ok(PodCheck::Gone | PodCheck::Replaced | PodCheck::Moved)) => PodFate::Gone,
+                Ok(Ok(PodCheck::Same | PodCheck::Terminating)) => PodFate::Alive,
+                Ok(Err(e)) => {
+                    tracing::warn!(%pod, error = %e, "pod lookup failed; keeping its flows, asking again with backoff");
+                    PodFate::Unknown
+                }
+                Err(_) => {
+                    tracing::warn!(%pod, timeout_ms = limit.as_millis() as u64, "pod lookup timed out; keeping its flows, asking again with backoff (--pod-get-timeout)");
+                    PodFate::Unknown
+                }
+            }
+        };
+        self.pod_lookups
+            .start(&self.rt, key, ip, self.wake.clone(), lookup);
+        PodFate::Pending
     }
 
     fn ip_holders(&mut self, ip: IpAddr) -> HoldersAnswer {
-        let holders = &self.ip_holders;
-        match self.rt.block_on(holders.pods_at(ip)) {
-            // Any pod listed, finished ones too: a Succeeded/Failed pod has released the IP,
-            // but one whose phase lags may not have; keep the connection.
-            Ok(h) if h.pods.is_empty() => HoldersAnswer::Absent { as_of: h.asked_at },
-            Ok(_) => HoldersAnswer::Held,
-            Err(e @ HoldersError::RateLimited(_)) => {
-                tracing::debug!(error = %e, "keeping the flows; asking again later");
-                HoldersAnswer::Unknown
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "asking who holds a backend IP failed; keeping its flows, asking again with backoff");
-                HoldersAnswer::Unknown
-            }
+        match self.holder_lookups.poll(&ip, Instant::now()) {
+            Polled::Ready(answer) => return answer,
+            Polled::Pending { start: false } => return HoldersAnswer::Pending,
+            Polled::Pending { start: true } => {}
         }
+        let holders = self.ip_holders.clone();
+        let lookup = async move {
+            match holders.pods_at(ip).await {
+                // Any pod listed, finished ones too: a Succeeded/Failed pod has released the
+                // IP, but one whose phase lags may not have; keep the connection.
+                Ok(h) if h.pods.is_empty() => HoldersAnswer::Absent { as_of: h.asked_at },
+                Ok(_) => HoldersAnswer::Held,
+                Err(e @ HoldersError::RateLimited(_)) => {
+                    tracing::debug!(error = %e, "keeping the flows; asking again later");
+                    HoldersAnswer::Unknown
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "asking who holds a backend IP failed; keeping its flows, asking again with backoff");
+                    HoldersAnswer::Unknown
+                }
+            }
+        };
+        self.holder_lookups
+            .start(&self.rt, ip, ip, self.wake.clone(), lookup);
+        HoldersAnswer::Pending
     }
 
     fn circuit_tripped(&mut self, trip: &Trip) {

@@ -175,8 +175,10 @@ pub struct HolderAsks {
 enum Asked {
     /// Nothing to ask, or asked too recently.
     No,
-    /// An answer was recorded in the index: judge the flows again.
-    Recorded,
+    /// An answer was recorded in the index: judge the flows again. `Some(d)`: some flows began
+    /// too close to the answer for it to prove anything about them; look again after `d` (the
+    /// next answer is asked for then).
+    Recorded(Option<Duration>),
     /// No answer: look at the backend again after this long.
     Unanswered(Duration),
     /// The question is under way: its answer wakes the reactor for the backend.
@@ -287,9 +289,43 @@ fn ask_holders(
                 return Asked::No;
             }
             ix.ip_answers_mut().record_absent(ip, as_of);
-            Asked::Recorded
+            let soon = ask_again_after(findings, ip, as_of, cfg.policy.clock_skew);
+            if let Some(d) = soon {
+                asks.next.insert(ip, now + d.min(cfg.ip_lookup_every));
+            }
+            Asked::Recorded(soon.map(|d| d.min(cfg.ip_lookup_every)))
         }
     }
+}
+
+/// When an empty answer taken at `as_of` cannot prove a candidate flow of `ip` gone — it began
+/// after `as_of - skew` (a pod may have been made at the IP since, or the clocks differ) — the
+/// time until an answer taken then could (its start + skew, half a second to spare, at least a
+/// second). `None` when the answer covers every candidate. Without it such a ghost (a pod made
+/// and deleted while a watch was down, its flows seconds old) waited `--ip-lookup-every`.
+fn ask_again_after(
+    findings: &[Finding],
+    ip: IpAddr,
+    as_of: Timestamp,
+    skew: Duration,
+) -> Option<Duration> {
+    let as_of_ns = as_of.as_nanosecond();
+    let skew_ns = i128::try_from(skew.as_nanos()).unwrap_or(i128::MAX / 4);
+    findings
+        .iter()
+        .filter(|f| {
+            f.verdict.backend.is_some_and(|b| b.ip == ip)
+                && f.verdict.kind == VerdictKind::EndpointGone
+                && !f.verdict.removable
+        })
+        .filter_map(|f| f.flow.start_ns)
+        .map(|start| i128::from(start) + skew_ns - as_of_ns)
+        .filter(|&short| short >= 0)
+        .max()
+        .map(|short| {
+            let short = u64::try_from(short).unwrap_or(u64::MAX);
+            (Duration::from_nanos(short) + Duration::from_millis(500)).max(Duration::from_secs(1))
+        })
 }
 
 /// Backoff of a backend whose pod GET could not be answered (error, timeout): looked at again
@@ -700,9 +736,14 @@ fn targeted(
         };
         // A ghost without a tombstone: ask the API server who holds the IP.
         match ask_holders(shared, world, cfg, asks, ip, &findings) {
-            Asked::Recorded => {
+            Asked::Recorded(soon) => {
                 let ix = shared.index.read().unwrap_or_else(|e| e.into_inner());
                 findings = classify_flows(&flows, &ix, &cfg.policy);
+                if let Some(d) = soon {
+                    let due = Instant::now() + d;
+                    let p = parked.entry(ip).or_insert(due);
+                    *p = (*p).min(due);
+                }
             }
             Asked::Unanswered(again) => {
                 let due = Instant::now() + again;
@@ -972,7 +1013,12 @@ fn full_pass(
                 // No tombstone, and kube-proxy has synced since the agent started (and the last
                 // Service removal): a ghost older than the agent may be proved gone by the API.
                 match ask_holders(shared, world, cfg, asks, *ip, &findings) {
-                    Asked::Recorded => reclassify = true,
+                    Asked::Recorded(soon) => {
+                        reclassify = true;
+                        if let Some(d) = soon {
+                            parked.insert(*ip, Instant::now() + d);
+                        }
+                    }
                     Asked::Unanswered(again) => {
                         parked.insert(*ip, Instant::now() + again);
                     }
@@ -1428,6 +1474,46 @@ mod tests {
         let mut w = world(PodFate::Alive, PodFate::Gone, PodFate::Gone);
         assert_eq!(confirm_pods(&shared, &mut w, ip), Confirmed::Answered);
         assert_eq!(gone(&shared), ["b", "c"]);
+    }
+
+    /// An empty answer taken 1 s after a ghost began proves nothing about it with a 2 s skew
+    /// margin: the backend is asked about again once it can (start + skew), not after
+    /// `--ip-lookup-every` — a pod made and deleted while a watch was down leaves exactly such
+    /// ghosts (the soak's silent watch). An answer that covers every flow needs no second one.
+    #[test]
+    fn an_answer_too_close_to_the_flows_is_asked_for_again_soon() {
+        let pod = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7));
+        let skew = Duration::from_secs(2);
+        let t0 = Timestamp::from_second(1_800_000_000).unwrap();
+        let at = |secs: f64| {
+            t0.checked_add(jiff::SignedDuration::from_secs_f64(secs))
+                .unwrap()
+        };
+        let began = |secs: f64| {
+            let mut f = finding(40_000, false);
+            f.flow.start_ns = Some(at(secs).as_nanosecond() as u64);
+            f
+        };
+        // Began at 0, answered at 1: ask again at 0 + 2 + 0.5, i.e. 1.5 s after the answer.
+        let d = ask_again_after(&[began(0.0)], pod, at(1.0), skew).unwrap();
+        assert_eq!(d, Duration::from_millis(1500));
+        // The latest flow counts; never sooner than a second.
+        let d = ask_again_after(&[began(0.0), began(0.5)], pod, at(2.4), skew).unwrap();
+        assert_eq!(d, Duration::from_secs(1));
+        let d = ask_again_after(&[began(0.0), began(3.0)], pod, at(1.0), skew).unwrap();
+        assert_eq!(d, Duration::from_millis(4500));
+        // Every flow older than the answer beyond the skew: nothing to ask.
+        assert_eq!(ask_again_after(&[began(0.0)], pod, at(2.5), skew), None);
+        // Removable ones, flows of unknown age and other backends do not count.
+        let mut removable = began(0.0);
+        removable.verdict.removable = true;
+        let unknown_age = finding(40_001, false);
+        assert_eq!(
+            ask_again_after(&[removable, unknown_age], pod, at(1.0), skew),
+            None
+        );
+        let other = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 8));
+        assert_eq!(ask_again_after(&[began(0.0)], other, at(1.0), skew), None);
     }
 
     #[test]

@@ -84,6 +84,8 @@ pub(crate) struct Control {
     pub hung: HashSet<&'static str>,
     /// Plural names whose GETs of one object never answer.
     pub hung_gets: HashSet<&'static str>,
+    /// Plural names whose writes (POST, PUT, PATCH) never answer.
+    pub hung_writes: HashSet<&'static str>,
     /// Plural names answered with 404.
     pub disabled: HashSet<&'static str>,
     /// Plural names whose open watches stay connected but send nothing, not even BOOKMARKs.

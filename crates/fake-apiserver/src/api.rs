@@ -205,6 +205,9 @@ async fn serve(
     }
     let ns = t.namespace.clone().unwrap_or_default();
     let manager = params.get("fieldManager").unwrap_or("unknown").to_owned();
+    if matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
+        hang_while_told_in(shared, r, |c| &c.hung_writes).await;
+    }
     match (method, t.name.as_deref()) {
         (&Method::GET | &Method::HEAD, Some(name)) => {
             hang_while_told_in(shared, r, |c| &c.hung_gets).await;

@@ -26,7 +26,7 @@
 //! What tests control: objects ([`FakeApiServer::create`], `update`, `apply`, `delete`),
 //! BOOKMARKs now or periodically, expiring every watch (410, as after a compaction), losing
 //! events (changes no watch sees, then 410), cutting every watch connection, lists that hang,
-//! GETs that hang, disabled resources (404), RBAC, and what was asked: every [`Request`], counts per verb and
+//! GETs and writes that hang, disabled resources (404), RBAC, and what was asked: every [`Request`], counts per verb and
 //! resource, and every Event written.
 //!
 //! ```no_run
@@ -350,6 +350,19 @@ impl FakeApiServer {
                 st.ctl.hung_objects.insert(key);
             } else {
                 st.ctl.hung_objects.remove(&key);
+            }
+        });
+    }
+
+    /// Makes writes (create, update, patch) of `resource` hang (never answer) until called again
+    /// with `false`: an API server that accepted the request and went silent. Nothing is stored.
+    pub fn hang_writes(&self, resource: &str, hang: bool) {
+        let r = Self::resource(resource);
+        self.shared.mutate(|st| {
+            if hang {
+                st.ctl.hung_writes.insert(r.plural);
+            } else {
+                st.ctl.hung_writes.remove(r.plural);
             }
         });
     }

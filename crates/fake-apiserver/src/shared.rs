@@ -86,6 +86,8 @@ pub(crate) struct Control {
     pub hung_gets: HashSet<&'static str>,
     /// Single objects (plural, namespace, name) whose GETs never answer.
     pub hung_objects: HashSet<(&'static str, String, String)>,
+    /// Plural names whose writes (POST, PUT, PATCH) never answer.
+    pub hung_writes: HashSet<&'static str>,
     /// Plural names answered with 404.
     pub disabled: HashSet<&'static str>,
     /// Plural names whose open watches stay connected but send nothing, not even BOOKMARKs.

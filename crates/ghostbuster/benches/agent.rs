@@ -14,9 +14,16 @@
 //! 2. **Steady state** (default 262,144 entries, 10,000 services / 100,000 endpoints loaded,
 //!    1,000 new flows per second, default agent settings): the agent's CPU (utime + stime from
 //!    /proc over the window, which includes the periodic full resyncs) and RSS.
+//! 3. **Kept stale flows** (issue #12 §3, default 100,000 kept + 100,000 healthy entries): flows
+//!    to backends that left their Service before the agent started (no tombstone), on a node
+//!    without `nf_conntrack_timestamp` (their age is unknown, so even the API server's "no pod at
+//!    this IP" proves nothing: kept as `unknown_age`), TCP so that nothing else removes them.
+//!    Every full pass judges all of them stale and keeps them; the agent's RSS is sampled after
+//!    each pass and must stay flat (the reports carry exact counts and only a few details).
 //!
 //! `cargo bench -p ghostbuster --bench agent -- [--removals K] [--removals-v6 K] [--entries N]
-//! [--steady-entries N] [--services S] [--backends B] [--rate R] [--window SECONDS] [--skip-reaction] [--skip-steady]`.
+//! [--steady-entries N] [--services S] [--backends B] [--rate R] [--window SECONDS]
+//! [--kept N] [--kept-healthy N] [--kept-passes P] [--skip-reaction] [--skip-steady] [--skip-kept]`.
 //! Needs root; raises `nf_conntrack_max` for the run when needed and restores it. Figures belong
 //! here and in docs/performance.md, never in timed tests.
 //!
@@ -55,8 +62,12 @@ struct Args {
     backends: usize,
     rate: usize,
     window: Duration,
+    kept: usize,
+    kept_healthy: usize,
+    kept_passes: usize,
     reaction: bool,
     steady: bool,
+    kept_phase: bool,
 }
 
 fn parse_args() -> Args {
@@ -69,8 +80,12 @@ fn parse_args() -> Args {
         backends: 10,
         rate: 1_000,
         window: Duration::from_secs(120),
+        kept: 100_000,
+        kept_healthy: 100_000,
+        kept_passes: 6,
         reaction: true,
         steady: true,
+        kept_phase: true,
     };
     let mut it = std::env::args().skip(1);
     let num = |v: Option<String>, flag: &str| -> usize {
@@ -92,10 +107,15 @@ fn parse_args() -> Args {
             "--window" => a.window = Duration::from_secs(num(it.next(), &x) as u64),
             "--skip-reaction" => a.reaction = false,
             "--skip-steady" => a.steady = false,
+            "--kept" => a.kept = num(it.next(), &x),
+            "--kept-healthy" => a.kept_healthy = num(it.next(), &x),
+            "--kept-passes" => a.kept_passes = num(it.next(), &x).max(2),
+            "--skip-kept" => a.kept_phase = false,
             _ => {
                 eprintln!(
                     "usage: agent [--removals K] [--removals-v6 K] [--entries N] [--steady-entries N] [--services S] \
-                     [--backends B] [--rate R] [--window SECONDS] [--skip-reaction] [--skip-steady]"
+                     [--backends B] [--rate R] [--window SECONDS] [--kept N] [--kept-healthy N] \
+                     [--kept-passes P] [--skip-reaction] [--skip-steady] [--skip-kept]"
                 );
                 std::process::exit(2);
             }
@@ -119,6 +139,11 @@ fn main() {
         } else {
             0
         },
+        if args.kept_phase {
+            args.kept + args.kept_healthy
+        } else {
+            0
+        },
     ]
     .into_iter()
     .max()
@@ -133,6 +158,9 @@ fn main() {
     }
     if args.steady {
         steady(&args);
+    }
+    if args.kept_phase {
+        kept(&args);
     }
     drop(guard);
 }
@@ -658,6 +686,208 @@ fn steady(args: &Args) {
         "| of the RSS at the end: heap and stacks (RssAnon) / mapped binary (RssFile) | {:.1} / {:.1} MiB | |",
         anon as f64 / 1024.0,
         file as f64 / 1024.0
+    );
+    println!();
+    agent.stop();
+}
+
+/// The TCP Service ports that lead to each deleted backend: (VIP, port, backend, target port).
+fn ghost_targets(cluster: &bulk::Cluster) -> Vec<(IpAddr, u16, IpAddr, u16)> {
+    let mut out = Vec::new();
+    for d in &cluster.deleted {
+        let Some(svc) = cluster
+            .services
+            .iter()
+            .find(|s| format!("{}/{}", s.namespace, s.name) == d.service)
+        else {
+            continue;
+        };
+        let Some(vip) = svc
+            .cluster_ips
+            .iter()
+            .find(|v| v.is_ipv6() == d.ip.is_ipv6())
+        else {
+            continue;
+        };
+        for p in &svc.ports {
+            if p.protocol.number() == libc::IPPROTO_TCP as u8 {
+                out.push((*vip, p.port, d.ip, p.target_port));
+            }
+        }
+    }
+    out
+}
+
+/// Creates `n` established TCP flows to the deleted backends (clients in 198.51.100.0/24 and
+/// 2001:db8:3::/64, distinct from the fill's); returns how many the kernel created.
+fn create_ghosts(ct: &mut Conntrack, targets: &[(IpAddr, u16, IpAddr, u16)], n: usize) -> u64 {
+    let mut created = 0;
+    let mut k = 0usize;
+    while k < n {
+        let batch: Vec<NewFlow> = (k..(k + 2_000).min(n))
+            .map(|i| {
+                let (vip, port, backend, target) = targets[i % targets.len()];
+                // Client `i mod 254`, source port from `i / 254`: tuples never repeat.
+                let host = (i % 254) as u8 + 1;
+                let client = match vip {
+                    IpAddr::V4(_) => IpAddr::from([198, 51, 100, host]),
+                    IpAddr::V6(_) => IpAddr::from([0x2001, 0xdb8, 3, 0, 0, 0, 0, host as u16]),
+                };
+                let sport = 1024 + ((i / 254) % 64_000) as u16;
+                let orig = Tuple::ports(client, sport, vip, port, libc::IPPROTO_TCP as u8);
+                let mut f = NewFlow::established(orig, Some((backend, target)));
+                f.timeout = 86_400;
+                f
+            })
+            .collect();
+        k += batch.len();
+        created += ct.create(&batch).expect("create ghost flows").created;
+    }
+    created
+}
+
+fn kept(args: &Args) {
+    let ns = NetNs::create("bnkp").expect("namespace");
+    let name = ns.name().to_string();
+    // A node without conntrack timestamps: a flow's start is unknown, and unknown is not old.
+    const TSTAMP: &str = "/proc/sys/net/netfilter/nf_conntrack_timestamp";
+    netlab::in_netns(&name, || std::fs::write(TSTAMP, "0"))
+        .expect("enter the namespace")
+        .expect("turn nf_conntrack_timestamp off in the bench's namespace");
+    let spec = BulkSpec {
+        entries: args.kept_healthy,
+        services: 200,
+        stale_fraction: 0.0,
+        // Healthy UDP entries must outlive the run: an expiry is no change of the agent's.
+        udp_timeout: 3600,
+        ..BulkSpec::default()
+    };
+    let t = Instant::now();
+    let (cluster, truth) = bulk::fill(Some(&name), &spec).expect("fill");
+    assert_eq!(truth.failed, 0, "fill failed: {truth:?}");
+    let targets = ghost_targets(&cluster);
+    assert!(
+        !targets.is_empty(),
+        "no TCP port leads to a deleted backend"
+    );
+    let mut ct = Conntrack::open_in(Some(&name)).expect("open");
+    let ghosts = create_ghosts(&mut ct, &targets, args.kept);
+    assert_eq!(ghosts, args.kept as u64, "not every ghost flow was created");
+    let ghost_ips: std::collections::BTreeSet<IpAddr> =
+        targets.iter().map(|(_, _, b, _)| *b).collect();
+    println!(
+        "## Kept stale flows: {} kept (TCP, {} gone backends, no timestamps) + {} healthy entries, \
+         {} services; filled in {:.1} s",
+        ghosts,
+        ghost_ips.len(),
+        truth.created,
+        spec.services,
+        t.elapsed().as_secs_f64()
+    );
+    let api = FakeApiServer::start_in_thread().expect("fake API server");
+    publish(&api, &cluster);
+    let kp = FakeKubeProxy::start("nftables");
+    // Short full-pass interval, never stretched: many passes in a short run.
+    let agent = start_agent(
+        &api,
+        &name,
+        &kp,
+        &["--resync-interval", "5s", "--resync-cpu-percent", "0"],
+    );
+    // kube-proxy has synced since the agent started: from now on the agent asks the API server
+    // who holds each gone backend's IP (nobody), and still keeps the flows (their age is unknown).
+    kp.synced_now();
+    let pid = agent.child.id();
+    // The RSS within the passes too (every 20 ms), not only between them: a pass's transient
+    // peak is what would hit a memory limit.
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let sampling = sampling.clone();
+        std::thread::spawn(move || {
+            let mut max = 0;
+            while sampling.load(Ordering::Relaxed) {
+                max = max.max(status_kib(pid, ["VmRSS:"])[0]);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            max
+        })
+    };
+    let mut samples: Vec<(f64, u64, u64, u64)> = Vec::new();
+    let mut passes_seen = series(&agent.metrics(), FULL_PASSES);
+    let first = passes_seen;
+    println!("| after full pass | VmRSS MiB | stale flows (gauge) | flows removed (total) |");
+    println!("|---:|---:|---:|---:|");
+    while samples.len() < args.kept_passes {
+        let until = Instant::now() + Duration::from_secs(120);
+        let m = loop {
+            let m = agent.metrics();
+            if series(&m, FULL_PASSES) > passes_seen {
+                break m;
+            }
+            assert!(Instant::now() < until, "no full pass within 120 s");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        passes_seen = series(&m, FULL_PASSES);
+        let rss = status_kib(pid, ["VmRSS:"])[0];
+        // (`as u64`: a sum over no series is -0.0.)
+        let stale = metric_sum(&m, "conntrack_stale_entries") as u64;
+        let removed = metric_sum(&m, "ghostbuster_flows_removed_total") as u64;
+        println!(
+            "| {passes_seen} | {:.1} | {stale} | {removed} |",
+            rss as f64 / 1024.0
+        );
+        samples.push((passes_seen, rss, stale, removed));
+    }
+    sampling.store(false, Ordering::Relaxed);
+    let in_passes = sampler.join().expect("sampler");
+    let [hwm, anon, file] = status_kib(pid, ["VmHWM:", "RssAnon:", "RssFile:"]);
+    // One dump of the whole table (a filtered one per backend would walk it 180 times).
+    let mut left = 0usize;
+    ct.dump(&Filter::default(), |f| {
+        left += ghost_ips.contains(&f.reply.src) as usize;
+        ControlFlow::Continue(())
+    })
+    .expect("dump");
+    let passes = passes_seen - first + 1.0;
+    // Flat after the first pass (the allocator's arenas settle during it).
+    let after_first: Vec<u64> = samples.iter().skip(1).map(|s| s.1).collect();
+    let (min, max) = (
+        *after_first.iter().min().unwrap_or(&0),
+        *after_first.iter().max().unwrap_or(&0),
+    );
+    let last = samples.last().map(|s| s.1).unwrap_or(0);
+    let spread = (max - min) as f64 / min.max(1) as f64 * 100.0;
+    let judged_kept =
+        samples.iter().all(|s| s.2 == args.kept as u64 && s.3 == 0) && left == args.kept;
+    let mib = |k: u64| k as f64 / 1024.0;
+    println!();
+    println!("| measure | value | target |");
+    println!("|---|---:|---:|");
+    println!("| kept stale flows (N) | {} | |", args.kept);
+    println!("| full passes (incl. the first) | {passes} | ≥ 5 |");
+    println!(
+        "| agent RSS after passes 2..: min / max / last | {:.1} / {:.1} / {:.1} MiB | < 128 MiB |",
+        mib(min),
+        mib(max),
+        mib(last)
+    );
+    println!("| spread (max − min) / min | {spread:.1} % | ≤ 10 % |");
+    println!(
+        "| agent RSS max, sampled every 20 ms through passes 2.. | {:.1} MiB | < 128 MiB |",
+        mib(in_passes)
+    );
+    println!(
+        "| agent peak RSS (VmHWM, includes start-up) | {:.1} MiB | < 128 MiB |",
+        mib(hwm)
+    );
+    println!(
+        "| of the RSS at the end: RssAnon / RssFile | {:.1} / {:.1} MiB | |",
+        mib(anon),
+        mib(file)
+    );
+    println!(
+        "| every pass: stale gauge = N, 0 removed; N still in the table at the end | {} ({left} left) | yes |",
+        if judged_kept { "yes" } else { "NO" }
     );
     println!();
     agent.stop();

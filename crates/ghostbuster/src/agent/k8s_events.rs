@@ -3,6 +3,11 @@
 //!
 //! At most one Event per Service per node per window (5 minutes): removals inside the window are
 //! aggregated and posted when it ends, so a 500-pod rollout does not flood the API server.
+//!
+//! Events are best effort, and an API server that accepts a write and goes silent must hold
+//! no one: every write gives up after [`EVENT_CALL_TIMEOUT`] and the Event is dropped (never
+//! retried), and the poster's lock is never held across a write — the reactor records its
+//! removals with `try_lock` and must find it free.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
@@ -11,6 +16,12 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, PostParams};
+
+/// The longest one Event write may take. Without it a silent API server holds the write for
+/// kube's read timeout (295 s), per Event, one after the other. Longer than `--pod-get-timeout`'s
+/// 5 s default (a write is slower than a read on a busy API server), and cheap to wait for: only
+/// the flush loop or a task of its own waits on it.
+pub const EVENT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A Service, by namespace and name.
 pub type ServiceName = (String, String);
@@ -31,6 +42,14 @@ pub struct EventPoster {
     window: Duration,
     last_post: HashMap<ServiceName, Instant>,
     pending: HashMap<ServiceName, Pending>,
+    call_timeout: Duration,
+}
+
+/// Events taken out of an [`EventPoster`] to be posted without its lock.
+pub struct Due {
+    client: kube::Client,
+    call_timeout: Duration,
+    events: Vec<(ServiceName, Event)>,
 }
 
 impl EventPoster {
@@ -41,7 +60,14 @@ impl EventPoster {
             window,
             last_post: HashMap::new(),
             pending: HashMap::new(),
+            call_timeout: EVENT_CALL_TIMEOUT,
         }
+    }
+
+    /// Another limit than [`EVENT_CALL_TIMEOUT`] for each Event write (tests).
+    pub fn with_call_timeout(mut self, limit: Duration) -> Self {
+        self.call_timeout = limit;
+        self
     }
 
     /// Notes `flows` removed flows of `service` to `backend` (`ip:port`).
@@ -92,9 +118,9 @@ impl EventPoster {
         s
     }
 
-    /// Posts what is due (no Event for this Service within the window). Returns how many were
-    /// posted; failures are logged and dropped (Events are best effort).
-    pub async fn flush(&mut self, now: Instant) -> usize {
+    /// Takes out what is due (no Event for this Service within the window), to be posted by
+    /// [`Due::post`] once the poster is unlocked. No I/O: quick under a lock.
+    pub fn take_due(&mut self, now: Instant) -> Due {
         let due: Vec<ServiceName> = self
             .pending
             .keys()
@@ -105,7 +131,7 @@ impl EventPoster {
             })
             .cloned()
             .collect();
-        let mut posted = 0;
+        let mut events = Vec::with_capacity(due.len());
         for key in due {
             let Some(p) = self.pending.remove(&key) else {
                 continue;
@@ -134,20 +160,67 @@ impl EventPoster {
                 }),
                 ..Default::default()
             };
-            let api: Api<Event> = Api::namespaced(self.client.clone(), &key.0);
-            match api.create(&PostParams::default(), &ev).await {
-                Ok(_) => posted += 1,
-                Err(e) => {
-                    tracing::warn!(service = %format!("{}/{}", key.0, key.1), error = %e, "posting an Event failed")
-                }
-            }
+            events.push((key, ev));
         }
         // Forget services quiet for a long time.
         let window = self.window;
         self.last_post
             .retain(|_, t| now.duration_since(*t) < window * 4);
+        Due {
+            client: self.client.clone(),
+            call_timeout: self.call_timeout,
+            events,
+        }
+    }
+}
+
+impl Due {
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// Posts the Events, each within the call timeout; returns how many were posted. Failures
+    /// are logged and dropped (Events are best effort). After a timeout the API server is taken
+    /// for silent and the rest are dropped too: a flush costs at most one timeout, not one per
+    /// Service.
+    pub async fn post(self) -> usize {
+        let mut posted = 0;
+        let total = self.events.len();
+        for (i, (key, ev)) in self.events.into_iter().enumerate() {
+            let service = format!("{}/{}", key.0, key.1);
+            let api: Api<Event> = Api::namespaced(self.client.clone(), &key.0);
+            match tokio::time::timeout(self.call_timeout, api.create(&PostParams::default(), &ev))
+                .await
+            {
+                Ok(Ok(_)) => posted += 1,
+                Ok(Err(e)) => {
+                    tracing::warn!(service = %service, error = %e, "posting an Event failed; dropped")
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        service = %service,
+                        timeout_ms = self.call_timeout.as_millis() as u64,
+                        dropped = total - i,
+                        "posting an Event timed out: the API server did not answer; dropped with \
+                         the rest of this flush (Events are best effort, never retried)"
+                    );
+                    break;
+                }
+            }
+        }
         posted
     }
+}
+
+/// Posts what `poster` has due, its lock held only to take the Events out: a slow or silent API
+/// server never keeps the reactor from recording removals. Returns how many were posted.
+pub async fn flush(poster: &tokio::sync::Mutex<EventPoster>, now: Instant) -> usize {
+    let due = poster.lock().await.take_due(now);
+    due.post().await
 }
 
 /// Posts a Warning Event about the Node (table utilization): best effort.
@@ -167,6 +240,18 @@ pub async fn post_node_warning_for(
     action: &'static str,
     reason: &'static str,
     note: String,
+) {
+    post_node_warning_within(client, node, action, reason, note, EVENT_CALL_TIMEOUT).await
+}
+
+/// [`post_node_warning_for`] giving up after `limit`: the Event is then dropped with a warning.
+pub async fn post_node_warning_within(
+    client: kube::Client,
+    node: String,
+    action: &'static str,
+    reason: &'static str,
+    note: String,
+    limit: Duration,
 ) {
     let node = node.as_str();
     let ev = Event {
@@ -191,7 +276,16 @@ pub async fn post_node_warning_for(
         ..Default::default()
     };
     let api: Api<Event> = Api::namespaced(client, "default");
-    if let Err(e) = api.create(&PostParams::default(), &ev).await {
-        tracing::warn!(node, error = %e, "posting the Node Event failed");
+    match tokio::time::timeout(limit, api.create(&PostParams::default(), &ev)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(node, reason, error = %e, "posting the Node Event failed; dropped")
+        }
+        Err(_) => tracing::warn!(
+            node,
+            reason,
+            timeout_ms = limit.as_millis() as u64,
+            "posting the Node Event timed out: the API server did not answer; dropped"
+        ),
     }
 }

@@ -311,7 +311,8 @@ pub async fn run(
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(2)).await;
-                p.lock().await.flush(Instant::now()).await;
+                // Posted without the lock held: see k8s_events::flush.
+                super::k8s_events::flush(&p, Instant::now()).await;
             }
         });
     }

@@ -18,8 +18,11 @@
 //!
 //! Invariant 2's gate, for a change an API fault hid (a 410, a dropped, silent or hung watch or
 //! GET), is the first successful sync that began after the fault ended: the agent's own gate
-//! waits for a sync that began after it *learned* of the change. `SOAK_STRICT_REAP=0` prints the
-//! row without enforcing it (for investigating a run).
+//! waits for a sync that began after it *learned* of the change; and since a pod made and
+//! deleted while the slice watch was down never reaches the agent as an endpoint (no tombstone:
+//! only the API server's "no pod holds this IP", taken `--clock-skew` after the flow began, is
+//! evidence), such a ghost gets the 2 s of the agent's default `--clock-skew` on top.
+//! `SOAK_STRICT_REAP=0` prints the row without enforcing it (for investigating a run).
 //!
 //! Size and parts are env vars (`soak_support::Config`): `SOAK_CONNECTIONS` (200),
 //! `SOAK_UDP_CLIENTS` (24), `SOAK_ROLLING_UPDATES` (50), `SOAK_MINUTES` (keep rolling that long;

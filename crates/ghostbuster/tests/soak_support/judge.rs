@@ -131,6 +131,9 @@ pub fn gate_open(syncs: &[SyncRecord], seq: u64) -> Option<f64> {
         .fold(None, |a: Option<f64>, e| Some(a.map_or(e, |a| a.min(e))))
 }
 
+/// The agent's `--clock-skew` in the soak (its default; `SOAK_AGENT_ARGS` may not change it).
+const AGENT_CLOCK_SKEW_SECS: f64 = 2.0;
+
 /// The end of the first successful sync covering change `seq` that began at or after `t`.
 fn sync_after(syncs: &[SyncRecord], seq: u64, t: f64) -> Option<f64> {
     syncs
@@ -296,6 +299,15 @@ pub fn judge(i: &Inputs<'_>) -> Verdict {
                 None => continue,
             },
         };
+        // A pod made and deleted while the slice watch was down never reaches the agent as an
+        // endpoint: its flows have no tombstone, and the only evidence is the API server's "no
+        // pod holds this IP", which proves a flow gone only when taken `--clock-skew` after the
+        // flow began (docs/detection.md). Such a ghost may take that much longer.
+        let evidence_extra = if hidden_until.is_some() {
+            AGENT_CLOCK_SKEW_SECS
+        } else {
+            0.0
+        };
         let fault_end = i
             .faults
             .iter()
@@ -304,7 +316,7 @@ pub fn judge(i: &Inputs<'_>) -> Verdict {
             .fold(gate, f64::max);
         ghosts += 1;
         flows += entries.len();
-        let deadline = fault_end + slack;
+        let deadline = fault_end + slack + evidence_extra;
         let reaped = entries
             .iter()
             .map(|e| {

@@ -3,7 +3,7 @@
 # its size from the environment. Needs root (network namespaces).
 #
 #   scripts/soak.sh --minutes 30                # keep rolling for 30 minutes
-#   scripts/soak.sh --minutes 5 --enable all    # every part, also those off by default
+#   scripts/soak.sh --minutes 5 --disable api_silent_watch   # every part but one (all are on by default)
 #   scripts/soak.sh --connections 400 --updates 200 --disable api_410
 #
 # The invariant table is printed at the end and written to target/soak-report.txt (or --report).

@@ -266,8 +266,7 @@ pub fn judge(i: &Inputs<'_>) -> Verdict {
             .collect();
         let entries: Vec<_> = i
             .table
-            .entries
-            .values()
+            .all()
             .filter(|e| e.backend == pod.ip && vips.contains(&e.vip.ip()))
             .filter(|e| e.first <= tg + 0.2 && e.last >= tg - 0.15 && e.was_open())
             .collect();

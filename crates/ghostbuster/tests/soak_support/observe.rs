@@ -52,13 +52,23 @@ pub type EntryKey = (u32, String);
 
 #[derive(Default)]
 pub struct TableLog {
+    /// Entries seen in the last dump (or earlier ones not yet seen gone), by key.
     pub entries: HashMap<EntryKey, Seen>,
+    /// Entries that went (missing from a dump): a key seen again later is a new entry — over a
+    /// long run a UDP client's one socket meets the same recycled backend address (and the same
+    /// kernel id) again, minutes after its first entry there was deleted.
+    pub ended: Vec<Seen>,
     /// Every dump's time.
     pub polls: Vec<f64>,
     pub errors: u64,
 }
 
 impl TableLog {
+    /// Every entry, ended or not.
+    pub fn all(&self) -> impl Iterator<Item = &Seen> {
+        self.ended.iter().chain(self.entries.values())
+    }
+
     /// The first dump after `t` (when an entry last seen at `t` was gone), if any.
     pub fn next_poll_after(&self, t: f64) -> Option<f64> {
         let i = self.polls.partition_point(|p| *p <= t);
@@ -155,7 +165,25 @@ pub fn watch_table(node_netns: &str) -> (Looper, Arc<Mutex<TableLog>>) {
                 return;
             }
         };
+        // Entries the previous dump saw and this one does not have ended.
+        let prev = log.polls.last().copied();
         log.polls.push(t);
+        let present: std::collections::HashSet<EntryKey> = flows
+            .iter()
+            .filter(|f| f.is_dnat())
+            .filter_map(key_of)
+            .collect();
+        let gone: Vec<EntryKey> = log
+            .entries
+            .iter()
+            .filter(|(k, e)| Some(e.last) == prev && !present.contains(*k))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in gone {
+            if let Some(e) = log.entries.remove(&k) {
+                log.ended.push(e);
+            }
+        }
         for f in flows.iter().filter(|f| f.is_dnat()) {
             let Some(k) = key_of(f) else { continue };
             let e = log.entries.entry(k).or_insert_with(|| Seen {

@@ -399,6 +399,46 @@ fn a_failing_kube_proxy_holds_deletes_until_a_clean_sync() {
     g.finish();
 }
 
+/// Issue #12 §3: the reactor never blocks on the network — kube-proxy's loopback port either.
+/// A kube-proxy that accepts and never answers (`/metrics` and `/healthz`) leaves the agent with
+/// `--grace` after the removal; the ghosts go within grace + 1 s of the change. Old code read
+/// kube-proxy on the reactor thread: every turn waited for both reads to time out (2 s), so the
+/// grace decision came two reads late (about grace + 2 s) and every other backend waited too.
+#[test]
+fn a_kube_proxy_that_never_answers_does_not_hold_the_reactor() {
+    let grace = Duration::from_secs(3);
+    let Some(g) = Ghosts::start("agent_safety_kp_hang", 59, &["--grace", "3s"]) else {
+        return;
+    };
+    g.kp.hang(true);
+    let changed = Instant::now();
+    g.tell_api();
+    let until = changed + Duration::from_secs(15);
+    while g.ghosts_left() > 0 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let took = changed.elapsed();
+    assert_eq!(
+        g.ghosts_left(),
+        0,
+        "ghosts still there {took:?} after the change while kube-proxy does not answer"
+    );
+    assert!(
+        took < grace + Duration::from_secs(1),
+        "the ghosts went {took:?} after the change, grace is {grace:?}: the reactor waited for \
+         kube-proxy's reads to time out"
+    );
+    eprintln!("ghosts removed {took:?} after the change (grace {grace:?}), kube-proxy hung");
+    let m = g.agent.metrics();
+    assert_eq!(
+        metric_sum(&m, "ghostbuster_flows_removed_total"),
+        2.0,
+        "{m}"
+    );
+    g.kp.hang(false);
+    g.finish();
+}
+
 /// Issue #12 §3: the deletes-per-minute budget counts across passes. With a budget of 3, a
 /// first backend's 2 ghosts go; a second backend's 2 would make 4 within the minute: the
 /// breaker trips, removes nothing, says so (metric, Warning Event, a log line on how to reset)

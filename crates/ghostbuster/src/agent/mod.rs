@@ -16,6 +16,7 @@ pub mod conntrack_events;
 pub mod cpu;
 pub mod gate;
 pub mod k8s_events;
+pub mod kube_proxy_reader;
 pub mod lookups;
 pub mod memory;
 pub mod prefetch;

@@ -33,6 +33,8 @@ pub enum Work {
     Backend(IpAddr),
     /// Scan the whole table (periodic resync, lost events, a deleted Service).
     Full,
+    /// A reading of kube-proxy moved the gate's view: look again at the backends waiting on it.
+    KubeProxy,
 }
 
 /// What a pod GET said about the pod a tombstone names.
@@ -361,6 +363,9 @@ pub struct Shared {
     changed_at: Mutex<Timestamp>,
     /// What the event thread saw since a snapshot of a backend's flows was taken.
     pub event_marks: EventMarks,
+    /// Backends whose gate waits on kube-proxy (behind, failing, unreadable): looked at again
+    /// as soon as a reading moves its view ([`Work::KubeProxy`]).
+    waiting_on_kube_proxy: Mutex<HashSet<IpAddr>>,
 }
 
 /// The event socket's filter and what was last said about it (each condition is logged once).
@@ -426,6 +431,7 @@ impl Shared {
             circuit_open: AtomicBool::new(false),
             changed_at: Mutex::new(Timestamp::now()),
             event_marks: EventMarks::default(),
+            waiting_on_kube_proxy: Mutex::default(),
         })
     }
 
@@ -437,6 +443,12 @@ impl Shared {
 
     fn changed_at(&self) -> Timestamp {
         *self.changed_at.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn kube_proxy_waiters(&self) -> std::sync::MutexGuard<'_, HashSet<IpAddr>> {
+        self.waiting_on_kube_proxy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// The backends with tombstones, for the event thread's own check of every event it gets.
@@ -530,10 +542,10 @@ pub fn run(
         let mut backends: HashSet<IpAddr> = HashSet::new();
         match work.recv_timeout(wait) {
             Ok(w) => {
-                absorb(w, &mut full, &mut backends);
+                absorb(&shared, w, &mut full, &mut backends);
                 // Coalesce everything already queued.
                 while let Ok(w) = work.try_recv() {
-                    absorb(w, &mut full, &mut backends);
+                    absorb(&shared, w, &mut full, &mut backends);
                 }
             }
             Err(RecvTimeoutError::Timeout) => {}
@@ -737,6 +749,11 @@ fn targeted(
         // A ghost without a tombstone: ask the API server who holds the IP.
         match ask_holders(shared, world, cfg, asks, ip, &findings) {
             Asked::Recorded(soon) => {
+                // The answer is the change: its flows wait for a sync that began after it.
+                if let Err(again) = backend_gate(shared, world, cfg, ip, &mut synced) {
+                    parked.insert(ip, Instant::now() + again);
+                    continue;
+                }
                 let ix = shared.index.read().unwrap_or_else(|e| e.into_inner());
                 findings = classify_flows(&flows, &ix, &cfg.policy);
                 if let Some(d) = soon {
@@ -796,12 +813,14 @@ fn resync_every(interval: Duration, cpu_percent: f64, took: Duration) -> Duratio
     )
 }
 
-fn absorb(w: Work, full: &mut bool, backends: &mut HashSet<IpAddr>) {
+fn absorb(shared: &Shared, w: Work, full: &mut bool, backends: &mut HashSet<IpAddr>) {
     match w {
         Work::Full => *full = true,
         Work::Backend(ip) => {
             backends.insert(ip);
         }
+        // Each is looked at again (and waits again if it must).
+        Work::KubeProxy => backends.extend(shared.kube_proxy_waiters().drain()),
     }
 }
 
@@ -829,8 +848,9 @@ fn expire_tombstones(shared: &Shared, ttl: Duration) {
 }
 
 /// Whether kube-proxy has caught up with every change the flows of `ip` lean on: the latest
-/// removal among the tombstones at `ip`, and the agent's baseline (its start, the last removal
-/// of a Service) for flows no tombstone covers. `Ok` carries the tombstones' latest removal
+/// removal among the tombstones at `ip`, the API server's first "no pod at this IP" (a backend
+/// without a tombstone), and the agent's baseline (its start, the last removal of a Service)
+/// for flows no tombstone covers. `Ok` carries the tombstones' latest removal
 /// (for the reaction metrics). `synced` caches kube-proxy's view for the caller's turn.
 fn backend_gate(
     shared: &Shared,
@@ -839,11 +859,19 @@ fn backend_gate(
     ip: IpAddr,
     synced: &mut Option<KubeProxyView>,
 ) -> Result<Option<Timestamp>, Duration> {
-    let latest: Option<Timestamp> = {
+    let (latest, answered) = {
         let ix = shared.index.read().unwrap_or_else(|e| e.into_inner());
-        ix.tombstones().at(&ip).iter().map(|t| t.removed_at).max()
+        (
+            ix.tombstones().at(&ip).iter().map(|t| t.removed_at).max(),
+            ix.ip_answers().absent_since(&ip),
+        )
     };
-    let change = latest.map_or(shared.changed_at(), |t| t.max(shared.changed_at()));
+    // The API server's "no pod at this IP" is when the agent learnt that a backend it never
+    // knew (no tombstone) is gone: kube-proxy may not have removed it before then.
+    let change = [latest, answered]
+        .into_iter()
+        .flatten()
+        .fold(shared.changed_at(), Timestamp::max);
     let view = *synced.get_or_insert_with(|| world.kube_proxy());
     let verdict = gate::kube_proxy_caught_up(
         change,
@@ -855,6 +883,7 @@ fn backend_gate(
     tracing::debug!(
         backend = %ip,
         removed_at = ?latest,
+        no_pod_at_ip_since = ?answered,
         change = %change,
         sync_began_after = ?view.began_after,
         failing = view.failing,
@@ -862,8 +891,14 @@ fn backend_gate(
         "gate"
     );
     match verdict {
-        Ok(()) => Ok(latest),
-        Err((_, again)) => Err(again),
+        Ok(()) => {
+            shared.kube_proxy_waiters().remove(&ip);
+            Ok(latest)
+        }
+        Err((_, again)) => {
+            shared.kube_proxy_waiters().insert(ip);
+            Err(again)
+        }
     }
 }
 
@@ -1015,7 +1050,12 @@ fn full_pass(
                 match ask_holders(shared, world, cfg, asks, *ip, &findings) {
                     Asked::Recorded(soon) => {
                         reclassify = true;
-                        if let Some(d) = soon {
+                        // The answer is the change: its flows wait for a sync that began
+                        // after it (their targeted pass deletes them then).
+                        if let Err(again) = backend_gate(shared, world, cfg, *ip, &mut synced) {
+                            parked.insert(*ip, Instant::now() + again);
+                            not_yet.insert(*ip);
+                        } else if let Some(d) = soon {
                             parked.insert(*ip, Instant::now() + d);
                         }
                     }
@@ -1432,6 +1472,84 @@ mod tests {
             removed_at: Timestamp::now(),
             pod_gone: false,
         }
+    }
+
+    /// kube-proxy as a test sets it, and the API server's answer about every IP.
+    struct Proxy {
+        view: KubeProxyView,
+        holders: HoldersAnswer,
+    }
+
+    impl World for Proxy {
+        fn kube_proxy(&mut self) -> KubeProxyView {
+            self.view
+        }
+        fn pod_fate(&mut self, _: &str, _: &str, _: Option<&str>, _: IpAddr) -> PodFate {
+            PodFate::Unknown
+        }
+        fn ip_holders(&mut self, _: IpAddr) -> HoldersAnswer {
+            self.holders
+        }
+        fn global(&mut self) -> Global {
+            Global::default()
+        }
+        fn report(&mut self, _: &PassReport) {}
+    }
+
+    fn test_config() -> ReactorConfig {
+        ReactorConfig {
+            policy: Policy::default(),
+            grace: Duration::from_secs(5),
+            kube_proxy_max_wait: Duration::from_secs(60),
+            resync_interval: Duration::from_secs(60),
+            resync_cpu_percent: 0.0,
+            breaker: Breaker::default(),
+            tombstone_ttl: Duration::from_secs(600),
+            ip_lookup_every: Duration::from_secs(30),
+        }
+    }
+
+    /// The soak in CI (a pod made and deleted while the slice watch was silent, so without a
+    /// tombstone): the API server's "no pod at this IP" came 0.15 s after the deletion, and the
+    /// agent deleted the flows at once — the gate had compared kube-proxy's last sync with the
+    /// agent's start, not with the answer, and the sync that removed the pod began 0.43 s after
+    /// the deletion. The answer is when the agent learnt of the change: the gate waits for a
+    /// sync that began after it.
+    #[test]
+    fn an_answer_that_no_pod_holds_the_ip_waits_for_a_sync_that_began_after_it() {
+        let ip = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7));
+        let shared = Shared::new(index_with_services(&[&["10.96.0.10"]]));
+        let cfg = test_config();
+        let secs = |s: i64| {
+            Timestamp::now()
+                .checked_add(jiff::SignedDuration::from_secs(s))
+                .unwrap()
+        };
+        let answered = secs(10);
+        shared
+            .index
+            .write()
+            .unwrap()
+            .ip_answers_mut()
+            .record_absent(ip, answered);
+        let world = |began_after| Proxy {
+            view: KubeProxyView {
+                readable: true,
+                last_success: Some(began_after),
+                began_after: Some(began_after),
+                failing: false,
+            },
+            holders: HoldersAnswer::Unknown,
+        };
+        // A sync that began after the agent started, but before the answer: not yet.
+        let r = backend_gate(&shared, &mut world(secs(5)), &cfg, ip, &mut None);
+        assert!(
+            r.is_err(),
+            "the gate opened on a sync that began before the API said the IP was free"
+        );
+        // One that began after it: open.
+        let r = backend_gate(&shared, &mut world(secs(11)), &cfg, ip, &mut None);
+        assert_eq!(r, Ok(None));
     }
 
     /// The reactor's side of the lookups: every tombstone's pod is asked about (none waits for

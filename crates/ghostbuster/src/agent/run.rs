@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use super::conntrack_events::{self, EventSink};
 use super::gate::Breaker;
 use super::k8s_events::EventPoster;
+use super::kube_proxy_reader::KubeProxyReader;
 use super::lookups::Lookups;
 use super::reactor::{self, ReactorConfig, Shared, Work};
 use super::table_alarm::UtilizationAlarm;
@@ -319,10 +320,23 @@ pub async fn run(
 
     // The reactor.
     let top_services: Arc<Mutex<Vec<(String, u64)>>> = Arc::new(Mutex::new(Vec::new()));
+    // kube-proxy's sync metrics, read off the reactor; a reading that moves the gate's view
+    // wakes it for the backends that wait on kube-proxy.
+    let (kube_proxy_reader, _reader_task) = KubeProxyReader::spawn(
+        &tokio::runtime::Handle::current(),
+        kube_proxy,
+        metrics.clone(),
+        {
+            let work_tx = work_tx.clone();
+            Arc::new(move || {
+                let _ = work_tx.send(Work::KubeProxy);
+            })
+        },
+        stop.clone(),
+    );
     let world = AgentWorld {
         rt: tokio::runtime::Handle::current(),
-        kube_proxy,
-        kube_proxy_syncs: Default::default(),
+        kube_proxy: kube_proxy_reader,
         pods: Arc::new(
             PodChecker::new(client.clone(), Duration::from_secs(5)).with_timeout(a.pod_get_timeout),
         ),

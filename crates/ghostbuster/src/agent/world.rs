@@ -9,15 +9,15 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 use tokio::runtime::Handle;
 
-use super::gate::{Global, KubeProxyView, SyncTracker, Trip};
+use super::gate::{Global, KubeProxyView, Trip};
 use super::k8s_events::EventPoster;
+use super::kube_proxy_reader::KubeProxyReader;
 use super::lookups::{Lookups, Polled};
 use super::reactor::{HoldersAnswer, PassKind, PassReport, PodFate, World};
 use crate::cluster::kube::{HoldersError, IpHolders, PodCheck, PodChecker, WatchHealth};
 use crate::sweep::Outcome;
 use crate::telemetry::admin::AdminState;
 use crate::telemetry::health::ReportOnly;
-use crate::telemetry::kube_proxy::KubeProxy;
 use crate::telemetry::metrics::{ScanKind, StaleKey};
 use crate::telemetry::recent::RemovedFlow;
 
@@ -27,9 +27,8 @@ pub type PodKey = (String, String, Option<String>, IpAddr);
 
 pub struct AgentWorld {
     pub rt: Handle,
-    pub kube_proxy: KubeProxy,
-    /// What successive readings of kube-proxy's metrics proved.
-    pub kube_proxy_syncs: SyncTracker,
+    /// What successive readings of kube-proxy's metrics proved (read off the reactor).
+    pub kube_proxy: KubeProxyReader,
     pub pods: Arc<PodChecker>,
     /// The longest a pod GET may take (it runs off the reactor, see [`super::lookups`]).
     pub pod_get_timeout: Duration,
@@ -61,27 +60,8 @@ pub struct AgentWorld {
 
 impl World for AgentWorld {
     fn kube_proxy(&mut self) -> KubeProxyView {
-        let kp = &self.kube_proxy;
-        let r = self.rt.block_on(kp.sync_reading());
-        let m = &self.admin.metrics;
-        match r {
-            Ok(reading) => {
-                let lag = reading
-                    .last_success
-                    .and_then(|t| Duration::try_from(Timestamp::now().duration_since(t)).ok());
-                m.set_kube_proxy_lag(lag);
-                self.kube_proxy_syncs.observe(reading);
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "kube-proxy's sync metrics are unreadable; using --grace unless its /healthz says it fails");
-                m.set_kube_proxy_lag(None);
-                let healthy = self.rt.block_on(kp.healthz()).ok().map(|h| h.healthy);
-                self.kube_proxy_syncs.unreadable(healthy);
-            }
-        }
-        let view = self.kube_proxy_syncs.view();
-        m.set_kube_proxy_failing(view.failing);
-        view
+        // Never waits for kube-proxy: see super::kube_proxy_reader.
+        self.kube_proxy.view()
     }
 
     fn pod_fate(&mut self, namespace: &str, name: &str, uid: Option<&str>, ip: IpAddr) -> PodFate {

@@ -11,18 +11,30 @@ use std::net::IpAddr;
 
 use jiff::Timestamp;
 
-/// `ip` → the time (the local clock, when the question was sent) at which the API server listed
-/// no pod whose primary IP is `ip`.
+/// `ip` → the times (the local clock, when the question was sent) at which the API server listed
+/// no pod whose primary IP is `ip`: the first such answer since the IP was last held, and the
+/// latest.
 #[derive(Debug, Default, Clone)]
 pub struct IpAnswers {
-    absent: HashMap<IpAddr, Timestamp>,
+    absent: HashMap<IpAddr, Absent>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Absent {
+    first: Timestamp,
+    latest: Timestamp,
 }
 
 impl IpAnswers {
-    /// The API server listed no pod at `ip`, asked at `as_of`. A later answer replaces an older.
+    /// The API server listed no pod at `ip`, asked at `as_of`. A later answer replaces an older
+    /// as evidence; the first is kept for the delete gate ([`IpAnswers::absent_since`]).
     pub fn record_absent(&mut self, ip: IpAddr, as_of: Timestamp) {
-        let t = self.absent.entry(ip).or_insert(as_of);
-        *t = (*t).max(as_of);
+        let a = self.absent.entry(ip).or_insert(Absent {
+            first: as_of,
+            latest: as_of,
+        });
+        a.first = a.first.min(as_of);
+        a.latest = a.latest.max(as_of);
     }
 
     /// Some pod holds `ip` (the API said so, or it is unknown again): nothing to remember.
@@ -30,15 +42,24 @@ impl IpAnswers {
         self.absent.remove(ip);
     }
 
-    /// When the API server last said no pod held `ip`.
+    /// When the API server last said no pod held `ip` (the evidence: it covers flows that
+    /// began before it).
     pub fn absent_as_of(&self, ip: &IpAddr) -> Option<Timestamp> {
-        self.absent.get(ip).copied()
+        self.absent.get(ip).map(|a| a.latest)
+    }
+
+    /// When the API server first said no pod held `ip` (since it was last held): when the agent
+    /// learnt that the backend is gone — the change a kube-proxy sync must have begun after
+    /// before a flow this answer condemns may be deleted. The agent's own view never knew the
+    /// pod (it has no tombstone), so nothing earlier marks the change.
+    pub fn absent_since(&self, ip: &IpAddr) -> Option<Timestamp> {
+        self.absent.get(ip).map(|a| a.first)
     }
 
     /// Drops answers given before `cutoff`; returns how many.
     pub fn expire(&mut self, cutoff: Timestamp) -> usize {
         let before = self.absent.len();
-        self.absent.retain(|_, t| *t >= cutoff);
+        self.absent.retain(|_, a| a.latest >= cutoff);
         before - self.absent.len()
     }
 
@@ -64,11 +85,15 @@ mod tests {
         a.record_absent(ip, t2);
         a.record_absent(ip, t1);
         assert_eq!(a.absent_as_of(&ip), Some(t2));
+        assert_eq!(a.absent_since(&ip), Some(t1));
         assert_eq!(a.expire(t1), 0);
         assert_eq!(a.expire("2026-01-01T00:00:21Z".parse().unwrap()), 1);
         assert!(a.is_empty());
         a.record_absent(ip, t1);
         a.forget(&ip);
         assert_eq!(a.absent_as_of(&ip), None);
+        // Held again, then absent again: a new first answer.
+        a.record_absent(ip, t2);
+        assert_eq!(a.absent_since(&ip), Some(t2));
     }
 }

@@ -28,6 +28,8 @@ pub struct FakeKubeProxy {
     /// The duration histogram `(sum, count)` and the restore failures.
     syncs: Arc<Mutex<(f64, f64, f64)>>,
     scrapes: Arc<std::sync::atomic::AtomicU64>,
+    /// `/metrics` and `/healthz` accept and never answer ([`FakeKubeProxy::hang`]).
+    hung: Arc<std::sync::atomic::AtomicBool>,
     _rt: tokio::runtime::Runtime,
 }
 
@@ -51,7 +53,18 @@ impl FakeKubeProxy {
         // Ten syncs of 0.1 s each before the test looks.
         let syncs = Arc::new(Mutex::new((1.0, 10.0, 0.0)));
         let scrapes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let hung = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (s2, h2, c2) = (sync.clone(), syncs.clone(), scrapes.clone());
+        let (hung_m, hung_h) = (hung.clone(), hung.clone());
+        // Long enough to outlast any client timeout, bounded like every wait here.
+        let hold = |hung: &std::sync::atomic::AtomicBool| {
+            let on = hung.load(std::sync::atomic::Ordering::SeqCst);
+            async move {
+                if on {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                }
+            }
+        };
         let listener = loopback_listener(netns);
         let addr = rt.block_on(async move {
             let app = axum::Router::new()
@@ -61,7 +74,9 @@ impl FakeKubeProxy {
                         let v = *s2.lock().unwrap();
                         let (sum, count, failures) = *h2.lock().unwrap();
                         c2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let wait = hold(&hung_m);
                         async move {
+                            wait.await;
                             format!(
                                 "# HELP kubeproxy_sync_proxy_rules_duration_seconds [ALPHA] SyncProxyRules latency in seconds\n\
                                  # TYPE kubeproxy_sync_proxy_rules_duration_seconds histogram\n\
@@ -75,6 +90,17 @@ impl FakeKubeProxy {
                                  # TYPE kubeproxy_sync_proxy_rules_last_timestamp_seconds gauge\n\
                                  kubeproxy_sync_proxy_rules_last_timestamp_seconds {v:.3}\n"
                             )
+                        }
+                    }),
+                )
+                // Not served unless hung (a kube-proxy whose healthz is off): 404.
+                .route(
+                    "/healthz",
+                    axum::routing::get(move || {
+                        let wait = hold(&hung_h);
+                        async move {
+                            wait.await;
+                            axum::http::StatusCode::NOT_FOUND
                         }
                     }),
                 )
@@ -96,8 +122,15 @@ impl FakeKubeProxy {
             mode,
             syncs,
             scrapes,
+            hung,
             _rt: rt,
         }
+    }
+
+    /// From now on `/metrics` and `/healthz` accept a request and do not answer it (a
+    /// kube-proxy stuck in a long sync holding its lock, or a wedged process), or answer again.
+    pub fn hang(&self, on: bool) {
+        self.hung.store(on, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// From now on `/proxyMode` answers `mode` (kube-proxy restarted in another mode).
@@ -334,8 +367,12 @@ impl Agent {
             .args(["--kube-proxy-metrics-url", &kp_url("/metrics")])
             .args(["--kube-proxy-healthz-url", &kp_url("/healthz")])
             .args(["--kube-proxy-mode-url", &kp_url("/proxyMode")])
-            .args(["--grace", "2s", "--min-age", "1s"])
-            .args(extra);
+            .args(["--min-age", "1s"]);
+        // The tests' grace unless one sets its own (clap refuses a flag given twice).
+        if !extra.contains(&"--grace") {
+            cmd.args(["--grace", "2s"]);
+        }
+        cmd.args(extra);
         cmd
     }
 

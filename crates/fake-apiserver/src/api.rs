@@ -104,6 +104,9 @@ async fn handle(
         name: target.as_ref().and_then(|t| t.name.clone()),
         params: params.0.clone(),
         status: 0,
+        at_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
     };
     let (slot, token) = {
         let mut st = shared.lock();

@@ -28,6 +28,9 @@ pub struct Request {
     pub params: Vec<(String, String)>,
     /// The HTTP status answered (0 while a list hangs).
     pub status: u16,
+    /// When it arrived, milliseconds since the Unix epoch (a soak's judge lines it up with
+    /// kube-proxy's syncs).
+    pub at_ms: u64,
 }
 
 impl Request {

@@ -70,6 +70,21 @@ pub fn scan_with(
     filter: &Filter,
     opts: ScanOptions,
 ) -> ctnetlink::Result<ScanReport> {
+    scan_into(ct, index, policy, filter, opts, Some)
+}
+
+/// [`scan_with`], where every finding goes through `keep` first: what it returns is carried in
+/// the report, what it takes (returns `None` for) is counted in `counts` and `removable` only.
+/// The agent takes the kept findings nothing in its pass can change, so that a node keeping
+/// 100,000 stale flows does not hold 100,000 findings (~800 B each) at once.
+pub fn scan_into(
+    ct: &mut Conntrack,
+    index: &Index,
+    policy: &Policy,
+    filter: &Filter,
+    opts: ScanOptions,
+    mut keep: impl FnMut(Finding) -> Option<Finding>,
+) -> ctnetlink::Result<ScanReport> {
     let start = Instant::now();
     let now = Timestamp::now();
     let mut counts: BTreeMap<VerdictKind, u64> = BTreeMap::new();
@@ -94,10 +109,10 @@ pub fn scan_with(
         }
         if v.kind.is_stale() {
             removable += v.removable as u64;
-            findings.push(Finding {
+            findings.extend(keep(Finding {
                 flow: *flow,
                 verdict: v,
-            });
+            }));
         }
         ControlFlow::Continue(())
     })?;

@@ -744,6 +744,11 @@ fn churn_soak_keeps_live_connections_and_reaps_every_ghost() {
     let last = s.publish();
     s.synced(last, Duration::from_secs(15));
     std::thread::sleep(Duration::from_secs(4) + cfg.reap_slack);
+    // And one more sync, as kube-proxy's periodic one: a ghost the agent learnt of from the API
+    // server's "no pod at this IP" during the settling waits for a sync that began after it.
+    let last = s.publish();
+    s.synced(last, Duration::from_secs(15));
+    std::thread::sleep(Duration::from_secs(1) + cfg.reap_slack);
 
     sample_loop.stop();
     recent_loop.stop();
@@ -758,6 +763,20 @@ fn churn_soak_keeps_live_connections_and_reaps_every_ghost() {
     let deletes: Vec<_> = deletes.lock().unwrap().values().cloned().collect();
     let samples = samples.lock().unwrap();
     let syncs = s.kp.history();
+    let ip_questions: Vec<(f64, std::net::IpAddr)> = s
+        .api
+        .requests()
+        .iter()
+        .filter(|r| r.resource == "pods" && r.verb == "list")
+        .filter_map(|r| {
+            let ip = r
+                .field_selector()?
+                .strip_prefix("status.podIP=")?
+                .parse()
+                .ok()?;
+            Some((r.at_ms as f64 / 1000.0, ip))
+        })
+        .collect();
     let verdict = judge(&Inputs {
         world: &s.world,
         failures: &failures,
@@ -766,6 +785,7 @@ fn churn_soak_keeps_live_connections_and_reaps_every_ghost() {
         syncs: &syncs,
         samples: &samples,
         faults: &s.faults,
+        ip_questions: &ip_questions,
         started: s.started,
         ended,
         reap_slack: cfg.reap_slack,

@@ -21,7 +21,7 @@ use super::prefetch::{self, EventMarks, Snapshot};
 use crate::classify::classify;
 use crate::cluster::{Index, IpFamily, Name, ObjectKey};
 use crate::policy::Policy;
-use crate::scan::{classify_flows, scan_with, Finding, ScanOptions};
+use crate::scan::{classify_flows, scan_into, Finding, ScanOptions};
 use crate::sweep::{sweep, Outcome, SweepTotals};
 use crate::telemetry::metrics::{stale_counts, StaleKey};
 use crate::verdict::{KeepReason, VerdictKind};
@@ -975,14 +975,25 @@ fn full_pass(
     asks: &mut HolderAsks,
 ) -> PassReport {
     let started = Instant::now();
+    // Kept findings no step of this pass can change are counted (and a few kept for the
+    // report), not carried through it: the pass's memory follows what it may act on.
+    let mut settled = Settled::default();
     let report = {
         let ix = shared.index.read().unwrap_or_else(|e| e.into_inner());
-        scan_with(
+        scan_into(
             ct,
             &ix,
             &cfg.policy,
             &Filter::default(),
             ScanOptions { tally: true },
+            |f| {
+                if is_settled(&f, &ix) {
+                    settled.take(f);
+                    None
+                } else {
+                    Some(f)
+                }
+            },
         )
     };
     let report = match report {
@@ -1116,7 +1127,76 @@ fn full_pass(
     );
     r.by_state = by_state;
     r.by_service = by_service;
+    settled.add_to(&mut r);
     r
+}
+
+/// A kept finding that nothing later in a full pass can make removable: kept by policy (zone,
+/// protocol, namespace, the API servers, unmanaged endpoints, the mode annotation), or of unknown
+/// age with no tombstone at its backend (no pod GET can speak for it, and an answer of the API
+/// server proves nothing about a flow of unknown age).
+fn is_settled(f: &Finding, ix: &Index) -> bool {
+    if f.verdict.removable {
+        return false;
+    }
+    match f.verdict.kept_because {
+        Some(
+            KeepReason::Zone
+            | KeepReason::Protocol
+            | KeepReason::Namespace
+            | KeepReason::ApiServer
+            | KeepReason::Unmanaged
+            | KeepReason::Annotation,
+        ) => true,
+        Some(KeepReason::UnknownAge) => f
+            .verdict
+            .backend
+            .is_none_or(|b| ix.tombstones().at(&b.ip).is_empty()),
+        _ => false,
+    }
+}
+
+/// The settled findings of a full pass ([`is_settled`]): counted for the stale gauge, the first
+/// [`MAX_KEPT_SHOWN`] kept for the report.
+#[derive(Default)]
+struct Settled {
+    stale: BTreeMap<StaleKey, u64>,
+    shown: Vec<Finding>,
+    not_shown: u64,
+}
+
+impl Settled {
+    fn take(&mut self, f: Finding) {
+        if let Some(k) = StaleKey::of(&f) {
+            *self.stale.entry(k).or_insert(0) += 1;
+        }
+        if self.shown.len() < MAX_KEPT_SHOWN {
+            self.shown.push(f);
+        } else {
+            self.not_shown += 1;
+        }
+    }
+
+    /// Adds them to the pass's report as kept, within its cap of kept details.
+    fn add_to(self, r: &mut PassReport) {
+        for (k, n) in self.stale {
+            *r.stale.entry(k).or_insert(0) += n;
+        }
+        let kept = r
+            .findings
+            .iter()
+            .filter(|(_, o)| *o == Outcome::Kept)
+            .count();
+        let room = MAX_KEPT_SHOWN.saturating_sub(kept);
+        let over = self.shown.len().saturating_sub(room) as u64;
+        r.findings.extend(
+            self.shown
+                .into_iter()
+                .take(room)
+                .map(|f| (f, Outcome::Kept)),
+        );
+        r.not_shown += self.not_shown + over;
+    }
 }
 
 /// When a pass began, and when the flows it judges were read from the kernel (a prefetched
@@ -1359,6 +1439,99 @@ mod tests {
         let many: Vec<Finding> = (0..1_000).map(|i| finding(i, false)).collect();
         let stale = stale_counts(&many);
         assert_eq!(stale.values().sum::<u64>(), 1_000);
+    }
+
+    /// Issue #12 §3, bounded memory: the kept findings no step of a full pass can change are
+    /// counted and not carried — kept by policy, or of unknown age with no tombstone at the
+    /// backend. Unknown age *with* a tombstone is carried (its pod GET may prove it gone), as is
+    /// every finding that may still be removed or that an API answer may settle.
+    #[test]
+    fn only_kept_findings_nothing_in_the_pass_can_change_are_settled() {
+        let ip = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7));
+        let mut ix = index_with_services(&[&["10.96.0.10"]]);
+        let kept = |why: Option<KeepReason>| {
+            let mut f = finding(40_000, false);
+            f.verdict.kept_because = why;
+            f
+        };
+        for why in [
+            KeepReason::Zone,
+            KeepReason::Protocol,
+            KeepReason::Namespace,
+            KeepReason::ApiServer,
+            KeepReason::Unmanaged,
+            KeepReason::Annotation,
+            KeepReason::UnknownAge,
+        ] {
+            assert!(is_settled(&kept(Some(why)), &ix), "{why:?}");
+        }
+        for why in [
+            None,
+            Some(KeepReason::NoEvidence),
+            Some(KeepReason::NewerThanApiAnswer),
+            Some(KeepReason::LivePod),
+            Some(KeepReason::NewerThanSnapshot),
+        ] {
+            assert!(!is_settled(&kept(why), &ix), "{why:?}");
+        }
+        let mut removable = kept(Some(KeepReason::Annotation));
+        removable.verdict.removable = true;
+        assert!(!is_settled(&removable, &ix));
+        // A tombstone at the backend: its pod GET may still make the flow removable.
+        ix.tombstones_mut().bury(tombstone("shop", "web-0", ip));
+        assert!(!is_settled(&kept(Some(KeepReason::UnknownAge)), &ix));
+        assert!(is_settled(&kept(Some(KeepReason::Annotation)), &ix));
+    }
+
+    /// Settled findings reach the report's counts in full, and its details within the cap of
+    /// kept ones the pass's own findings left.
+    #[test]
+    fn settled_findings_are_counted_in_full_and_shown_within_the_cap() {
+        let mut settled = Settled::default();
+        let n = MAX_KEPT_SHOWN + 1_000;
+        for i in 0..n {
+            let mut f = finding((i % 60_000) as u16, false);
+            f.verdict.kept_because = Some(KeepReason::UnknownAge);
+            settled.take(f);
+        }
+        assert_eq!(settled.shown.len(), MAX_KEPT_SHOWN);
+        let own_kept = 10;
+        let mut r = PassReport {
+            kind: PassKind::Full,
+            started: Instant::now(),
+            elapsed: Duration::ZERO,
+            scanned: 0,
+            service_flows: 0,
+            findings: (0..own_kept)
+                .map(|i| (finding(i, false), Outcome::Kept))
+                .chain([(finding(99, true), Outcome::Deleted)])
+                .collect(),
+            not_shown: 5,
+            stale: stale_counts(&[finding(1, false)]),
+            held_backends: Vec::new(),
+            redo_backends: Vec::new(),
+            totals: SweepTotals::default(),
+            held: None,
+            circuit_open: false,
+            removed_at: None,
+            gate_opened: None,
+            by_state: BTreeMap::new(),
+            by_service: HashMap::new(),
+        };
+        settled.add_to(&mut r);
+        assert_eq!(r.stale.values().sum::<u64>(), 1 + n as u64);
+        let kept = r
+            .findings
+            .iter()
+            .filter(|(_, o)| *o == Outcome::Kept)
+            .count();
+        assert_eq!(kept, MAX_KEPT_SHOWN);
+        assert_eq!(r.findings.len(), MAX_KEPT_SHOWN + 1);
+        // Every stale flow is either shown or counted as not shown.
+        assert_eq!(
+            r.findings.len() as u64 + r.not_shown,
+            (own_kept as u64 + 1 + 5) + n as u64
+        );
     }
 
     fn index_with_services(cluster_ips: &[&[&str]]) -> Index {

@@ -29,6 +29,8 @@ pub struct Inputs<'a> {
     pub syncs: &'a [SyncRecord],
     pub samples: &'a Samples,
     pub faults: &'a [Fault],
+    /// The agent's "which pods hold this IP?" questions to the API server: (when, IP).
+    pub ip_questions: &'a [(f64, std::net::IpAddr)],
     pub started: f64,
     pub ended: f64,
     pub reap_slack: Duration,
@@ -298,10 +300,27 @@ pub fn judge(i: &Inputs<'_>) -> Verdict {
                 None => continue,
             },
         };
-        // A pod made and deleted while the slice watch was down never reaches the agent as an
-        // endpoint: its flows have no tombstone, and the only evidence is the API server's "no
-        // pod holds this IP", which proves a flow gone only when taken `--clock-skew` after the
-        // flow began (docs/detection.md). Such a ghost may take that much longer.
+        // A ghost the agent has no tombstone for (a pod made and deleted while the slice watch
+        // was down) is proved gone by the API server's "no pod holds this IP" — and that answer
+        // is when the agent learnt of the change: its gate waits for a sync that began after
+        // the question (docs/detection.md). The first question after the deletion, if the
+        // agent asked one, is that moment.
+        let asked = i
+            .ip_questions
+            .iter()
+            .filter(|(t, ip)| *ip == pod.ip && *t >= t_c)
+            .map(|(t, _)| *t)
+            .fold(None, |a: Option<f64>, t| Some(a.map_or(t, |a| a.min(t))));
+        let gate = match asked {
+            None => gate,
+            // The agent's clock reads the time as it sends, the fake as it receives.
+            Some(q) => match sync_after(i.syncs, seq, q - 0.05) {
+                Some(g) => g.max(gate),
+                None => continue,
+            },
+        };
+        // Such an answer proves a flow gone only when taken `--clock-skew` after the flow
+        // began: such a ghost may take that much longer.
         let evidence_extra = if hidden_until.is_some() {
             AGENT_CLOCK_SKEW_SECS
         } else {

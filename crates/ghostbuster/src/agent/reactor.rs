@@ -1132,9 +1132,10 @@ fn full_pass(
 }
 
 /// A kept finding that nothing later in a full pass can make removable: kept by policy (zone,
-/// protocol, namespace, the API servers, unmanaged endpoints, the mode annotation), or of unknown
-/// age with no tombstone at its backend (no pod GET can speak for it, and an answer of the API
-/// server proves nothing about a flow of unknown age).
+/// protocol, namespace, the API servers, unmanaged endpoints, the mode annotation), or for lack
+/// of evidence (or of a known age) when its start is unknown and there is no tombstone at its
+/// backend: no pod GET can speak for it, and an answer of the API server proves nothing about a
+/// flow of unknown age (the agent does not even ask).
 fn is_settled(f: &Finding, ix: &Index) -> bool {
     if f.verdict.removable {
         return false;
@@ -1148,10 +1149,12 @@ fn is_settled(f: &Finding, ix: &Index) -> bool {
             | KeepReason::Unmanaged
             | KeepReason::Annotation,
         ) => true,
-        Some(KeepReason::UnknownAge) => f
-            .verdict
-            .backend
-            .is_none_or(|b| ix.tombstones().at(&b.ip).is_empty()),
+        Some(KeepReason::UnknownAge | KeepReason::NoEvidence) => {
+            f.flow.start_ns.is_none()
+                && f.verdict
+                    .backend
+                    .is_none_or(|b| ix.tombstones().at(&b.ip).is_empty())
+        }
         _ => false,
     }
 }
@@ -1449,9 +1452,15 @@ mod tests {
     fn only_kept_findings_nothing_in_the_pass_can_change_are_settled() {
         let ip = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7));
         let mut ix = index_with_services(&[&["10.96.0.10"]]);
+        // Of unknown age (the helper's flows have no start).
         let kept = |why: Option<KeepReason>| {
             let mut f = finding(40_000, false);
             f.verdict.kept_because = why;
+            f
+        };
+        let known_age = |why: KeepReason| {
+            let mut f = kept(Some(why));
+            f.flow.start_ns = Some(1);
             f
         };
         for why in [
@@ -1462,12 +1471,15 @@ mod tests {
             KeepReason::Unmanaged,
             KeepReason::Annotation,
             KeepReason::UnknownAge,
+            KeepReason::NoEvidence,
         ] {
             assert!(is_settled(&kept(Some(why)), &ix), "{why:?}");
         }
+        // Of known age, the API server may be asked about it: carried.
+        assert!(!is_settled(&known_age(KeepReason::NoEvidence), &ix));
+        assert!(is_settled(&known_age(KeepReason::Annotation), &ix));
         for why in [
             None,
-            Some(KeepReason::NoEvidence),
             Some(KeepReason::NewerThanApiAnswer),
             Some(KeepReason::LivePod),
             Some(KeepReason::NewerThanSnapshot),
@@ -1480,6 +1492,7 @@ mod tests {
         // A tombstone at the backend: its pod GET may still make the flow removable.
         ix.tombstones_mut().bury(tombstone("shop", "web-0", ip));
         assert!(!is_settled(&kept(Some(KeepReason::UnknownAge)), &ix));
+        assert!(!is_settled(&kept(Some(KeepReason::NoEvidence)), &ix));
         assert!(is_settled(&kept(Some(KeepReason::Annotation)), &ix));
     }
 

@@ -167,6 +167,8 @@ mod tests {
     /// answer), then answers the next scripted reading.
     struct Scripted {
         now: Mutex<Result<SyncReading, String>>,
+        /// What `/healthz` answers.
+        healthz: Mutex<Option<bool>>,
         hold: Arc<Notify>,
         hang: AtomicBool,
     }
@@ -174,6 +176,7 @@ mod tests {
     fn scripted(first: Result<SyncReading, String>) -> Arc<Scripted> {
         Arc::new(Scripted {
             now: Mutex::new(first),
+            healthz: Mutex::new(None),
             hold: Arc::new(Notify::new()),
             hang: AtomicBool::new(false),
         })
@@ -187,7 +190,7 @@ mod tests {
             self.now.lock().unwrap().clone()
         }
         async fn healthy(&self) -> Option<bool> {
-            None
+            *self.healthz.lock().unwrap()
         }
     }
 
@@ -308,6 +311,37 @@ mod tests {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(wakes.load(Ordering::Relaxed), reads_before);
+        stop.store(true, Ordering::Relaxed);
+    }
+
+    /// The `/healthz` fallback: with the metrics unreadable, a kube-proxy whose `/healthz`
+    /// answers 503 is failing (the gate holds, `--grace` does not apply); a 200 makes it
+    /// unreadable but not failing (grace applies).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unreadable_metrics_fall_back_to_healthz() {
+        let source = scripted(Err("connection refused".into()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (reader, _task) = KubeProxyReader::spawn(
+            &tokio::runtime::Handle::current(),
+            source.clone(),
+            Arc::new(NoSink),
+            Arc::new(|| {}),
+            stop.clone(),
+        );
+        let settled = |want: KubeProxyView| {
+            let r = reader.clone();
+            async move {
+                until(&format!("{want:?}"), || r.view() == want).await;
+            }
+        };
+        *source.healthz.lock().unwrap() = Some(false);
+        settled(KubeProxyView {
+            failing: true,
+            ..KubeProxyView::default()
+        })
+        .await;
+        *source.healthz.lock().unwrap() = Some(true);
+        settled(KubeProxyView::default()).await;
         stop.store(true, Ordering::Relaxed);
     }
 }

@@ -13,6 +13,7 @@ pub mod cluster;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod exit;
+pub mod kube_proxy;
 pub mod local_addrs;
 pub mod policy;
 pub mod render;

@@ -12,12 +12,12 @@ use axum::http::{header, StatusCode};
 use axum::routing::get as route_get;
 use axum::Router;
 use ctnetlink::{CpuStats, Family, Flow, GlobalStats, Status, Tuple};
-use ghostbuster::audit::host::HttpUrl;
 use ghostbuster::audit::{Finding as AuditFinding, Scope, Severity};
 use ghostbuster::cluster::{FrontendKind, Name, Protocol};
+use ghostbuster::kube_proxy::HttpUrl;
+use ghostbuster::kube_proxy::{self, KubeProxy, KubeProxyConfig};
 use ghostbuster::scan::Finding;
 use ghostbuster::sweep::Outcome;
-use ghostbuster::telemetry::kube_proxy::{self, KubeProxy, KubeProxyConfig};
 use ghostbuster::telemetry::{
     serve, AdminState, Metrics, MetricsConfig, Readiness, RemovedFlow, ReportOnly, ScanKind,
     StaleKey,

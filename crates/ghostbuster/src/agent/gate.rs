@@ -15,6 +15,8 @@ use std::time::Duration;
 use jiff::Timestamp;
 use serde::Serialize;
 
+pub use crate::kube_proxy::SyncReading;
+
 /// Why the agent reports instead of removing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "reason")]
@@ -90,21 +92,6 @@ impl Global {
         }
         Ok(())
     }
-}
-
-/// One reading of kube-proxy's sync metrics (`/metrics`), and of its `/healthz` when read.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct SyncReading {
-    /// `kubeproxy_sync_proxy_rules_last_timestamp_seconds`: set when a sync *succeeds*, at its
-    /// end (`pkg/proxy/metrics`). Not when it began.
-    pub last_success: Option<Timestamp>,
-    /// `kubeproxy_sync_proxy_rules_duration_seconds` `(sum, count)`: every sync, failed ones
-    /// too, observed when it ends.
-    pub duration: Option<(f64, f64)>,
-    /// `..._iptables_restore_failures_total` + `..._nftables_sync_failures_total`.
-    pub failures: Option<f64>,
-    /// `/healthz` answered 200 (`Some(true)`) or 503 (`Some(false)`).
-    pub healthy: Option<bool>,
 }
 
 /// What the gate knows about kube-proxy's syncs from successive readings: when the last

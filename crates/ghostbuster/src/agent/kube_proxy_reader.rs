@@ -33,7 +33,7 @@ pub trait SyncSource: Send + Sync + 'static {
     fn healthy(&self) -> impl std::future::Future<Output = Option<bool>> + Send;
 }
 
-impl SyncSource for crate::telemetry::kube_proxy::KubeProxy {
+impl SyncSource for crate::kube_proxy::KubeProxy {
     async fn reading(&self) -> Result<SyncReading, String> {
         self.sync_reading().await.map_err(|e| e.to_string())
     }

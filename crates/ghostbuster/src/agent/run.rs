@@ -27,9 +27,9 @@ use crate::cluster::kube::{
 };
 use crate::cluster::{Event, Index, IndexConfig, Kind};
 use crate::exit::{CodedError, ExitCode};
+use crate::kube_proxy::{KubeProxy, KubeProxyConfig};
 use crate::telemetry::admin::{self, AdminState};
 use crate::telemetry::health::{Readiness, ReportOnly};
-use crate::telemetry::kube_proxy::{KubeProxy, KubeProxyConfig};
 use crate::telemetry::metrics::{Metrics, MetricsConfig};
 
 /// How long past `--pod-get-timeout` a lookup that never finished is presumed lost (and asked
@@ -529,7 +529,7 @@ fn dataplane_hold(ipvs_link: bool, mode: Option<&str>, previous: Option<&str>) -
 /// Reads kube-proxy's mode and the IPVS link, and updates `dataplane`, logging a change.
 async fn probe_dataplane(kp: &KubeProxy, netns: Option<String>, dataplane: &Mutex<Option<String>>) {
     let ipvs_link = tokio::task::spawn_blocking(move || {
-        crate::telemetry::kube_proxy::ipvs_interface_present(netns.as_deref()).unwrap_or(false)
+        crate::kube_proxy::ipvs_interface_present(netns.as_deref()).unwrap_or(false)
     })
     .await
     .unwrap_or(false);

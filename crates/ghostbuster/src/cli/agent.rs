@@ -9,6 +9,7 @@ use clap::Args;
 use super::cluster_args::parse_duration;
 use crate::cluster::{Cidr, Protocol};
 use crate::exit::ExitCode;
+use crate::kube_proxy;
 use crate::policy::{Policy, ProtocolSet};
 
 #[derive(Debug, Clone, Args)]
@@ -82,13 +83,13 @@ pub struct AgentArgs {
     #[arg(long)]
     pub log_removed_flows: bool,
     /// kube-proxy's metrics endpoint (its last sync time).
-    #[arg(long, default_value = "http://127.0.0.1:10249/metrics")]
+    #[arg(long, default_value = kube_proxy::DEFAULT_METRICS_URL)]
     pub kube_proxy_metrics_url: String,
     /// kube-proxy's health endpoint (`lastUpdated`), used when the metrics cannot be read.
-    #[arg(long, default_value = "http://127.0.0.1:10256/healthz")]
+    #[arg(long, default_value = kube_proxy::DEFAULT_HEALTHZ_URL)]
     pub kube_proxy_healthz_url: String,
     /// kube-proxy's mode endpoint (iptables, nftables, ipvs).
-    #[arg(long, default_value = "http://127.0.0.1:10249/proxyMode")]
+    #[arg(long, default_value = kube_proxy::DEFAULT_PROXY_MODE_URL)]
     pub kube_proxy_mode_url: String,
     /// How often kube-proxy's mode is read again (IPVS turns the agent to report-only, and back).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]

@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use crate::audit::{self, emit, host, sysctl, Facts, Finding, Severity, Summary};
 use crate::exit::{input_error, CodedError, ExitCode};
+use crate::kube_proxy;
 
 /// How long kube-proxy gets to connect and to answer.
 const KUBE_PROXY_TIMEOUT: Duration = Duration::from_secs(1);
@@ -35,7 +36,7 @@ pub struct AuditArgs {
     #[arg(long)]
     pub exit_code: bool,
     /// Where kube-proxy tells its mode; the mode is "unknown" when nothing answers within 1 s.
-    #[arg(long, value_name = "URL", default_value = host::DEFAULT_KUBE_PROXY_URL)]
+    #[arg(long, value_name = "URL", default_value = kube_proxy::DEFAULT_PROXY_MODE_URL)]
     pub kube_proxy_url: String,
 }
 
@@ -69,7 +70,7 @@ pub struct FactsReport {
 
 /// Reads everything the checks need. Errors carry their exit code (2 bad URL, 3 environment).
 pub fn gather(a: &AuditArgs) -> anyhow::Result<Facts> {
-    let url = host::HttpUrl::parse(&a.kube_proxy_url)
+    let url = kube_proxy::HttpUrl::parse(&a.kube_proxy_url)
         .map_err(|e| input_error(anyhow::anyhow!("--kube-proxy-url {e}")))?;
     let reading = sysctl::read(a.netns.as_deref()).map_err(read_error)?;
     for (key, why) in &reading.unreadable {
@@ -92,7 +93,7 @@ pub fn gather(a: &AuditArgs) -> anyhow::Result<Facts> {
             fallback
         }
     };
-    let kube_proxy_mode = match host::kube_proxy_mode(&url, KUBE_PROXY_TIMEOUT) {
+    let kube_proxy_mode = match kube_proxy::proxy_mode_blocking(&url, KUBE_PROXY_TIMEOUT) {
         Ok(m) => Some(m),
         Err(why) => {
             tracing::debug!("kube-proxy mode unknown: {why}");
@@ -266,7 +267,7 @@ mod tests {
                 netns: None,
                 cpus: 2,
                 entries: None,
-                kube_proxy_url: host::DEFAULT_KUBE_PROXY_URL.into(),
+                kube_proxy_url: kube_proxy::DEFAULT_PROXY_MODE_URL.into(),
                 kube_proxy_mode: "unknown".into(),
                 proc_net_stat_nf_conntrack: true,
             },

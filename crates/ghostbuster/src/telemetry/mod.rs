@@ -15,7 +15,6 @@ pub mod admin;
 pub mod cardinality;
 pub mod forecast;
 pub mod health;
-pub mod kube_proxy;
 pub mod metrics;
 pub mod recent;
 pub mod series;

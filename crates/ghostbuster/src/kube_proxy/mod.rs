@@ -1,5 +1,6 @@
-//! What the agent asks kube-proxy on its node: when it last synced its rules (the delete gate
-//! waits until that is later than an endpoint's removal), and its mode (IPVS: report only).
+//! The one client of the node's kube-proxy, for the agent and `audit` alike: when it last synced
+//! its rules and how (the agent's delete gate, [`crate::agent::gate::SyncTracker`]), whether it is
+//! healthy, and its mode (IPVS: report only).
 //!
 //! - `GET http://127.0.0.1:10249/metrics`, sample `kubeproxy_sync_proxy_rules_last_timestamp_seconds`
 //!   (a gauge of Unix seconds set after every successful sync, `pkg/proxy/metrics`). When several
@@ -14,19 +15,19 @@
 //!   [`KubeProxy::healthz`] is a separate, weaker signal.
 //! - `GET http://127.0.0.1:10249/proxyMode`: `iptables`, `nftables`, `ipvs`, ...
 //!
-//! The HTTP client is a few lines over `tokio::net::TcpStream` (HTTP/1.1, `Connection: close`,
-//! chunked bodies decoded, a size cap and one timeout around everything): three loopback GETs do
-//! not justify an HTTP client stack. Every URL is configurable; `https` is not supported (kube-proxy
-//! serves these over plain HTTP).
+//! The HTTP client ([`http`]) is a few lines over `tokio::net::TcpStream` (HTTP/1.1,
+//! `Connection: close`, chunked bodies decoded, a size cap and one timeout around everything):
+//! three loopback GETs do not justify an HTTP client stack. Every URL is configurable; `https` is
+//! not supported (kube-proxy serves these over plain HTTP).
 
 use std::time::Duration;
 
 use jiff::Timestamp;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
-use crate::agent::gate::SyncReading;
-use crate::audit::host::HttpUrl;
+mod http;
+
+use http::{display, truncate};
+pub use http::{get, get_blocking, parse_response, HttpUrl, Response};
 
 pub const DEFAULT_METRICS_URL: &str = "http://127.0.0.1:10249/metrics";
 pub const DEFAULT_HEALTHZ_URL: &str = "http://127.0.0.1:10256/healthz";
@@ -72,166 +73,19 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// An HTTP answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Response {
-    pub status: u16,
-    pub content_type: Option<String>,
-    pub body: String,
-}
-
-/// GETs `url`, all of it within `timeout`.
-pub async fn get(url: &HttpUrl, timeout: Duration) -> Result<Response> {
-    let shown = display(url);
-    match tokio::time::timeout(timeout, get_inner(url)).await {
-        Err(_) => Err(Error::Timeout {
-            url: shown,
-            timeout,
-        }),
-        Ok(Err(GetError::Io(source))) => Err(Error::Io { url: shown, source }),
-        Ok(Err(GetError::Malformed(reason))) => Err(Error::Malformed { url: shown, reason }),
-        Ok(Ok(r)) => Ok(r),
-    }
-}
-
-enum GetError {
-    Io(std::io::Error),
-    Malformed(String),
-}
-
-impl From<std::io::Error> for GetError {
-    fn from(e: std::io::Error) -> Self {
-        GetError::Io(e)
-    }
-}
-
-async fn get_inner(url: &HttpUrl) -> Result<Response, GetError> {
-    let mut stream = TcpStream::connect((url.host.as_str(), url.port)).await?;
-    let request = format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: ghostbuster/{}\r\nAccept: */*\r\n\
-         Connection: close\r\n\r\n",
-        url.path,
-        host_header(url),
-        env!("CARGO_PKG_VERSION"),
-    );
-    stream.write_all(request.as_bytes()).await?;
-    let mut raw = Vec::new();
-    (&mut stream)
-        .take(MAX_RESPONSE + 1)
-        .read_to_end(&mut raw)
-        .await?;
-    if raw.len() as u64 > MAX_RESPONSE {
-        return Err(GetError::Malformed(format!(
-            "answer larger than {MAX_RESPONSE} bytes"
-        )));
-    }
-    parse_response(&raw).map_err(GetError::Malformed)
-}
-
-fn host_header(url: &HttpUrl) -> String {
-    if url.host.contains(':') {
-        format!("[{}]:{}", url.host, url.port)
-    } else {
-        format!("{}:{}", url.host, url.port)
-    }
-}
-
-fn display(url: &HttpUrl) -> String {
-    format!("http://{}{}", host_header(url), url.path)
-}
-
-/// Parses a complete HTTP/1.x response read until the server closed the connection.
-pub fn parse_response(raw: &[u8]) -> Result<Response, String> {
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| (i, i + 4))
-        .or_else(|| {
-            raw.windows(2)
-                .position(|w| w == b"\n\n")
-                .map(|i| (i, i + 2))
-        })
-        .ok_or("the answer has no complete HTTP header")?;
-    let head = std::str::from_utf8(&raw[..split.0]).map_err(|_| "the HTTP header is not UTF-8")?;
-    let mut lines = head.lines();
-    let status_line = lines.next().unwrap_or_default();
-    let mut parts = status_line.split_whitespace();
-    let proto = parts.next().unwrap_or_default();
-    if !proto.starts_with("HTTP/1.") {
-        return Err(format!(
-            "not an HTTP/1 answer: {:?}",
-            truncate(status_line, 60)
-        ));
-    }
-    let status: u16 = parts
-        .next()
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("no status code in {:?}", truncate(status_line, 60)))?;
-    let (mut chunked, mut length, mut content_type) = (false, None, None);
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        let value = value.trim();
-        match name.trim().to_ascii_lowercase().as_str() {
-            "transfer-encoding" => chunked = value.to_ascii_lowercase().contains("chunked"),
-            "content-length" => {
-                length = Some(
-                    value
-                        .parse::<usize>()
-                        .map_err(|_| format!("bad Content-Length {value:?}"))?,
-                )
-            }
-            "content-type" => content_type = Some(value.to_string()),
-            _ => {}
-        }
-    }
-    let rest = &raw[split.1..];
-    let body = if chunked {
-        dechunk(rest)?
-    } else if let Some(n) = length {
-        rest.get(..n)
-            .ok_or_else(|| format!("body shorter than its Content-Length {n}"))?
-            .to_vec()
-    } else {
-        rest.to_vec()
-    };
-    let body = String::from_utf8(body).map_err(|_| "the body is not UTF-8".to_string())?;
-    Ok(Response {
-        status,
-        content_type,
-        body,
-    })
-}
-
-/// Decodes a `Transfer-Encoding: chunked` body (RFC 9112 §7.1; extensions and trailers ignored).
-fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    loop {
-        let eol = rest
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or("truncated chunk size line")?;
-        let line = std::str::from_utf8(&rest[..eol]).map_err(|_| "bad chunk size line")?;
-        let size_hex = line.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_hex, 16)
-            .map_err(|_| format!("bad chunk size {:?}", truncate(size_hex, 20)))?;
-        rest = &rest[eol + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        let chunk = rest.get(..size).ok_or("truncated chunk")?;
-        out.extend_from_slice(chunk);
-        rest = rest.get(size..).ok_or("truncated chunk")?;
-        rest = rest.strip_prefix(b"\r\n").ok_or("chunk without CRLF")?;
-    }
-}
-
-fn truncate(s: &str, n: usize) -> &str {
-    match s.char_indices().nth(n) {
-        Some((i, _)) => &s[..i],
-        None => s,
-    }
+/// One reading of kube-proxy's sync metrics (`/metrics`), and of its `/healthz` when read.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct SyncReading {
+    /// `kubeproxy_sync_proxy_rules_last_timestamp_seconds`: set when a sync *succeeds*, at its
+    /// end (`pkg/proxy/metrics`). Not when it began.
+    pub last_success: Option<Timestamp>,
+    /// `kubeproxy_sync_proxy_rules_duration_seconds` `(sum, count)`: every sync, failed ones
+    /// too, observed when it ends.
+    pub duration: Option<(f64, f64)>,
+    /// `..._iptables_restore_failures_total` + `..._nftables_sync_failures_total`.
+    pub failures: Option<f64>,
+    /// `/healthz` answered 200 (`Some(true)`) or 503 (`Some(false)`).
+    pub healthy: Option<bool>,
 }
 
 /// The sum of every sample of `metric` (over its labels); `None` when it has none.
@@ -463,20 +317,38 @@ impl KubeProxy {
     /// kube-proxy's mode, lowercase (`iptables`, `nftables`, `ipvs`, `kernelspace`).
     pub async fn proxy_mode(&self) -> Result<String> {
         let r = self.get_ok(&self.proxy_mode).await?;
-        let mode = r.body.trim();
-        let word = !mode.is_empty()
-            && mode.len() <= 32
-            && mode
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if !word {
-            return Err(Error::Malformed {
-                url: display(&self.proxy_mode),
-                reason: format!("unexpected proxyMode body {:?}", truncate(mode, 40)),
-            });
-        }
-        Ok(mode.to_ascii_lowercase())
+        mode_word(&self.proxy_mode, &r.body)
     }
+}
+
+/// kube-proxy's mode from `url` (its `/proxyMode`), for callers without a runtime (`audit`): the
+/// same client, on a thread of its own ([`get_blocking`]).
+pub fn proxy_mode_blocking(url: &HttpUrl, timeout: Duration) -> Result<String> {
+    let r = get_blocking(url, timeout)?;
+    if r.status != 200 {
+        return Err(Error::Status {
+            url: display(url),
+            status: r.status,
+        });
+    }
+    mode_word(url, &r.body)
+}
+
+/// A `/proxyMode` body: one short word, lowercased.
+fn mode_word(url: &HttpUrl, body: &str) -> Result<String> {
+    let mode = body.trim();
+    let word = !mode.is_empty()
+        && mode.len() <= 32
+        && mode
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !word {
+        return Err(Error::Malformed {
+            url: display(url),
+            reason: format!("unexpected proxyMode body {:?}", truncate(mode, 40)),
+        });
+    }
+    Ok(mode.to_ascii_lowercase())
 }
 
 /// kube-proxy's IPVS mode leaves a dummy `kube-ipvs0` interface holding every ClusterIP.
@@ -607,37 +479,6 @@ kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family=\"IPv6\",x=\"a}b\"} 
     }
 
     #[test]
-    fn parses_plain_chunked_and_sized_responses() {
-        let r = parse_response(
-            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 8\r\n\r\niptablesEXTRA",
-        )
-        .unwrap();
-        assert_eq!((r.status, r.body.as_str()), (200, "iptables"));
-        assert_eq!(r.content_type.as_deref(), Some("text/plain; charset=utf-8"));
-        let r = parse_response(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4;ext=1\r\nipta\r\n4\r\nbles\r\n0\r\n\r\n",
-        )
-        .unwrap();
-        assert_eq!(r.body, "iptables");
-        let r = parse_response(b"HTTP/1.0 503 Service Unavailable\r\n\r\n{}").unwrap();
-        assert_eq!((r.status, r.body.as_str()), (503, "{}"));
-        for bad in [
-            &b"SSH-2.0-OpenSSH_9.6\r\n"[..],
-            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n9\r\nabc",
-            b"HTTP/1.1 OK\r\n\r\n",
-            b"HTTP/2 200\r\n\r\n",
-        ] {
-            assert!(
-                parse_response(bad).is_err(),
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
-        }
-    }
-
-    #[test]
     fn rejects_bad_urls() {
         let cfg = KubeProxyConfig {
             metrics_url: "https://127.0.0.1:10249/metrics".into(),
@@ -646,6 +487,16 @@ kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family=\"IPv6\",x=\"a}b\"} 
         let e = KubeProxy::new(&cfg).unwrap_err();
         assert!(e.to_string().contains("only http://"), "{e}");
         assert!(KubeProxy::new(&KubeProxyConfig::default()).is_ok());
+    }
+
+    #[test]
+    fn reads_the_mode_word() {
+        let url = HttpUrl::parse(DEFAULT_PROXY_MODE_URL).unwrap();
+        assert_eq!(mode_word(&url, "iptables").unwrap(), "iptables");
+        assert_eq!(mode_word(&url, "IPVS\n").unwrap(), "ipvs");
+        for bad in ["", "<html>hi</html>", &"x".repeat(33)] {
+            assert!(mode_word(&url, bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

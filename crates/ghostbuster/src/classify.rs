@@ -317,7 +317,23 @@ impl<'a> Classifier<'a> {
         }
         self.tombstone_evidence(tombstone);
         let unused_answer = self.api_absence(&b.ip);
-        self.protocol_evidence(protocol);
+        // The agent's live view: an endpoint whose removal it never saw (no tombstone) may be
+        // one its view has not caught up with (a new pod kube-proxy already sends to, a silent
+        // slice watch). UDP counts only once the pod is known gone: this node's pod watch saw
+        // it go, or the API server says no pod holds the IP.
+        let untracked_udp = protocol == Protocol::Udp
+            && tombstone.is_none()
+            && self.index.is_live()
+            && !self.v.evidence.contains(Evidence::PodAbsent);
+        if untracked_udp {
+            let pod_left = self.index.pod_left_at(&b.ip).is_some();
+            self.step(Step::UntrackedUdp { pod_left });
+            if pod_left {
+                self.protocol_evidence(protocol);
+            }
+        } else {
+            self.protocol_evidence(protocol);
+        }
         if self.v.evidence.is_empty() {
             self.v.evidence.insert(Evidence::SnapshotOnly);
         }

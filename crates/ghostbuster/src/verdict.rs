@@ -444,6 +444,12 @@ pub enum Step {
     NewerThanSnapshot,
     /// The API server listed no pod at the backend IP, asked after the flow began.
     ApiNoPod,
+    /// The agent never saw this endpoint leave (no tombstone): UDP alone proves nothing (its
+    /// view may lag kube-proxy's) until this node's pod watch saw the pod at the IP go
+    /// (`true`) or the API server says no pod holds it.
+    UntrackedUdp {
+        pod_left: bool,
+    },
     /// The API server listed no pod at the backend IP, asked before the flow began (or within
     /// `--clock-skew` of it): no evidence for this flow.
     NewerThanApiAnswer,
@@ -564,6 +570,15 @@ impl fmt::Display for Step {
             Step::ApiNoPod => f.write_str(
                 "the API server listed no pod at the backend IP, asked after the flow began \
                  (beyond --clock-skew)",
+            ),
+            Step::UntrackedUdp { pod_left: true } => f.write_str(
+                "the agent never saw this endpoint leave, but this node's pod watch saw the pod \
+                 at the backend IP deleted: UDP to it is gone",
+            ),
+            Step::UntrackedUdp { pod_left: false } => f.write_str(
+                "the agent never saw this endpoint leave (no tombstone) and no pod at the IP was \
+                 seen going: UDP alone is not evidence (the agent asks the API server who holds \
+                 the IP)",
             ),
             Step::NewerThanApiAnswer => f.write_str(
                 "the API server listed no pod at the backend IP, but the flow began after it was \

@@ -172,3 +172,75 @@ fn anything_in_the_index_at_the_ip_outweighs_the_answer() {
     let v = judge(&index, old);
     assert!(!v.removable && !v.evidence.contains(Evidence::PodAbsent));
 }
+
+/// A Service with a UDP port, for the untracked-UDP rule below.
+fn dns() -> Index {
+    index_of(vec![
+        service(
+            "ns",
+            "dns",
+            &[VIP],
+            json!([{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": "dns"}]),
+        )
+        .into(),
+        slice(
+            "ns",
+            "dns",
+            "dns-1",
+            vec![ready("10.244.0.1", "a")],
+            json!([{"name": "dns", "port": 5353, "protocol": "UDP"}]),
+        )
+        .into(),
+    ])
+}
+
+fn judge_udp(index: &Index) -> Verdict {
+    let f = udp("10.244.9.9", 40000, VIP, 53)
+        .dnat(GHOST, 5353)
+        .started("2025-06-01T11:00:00Z");
+    classify(&f.build(), index, &Policy::default(), t(NOW))
+}
+
+/// Issue #12, found by the 30-minute soak: in the agent's live view, UDP to an address no
+/// endpoint holds and whose removal the agent never saw (no tombstone) is not gone by that
+/// alone — the view may lag kube-proxy's (a pod made while the slice watch was silent, or one
+/// kube-proxy already sends to). Old code deleted such a flow at once, 0.31 s after its pod went
+/// and before kube-proxy's sync. It counts once this node's pod watch saw the pod at the IP go,
+/// or the API server says no pod holds it; a snapshot (`scan`/`sweep`) is judged as before.
+#[test]
+fn untracked_udp_in_the_live_view_needs_the_pod_seen_gone() {
+    let mut live = dns();
+    live.set_live(true);
+    let v = judge_udp(&live);
+    assert_eq!(v.kind, VerdictKind::EndpointGone);
+    assert!(!v.removable, "UDP alone removed an untracked flow: {v:?}");
+    assert_eq!(v.kept_because, Some(KeepReason::NoEvidence));
+    assert!(v
+        .trace
+        .steps()
+        .contains(&Step::UntrackedUdp { pod_left: false }));
+
+    // This node's pod watch saw the pod at the IP deleted.
+    let mut seen_gone = dns();
+    seen_gone.set_live(true);
+    let p: Object = pod("ns", "dns-0", GHOST, "2025-06-01T10:00:00Z", "Running").into();
+    seen_gone.apply(Event::Apply(p.clone()), t(NOW)).unwrap();
+    seen_gone.apply(Event::Delete(p), t(NOW)).unwrap();
+    assert_eq!(seen_gone.pod_left_at(&ip(GHOST)), Some(t(NOW)));
+    let v = judge_udp(&seen_gone);
+    assert!(v.removable, "kept: {v:?}");
+    assert!(v
+        .trace
+        .steps()
+        .contains(&Step::UntrackedUdp { pod_left: true }));
+
+    // The API server said no pod holds the IP, after the flow began.
+    let mut asked = answered(dns());
+    asked.set_live(true);
+    let v = judge_udp(&asked);
+    assert!(v.removable, "kept: {v:?}");
+    assert!(v.evidence.contains(Evidence::PodAbsent));
+
+    // Not the agent's view: UDP to nobody's endpoint is judged as before.
+    assert!(judge_udp(&dns()).removable);
+}

@@ -124,6 +124,31 @@ pub struct PassReport {
     pub by_service: HashMap<(Name, Name), u64>,
 }
 
+impl PassReport {
+    /// A pass that looked at nothing (its dump failed) — the base of the others.
+    fn nothing(kind: PassKind, started: Instant) -> PassReport {
+        PassReport {
+            kind,
+            started,
+            elapsed: started.elapsed(),
+            scanned: 0,
+            service_flows: 0,
+            findings: Vec::new(),
+            not_shown: 0,
+            stale: BTreeMap::new(),
+            held_backends: Vec::new(),
+            redo_backends: Vec::new(),
+            totals: SweepTotals::default(),
+            held: None,
+            circuit_open: false,
+            removed_at: None,
+            gate_opened: None,
+            by_state: BTreeMap::new(),
+            by_service: HashMap::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PassKind {
     Full,
@@ -232,7 +257,7 @@ fn wants_holders(ix: &Index, ip: &IpAddr, findings: &[Finding]) -> bool {
                 f.verdict.kept_because,
                 Some(KeepReason::NoEvidence | KeepReason::NewerThanApiAnswer)
             )
-            && matches!(f.flow.orig.proto, 6 | 132)
+            && matches!(f.flow.orig.proto, 6 | 17 | 132)
             && f.flow.start_ns.is_some()
     });
     candidate
@@ -836,6 +861,7 @@ fn expire_tombstones(shared: &Shared, ttl: Duration) {
         if !ix.ip_answers().is_empty() {
             ix.ip_answers_mut().expire(before(IP_ANSWER_TTL));
         }
+        ix.expire_pods_left(cutoff);
         ix.tombstones_mut().expire(cutoff)
     };
     // Also while any backend is dead: cheap (nothing is written when the set is unchanged) and
@@ -859,16 +885,17 @@ fn backend_gate(
     ip: IpAddr,
     synced: &mut Option<KubeProxyView>,
 ) -> Result<Option<Timestamp>, Duration> {
-    let (latest, answered) = {
+    let (latest, answered, pod_left) = {
         let ix = shared.index.read().unwrap_or_else(|e| e.into_inner());
-        (
-            ix.tombstones().at(&ip).iter().map(|t| t.removed_at).max(),
-            ix.ip_answers().absent_since(&ip),
-        )
+        let latest = ix.tombstones().at(&ip).iter().map(|t| t.removed_at).max();
+        // Without a tombstone (the endpoint's removal was hidden from the agent), the pod
+        // watch's "deleted" is when the agent learnt of it.
+        let pod_left = latest.is_none().then(|| ix.pod_left_at(&ip)).flatten();
+        (latest, ix.ip_answers().absent_since(&ip), pod_left)
     };
     // The API server's "no pod at this IP" is when the agent learnt that a backend it never
     // knew (no tombstone) is gone: kube-proxy may not have removed it before then.
-    let change = [latest, answered]
+    let change = [latest, answered, pod_left]
         .into_iter()
         .flatten()
         .fold(shared.changed_at(), Timestamp::max);
@@ -884,6 +911,7 @@ fn backend_gate(
         backend = %ip,
         removed_at = ?latest,
         no_pod_at_ip_since = ?answered,
+        pod_left = ?pod_left,
         change = %change,
         sync_began_after = ?view.began_after,
         failing = view.failing,
@@ -1000,25 +1028,7 @@ fn full_pass(
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(error = %e, "full scan failed");
-            return PassReport {
-                kind: PassKind::Full,
-                started,
-                elapsed: started.elapsed(),
-                scanned: 0,
-                service_flows: 0,
-                findings: Vec::new(),
-                not_shown: 0,
-                stale: BTreeMap::new(),
-                held_backends: Vec::new(),
-                redo_backends: Vec::new(),
-                totals: SweepTotals::default(),
-                held: None,
-                circuit_open: false,
-                removed_at: None,
-                gate_opened: None,
-                by_state: BTreeMap::new(),
-                by_service: HashMap::new(),
-            };
+            return PassReport::nothing(PassKind::Full, started);
         }
     };
     let (by_state, by_service) = (report.by_state, report.by_service);
@@ -1510,26 +1520,13 @@ mod tests {
         assert_eq!(settled.shown.len(), MAX_KEPT_SHOWN);
         let own_kept = 10;
         let mut r = PassReport {
-            kind: PassKind::Full,
-            started: Instant::now(),
-            elapsed: Duration::ZERO,
-            scanned: 0,
-            service_flows: 0,
             findings: (0..own_kept)
                 .map(|i| (finding(i, false), Outcome::Kept))
                 .chain([(finding(99, true), Outcome::Deleted)])
                 .collect(),
             not_shown: 5,
             stale: stale_counts(&[finding(1, false)]),
-            held_backends: Vec::new(),
-            redo_backends: Vec::new(),
-            totals: SweepTotals::default(),
-            held: None,
-            circuit_open: false,
-            removed_at: None,
-            gate_opened: None,
-            by_state: BTreeMap::new(),
-            by_service: HashMap::new(),
+            ..PassReport::nothing(PassKind::Full, Instant::now())
         };
         settled.add_to(&mut r);
         assert_eq!(r.stale.values().sum::<u64>(), 1 + n as u64);
@@ -1580,7 +1577,7 @@ mod tests {
         assert!(!empty_answer_is_absence(&none, &v4));
     }
 
-    /// Asked only for stale TCP/SCTP flows kept for lack of evidence, of known age, with
+    /// Asked only for stale TCP/UDP/SCTP flows kept for lack of evidence, of known age, with
     /// nothing in the index at the IP.
     #[test]
     fn only_ghosts_kept_for_lack_of_evidence_are_asked_about() {
@@ -1599,11 +1596,19 @@ mod tests {
             &pod,
             &[ghost(|g| g.flow.start_ns = None)]
         ));
-        assert!(!wants_holders(
+        // UDP too: without a tombstone, UDP alone is no evidence in the agent's view.
+        assert!(wants_holders(
             &ix,
             &pod,
             &[ghost(|g| {
                 g.flow.orig.proto = 17;
+            })]
+        ));
+        assert!(!wants_holders(
+            &ix,
+            &pod,
+            &[ghost(|g| {
+                g.flow.orig.proto = 1;
             })]
         ));
         assert!(!wants_holders(
@@ -1736,6 +1741,55 @@ mod tests {
         // One that began after it: open.
         let r = backend_gate(&shared, &mut world(secs(11)), &cfg, ip, &mut None);
         assert_eq!(r, Ok(None));
+    }
+
+    /// The same for a backend whose endpoint's removal the agent never saw (a silent slice
+    /// watch) but whose pod this node's pod watch saw deleted: that is the change. With a
+    /// tombstone at the IP the endpoint's removal stays the change (kube-proxy programs
+    /// endpoints; a pod deleted long after its endpoint left needs no new sync).
+    #[test]
+    fn a_pod_seen_gone_without_a_tombstone_waits_for_a_sync_that_began_after_it() {
+        let ip = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7));
+        let shared = Shared::new(index_with_services(&[&["10.96.0.10"]]));
+        let cfg = test_config();
+        let t0 = Timestamp::now();
+        let secs = |s: i64| t0.checked_add(jiff::SignedDuration::from_secs(s)).unwrap();
+        let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "dns-0", "namespace": "ns", "uid": "p1",
+                         "creationTimestamp": "2025-06-01T10:00:00Z"},
+            "spec": {"nodeName": "n"},
+            "status": {"phase": "Running", "podIP": "203.0.113.7",
+                       "podIPs": [{"ip": "203.0.113.7"}]}
+        }))
+        .unwrap();
+        {
+            let mut ix = shared.index.write().unwrap();
+            ix.apply(crate::cluster::Event::Apply(pod.clone().into()), secs(1))
+                .unwrap();
+            ix.apply(crate::cluster::Event::Delete(pod.into()), secs(10))
+                .unwrap();
+            assert_eq!(ix.pod_left_at(&ip), Some(secs(10)));
+        }
+        let world = |began_after| Proxy {
+            view: KubeProxyView {
+                readable: true,
+                last_success: Some(began_after),
+                began_after: Some(began_after),
+                failing: false,
+            },
+            holders: HoldersAnswer::Unknown,
+        };
+        assert!(backend_gate(&shared, &mut world(secs(5)), &cfg, ip, &mut None).is_err());
+        assert!(backend_gate(&shared, &mut world(secs(11)), &cfg, ip, &mut None).is_ok());
+        // A tombstone at the IP: its removal (now) is the change, not the pod's deletion.
+        shared
+            .index
+            .write()
+            .unwrap()
+            .tombstones_mut()
+            .bury(tombstone("ns", "dns-0", ip));
+        assert!(backend_gate(&shared, &mut world(secs(5)), &cfg, ip, &mut None).is_ok());
     }
 
     /// The reactor's side of the lookups: every tombstone's pod is asked about (none waits for

@@ -109,11 +109,12 @@ pub async fn run(
         .stats()
         .context("read conntrack statistics (the agent needs CAP_NET_ADMIN)")?;
     let local = crate::local_addrs::of(netns.as_deref()).context("read local addresses")?;
-    let index = Index::new(IndexConfig {
+    let mut index = Index::new(IndexConfig {
         node_name: Some(a.node_name.clone()),
         local_addresses: local,
         service_cidrs: a.service_cidrs.clone(),
     });
+    index.set_live(true);
     let shared = Shared::new(index);
     let policy = a.policy.policy().map_err(crate::exit::input_error)?;
 

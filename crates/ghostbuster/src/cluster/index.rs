@@ -191,6 +191,12 @@ pub struct Index {
     /// The API server's "no pod at this IP" answers (the agent's, for ghosts without a
     /// tombstone).
     ip_answers: IpAnswers,
+    /// IP → when this node's pod watch last saw a pod holding it deleted or finished. For a
+    /// backend without a tombstone (its endpoint's removal hidden from the agent, e.g. by a
+    /// silent slice watch) this is when the agent learnt that it is gone.
+    pods_left: HashMap<IpAddr, Timestamp>,
+    /// The agent's watch-fed view ([`Index::set_live`]), not a snapshot.
+    live: bool,
     relists: HashMap<Kind, Relist>,
     snapshot_time: Option<Timestamp>,
     removals_since_purge: usize,
@@ -289,6 +295,28 @@ impl Index {
 
     pub fn ip_answers_mut(&mut self) -> &mut IpAnswers {
         &mut self.ip_answers
+    }
+
+    /// Marks this index as the agent's live view, fed by watches: an endpoint the view lacks may
+    /// be one it has not caught up with (the classifier asks for more than UDP alone then).
+    pub fn set_live(&mut self, live: bool) {
+        self.live = live;
+    }
+
+    pub fn is_live(&self) -> bool {
+        self.live
+    }
+
+    /// When this node's pod watch last saw a pod at `ip` deleted or finished.
+    pub fn pod_left_at(&self, ip: &IpAddr) -> Option<Timestamp> {
+        self.pods_left.get(ip).copied()
+    }
+
+    /// Forgets pods that left before `cutoff` (with the tombstones' TTL); returns how many.
+    pub fn expire_pods_left(&mut self, cutoff: Timestamp) -> usize {
+        let before = self.pods_left.len();
+        self.pods_left.retain(|_, t| *t >= cutoff);
+        before - self.pods_left.len()
     }
 
     /// Counts of what is indexed: (services, slices, endpoints, pods).
@@ -493,7 +521,7 @@ impl Index {
                 self.cidr_objects.insert(c.key, c.cidrs);
                 self.refresh_cidrs();
             }
-            Entry::Pod(p) => self.upsert_pod(p, changes),
+            Entry::Pod(p) => self.upsert_pod(p, now, changes),
             Entry::Namespace(n) => match n.mode {
                 Some(mode) => {
                     // Pooled: the same string as the namespace of its Services' keys.
@@ -550,7 +578,7 @@ impl Index {
                 self.pod_ids.remove(key);
                 if let Some(old) = self.pods.remove(id) {
                     self.unlink_pod(id, &old);
-                    self.pod_ended(&old, changes);
+                    self.pod_ended(&old, now, changes);
                 }
             }
             Kind::Node => {
@@ -792,10 +820,10 @@ impl Index {
         }
     }
 
-    fn upsert_pod(&mut self, p: Pod, changes: &mut Changes) {
+    fn upsert_pod(&mut self, p: Pod, now: Timestamp, changes: &mut Changes) {
         if !p.is_alive() {
             // Succeeded or Failed (evicted): its containers stopped and its IP was released.
-            self.pod_ended(&p, changes);
+            self.pod_ended(&p, now, changes);
         }
         let id = match self.pod_ids.get(&p.key) {
             Some(&id) => {
@@ -822,8 +850,10 @@ impl Index {
 
     /// Pod `p` is deleted or finished: tombstones naming it are confirmed, and their backends
     /// are worth another look.
-    fn pod_ended(&mut self, p: &Pod, changes: &mut Changes) {
+    fn pod_ended(&mut self, p: &Pod, now: Timestamp, changes: &mut Changes) {
         for ip in &p.ips {
+            let t = self.pods_left.entry(*ip).or_insert(now);
+            *t = (*t).max(now);
             if self.tombstones.mark_pod_ended(ip, &p.key, p.uid.as_ref()) > 0 {
                 changes.pods_ended.push(*ip);
             }

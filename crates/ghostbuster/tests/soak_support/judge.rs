@@ -136,6 +136,11 @@ pub fn gate_open(syncs: &[SyncRecord], seq: u64) -> Option<f64> {
 /// The agent's `--clock-skew` in the soak (its default; `SOAK_AGENT_ARGS` may not change it).
 const AGENT_CLOCK_SKEW_SECS: f64 = 2.0;
 
+/// How long after an API fault ends the agent may take to apply what the fault hid (a silent
+/// watch's backlog arrives in one burst, a relist takes its pages): its gate waits for a sync
+/// that began after it *applied* the change, so a sync that began in between does not count.
+const AGENT_LEARNS_SECS: f64 = 0.5;
+
 /// The end of the first successful sync covering change `seq` that began at or after `t`.
 fn sync_after(syncs: &[SyncRecord], seq: u64, t: f64) -> Option<f64> {
     syncs
@@ -294,7 +299,7 @@ pub fn judge(i: &Inputs<'_>) -> Verdict {
             });
         let gate = match hidden_until {
             None => gate,
-            Some(h) => match sync_after(i.syncs, seq, h) {
+            Some(h) => match sync_after(i.syncs, seq, h + AGENT_LEARNS_SECS) {
                 Some(g) => g.max(gate),
                 // No sync began after the fault before the run ended: nothing may go yet.
                 None => continue,

@@ -1671,6 +1671,21 @@ mod tests {
         holders: HoldersAnswer,
     }
 
+    impl Proxy {
+        /// A readable kube-proxy whose last successful sync began after `t`.
+        fn synced_after(t: Timestamp) -> Proxy {
+            Proxy {
+                view: KubeProxyView {
+                    readable: true,
+                    last_success: Some(t),
+                    began_after: Some(t),
+                    failing: false,
+                },
+                holders: HoldersAnswer::Unknown,
+            }
+        }
+    }
+
     impl World for Proxy {
         fn kube_proxy(&mut self) -> KubeProxyView {
             self.view
@@ -1723,15 +1738,7 @@ mod tests {
             .unwrap()
             .ip_answers_mut()
             .record_absent(ip, answered);
-        let world = |began_after| Proxy {
-            view: KubeProxyView {
-                readable: true,
-                last_success: Some(began_after),
-                began_after: Some(began_after),
-                failing: false,
-            },
-            holders: HoldersAnswer::Unknown,
-        };
+        let world = Proxy::synced_after;
         // A sync that began after the agent started, but before the answer: not yet.
         let r = backend_gate(&shared, &mut world(secs(5)), &cfg, ip, &mut None);
         assert!(
@@ -1771,15 +1778,7 @@ mod tests {
                 .unwrap();
             assert_eq!(ix.pod_left_at(&ip), Some(secs(10)));
         }
-        let world = |began_after| Proxy {
-            view: KubeProxyView {
-                readable: true,
-                last_success: Some(began_after),
-                began_after: Some(began_after),
-                failing: false,
-            },
-            holders: HoldersAnswer::Unknown,
-        };
+        let world = Proxy::synced_after;
         assert!(backend_gate(&shared, &mut world(secs(5)), &cfg, ip, &mut None).is_err());
         assert!(backend_gate(&shared, &mut world(secs(11)), &cfg, ip, &mut None).is_ok());
         // A tombstone at the IP: its removal (now) is the change, not the pod's deletion.

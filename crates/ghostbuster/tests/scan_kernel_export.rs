@@ -249,13 +249,21 @@ fn a_view_that_would_remove_most_of_the_table_trips_the_breaker() {
     let wrong = s.write("wrong.json", &wrong);
     let table = s.table();
     let ip_a = ip_of(&a, false);
-    assert_eq!(entries_to(&table, ip_a).len() as u64, FLOWS, "{table:#?}");
+    // One entry per query, except that a fresh socket can be given the ephemeral port of one that
+    // just closed (about one run in sixteen for 60 queries): the kernel then counts both queries in
+    // one entry. What the sweep must report is what the table holds.
+    let flows = entries_to(&table, ip_a).len() as u64;
+    assert!(
+        (FLOWS - 5..=FLOWS).contains(&flows),
+        "{flows} entries for {FLOWS} queries: {table:#?}"
+    );
+    let of_all = format!("{flows} of {flows}");
 
     let run = s.sweep(&wrong, &[]);
     assert_eq!(run.code, 5, "{}", run.pretty());
     for w in [
         "circuit breaker",
-        "60 of 60",
+        of_all.as_str(),
         "--max-delete-percent",
         "nothing was removed",
     ] {
@@ -266,7 +274,7 @@ fn a_view_that_would_remove_most_of_the_table_trips_the_breaker() {
         );
     }
     // The report still shows what the view would remove.
-    assert_eq!(run.removable(), FLOWS, "{}", run.pretty());
+    assert_eq!(run.removable(), flows, "{}", run.pretty());
     assert_eq!(run.deleted(), 0, "{}", run.pretty());
     assert_eq!(
         keys(&s.table()),
@@ -277,10 +285,10 @@ fn a_view_that_would_remove_most_of_the_table_trips_the_breaker() {
     // A dry run says the same and exits 0: it would not remove anything anyway.
     let dry = s.sweep(&wrong, &["--dry-run"]).ok(0);
     assert!(dry.stderr.contains("circuit breaker"), "{}", dry.stderr);
-    assert_eq!(dry.removable(), FLOWS);
+    assert_eq!(dry.removable(), flows);
 
     // Told to: the same view is acted on.
     let run = s.sweep(&wrong, &["--max-delete-percent", "100"]).ok(0);
-    assert_eq!(run.deleted(), FLOWS, "{}", run.pretty());
+    assert_eq!(run.deleted(), flows, "{}", run.pretty());
     assert!(entries_to(&s.table(), ip_a).is_empty());
 }

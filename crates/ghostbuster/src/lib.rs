@@ -20,5 +20,6 @@ pub mod render;
 pub mod scan;
 pub mod sweep;
 pub mod sweep_budget;
+pub mod table;
 pub mod telemetry;
 pub mod verdict;

@@ -399,7 +399,7 @@ pub async fn run(
                 {
                     std::thread::sleep(Duration::from_millis(50));
                 }
-                reactor::run(ct, shared, work_rx, world, cfg, stop)
+                reactor::Reactor::new(ct, shared, world, cfg).run(work_rx, stop)
             })
             .context("start the reactor thread")?;
     }

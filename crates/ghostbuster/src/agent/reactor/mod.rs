@@ -860,4 +860,8 @@ enum Confirmed {
 }
 
 #[cfg(test)]
+mod scenario;
+#[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod turn_tests;

@@ -12,6 +12,7 @@
 //! - [`world`]: the reactor's view of kube-proxy, the API server and the telemetry;
 //! - [`run`]: the wiring.
 
+pub mod config;
 pub mod conntrack_events;
 pub mod cpu;
 pub mod gate;
@@ -25,4 +26,5 @@ pub mod run;
 pub mod table_alarm;
 pub mod world;
 
+pub use config::Config;
 pub use run::main;

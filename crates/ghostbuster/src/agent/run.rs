@@ -13,21 +13,19 @@ use jiff::Timestamp;
 use tokio::net::TcpListener;
 
 use super::conntrack_events::{self, EventSink};
-use super::gate::Breaker;
 use super::k8s_events::EventPoster;
 use super::kube_proxy_reader::KubeProxyReader;
 use super::lookups::Lookups;
-use super::reactor::{self, ReactorConfig, Shared, Work};
+use super::reactor::{self, Shared, Work};
 use super::table_alarm::UtilizationAlarm;
 use super::world::AgentWorld;
-use crate::cli::agent::AgentArgs;
-use crate::cli::audit::{AuditArgs, AuditOutput};
+use super::Config;
 use crate::cluster::kube::{
     self as kube_source, resource_name, KindState, PodChecker, WatchConfig, WatchHealth,
 };
 use crate::cluster::{Event, Index, IndexConfig, Kind};
 use crate::exit::{CodedError, ExitCode};
-use crate::kube_proxy::{KubeProxy, KubeProxyConfig};
+use crate::kube_proxy::{HttpUrl, KubeProxy};
 use crate::telemetry::admin::{self, AdminState};
 use crate::telemetry::health::{Readiness, ReportOnly};
 use crate::telemetry::metrics::{Metrics, MetricsConfig};
@@ -37,7 +35,7 @@ use crate::telemetry::metrics::{Metrics, MetricsConfig};
 const LOOKUP_SLACK: Duration = Duration::from_secs(5);
 
 /// `ghostbuster agent`: builds the runtime, binds the admin listener, runs until SIGTERM/SIGINT.
-pub fn main(a: AgentArgs) -> anyhow::Result<ExitCode> {
+pub fn main(a: Config) -> anyhow::Result<ExitCode> {
     super::memory::limit_arenas();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -96,7 +94,7 @@ impl EventSink for Sink {
 /// Runs the agent with its API client and admin listener given (tests bind port 0 and point the
 /// client at a fake API server) until `shutdown` resolves.
 pub async fn run(
-    a: AgentArgs,
+    a: Config,
     client: kube::Client,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
@@ -116,7 +114,6 @@ pub async fn run(
     });
     index.set_live(true);
     let shared = Shared::new(index);
-    let policy = a.policy.policy().map_err(crate::exit::input_error)?;
 
     let metrics = Arc::new(Metrics::new(MetricsConfig {
         max_service_series: a.max_service_series,
@@ -155,13 +152,10 @@ pub async fn run(
     }
 
     // Where ghostbuster must not act: IPVS (kube-proxy's mode, or a kube-ipvs0 link).
-    let kube_proxy = KubeProxy::new(&KubeProxyConfig {
-        metrics_url: a.kube_proxy_metrics_url.clone(),
-        healthz_url: a.kube_proxy_healthz_url.clone(),
-        proxy_mode_url: a.kube_proxy_mode_url.clone(),
-        ..KubeProxyConfig::default()
-    })
-    .map_err(|e| crate::exit::input_error(anyhow::anyhow!("kube-proxy URL: {e}")))?;
+    let kube_proxy = KubeProxy::new(&a.kube_proxy)
+        .map_err(|e| crate::exit::input_error(anyhow::anyhow!("kube-proxy URL: {e}")))?;
+    let mode_url = HttpUrl::parse(&a.kube_proxy.proxy_mode_url)
+        .map_err(|e| crate::exit::input_error(anyhow::anyhow!("kube-proxy mode URL: {e}")))?;
     // Probed at start and again every --kube-proxy-mode-interval: kube-proxy's mode can change
     // under a running agent (a kube-proxy ConfigMap edit and restart), and IPVS must turn the
     // agent to report-only without waiting for the agent's own restart.
@@ -181,15 +175,12 @@ pub async fn run(
     }
 
     // The audit at start, exported as metrics and logged.
-    let audit_args = AuditArgs {
-        netns: netns.clone(),
-        output: AuditOutput::Json,
-        emit_sysctl: None,
-        exit_code: false,
-        kube_proxy_url: a.kube_proxy_mode_url.clone(),
-    };
     let mut audit_findings = Vec::new();
-    match tokio::task::spawn_blocking(move || crate::cli::audit::gather(&audit_args)).await {
+    let gather = {
+        let (netns, url) = (netns.clone(), mode_url.clone());
+        move || crate::audit::gather(netns.as_deref(), &url)
+    };
+    match tokio::task::spawn_blocking(gather).await {
         Ok(Ok(facts)) => {
             let findings = crate::audit::check(&facts);
             for f in findings
@@ -370,20 +361,7 @@ pub async fn run(
         first_full_pass: Arc::new(AtomicBool::new(false)),
         top_services: top_services.clone(),
     };
-    let cfg = ReactorConfig {
-        policy,
-        grace: a.grace,
-        kube_proxy_max_wait: a.kube_proxy_max_wait,
-        resync_interval: a.resync_interval,
-        resync_cpu_percent: a.resync_cpu_percent,
-        breaker: Breaker {
-            max_deletes_per_pass: a.max_deletes_per_pass,
-            max_deletes_per_minute: a.max_deletes_per_minute,
-            ..Breaker::default()
-        },
-        tombstone_ttl: a.tombstone_ttl,
-        ip_lookup_every: a.ip_lookup_every,
-    };
+    let cfg = a.reactor.clone();
     // The reactor starts once the index holds the first list of every kind: a full pass over a
     // partial view (Services listed, their slices not yet) would call healthy flows stale and
     // publish that in `conntrack_stale_entries` at every start. (The watches' own "synced" comes
@@ -428,13 +406,7 @@ pub async fn run(
         let client = client.clone();
         let node = a.node_name.clone();
         let top_services = top_services.clone();
-        let audit_args = AuditArgs {
-            netns: netns.clone(),
-            output: AuditOutput::Json,
-            emit_sysctl: None,
-            exit_code: false,
-            kube_proxy_url: a.kube_proxy_mode_url.clone(),
-        };
+        let (netns, mode_url) = (netns.clone(), mode_url.clone());
         let mut previous = audit_findings.clone();
         std::thread::Builder::new()
             .name("gb-table".into())
@@ -471,7 +443,7 @@ pub async fn run(
                     }
                     if last_audit.elapsed() >= Duration::from_secs(600) {
                         last_audit = Instant::now();
-                        if let Ok(facts) = crate::cli::audit::gather(&audit_args) {
+                        if let Ok(facts) = crate::audit::gather(netns.as_deref(), &mode_url) {
                             let now = crate::audit::check(&facts);
                             for f in &now {
                                 let before = previous.iter().find(|p| p.check == f.check);

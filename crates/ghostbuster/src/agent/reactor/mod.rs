@@ -25,7 +25,7 @@ mod world;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,6 +37,7 @@ use self::asks::{next_retry, Asked, HolderAsks, IP_ANSWER_TTL};
 use self::report::{is_settled, keep_shown, Settled};
 use super::gate::{self, Breaker, DeleteBudget, Hold, KubeProxyView};
 use super::prefetch::{self, Snapshot};
+use super::supervisor::{Actor, Shutdown};
 use crate::classify::classify;
 use crate::cluster::ObjectKey;
 use crate::policy::Policy;
@@ -141,13 +142,13 @@ impl<T: Table, W: World> Reactor<T, W> {
         }
     }
 
-    /// Runs turns until `stop` is set or the work channel closes.
-    pub fn run(mut self, work: Receiver<Work>, stop: Arc<AtomicBool>) {
+    /// Runs turns until the shutdown or until the work channel closes.
+    pub fn run(mut self, work: Receiver<Work>, stop: Shutdown) {
         // A first reading of kube-proxy's sync metrics: the duration of the first sync after a
         // removal is measured against it.
         self.world.kube_proxy();
         loop {
-            if stop.load(Ordering::Relaxed) {
+            if stop.is_set() {
                 return;
             }
             self.world.tick();
@@ -167,7 +168,7 @@ impl<T: Table, W: World> Reactor<T, W> {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
-            if stop.load(Ordering::Relaxed) {
+            if stop.is_set() {
                 return;
             }
             self.turn(turn);
@@ -694,6 +695,31 @@ impl<T: Table, W: World> Reactor<T, W> {
         }
         (held, trips)
     }
+}
+
+/// Starts the reactor actor (a thread: dumps run inside `recvmsg`). It waits until the index holds
+/// the first list of every kind: a full pass over a partial view (Services listed, their slices
+/// not yet) would call healthy flows stale and publish that in `conntrack_stale_entries` at
+/// every start. (The watches' own "synced" comes a moment before the index has applied the list.)
+pub fn spawn<T, W>(
+    reactor: Reactor<T, W>,
+    work: Receiver<Work>,
+    shutdown: Shutdown,
+) -> std::io::Result<Actor>
+where
+    T: Table + Send + 'static,
+    W: World + 'static,
+{
+    Actor::thread("reactor", move || {
+        while !reactor.shared.initial_sync_done.load(Ordering::Relaxed) {
+            if shutdown.is_set() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        reactor.run(work, shutdown);
+        Ok(())
+    })
 }
 
 /// The backends of the findings for which `pick` is true, each once, in order.

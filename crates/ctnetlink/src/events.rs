@@ -25,12 +25,16 @@ use crate::socket::Socket;
 /// Which events to receive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EventGroups {
+    /// New entries.
     pub new: bool,
+    /// Changes of existing entries.
     pub update: bool,
+    /// Removed entries.
     pub destroy: bool,
 }
 
 impl EventGroups {
+    /// Every event.
     pub const ALL: EventGroups = EventGroups {
         new: true,
         update: true,
@@ -40,18 +44,26 @@ impl EventGroups {
 
 /// What happened to an entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum EventKind {
+    /// An entry was created.
     New,
+    /// An entry changed (status, state, ...).
     Update,
+    /// An entry was removed.
     Destroy,
 }
 
 /// What a filter update left on the socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum FilterApplied {
     /// A program of this many instructions lets through only the events of the set's backends
     /// (and every message that is not a conntrack event).
-    Filtered { instructions: usize },
+    Filtered {
+        /// The program's length.
+        instructions: usize,
+    },
     /// The set was too large for one program ([`crate::bpf::MAX_ADDRESSES`] or
     /// [`crate::bpf::MAX_INSNS`]): no filter, every event arrives.
     Unfiltered,
@@ -72,7 +84,7 @@ impl EventSocket {
     pub fn open_in(netns: Option<&str>, groups: EventGroups, rcvbuf: usize) -> Result<Self> {
         let sock = match netns {
             None => Socket::new()?,
-            Some(name) => crate::netns::run_in(name, Socket::new)?,
+            Some(name) => crate::netns::run_in(name, Socket::new)??,
         };
         if groups.new {
             sock.add_membership(NFNLGRP_CONNTRACK_NEW)?;

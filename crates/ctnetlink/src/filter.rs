@@ -8,18 +8,23 @@
 
 use std::net::IpAddr;
 
-use crate::flow::{Family, Flow, Tuple};
+use crate::flow::{Family, Flow, Status, Tuple};
 
 /// Exact matches on one direction's tuple.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TupleMatch {
+    /// Source address.
     pub src: Option<IpAddr>,
+    /// Destination address.
     pub dst: Option<IpAddr>,
+    /// Source port (protocols with ports only).
     pub sport: Option<u16>,
+    /// Destination port (protocols with ports only).
     pub dport: Option<u16>,
 }
 
 impl TupleMatch {
+    /// True when nothing is to be matched.
     pub fn is_empty(&self) -> bool {
         *self == TupleMatch::default()
     }
@@ -38,14 +43,19 @@ impl TupleMatch {
 /// What a dump should return. Empty means everything.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Filter {
+    /// Address family.
     pub family: Option<Family>,
+    /// IP protocol number (`IPPROTO_*`).
     pub proto: Option<u8>,
+    /// Matches on the original direction.
     pub orig: TupleMatch,
+    /// Matches on the reply direction.
     pub reply: TupleMatch,
     /// `(value, mask)`: entries with `mark & mask == value`.
     pub mark: Option<(u32, u32)>,
     /// `(value, mask)`: entries with `status & mask == value`.
-    pub status: Option<(u32, u32)>,
+    pub status: Option<(Status, Status)>,
+    /// Conntrack zone.
     pub zone: Option<u16>,
 }
 
@@ -58,7 +68,7 @@ impl Filter {
             && self.orig.matches(&f.orig)
             && self.reply.matches(&f.reply)
             && self.mark.is_none_or(|(v, m)| f.mark.unwrap_or(0) & m == v)
-            && self.status.is_none_or(|(v, m)| f.status.0 & m == v)
+            && self.status.is_none_or(|(v, m)| f.status & m == v)
             && self.zone.is_none_or(|z| z == f.zone)
     }
 

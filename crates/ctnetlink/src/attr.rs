@@ -197,7 +197,6 @@ impl MsgWriter {
         self.buf[start..start + 4].copy_from_slice(&len.to_ne_bytes());
     }
 
-
     pub fn put(&mut self, kind: u16, payload: &[u8]) {
         self.pad();
         let len = (NLA_HDRLEN + payload.len()) as u16;

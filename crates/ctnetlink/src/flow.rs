@@ -769,7 +769,11 @@ mod tests {
             assert_eq!(Status::from_name(Status::NAMES[b]), Some(*flag));
         }
         assert_eq!(Status::from_name("unreplied"), None);
-        assert_eq!(Status::from_name("SEEN_REPLY"), None, "names are lower case");
+        assert_eq!(
+            Status::from_name("SEEN_REPLY"),
+            None,
+            "names are lower case"
+        );
         let all = NAMED.iter().fold(Status::empty(), |a, f| a | *f);
         assert_eq!(all, Status::ALL);
         assert_eq!(all.names().collect::<Vec<_>>(), Status::NAMES);

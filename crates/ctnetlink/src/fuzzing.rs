@@ -23,8 +23,7 @@ use crate::flow::parse_flow;
 use crate::nl::{Messages, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_MULTI};
 use crate::request::{self, DeleteKey, FlowUpdate, NewFlow};
 use crate::{
-    parse_events, parse_message, CpuStats, Filter, GlobalStats, Status, TcpState, Tuple,
-    TupleMatch,
+    parse_events, parse_message, CpuStats, Filter, GlobalStats, Status, TcpState, Tuple, TupleMatch,
 };
 
 /// splitmix64: small, fast, and reproducible from a seed.
@@ -540,7 +539,6 @@ pub fn run(seed: u64, inputs: u64) -> Summary {
     panic::set_hook(hook);
     sum
 }
-
 
 /// A short slice of the engine in every `cargo test`: 200,000 generated and mutated inputs
 /// through every parse entry point, no panic. `GB_FUZZ_INPUTS` and `GB_FUZZ_SEED` change the

@@ -136,17 +136,23 @@ mod tests {
         assert_ne!(here, target);
         // Borrows from the caller's stack: the closure need not be 'static.
         let label = String::from("inside");
-        let (inode, text) = run_in(&ns.0, || (netns_inode("/proc/thread-self/ns/net"), label.clone()))
-            .expect("enter the namespace");
+        let (inode, text) = run_in(&ns.0, || {
+            (netns_inode("/proc/thread-self/ns/net"), label.clone())
+        })
+        .expect("enter the namespace");
         assert_eq!(inode, target, "the closure ran in the namespace");
         assert_eq!(text, "inside");
         // The caller did not move.
         assert_eq!(netns_inode("/proc/thread-self/ns/net"), here);
         // A path works as well as a name, and any return type does.
         let path = path_of(&ns.0);
-        let n: Result<u8, String> = run_in(&path.to_string_lossy(), || Err("mine".to_string()))
-            .expect("enter by path");
-        assert_eq!(n, Err("mine".to_string()), "the closure's own error comes back inside Ok");
+        let n: Result<u8, String> =
+            run_in(&path.to_string_lossy(), || Err("mine".to_string())).expect("enter by path");
+        assert_eq!(
+            n,
+            Err("mine".to_string()),
+            "the closure's own error comes back inside Ok"
+        );
     }
 
     /// No privilege needed: the namespace file does not exist.
@@ -154,7 +160,10 @@ mod tests {
     fn run_in_reports_a_missing_namespace() {
         let missing = format!("ctnl-runin-missing-{}", std::process::id());
         let e = run_in(&missing, || ()).expect_err("no such namespace");
-        assert!(matches!(&e, Error::Netns { name, .. } if *name == missing), "{e:?}");
+        assert!(
+            matches!(&e, Error::Netns { name, .. } if *name == missing),
+            "{e:?}"
+        );
         assert!(e.is_environment());
         assert!(e.to_string().contains(&missing), "{e}");
         assert_eq!(e.raw_os_error(), Some(libc::ENOENT));

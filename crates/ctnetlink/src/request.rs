@@ -405,7 +405,6 @@ pub(crate) fn stats_cpu(w: &mut MsgWriter, seq: u32) {
     w.end_msg(m);
 }
 
-
 /// The encoders against byte captures from a real kernel (`tests/fixtures`, no root needed).
 #[cfg(test)]
 mod tests {

@@ -106,13 +106,13 @@ pub fn short_flags(f: &Flow) -> String {
     if f.unreplied() {
         v.push("UNREPLIED");
     }
-    if f.status.has(ctnetlink::Status::ASSURED) {
+    if f.status.contains(ctnetlink::Status::ASSURED) {
         v.push("ASSURED");
     }
     if f.is_dnat() {
         v.push("DNAT");
     }
-    if f.status.has(ctnetlink::Status::SRC_NAT) {
+    if f.status.contains(ctnetlink::Status::SRC_NAT) {
         v.push("SNAT");
     }
     v.join(",")

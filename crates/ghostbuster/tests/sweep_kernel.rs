@@ -6,7 +6,7 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use ctnetlink::consts::IPPROTO_TCP;
+use ctnetlink::IPPROTO_TCP;
 use ctnetlink::{Conntrack, DeleteKey, Filter, Flow, FlowUpdate, NewFlow, Status, TcpState, Tuple};
 use ghostbuster::scan::Finding;
 use ghostbuster::sweep::{sweep, sweep_with, Outcome, SweepOptions};
@@ -33,7 +33,7 @@ const BACKEND: &str = "203.0.113.7";
 /// A SYN to the Service that kube-proxy DNAT'd to `BACKEND` and that has not been answered.
 fn half_open(sport: u16) -> NewFlow {
     NewFlow {
-        status: 0,
+        status: Status::empty(),
         timeout: 120,
         tcp_state: Some(TcpState::SYN_SENT),
         ..NewFlow::established(
@@ -77,7 +77,7 @@ fn gets_its_reply(ct: &mut Conntrack, f: &Flow) {
     let done = ct
         .update(&[FlowUpdate {
             key: DeleteKey::from(f),
-            status: Some(f.status.0 | Status::SEEN_REPLY | Status::ASSURED),
+            status: Some(f.status | Status::SEEN_REPLY | Status::ASSURED),
             tcp_state: Some(TcpState::ESTABLISHED),
             timeout: Some(3600),
         }])

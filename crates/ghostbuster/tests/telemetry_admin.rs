@@ -214,7 +214,7 @@ fn flow(sport: u16) -> Flow {
         family: Family::Ipv4,
         orig: Tuple::ports(client, sport, vip, 5432, 6),
         reply: Tuple::ports(pod, 5432, client, sport, 6),
-        status: Status(Status::DST_NAT | Status::SEEN_REPLY),
+        status: Status::DST_NAT | Status::SEEN_REPLY,
         timeout: Some(431_000),
         mark: None,
         zone: 0,

@@ -15,7 +15,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use ctnetlink::consts::IPPROTO_TCP;
+use ctnetlink::IPPROTO_TCP;
 use ctnetlink::{Conntrack, EventGroups, EventKind, EventSocket, FilterApplied, NewFlow, Tuple};
 use netlab::NetNs;
 

@@ -8,11 +8,11 @@ use std::net::IpAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use ctnetlink::consts::*;
 use ctnetlink::{
     Conntrack, DeleteKey, DeleteOutcome, EventGroups, EventKind, EventSocket, Family, Filter, Flow,
     FlowUpdate, Lookup, NewFlow, Status, TcpState, Tuple, TupleMatch,
 };
+use ctnetlink::{IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP};
 use netlab::NetNs;
 
 /// Kernel tests need root. Outside CI they skip with a reason; in CI a missing privilege fails.
@@ -60,7 +60,7 @@ fn mixed_entries() -> Vec<NewFlow> {
             Some((ip(&backend), 5353)),
         );
         if i % 3 == 0 {
-            u.status = 0; // unreplied
+            u.status = Status::empty(); // unreplied
         }
         if i % 10 == 0 {
             u.zone = 7;
@@ -108,7 +108,7 @@ fn created_entries_parse_back_field_by_field() {
     );
     nf6.zone = 3;
     let syn = NewFlow {
-        status: 0,
+        status: Status::empty(),
         tcp_state: Some(TcpState::SYN_SENT),
         ..NewFlow::established(
             tcp("192.0.2.5", 40002, "198.51.100.10", 80),
@@ -126,7 +126,7 @@ fn created_entries_parse_back_field_by_field() {
         f4.is_dnat()
             && f4
                 .status
-                .has(Status::ASSURED | Status::SEEN_REPLY | Status::CONFIRMED)
+                .contains(Status::ASSURED | Status::SEEN_REPLY | Status::CONFIRMED)
     );
     assert_eq!(f4.tcp_state, Some(TcpState::ESTABLISHED));
     assert_eq!(f4.mark, Some(0x42));
@@ -287,7 +287,7 @@ fn exact_reads_see_the_entry_as_it_is_now() {
     let ns = NetNs::create("ct").unwrap();
     let mut ct = Conntrack::open_in(Some(ns.name())).unwrap();
     let half_open = |sport| NewFlow {
-        status: 0,
+        status: Status::empty(),
         timeout: 120,
         tcp_state: Some(TcpState::SYN_SENT),
         ..NewFlow::established(
@@ -307,7 +307,7 @@ fn exact_reads_see_the_entry_as_it_is_now() {
     let done = ct
         .update(&[FlowUpdate {
             key: keys[0],
-            status: Some(first.status.0 | Status::SEEN_REPLY | Status::ASSURED),
+            status: Some(first.status | Status::SEEN_REPLY | Status::ASSURED),
             tcp_state: Some(TcpState::ESTABLISHED),
             timeout: None,
         }])
@@ -322,7 +322,7 @@ fn exact_reads_see_the_entry_as_it_is_now() {
     match now[0] {
         Lookup::Found(f) => {
             assert_eq!((f.id, f.orig, f.reply), (first.id, first.orig, first.reply));
-            assert!(f.status.has(Status::SEEN_REPLY));
+            assert!(f.status.contains(Status::SEEN_REPLY));
             assert_eq!(f.tcp_state, Some(TcpState::ESTABLISHED));
         }
         other => panic!("entry 0: {other:?}"),
@@ -333,7 +333,7 @@ fn exact_reads_see_the_entry_as_it_is_now() {
             panic!("entry {i}: {is:?}")
         };
         assert_eq!((f.id, f.orig, f.reply), (was.id, was.orig, was.reply));
-        assert!(!f.status.has(Status::SEEN_REPLY));
+        assert!(!f.status.contains(Status::SEEN_REPLY));
     }
     // A change of an entry that is gone is refused, never a create.
     assert_eq!(
@@ -476,7 +476,7 @@ fn kernel_filtered_dumps_equal_user_space_filtering() {
             ..Default::default()
         },
         Filter {
-            status: Some((0, Status::SEEN_REPLY)),
+            status: Some((Status::empty(), Status::SEEN_REPLY)),
             ..Default::default()
         },
         Filter {

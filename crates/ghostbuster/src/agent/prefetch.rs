@@ -200,7 +200,7 @@ mod tests {
             family: ctnetlink::Family::Ipv4,
             orig,
             reply,
-            status: Status(status),
+            status,
             timeout: Some(30),
             mark: None,
             zone: 0,

@@ -421,7 +421,8 @@ impl EventFilter {
                 }
                 self.too_large = false;
             }
-            Ok(FilterApplied::Unfiltered) => {
+            // `Unfiltered`, or an outcome a newer ctnetlink may add: assume every event arrives.
+            Ok(_) => {
                 if !self.too_large {
                     tracing::info!(
                         dead_backends = dead.len(),
@@ -1397,7 +1398,7 @@ mod tests {
                 family: Family::Ipv4,
                 orig: Tuple::ports(client, sport, vip, 5432, 6),
                 reply: Tuple::ports(pod, 5432, client, sport, 6),
-                status: Status(Status::DST_NAT),
+                status: Status::DST_NAT,
                 timeout: Some(100),
                 mark: None,
                 zone: 0,

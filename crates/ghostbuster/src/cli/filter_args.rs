@@ -116,7 +116,7 @@ impl FilterArgs {
             };
             f.mark = Some((v & mask, mask));
         }
-        let (mut val, mut mask) = (0u32, 0u32);
+        let (mut val, mut mask) = (Status::empty(), Status::empty());
         for name in &self.status {
             let n = name.trim().to_ascii_lowercase();
             match n.as_str() {
@@ -130,7 +130,7 @@ impl FilterArgs {
                     mask |= Status::SRC_NAT;
                 }
                 other => {
-                    let Some(bit) = Status::bit_of(other) else {
+                    let Some(bit) = Status::from_name(other) else {
                         bail!(
                             "unknown status flag {other:?}; known: unreplied, dnat, snat, {}",
                             Status::NAMES.join(", ")
@@ -141,10 +141,10 @@ impl FilterArgs {
                 }
             }
         }
-        if val & Status::SEEN_REPLY != 0 && self.status.iter().any(|s| s == "unreplied") {
+        if val.contains(Status::SEEN_REPLY) && self.status.iter().any(|s| s == "unreplied") {
             bail!("--status seen_reply and unreplied contradict each other");
         }
-        if mask != 0 {
+        if !mask.is_empty() {
             f.status = Some((val, mask));
         }
         let state = match &self.state {

@@ -142,7 +142,7 @@ mod tests {
             family: Family::Ipv4,
             orig: Tuple::ports(client, sport, vip, 5432, 6),
             reply: Tuple::ports(pod, 5432, client, sport, 6),
-            status: Status(Status::DST_NAT),
+            status: Status::DST_NAT,
             timeout: Some(100),
             mark: None,
             zone: 0,

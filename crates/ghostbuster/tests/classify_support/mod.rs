@@ -79,7 +79,7 @@ pub fn flow(proto: u8, client: &str, sport: u16, dst: &str, dport: u16) -> FlowB
             family: Family::of(&c),
             orig,
             reply: orig.inverted(),
-            status: Status(Status::CONFIRMED | Status::SEEN_REPLY | Status::ASSURED),
+            status: Status::CONFIRMED | Status::SEEN_REPLY | Status::ASSURED,
             timeout: Some(431_999),
             mark: Some(0),
             zone: 0,
@@ -109,13 +109,15 @@ impl FlowBuilder {
     pub fn dnat(mut self, backend: &str, port: u16) -> Self {
         let o = self.flow.orig;
         self.flow.reply = Tuple::ports(ip(backend), port, o.src, o.sport().unwrap(), o.proto);
-        self.flow.status.0 |= Status::DST_NAT | Status::DST_NAT_DONE;
+        self.flow.status |= Status::DST_NAT | Status::DST_NAT_DONE;
         self
     }
 
     /// A SYN that was never answered.
     pub fn syn_sent(mut self) -> Self {
-        self.flow.status.0 &= !(Status::SEEN_REPLY | Status::ASSURED);
+        self.flow
+            .status
+            .remove(Status::SEEN_REPLY | Status::ASSURED);
         if self.flow.orig.proto == TCP {
             self.flow.tcp_state = Some(TcpState::SYN_SENT);
         }
@@ -131,7 +133,9 @@ impl FlowBuilder {
     }
 
     pub fn unreplied(mut self) -> Self {
-        self.flow.status.0 &= !(Status::SEEN_REPLY | Status::ASSURED);
+        self.flow
+            .status
+            .remove(Status::SEEN_REPLY | Status::ASSURED);
         self
     }
 

@@ -22,8 +22,10 @@ use crate::flow::{parse_flow, Flow};
 use crate::nl::*;
 use crate::socket::Socket;
 
-/// Which events to receive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which events to receive: a set of groups, combined with `|`
+/// (`EventGroups::NEW | EventGroups::DESTROY`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct EventGroups {
     /// New entries.
     pub new: bool,
@@ -34,12 +36,44 @@ pub struct EventGroups {
 }
 
 impl EventGroups {
+    /// No event.
+    pub const NONE: EventGroups = EventGroups {
+        new: false,
+        update: false,
+        destroy: false,
+    };
+    /// New entries only.
+    pub const NEW: EventGroups = EventGroups {
+        new: true,
+        ..Self::NONE
+    };
+    /// Changes only.
+    pub const UPDATE: EventGroups = EventGroups {
+        update: true,
+        ..Self::NONE
+    };
+    /// Removals only.
+    pub const DESTROY: EventGroups = EventGroups {
+        destroy: true,
+        ..Self::NONE
+    };
     /// Every event.
     pub const ALL: EventGroups = EventGroups {
         new: true,
         update: true,
         destroy: true,
     };
+}
+
+impl std::ops::BitOr for EventGroups {
+    type Output = EventGroups;
+    fn bitor(self, rhs: EventGroups) -> EventGroups {
+        EventGroups {
+            new: self.new || rhs.new,
+            update: self.update || rhs.update,
+            destroy: self.destroy || rhs.destroy,
+        }
+    }
 }
 
 /// What happened to an entry.

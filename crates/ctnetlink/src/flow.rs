@@ -434,7 +434,11 @@ pub struct Counters {
 }
 
 /// One conntrack entry.
+///
+/// Parsed from the kernel's messages; [`Flow::new`] builds one by hand (tests, fixtures). More
+/// fields may be added as the kernel grows attributes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Flow {
     /// Address family.
     pub family: Family,
@@ -471,6 +475,28 @@ pub struct Flow {
 }
 
 impl Flow {
+    /// An entry with these tuples (the family is that of `orig.src`), no status flag, zone 0,
+    /// and nothing else known: set the other fields as needed.
+    pub fn new(orig: Tuple, reply: Tuple) -> Self {
+        Flow {
+            family: Family::of(&orig.src),
+            orig,
+            reply,
+            status: Status::empty(),
+            timeout: None,
+            mark: None,
+            zone: 0,
+            id: None,
+            use_count: None,
+            tcp_state: None,
+            sctp_state: None,
+            start_ns: None,
+            stop_ns: None,
+            orig_counters: None,
+            reply_counters: None,
+            labels: None,
+        }
+    }
     /// The protocol number of the connection.
     #[inline]
     pub fn proto(&self) -> u8 {

@@ -47,6 +47,7 @@ impl From<&Flow> for DeleteKey {
 /// A change to an existing entry (tests and the lab: what a packet would have done to it, e.g. a
 /// half-open flow that gets its reply). Found like a delete, by reply tuple and zone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct FlowUpdate {
     /// The entry to change.
     pub key: DeleteKey,
@@ -59,8 +60,10 @@ pub struct FlowUpdate {
     pub timeout: Option<u32>,
 }
 
-/// An entry to create (tests, benchmarks, the lab).
+/// An entry to create (tests, benchmarks, labs): start from [`NewFlow::established`] and
+/// adjust with the `with_*` methods or by assigning fields (more may be added).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct NewFlow {
     /// The original tuple; the reply tuple is its inverse, or follows from `dnat`.
     pub orig: Tuple,
@@ -91,6 +94,59 @@ impl NewFlow {
             mark: None,
             zone: 0,
         }
+    }
+    /// With these status flags instead.
+    pub const fn with_status(mut self, status: Status) -> Self {
+        self.status = status;
+        self
+    }
+    /// With this timeout (seconds) instead.
+    pub const fn with_timeout(mut self, seconds: u32) -> Self {
+        self.timeout = seconds;
+        self
+    }
+    /// With this TCP state instead.
+    pub const fn with_tcp_state(mut self, state: TcpState) -> Self {
+        self.tcp_state = Some(state);
+        self
+    }
+    /// With this connection mark.
+    pub const fn with_mark(mut self, mark: u32) -> Self {
+        self.mark = Some(mark);
+        self
+    }
+    /// In this conntrack zone.
+    pub const fn with_zone(mut self, zone: u16) -> Self {
+        self.zone = zone;
+        self
+    }
+}
+
+impl FlowUpdate {
+    /// A change of the entry `key` that changes nothing yet: add what to change with the
+    /// `with_*` methods.
+    pub const fn new(key: DeleteKey) -> Self {
+        FlowUpdate {
+            key,
+            status: None,
+            tcp_state: None,
+            timeout: None,
+        }
+    }
+    /// Sets the whole status (see [`FlowUpdate::status`]).
+    pub const fn with_status(mut self, status: Status) -> Self {
+        self.status = Some(status);
+        self
+    }
+    /// Sets the TCP state.
+    pub const fn with_tcp_state(mut self, state: TcpState) -> Self {
+        self.tcp_state = Some(state);
+        self
+    }
+    /// Sets the timeout, in seconds.
+    pub const fn with_timeout(mut self, seconds: u32) -> Self {
+        self.timeout = Some(seconds);
+        self
     }
 }
 

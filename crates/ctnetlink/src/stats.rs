@@ -6,6 +6,7 @@ use crate::error::ParseError;
 
 /// `conntrack -C` and the limit, for one network namespace (the limit is machine-wide).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct GlobalStats {
     /// Entries in the table now.
     pub entries: u32,
@@ -14,6 +15,14 @@ pub struct GlobalStats {
 }
 
 impl GlobalStats {
+    /// Statistics with these values (for tests and fixtures; [`crate::Conntrack::stats`] reads
+    /// the kernel's).
+    pub const fn new(entries: u32, max_entries: u32) -> Self {
+        GlobalStats {
+            entries,
+            max_entries,
+        }
+    }
     /// Parses the attributes of a CT_GET_STATS answer (after the nfgenmsg).
     pub(crate) fn parse(attrs: Attrs<'_>) -> Result<Self, ParseError> {
         let mut s = GlobalStats::default();
@@ -39,6 +48,7 @@ impl GlobalStats {
 
 /// One CPU's counters. They are the kernel's 32-bit values and wrap around.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CpuStats {
     /// The CPU these counters belong to.
     pub cpu: u16,
@@ -65,6 +75,15 @@ pub struct CpuStats {
 }
 
 impl CpuStats {
+    /// All-zero counters of one CPU (for tests and fixtures: set the fields needed;
+    /// [`crate::Conntrack::stats_per_cpu`] reads the kernel's).
+    pub fn new(cpu: u16) -> Self {
+        CpuStats {
+            cpu,
+            ..Default::default()
+        }
+    }
+
     /// Counter names in a stable order, the order of [`CpuStats::values`] and [`CpuStats::sum`].
     pub const NAMES: [&'static str; 10] = [
         "found",

@@ -121,15 +121,15 @@ fn half_open_zone_sctp_and_icmp() {
 
 #[test]
 fn contradictory_families_match_nothing() {
-    let filter = Filter {
-        family: Some(Family::Ipv4),
-        orig: TupleMatch {
-            src: Some(ip("2001:db8::1")),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
+    let filter = Filter::new()
+        .with_family(Family::Ipv4)
+        .with_orig(TupleMatch::new().with_src(ip("2001:db8::1")));
     assert!(filter.families().is_empty());
+    // The same, built field by field.
+    let mut same = Filter::default();
+    same.family = Some(Family::Ipv4);
+    same.orig.src = Some(ip("2001:db8::1"));
+    assert_eq!(same, filter);
 }
 
 #[test]

@@ -1386,7 +1386,7 @@ pub fn services_of(findings: &[(Finding, Outcome)]) -> Vec<ObjectKey> {
 mod tests {
     use super::*;
     use crate::verdict::{EvidenceSet, Trace, Verdict};
-    use ctnetlink::{Family, Flow, Status, Tuple};
+    use ctnetlink::{Flow, Status, Tuple};
     use std::net::Ipv4Addr;
 
     fn finding(sport: u16, removable: bool) -> Finding {
@@ -1394,23 +1394,15 @@ mod tests {
         let vip = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 10));
         let pod = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7));
         Finding {
-            flow: Flow {
-                family: Family::Ipv4,
-                orig: Tuple::ports(client, sport, vip, 5432, 6),
-                reply: Tuple::ports(pod, 5432, client, sport, 6),
-                status: Status::DST_NAT,
-                timeout: Some(100),
-                mark: None,
-                zone: 0,
-                id: Some(u32::from(sport)),
-                use_count: None,
-                tcp_state: None,
-                sctp_state: None,
-                start_ns: None,
-                stop_ns: None,
-                orig_counters: None,
-                reply_counters: None,
-                labels: None,
+            flow: {
+                let mut fl = Flow::new(
+                    Tuple::ports(client, sport, vip, 5432, 6),
+                    Tuple::ports(pod, 5432, client, sport, 6),
+                );
+                fl.status = Status::DST_NAT;
+                fl.timeout = Some(100);
+                fl.id = Some(u32::from(sport));
+                fl
             },
             verdict: Verdict {
                 kind: VerdictKind::EndpointGone,

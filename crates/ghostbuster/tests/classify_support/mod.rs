@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use ctnetlink::{Family, Flow, Status, TcpState, Tuple};
+use ctnetlink::{Flow, Status, TcpState, Tuple};
 use ghostbuster::cluster::file::{self, Loaded};
 use ghostbuster::cluster::{Event, Index, IndexConfig, Object};
 use jiff::Timestamp;
@@ -75,23 +75,15 @@ pub fn flow(proto: u8, client: &str, sport: u16, dst: &str, dport: u16) -> FlowB
     let (c, d) = (ip(client), ip(dst));
     let orig = Tuple::ports(c, sport, d, dport, proto);
     FlowBuilder {
-        flow: Flow {
-            family: Family::of(&c),
-            orig,
-            reply: orig.inverted(),
-            status: Status::CONFIRMED | Status::SEEN_REPLY | Status::ASSURED,
-            timeout: Some(431_999),
-            mark: Some(0),
-            zone: 0,
-            id: Some(0x1234_5678),
-            use_count: Some(1),
-            tcp_state: (proto == TCP).then_some(TcpState::ESTABLISHED),
-            sctp_state: None,
-            start_ns: None,
-            stop_ns: None,
-            orig_counters: None,
-            reply_counters: None,
-            labels: None,
+        flow: {
+            let mut fl = Flow::new(orig, orig.inverted());
+            fl.status = Status::CONFIRMED | Status::SEEN_REPLY | Status::ASSURED;
+            fl.timeout = Some(431_999);
+            fl.mark = Some(0);
+            fl.id = Some(0x1234_5678);
+            fl.use_count = Some(1);
+            fl.tcp_state = (proto == TCP).then_some(TcpState::ESTABLISHED);
+            fl
         },
     }
 }

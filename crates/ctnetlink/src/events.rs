@@ -324,3 +324,20 @@ impl AsRawFd for EventSocket {
         self.sock.as_raw_fd()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_groups_combine_with_or() {
+        let g = EventGroups::NEW | EventGroups::DESTROY;
+        assert!(g.new && !g.update && g.destroy);
+        assert_eq!(
+            EventGroups::NEW | EventGroups::UPDATE | EventGroups::DESTROY,
+            EventGroups::ALL
+        );
+        assert_eq!(EventGroups::default(), EventGroups::NONE);
+        assert_eq!(EventGroups::NONE | EventGroups::UPDATE, EventGroups::UPDATE);
+    }
+}

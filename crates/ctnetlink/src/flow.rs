@@ -842,6 +842,21 @@ mod tests {
     }
 
     #[test]
+    fn a_hand_built_flow_takes_its_family_from_the_tuples_and_knows_nothing_else() {
+        let v6 = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let orig = Tuple::ports(v6("2001:db8::1"), 40000, v6("2001:db8::2"), 80, IPPROTO_TCP);
+        let f = Flow::new(orig, orig.inverted());
+        assert_eq!(f.family, Family::Ipv6);
+        assert_eq!((f.orig, f.reply), (orig, orig.inverted()));
+        assert!(f.status.is_empty() && f.unreplied() && !f.is_dnat());
+        assert_eq!(
+            (f.zone, f.id, f.timeout, f.tcp_state),
+            (0, None, None, None)
+        );
+        assert_eq!(f.proto_name(), "tcp");
+    }
+
+    #[test]
     fn contains_needs_every_flag_and_debug_names_them() {
         let s = Status::SEEN_REPLY | Status::ASSURED;
         assert!(s.contains(Status::SEEN_REPLY));

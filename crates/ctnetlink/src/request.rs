@@ -606,6 +606,46 @@ mod tests {
         assert!(!filter.matches(&other));
     }
 
+    #[test]
+    fn builders_set_exactly_what_they_name() {
+        let t = Tuple::ports(ip("192.0.2.2"), 40000, ip("198.51.100.10"), 80, IPPROTO_TCP);
+        let base = NewFlow::established(t, Some((ip("203.0.113.7"), 8080)));
+        assert_eq!(base.status, Status::SEEN_REPLY | Status::ASSURED);
+        assert_eq!(base.tcp_state, Some(TcpState::ESTABLISHED));
+        let nf = base
+            .with_status(Status::empty())
+            .with_timeout(120)
+            .with_tcp_state(TcpState::SYN_SENT)
+            .with_mark(9)
+            .with_zone(5);
+        assert_eq!(
+            (nf.orig, nf.dnat, nf.status, nf.timeout),
+            (base.orig, base.dnat, Status::empty(), 120)
+        );
+        assert_eq!(
+            (nf.tcp_state, nf.mark, nf.zone),
+            (Some(TcpState::SYN_SENT), Some(9), 5)
+        );
+        let key = DeleteKey::from(&flow("ipv4-tcp-syn-sent.bin"));
+        let u = FlowUpdate::new(key);
+        assert_eq!(
+            (u.key, u.status, u.tcp_state, u.timeout),
+            (key, None, None, None)
+        );
+        let u = u
+            .with_status(Status::SEEN_REPLY)
+            .with_tcp_state(TcpState::ESTABLISHED)
+            .with_timeout(30);
+        assert_eq!(
+            (u.status, u.tcp_state, u.timeout),
+            (
+                Some(Status::SEEN_REPLY),
+                Some(TcpState::ESTABLISHED),
+                Some(30)
+            )
+        );
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4000))]
 

@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
-use ctnetlink::{Conntrack, DumpSummary, Filter, Flow};
+use ctnetlink::{DumpSummary, Filter, Flow};
+
+use crate::table::Table;
 use jiff::Timestamp;
 
 use crate::classify::classify;
@@ -54,7 +56,7 @@ impl ScanReport {
 /// Classifies every flow of the table that matches `filter` and keeps the ones that are not
 /// healthy (`explain`, which also wants healthy ones, uses [`classify_matching`]).
 pub fn scan(
-    ct: &mut Conntrack,
+    ct: &mut impl Table,
     index: &Index,
     policy: &Policy,
     filter: &Filter,
@@ -64,7 +66,7 @@ pub fn scan(
 
 /// [`scan`] with extra bookkeeping.
 pub fn scan_with(
-    ct: &mut Conntrack,
+    ct: &mut impl Table,
     index: &Index,
     policy: &Policy,
     filter: &Filter,
@@ -78,7 +80,7 @@ pub fn scan_with(
 /// The agent takes the kept findings nothing in its pass can change, so that a node keeping
 /// 100,000 stale flows does not hold 100,000 findings (~800 B each) at once.
 pub fn scan_into(
-    ct: &mut Conntrack,
+    ct: &mut impl Table,
     index: &Index,
     policy: &Policy,
     filter: &Filter,
@@ -146,7 +148,7 @@ pub fn classify_flows(flows: &[Flow], index: &Index, policy: &Policy) -> Vec<Fin
 
 /// Classifies every flow for which `select` is true, healthy ones included (for `explain`).
 pub fn classify_matching(
-    ct: &mut Conntrack,
+    ct: &mut impl Table,
     index: &Index,
     policy: &Policy,
     filter: &Filter,

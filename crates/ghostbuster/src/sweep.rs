@@ -22,7 +22,9 @@
 
 use std::time::{Duration, Instant};
 
-use ctnetlink::{Conntrack, DeleteKey, DeleteOutcome, Flow, Lookup};
+use ctnetlink::{DeleteKey, DeleteOutcome, Flow, Lookup};
+
+use crate::table::Table;
 use serde::Serialize;
 
 use crate::classify::is_half_open;
@@ -121,7 +123,7 @@ pub fn still_half_open(then: &Flow, now: &Flow) -> bool {
 /// Deletes every removable finding (none with `dry_run`) of a dump that began at `dumped_at`,
 /// with the default guards ([`sweep_with`]).
 pub fn sweep(
-    ct: &mut Conntrack,
+    ct: &mut impl Table,
     findings: &[Finding],
     dry_run: bool,
     dumped_at: Instant,
@@ -135,7 +137,7 @@ pub fn sweep(
 /// [`Outcome::Changed`]. A caller that gets `stale_verdict` outcomes re-dumps, re-classifies and
 /// sweeps the new findings.
 pub fn sweep_with(
-    ct: &mut Conntrack,
+    ct: &mut impl Table,
     findings: &[Finding],
     opts: &SweepOptions,
 ) -> ctnetlink::Result<(Vec<Outcome>, SweepTotals, Option<i32>)> {

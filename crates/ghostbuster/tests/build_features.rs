@@ -271,3 +271,46 @@ fn daemonset_runs_the_agent_without_a_shell() {
         }
     }
 }
+
+/// Every `.rs` file below `dir`.
+fn rust_files(dir: &std::path::Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).expect("read a source directory") {
+        let p = e.expect("a directory entry").path();
+        if p.is_dir() {
+            rust_files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+/// Issue #13 item 1: dependency arrows point one way, cli → library. The agent, the demo, the
+/// telemetry and every other library module take plain values (`agent::Config`, `audit::gather`,
+/// `stats::collect`), never clap's argument structs or a subcommand's code.
+#[test]
+fn no_library_module_imports_the_cli() {
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let cli = src.join("cli");
+    let mut wrong = Vec::new();
+    let mut library_files = 0;
+    for f in files {
+        if f.starts_with(&cli) || f.ends_with("main.rs") || f.ends_with("lib.rs") {
+            continue;
+        }
+        library_files += 1;
+        let text = std::fs::read_to_string(&f).expect("read a source file");
+        for (n, line) in text.lines().enumerate() {
+            if line.contains("crate::cli") || line.contains("super::cli") {
+                wrong.push(format!("{}:{}: {}", f.display(), n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(library_files > 50, "found {library_files} library files");
+    assert!(
+        wrong.is_empty(),
+        "library code imports the CLI:\n{}",
+        wrong.join("\n")
+    );
+}

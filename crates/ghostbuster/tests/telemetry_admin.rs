@@ -210,17 +210,15 @@ fn flow(sport: u16) -> Flow {
     let client = IpAddr::V4(Ipv4Addr::new(10, 244, 0, 5));
     let vip = IpAddr::V4(Ipv4Addr::new(10, 96, 0, 20));
     let pod = IpAddr::V4(Ipv4Addr::new(10, 244, 2, 9));
-    {
-        let mut fl = Flow::new(
-            Tuple::ports(client, sport, vip, 5432, 6),
-            Tuple::ports(pod, 5432, client, sport, 6),
-        );
-        fl.status = Status::DST_NAT | Status::SEEN_REPLY;
-        fl.timeout = Some(431_000);
-        fl.id = Some(7);
-        fl.tcp_state = Some(ctnetlink::TcpState::ESTABLISHED);
-        fl
-    }
+    let mut f = Flow::new(
+        Tuple::ports(client, sport, vip, 5432, 6),
+        Tuple::ports(pod, 5432, client, sport, 6),
+    );
+    f.status = Status::DST_NAT | Status::SEEN_REPLY;
+    f.timeout = Some(431_000);
+    f.id = Some(7);
+    f.tcp_state = Some(ctnetlink::TcpState::ESTABLISHED);
+    f
 }
 
 fn finding(sport: u16, kind: VerdictKind) -> Finding {

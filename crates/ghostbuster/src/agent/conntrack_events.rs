@@ -13,7 +13,6 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +20,7 @@ use std::time::{Duration, Instant};
 use ctnetlink::{EventGroups, EventKind, EventSocket};
 
 use super::reactor::{Shared, Work};
+use super::supervisor::{Actor, Shutdown};
 
 /// After lost events, the full pass waits until no overflow happened for this long (the
 /// socket's read timeout, 250 ms, bounds how late that is noticed)...
@@ -84,13 +84,27 @@ impl Drop for FilterInstalled<'_> {
     }
 }
 
-/// Reads events until `stop`; sends work to the reactor.
+/// Starts the event reader actor (a thread: `recv` blocks): [`run`] until the shutdown.
+pub fn spawn(
+    sock: EventSocket,
+    shared: Arc<Shared>,
+    work: Sender<Work>,
+    sink: impl EventSink + 'static,
+    shutdown: Shutdown,
+) -> std::io::Result<Actor> {
+    Actor::thread("ct-events", move || {
+        run(sock, shared, work, sink, shutdown);
+        Ok(())
+    })
+}
+
+/// Reads events until the shutdown; sends work to the reactor.
 pub fn run(
     mut sock: EventSocket,
     shared: Arc<Shared>,
     work: Sender<Work>,
     sink: impl EventSink,
-    stop: Arc<AtomicBool>,
+    stop: Shutdown,
 ) {
     // From here on the dead-backend set and the kernel filter change together. Events queued
     // before are unfiltered, which is safe.
@@ -117,7 +131,7 @@ pub fn run(
     }
     shared.event_marks.set_live(true);
     let _live = Live(&shared);
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.is_set() {
         // Candidates first, the set after: the read lock is not held while blocked in recv, so
         // updating the set (and the filter) never waits for a read timeout.
         let mut hits: Vec<IpAddr> = Vec::new();

@@ -17,6 +17,8 @@ use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, PostParams};
 
+use super::supervisor::{Actor, Shutdown};
+
 /// The longest one Event write may take. Without it a silent API server holds the write for
 /// kube's read timeout (295 s), per Event, one after the other. Longer than `--pod-get-timeout`'s
 /// 5 s default (a write is slower than a read on a busy API server), and cheap to wait for: only
@@ -214,6 +216,23 @@ impl Due {
         }
         posted
     }
+}
+
+/// The poster shared by the reactor (which records removals) and the flusher.
+pub type SharedPoster = std::sync::Arc<tokio::sync::Mutex<EventPoster>>;
+
+/// Starts the flusher actor (`events`): every 2 s, the Events whose window ended are posted.
+pub fn spawn(poster: SharedPoster, mut shutdown: Shutdown) -> Actor {
+    Actor::task("events", async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                _ = shutdown.wait() => return Ok(()),
+            }
+            // Posted without the lock held: see [`flush`].
+            flush(&poster, Instant::now()).await;
+        }
+    })
 }
 
 /// Posts what `poster` has due, its lock held only to take the Events out: a slow or silent API

@@ -15,7 +15,6 @@
 //! proof that the removal was programmed (a later failed sync leaves the rules as they were), and
 //! an older view can only keep a gate closed a moment longer.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,6 +22,7 @@ use jiff::Timestamp;
 use tokio::sync::Notify;
 
 use super::gate::{KubeProxyView, SyncReading, SyncTracker};
+use super::supervisor::{Actor, Shutdown};
 
 /// Where readings come from: kube-proxy's metrics and healthz over HTTP in the agent, a table in
 /// tests.
@@ -77,21 +77,20 @@ pub struct KubeProxyReader {
 const FRESH: Duration = Duration::from_millis(20);
 
 impl KubeProxyReader {
-    /// Starts the reading task on `rt`. `wake` is called when a reading moved the view; the task
-    /// ends when `stop` is set (checked at least every `STOP_POLL`).
+    /// Starts the reading actor (`kube-proxy`) on the current runtime. `wake` is called when a
+    /// reading moved the view; the actor ends at `shutdown`.
     pub fn spawn(
-        rt: &tokio::runtime::Handle,
         source: impl SyncSource,
         sink: Arc<dyn ReadingSink>,
         wake: Arc<dyn Fn() + Send + Sync>,
-        stop: Arc<AtomicBool>,
-    ) -> (Self, tokio::task::JoinHandle<()>) {
+        shutdown: Shutdown,
+    ) -> (Self, Actor) {
         let reader = KubeProxyReader {
             state: Arc::default(),
             ask: Arc::new(Notify::new()),
         };
-        let task = rt.spawn(read_loop(reader.clone(), source, sink, wake, stop));
-        (reader, task)
+        let work = read_loop(reader.clone(), source, sink, wake, shutdown);
+        (reader, Actor::task("kube-proxy", work))
     }
 
     /// What the readings so far proved, at once; asks for a new reading unless one just
@@ -105,31 +104,32 @@ impl KubeProxyReader {
     }
 }
 
-/// How often the task looks at `stop` while nobody asks.
-const STOP_POLL: Duration = Duration::from_millis(250);
-
 async fn read_loop(
     reader: KubeProxyReader,
     source: impl SyncSource,
     sink: Arc<dyn ReadingSink>,
     wake: Arc<dyn Fn() + Send + Sync>,
-    stop: Arc<AtomicBool>,
-) {
+    mut shutdown: Shutdown,
+) -> anyhow::Result<()> {
     loop {
         // A request made while the previous reading ran left a permit: it is served now.
-        let asked = tokio::time::timeout(STOP_POLL, reader.ask.notified()).await;
-        if stop.load(Ordering::Relaxed) {
-            return;
+        tokio::select! {
+            _ = reader.ask.notified() => {}
+            _ = shutdown.wait() => return Ok(()),
         }
-        if asked.is_err() {
-            continue;
-        }
-        let reading = source.reading().await;
+        // A kube-proxy that does not answer must not hold the shutdown either.
+        let reading = tokio::select! {
+            r = source.reading() => r,
+            _ = shutdown.wait() => return Ok(()),
+        };
         let healthy = match &reading {
             Ok(_) => None,
             Err(e) => {
                 tracing::debug!(error = %e, "kube-proxy's sync metrics are unreadable; using --grace unless its /healthz says it fails");
-                source.healthy().await
+                tokio::select! {
+                    h = source.healthy() => h,
+                    _ = shutdown.wait() => return Ok(()),
+                }
             }
         };
         let (before, after) = {
@@ -161,7 +161,8 @@ async fn read_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicUsize;
+    use crate::agent::supervisor::Trigger;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
     /// kube-proxy as a test scripts it: each reading waits for `hold` (a kube-proxy that does not
     /// answer), then answers the next scripted reading.
@@ -228,16 +229,15 @@ mod tests {
     async fn a_kube_proxy_that_does_not_answer_never_holds_the_reactor() {
         let source = scripted(synced(10, 1.0, 1.0));
         let wakes = Arc::new(AtomicUsize::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = Trigger::new();
         let w = wakes.clone();
         let (reader, task) = KubeProxyReader::spawn(
-            &tokio::runtime::Handle::current(),
             source.clone(),
             Arc::new(NoSink),
             Arc::new(move || {
                 w.fetch_add(1, Ordering::Relaxed);
             }),
-            stop.clone(),
+            stop.shutdown(),
         );
         // The first reading: a single sync that ran 9..10.
         assert_eq!(reader.view(), KubeProxyView::default());
@@ -278,8 +278,8 @@ mod tests {
             Some(at(19).checked_add(Duration::from_millis(500)).unwrap())
         );
 
-        stop.store(true, Ordering::Relaxed);
-        tokio::time::timeout(Duration::from_secs(2), task)
+        stop.set();
+        tokio::time::timeout(Duration::from_secs(2), task.join())
             .await
             .expect("the reader stops when told")
             .unwrap();
@@ -292,15 +292,14 @@ mod tests {
         let source = scripted(synced(10, 1.0, 1.0));
         let wakes = Arc::new(AtomicUsize::new(0));
         let w = wakes.clone();
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = Trigger::new();
         let (reader, _task) = KubeProxyReader::spawn(
-            &tokio::runtime::Handle::current(),
             source,
             Arc::new(NoSink),
             Arc::new(move || {
                 w.fetch_add(1, Ordering::Relaxed);
             }),
-            stop.clone(),
+            stop.shutdown(),
         );
         reader.view();
         until("the first reading", || reader.view().readable).await;
@@ -311,7 +310,7 @@ mod tests {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(wakes.load(Ordering::Relaxed), reads_before);
-        stop.store(true, Ordering::Relaxed);
+        stop.set();
     }
 
     /// The `/healthz` fallback: with the metrics unreadable, a kube-proxy whose `/healthz`
@@ -320,13 +319,12 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn unreadable_metrics_fall_back_to_healthz() {
         let source = scripted(Err("connection refused".into()));
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = Trigger::new();
         let (reader, _task) = KubeProxyReader::spawn(
-            &tokio::runtime::Handle::current(),
             source.clone(),
             Arc::new(NoSink),
             Arc::new(|| {}),
-            stop.clone(),
+            stop.shutdown(),
         );
         let settled = |want: KubeProxyView| {
             let r = reader.clone();
@@ -342,6 +340,6 @@ mod tests {
         .await;
         *source.healthz.lock().unwrap() = Some(true);
         settled(KubeProxyView::default()).await;
-        stop.store(true, Ordering::Relaxed);
+        stop.set();
     }
 }

@@ -12,8 +12,11 @@
 //! - [`world`]: the reactor's view of kube-proxy, the API server and the telemetry;
 //! - [`run`]: the wiring.
 
+pub mod admin;
+pub mod config;
 pub mod conntrack_events;
 pub mod cpu;
+pub mod dataplane;
 pub mod gate;
 pub mod k8s_events;
 pub mod kube_proxy_reader;
@@ -22,7 +25,11 @@ pub mod memory;
 pub mod prefetch;
 pub mod reactor;
 pub mod run;
+pub mod supervisor;
 pub mod table_alarm;
+pub mod table_sampler;
+pub mod watch;
 pub mod world;
 
+pub use config::Config;
 pub use run::main;

@@ -24,7 +24,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use ctnetlink::{Conntrack, Filter, Flow, TupleMatch};
+use ctnetlink::{Filter, Flow, TupleMatch};
+
+use crate::table::Table;
 
 use crate::classify::is_half_open;
 
@@ -118,7 +120,7 @@ impl Snapshot {
 /// Reads the flows whose reply source is one of `ips` (their backend), one snapshot per address.
 /// The event marks are taken before the read starts, so any flow created during it is noticed.
 pub fn read(
-    ct: &mut Conntrack,
+    ct: &mut impl Table,
     marks: &EventMarks,
     ips: &[IpAddr],
 ) -> ctnetlink::Result<HashMap<IpAddr, Snapshot>> {
@@ -190,13 +192,11 @@ mod tests {
         } else {
             Status::DST_NAT
         };
-        {
-            let mut fl = Flow::new(orig, reply);
-            fl.status = status;
-            fl.timeout = Some(30);
-            fl.id = Some(1);
-            fl
-        }
+        let mut f = Flow::new(orig, reply);
+        f.status = status;
+        f.timeout = Some(30);
+        f.id = Some(1);
+        f
     }
 
     fn snapshot(marks: &EventMarks, ip: IpAddr, flows: Vec<Flow>) -> Snapshot {

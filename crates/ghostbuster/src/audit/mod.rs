@@ -22,8 +22,11 @@ use std::fmt;
 use serde::Serialize;
 
 pub mod emit;
+mod gather;
 pub mod host;
 pub mod sysctl;
+
+pub use gather::gather;
 
 /// How bad a finding is. Ordered: `Ok < Info < Warn < Critical`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]

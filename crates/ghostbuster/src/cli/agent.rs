@@ -7,9 +7,12 @@ use std::time::Duration;
 use clap::Args;
 
 use super::cluster_args::parse_duration;
+use crate::agent::gate::Breaker;
+use crate::agent::reactor::ReactorConfig;
+use crate::agent::Config;
 use crate::cluster::{Cidr, Protocol};
-use crate::exit::ExitCode;
-use crate::kube_proxy;
+use crate::exit::{input_error, ExitCode};
+use crate::kube_proxy::{self, KubeProxyConfig};
 use crate::policy::{Policy, ProtocolSet};
 
 #[derive(Debug, Clone, Args)]
@@ -174,6 +177,51 @@ impl AgentPolicyArgs {
     }
 }
 
+impl AgentArgs {
+    /// The agent's settings from its flags. A bad `--protocols` or kube-proxy URL is a usage
+    /// error (exit 2).
+    pub fn config(&self) -> anyhow::Result<Config> {
+        let policy = self.policy.policy().map_err(input_error)?;
+        Ok(Config {
+            kubeconfig: self.kubeconfig.clone(),
+            node_name: self.node_name.clone(),
+            netns: self.netns.clone(),
+            service_cidrs: self.service_cidrs.clone(),
+            listen: self.listen,
+            expose_debug_recent: self.expose_debug_recent,
+            dry_run: self.dry_run,
+            reactor: ReactorConfig {
+                policy,
+                grace: self.grace,
+                kube_proxy_max_wait: self.kube_proxy_max_wait,
+                resync_interval: self.resync_interval,
+                resync_cpu_percent: self.resync_cpu_percent,
+                breaker: Breaker {
+                    max_deletes_per_pass: self.max_deletes_per_pass,
+                    max_deletes_per_minute: self.max_deletes_per_minute,
+                    ..Breaker::default()
+                },
+                tombstone_ttl: self.tombstone_ttl,
+                ip_lookup_every: self.ip_lookup_every,
+            },
+            pod_get_timeout: self.pod_get_timeout,
+            max_service_series: self.max_service_series,
+            events: self.events,
+            log_removed_flows: self.log_removed_flows,
+            kube_proxy: KubeProxyConfig {
+                metrics_url: self.kube_proxy_metrics_url.clone(),
+                healthz_url: self.kube_proxy_healthz_url.clone(),
+                proxy_mode_url: self.kube_proxy_mode_url.clone(),
+                ..KubeProxyConfig::default()
+            },
+            kube_proxy_mode_interval: self.kube_proxy_mode_interval,
+            event_buffer_bytes: self.event_buffer_bytes,
+            per_cpu_metrics: self.per_cpu_metrics,
+            watch_stale_after: self.watch_stale_after,
+        })
+    }
+}
+
 pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
-    crate::agent::main(a)
+    crate::agent::main(a.config()?)
 }

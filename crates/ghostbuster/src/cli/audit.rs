@@ -7,18 +7,14 @@
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 
-use crate::audit::{self, emit, host, sysctl, Facts, Finding, Severity, Summary};
+use crate::audit::{self, emit, sysctl, Facts, Finding, Severity, Summary};
 use crate::exit::{input_error, CodedError, ExitCode};
 use crate::kube_proxy;
-
-/// How long kube-proxy gets to connect and to answer.
-const KUBE_PROXY_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Args)]
 pub struct AuditArgs {
@@ -68,45 +64,12 @@ pub struct FactsReport {
     pub proc_net_stat_nf_conntrack: bool,
 }
 
-/// Reads everything the checks need. Errors carry their exit code (2 bad URL, 3 environment).
+/// Reads everything the checks need ([`audit::gather`]). Errors carry their exit code (2 bad
+/// URL, 3 environment).
 pub fn gather(a: &AuditArgs) -> anyhow::Result<Facts> {
     let url = kube_proxy::HttpUrl::parse(&a.kube_proxy_url)
         .map_err(|e| input_error(anyhow::anyhow!("--kube-proxy-url {e}")))?;
-    let reading = sysctl::read(a.netns.as_deref()).map_err(read_error)?;
-    for (key, why) in &reading.unreadable {
-        tracing::warn!("could not read net.netfilter.{key}: {why}; reporting it as absent");
-    }
-    // The count over netlink (what `conntrack -C` reads); without CAP_NET_ADMIN fall back to the
-    // namespace's nf_conntrack_count sysctl, which holds the same number.
-    let netlink = ctnetlink::Conntrack::open_in(a.netns.as_deref()).and_then(|mut ct| ct.stats());
-    let peak_entries = match netlink {
-        Ok(g) => Some(u64::from(g.entries)),
-        Err(e) => {
-            let fallback = reading.values.get("nf_conntrack_count").copied();
-            if fallback.is_some() {
-                tracing::debug!("entry count over netlink failed ({e}); using nf_conntrack_count");
-            } else {
-                tracing::warn!(
-                    "could not read the entry count ({e}); table utilization is not checked"
-                );
-            }
-            fallback
-        }
-    };
-    let kube_proxy_mode = match kube_proxy::proxy_mode_blocking(&url, KUBE_PROXY_TIMEOUT) {
-        Ok(m) => Some(m),
-        Err(why) => {
-            tracing::debug!("kube-proxy mode unknown: {why}");
-            None
-        }
-    };
-    Ok(Facts {
-        sysctls: reading.values,
-        cpus: host::cpus(),
-        peak_entries,
-        proc_stat: reading.proc_stat,
-        kube_proxy_mode,
-    })
+    audit::gather(a.netns.as_deref(), &url).map_err(read_error)
 }
 
 /// Both ways reading can fail are the environment's fault (exit 3): no conntrack in this kernel,

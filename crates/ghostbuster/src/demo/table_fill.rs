@@ -21,8 +21,8 @@ use serde_json::json;
 use super::stage::{pause, vip, Healthy, Stage, DNS_PORT, HTTP_PORT};
 use super::{ActInfo, ActReport, Context, Error, Mode, RunReport};
 use crate::audit::{self, host, sysctl, Facts};
-use crate::cli::stats;
 use crate::policy::Policy;
+use crate::stats;
 
 const INFO: ActInfo = (4, "table_fill", "who fills the table", "004");
 const WEB_VIP: u8 = 30;

@@ -138,16 +138,14 @@ mod tests {
         let client = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 5));
         let vip = IpAddr::V4(Ipv4Addr::new(10, 96, 0, 10));
         let pod = IpAddr::V4(Ipv4Addr::new(10, 244, 1, 7));
-        {
-            let mut fl = Flow::new(
-                Tuple::ports(client, sport, vip, 5432, 6),
-                Tuple::ports(pod, 5432, client, sport, 6),
-            );
-            fl.status = Status::DST_NAT;
-            fl.timeout = Some(100);
-            fl.id = Some(42);
-            fl
-        }
+        let mut f = Flow::new(
+            Tuple::ports(client, sport, vip, 5432, 6),
+            Tuple::ports(pod, 5432, client, sport, 6),
+        );
+        f.status = Status::DST_NAT;
+        f.timeout = Some(100);
+        f.id = Some(42);
+        f
     }
 
     fn removed(sport: u16) -> RemovedFlow {

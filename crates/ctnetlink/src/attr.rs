@@ -51,6 +51,7 @@ impl<'a> Attr<'a> {
         Ok(u64::from_be_bytes(self.fixed(what)?))
     }
     #[inline]
+    #[cfg_attr(not(any(test, feature = "fuzzing")), allow(dead_code))] // tests and the fuzzer
     pub fn ne32(&self, what: &'static str) -> Result<u32, ParseError> {
         Ok(u32::from_ne_bytes(self.fixed(what)?))
     }
@@ -127,6 +128,7 @@ pub struct MsgWriter {
 }
 
 impl MsgWriter {
+    #[cfg_attr(not(any(test, feature = "fuzzing")), allow(dead_code))] // tests and the fuzzer
     pub fn new() -> Self {
         Self::default()
     }
@@ -141,6 +143,7 @@ impl MsgWriter {
     pub fn len(&self) -> usize {
         self.buf.len()
     }
+    #[cfg_attr(not(test), allow(dead_code))] // tests
     pub fn is_empty(&self) -> bool {
         self.buf.is_empty()
     }
@@ -192,11 +195,6 @@ impl MsgWriter {
         self.pad();
         let len = (self.buf.len() - start) as u32;
         self.buf[start..start + 4].copy_from_slice(&len.to_ne_bytes());
-    }
-
-    /// Removes a message that was begun but must not be sent.
-    pub fn truncate(&mut self, start: usize) {
-        self.buf.truncate(start);
     }
 
     pub fn put(&mut self, kind: u16, payload: &[u8]) {

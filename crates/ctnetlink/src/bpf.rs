@@ -18,7 +18,7 @@
 //! The program walks `CTA_TUPLE_REPLY` → `CTA_TUPLE_IP` → `CTA_IP_V4_SRC`/`CTA_IP_V6_SRC`
 //! (chosen by the `nfgenmsg` family byte at offset 16) and compares the address with the set.
 //! Packet loads are big-endian; netlink headers are host-endian, so every constant compared with a
-//! header field is converted here ([`host_u16_as_loaded`]).
+//! header field is converted here.
 //!
 //! Decisions (the filter is an optimisation; user space re-checks every event it gets):
 //! - an empty set drops every conntrack NEW/DELETE event: nothing can match;
@@ -44,9 +44,9 @@ pub const MAX_ADDRESSES: usize = 1024;
 pub const MAX_INSNS: usize = 4096;
 
 /// What the program returns to keep a message: the whole packet (`~0`, like libnetfilter_conntrack).
-pub const ACCEPT: u32 = u32::MAX;
+pub(crate) const ACCEPT: u32 = u32::MAX;
 /// What the program returns to drop a message.
-pub const DROP: u32 = 0;
+pub(crate) const DROP: u32 = 0;
 
 /// Offset of the first attribute of a netfilter netlink message: nlmsghdr (16) + nfgenmsg (4).
 const ATTRS_OFFSET: u32 = 20;
@@ -82,7 +82,7 @@ const AD_NLATTR_NEST: u32 = (libc::SKF_AD_OFF + libc::SKF_AD_NLATTR_NEST) as u32
 
 /// The value a 16-bit packet load (big-endian) yields for a host-endian `u16` field, such as
 /// `nlmsg_type` or `nla_len`: the program is built on the host whose kernel runs it.
-pub const fn host_u16_as_loaded(v: u16) -> u32 {
+pub(crate) const fn host_u16_as_loaded(v: u16) -> u32 {
     u16::from_be_bytes(v.to_ne_bytes()) as u32
 }
 
@@ -523,7 +523,7 @@ mod tests {
         );
         put_tuple(&mut w, CTA_TUPLE_ORIG, &orig);
         put_tuple(&mut w, CTA_TUPLE_REPLY, &reply);
-        w.put_be32(CTA_STATUS, Status::CONFIRMED | Status::DST_NAT);
+        w.put_be32(CTA_STATUS, (Status::CONFIRMED | Status::DST_NAT).bits());
         w.put_be32(CTA_ID, 7);
         w.end_msg(m);
         w.as_bytes().to_vec()

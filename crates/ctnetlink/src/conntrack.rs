@@ -28,6 +28,7 @@ const RX_COST_PER_ENTRY: usize = 8 * 1024;
 
 /// What a dump saw.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DumpSummary {
     /// Entries the kernel returned (after its own pre-selection).
     pub seen: u64,
@@ -35,6 +36,7 @@ pub struct DumpSummary {
     pub matched: u64,
     /// Entries that did not parse; they are skipped, the first error is kept.
     pub malformed: u64,
+    /// Why the first malformed entry did not parse.
     pub first_error: Option<ParseError>,
     /// The kernel flagged the dump as interrupted (the table changed under it).
     pub interrupted: bool,
@@ -42,11 +44,14 @@ pub struct DumpSummary {
 
 /// The fate of one exact delete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DeleteOutcome {
+    /// The entry was deleted.
     Deleted,
     /// ENOENT: the entry expired, someone else removed it, or the tuple now belongs to a newer
     /// entry with another id (which we rightly did not touch).
     AlreadyGone,
+    /// The kernel refused the delete with this errno.
     Failed(i32),
 }
 
@@ -55,20 +60,27 @@ pub enum DeleteOutcome {
 // about to be deleted, and a `Copy` answer is worth more than the bytes a box would save.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Lookup {
     /// The entry that has this tuple now (its id may differ from the key's: compare).
     Found(Flow),
     /// ENOENT: no entry has this tuple any more.
     Gone,
+    /// The read failed with this errno.
     Failed(i32),
 }
 
 /// What a batch of creates did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CreateSummary {
+    /// Entries created.
     pub created: u64,
+    /// Entries not created because one with the same tuple exists (EEXIST).
     pub existed: u64,
+    /// Entries not created for another reason.
     pub failed: u64,
+    /// The errno of the first of those.
     pub first_errno: Option<i32>,
 }
 
@@ -96,7 +108,7 @@ impl Conntrack {
         match netns {
             None => Self::open(),
             Some(name) => {
-                let sock = crate::netns::run_in(name, Socket::new)?;
+                let sock = crate::netns::run_in(name, Socket::new)??;
                 Self::with_socket(sock)
             }
         }

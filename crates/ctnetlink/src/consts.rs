@@ -1,5 +1,7 @@
 //! Numbers of the ctnetlink protocol (`linux/netfilter/nfnetlink_conntrack.h`).
 #![allow(missing_docs)]
+// The protocol's table, kept whole: not every number is used by the crate itself.
+#![allow(dead_code)]
 
 pub const NETLINK_NETFILTER: i32 = 12;
 pub const NFNL_SUBSYS_CTNETLINK: u16 = 1;
@@ -100,11 +102,19 @@ pub const NFNLGRP_CONNTRACK_NEW: u32 = 1;
 pub const NFNLGRP_CONNTRACK_UPDATE: u32 = 2;
 pub const NFNLGRP_CONNTRACK_DESTROY: u32 = 3;
 
+/// IP protocol number of ICMP.
 pub const IPPROTO_ICMP: u8 = 1;
+/// IP protocol number of TCP.
 pub const IPPROTO_TCP: u8 = 6;
+/// IP protocol number of UDP.
 pub const IPPROTO_UDP: u8 = 17;
+/// IP protocol number of ICMPv6.
 pub const IPPROTO_ICMPV6: u8 = 58;
+/// IP protocol number of SCTP.
 pub const IPPROTO_SCTP: u8 = 132;
+/// IP protocol number of UDP-Lite.
 pub const IPPROTO_UDPLITE: u8 = 136;
+/// IP protocol number of DCCP.
 pub const IPPROTO_DCCP: u8 = 33;
+/// IP protocol number of GRE.
 pub const IPPROTO_GRE: u8 = 47;

@@ -22,15 +22,42 @@ use crate::flow::{parse_flow, Flow};
 use crate::nl::*;
 use crate::socket::Socket;
 
-/// Which events to receive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which events to receive: a set of groups, combined with `|`
+/// (`EventGroups::NEW | EventGroups::DESTROY`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct EventGroups {
+    /// New entries.
     pub new: bool,
+    /// Changes of existing entries.
     pub update: bool,
+    /// Removed entries.
     pub destroy: bool,
 }
 
 impl EventGroups {
+    /// No event.
+    pub const NONE: EventGroups = EventGroups {
+        new: false,
+        update: false,
+        destroy: false,
+    };
+    /// New entries only.
+    pub const NEW: EventGroups = EventGroups {
+        new: true,
+        ..Self::NONE
+    };
+    /// Changes only.
+    pub const UPDATE: EventGroups = EventGroups {
+        update: true,
+        ..Self::NONE
+    };
+    /// Removals only.
+    pub const DESTROY: EventGroups = EventGroups {
+        destroy: true,
+        ..Self::NONE
+    };
+    /// Every event.
     pub const ALL: EventGroups = EventGroups {
         new: true,
         update: true,
@@ -38,20 +65,39 @@ impl EventGroups {
     };
 }
 
+impl std::ops::BitOr for EventGroups {
+    type Output = EventGroups;
+    fn bitor(self, rhs: EventGroups) -> EventGroups {
+        EventGroups {
+            new: self.new || rhs.new,
+            update: self.update || rhs.update,
+            destroy: self.destroy || rhs.destroy,
+        }
+    }
+}
+
 /// What happened to an entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum EventKind {
+    /// An entry was created.
     New,
+    /// An entry changed (status, state, ...).
     Update,
+    /// An entry was removed.
     Destroy,
 }
 
 /// What a filter update left on the socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum FilterApplied {
     /// A program of this many instructions lets through only the events of the set's backends
     /// (and every message that is not a conntrack event).
-    Filtered { instructions: usize },
+    Filtered {
+        /// The program's length.
+        instructions: usize,
+    },
     /// The set was too large for one program ([`crate::bpf::MAX_ADDRESSES`] or
     /// [`crate::bpf::MAX_INSNS`]): no filter, every event arrives.
     Unfiltered,
@@ -72,7 +118,7 @@ impl EventSocket {
     pub fn open_in(netns: Option<&str>, groups: EventGroups, rcvbuf: usize) -> Result<Self> {
         let sock = match netns {
             None => Socket::new()?,
-            Some(name) => crate::netns::run_in(name, Socket::new)?,
+            Some(name) => crate::netns::run_in(name, Socket::new)??,
         };
         if groups.new {
             sock.add_membership(NFNLGRP_CONNTRACK_NEW)?;
@@ -276,5 +322,22 @@ fn clear_filter(sock: &Socket) -> Result<()> {
 impl AsRawFd for EventSocket {
     fn as_raw_fd(&self) -> RawFd {
         self.sock.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_groups_combine_with_or() {
+        let g = EventGroups::NEW | EventGroups::DESTROY;
+        assert!(g.new && !g.update && g.destroy);
+        assert_eq!(
+            EventGroups::NEW | EventGroups::UPDATE | EventGroups::DESTROY,
+            EventGroups::ALL
+        );
+        assert_eq!(EventGroups::default(), EventGroups::NONE);
+        assert_eq!(EventGroups::NONE | EventGroups::UPDATE, EventGroups::UPDATE);
     }
 }

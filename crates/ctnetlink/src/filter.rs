@@ -8,18 +8,56 @@
 
 use std::net::IpAddr;
 
-use crate::flow::{Family, Flow, Tuple};
+use crate::flow::{Family, Flow, Status, Tuple};
 
-/// Exact matches on one direction's tuple.
+/// Exact matches on one direction's tuple; `None` matches anything.
+///
+/// Built with [`TupleMatch::new`] and the `with_*` methods, or from `default()` by assigning
+/// fields (more may be added).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TupleMatch {
+    /// Source address.
     pub src: Option<IpAddr>,
+    /// Destination address.
     pub dst: Option<IpAddr>,
+    /// Source port (protocols with ports only).
     pub sport: Option<u16>,
+    /// Destination port (protocols with ports only).
     pub dport: Option<u16>,
 }
 
 impl TupleMatch {
+    /// Matches any tuple.
+    pub const fn new() -> Self {
+        TupleMatch {
+            src: None,
+            dst: None,
+            sport: None,
+            dport: None,
+        }
+    }
+    /// Also requires this source address.
+    pub const fn with_src(mut self, ip: IpAddr) -> Self {
+        self.src = Some(ip);
+        self
+    }
+    /// Also requires this destination address.
+    pub const fn with_dst(mut self, ip: IpAddr) -> Self {
+        self.dst = Some(ip);
+        self
+    }
+    /// Also requires this source port.
+    pub const fn with_sport(mut self, port: u16) -> Self {
+        self.sport = Some(port);
+        self
+    }
+    /// Also requires this destination port.
+    pub const fn with_dport(mut self, port: u16) -> Self {
+        self.dport = Some(port);
+        self
+    }
+    /// True when nothing is to be matched.
     pub fn is_empty(&self) -> bool {
         *self == TupleMatch::default()
     }
@@ -35,21 +73,88 @@ impl TupleMatch {
     }
 }
 
-/// What a dump should return. Empty means everything.
+/// What a dump should return. Empty (`Filter::default()`) means everything.
+///
+/// Built with [`Filter::new`] and the `with_*` methods, or from `default()` by assigning fields
+/// (more may be added):
+///
+/// ```
+/// use ctnetlink::{Filter, TupleMatch, IPPROTO_TCP};
+///
+/// let backend = "10.0.0.7".parse().unwrap();
+/// let f = Filter::new()
+///     .with_proto(IPPROTO_TCP)
+///     .with_reply(TupleMatch::new().with_src(backend).with_sport(8080));
+/// assert_eq!(f.reply.src, Some(backend));
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Filter {
+    /// Address family.
     pub family: Option<Family>,
+    /// IP protocol number (`IPPROTO_*`).
     pub proto: Option<u8>,
+    /// Matches on the original direction.
     pub orig: TupleMatch,
+    /// Matches on the reply direction.
     pub reply: TupleMatch,
     /// `(value, mask)`: entries with `mark & mask == value`.
     pub mark: Option<(u32, u32)>,
     /// `(value, mask)`: entries with `status & mask == value`.
-    pub status: Option<(u32, u32)>,
+    pub status: Option<(Status, Status)>,
+    /// Conntrack zone.
     pub zone: Option<u16>,
 }
 
 impl Filter {
+    /// Matches every entry.
+    pub const fn new() -> Self {
+        Filter {
+            family: None,
+            proto: None,
+            orig: TupleMatch::new(),
+            reply: TupleMatch::new(),
+            mark: None,
+            status: None,
+            zone: None,
+        }
+    }
+    /// Also requires this address family.
+    pub const fn with_family(mut self, family: Family) -> Self {
+        self.family = Some(family);
+        self
+    }
+    /// Also requires this IP protocol (`IPPROTO_*`).
+    pub const fn with_proto(mut self, proto: u8) -> Self {
+        self.proto = Some(proto);
+        self
+    }
+    /// Replaces the matches on the original direction.
+    pub const fn with_orig(mut self, orig: TupleMatch) -> Self {
+        self.orig = orig;
+        self
+    }
+    /// Replaces the matches on the reply direction.
+    pub const fn with_reply(mut self, reply: TupleMatch) -> Self {
+        self.reply = reply;
+        self
+    }
+    /// Also requires `mark & mask == value`.
+    pub const fn with_mark(mut self, value: u32, mask: u32) -> Self {
+        self.mark = Some((value, mask));
+        self
+    }
+    /// Also requires `status & mask == value`: e.g. `(Status::empty(), Status::SEEN_REPLY)` for
+    /// entries that never saw a reply.
+    pub const fn with_status(mut self, value: Status, mask: Status) -> Self {
+        self.status = Some((value, mask));
+        self
+    }
+    /// Also requires this conntrack zone.
+    pub const fn with_zone(mut self, zone: u16) -> Self {
+        self.zone = Some(zone);
+        self
+    }
     /// The user-space check. The kernel's pre-selection is only an optimisation.
     #[inline]
     pub fn matches(&self, f: &Flow) -> bool {
@@ -58,7 +163,7 @@ impl Filter {
             && self.orig.matches(&f.orig)
             && self.reply.matches(&f.reply)
             && self.mark.is_none_or(|(v, m)| f.mark.unwrap_or(0) & m == v)
-            && self.status.is_none_or(|(v, m)| f.status.0 & m == v)
+            && self.status.is_none_or(|(v, m)| f.status & m == v)
             && self.zone.is_none_or(|z| z == f.zone)
     }
 

@@ -9,9 +9,11 @@ pub const NFGENMSG_LEN: usize = 4;
 pub const NLMSG_NOOP: u16 = 1;
 pub const NLMSG_ERROR: u16 = 2;
 pub const NLMSG_DONE: u16 = 3;
+#[allow(dead_code)] // the protocol's table, kept whole
 pub const NLMSG_OVERRUN: u16 = 4;
 
 pub const NLM_F_REQUEST: u16 = 0x1;
+#[allow(dead_code)] // the protocol's table, kept whole (the fuzzer uses it)
 pub const NLM_F_MULTI: u16 = 0x2;
 pub const NLM_F_ACK: u16 = 0x4;
 pub const NLM_F_DUMP_INTR: u16 = 0x10;
@@ -114,6 +116,7 @@ impl<'a> Message<'a> {
     }
 
     /// For NLMSG_ERROR: the sequence number of the request it answers.
+    #[cfg_attr(not(any(test, feature = "fuzzing")), allow(dead_code))] // tests and the fuzzer
     pub fn error_seq(&self) -> Option<u32> {
         let b = self.payload.get(4 + 8..4 + 12)?;
         Some(u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))

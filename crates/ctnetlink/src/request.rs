@@ -8,22 +8,26 @@ use crate::attr::MsgWriter;
 use crate::consts::*;
 use crate::error::{Error, Result};
 use crate::filter::{Filter, TupleMatch};
-use crate::flow::{Family, Flow, TcpState, Tuple, L4};
+use crate::flow::{Family, Flow, Status, TcpState, Tuple, L4};
 use crate::nl::*;
 
-/// What identifies one entry exactly, for a delete or an exact read ([`get`]): the *reply* tuple,
+/// What identifies one entry exactly, for a delete or an exact read
+/// ([`Conntrack::get`](crate::Conntrack::get)): the *reply* tuple,
 /// the zone and the kernel's id.
 ///
 /// The reply tuple, not the original one: `CTA_ID` is a hash of the entry's address and original
 /// tuple, so a new entry that reuses both the original tuple and the freed slot (a UDP flow that
-/// kube-proxy re-routed to another backend) carries the same id. Its reply tuple names the new
+/// a load balancer re-routed to another backend) carries the same id. Its reply tuple names the new
 /// backend, so a key taken from the old entry cannot match it (the kernel's
 /// `ctnetlink_del_conntrack` looks an entry up by `CTA_TUPLE_REPLY` when no `CTA_TUPLE_ORIG` is
 /// given, then compares `CTA_ID`). Test: `a_stale_key_never_hits_a_rerouted_entry_with_the_same_id`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct DeleteKey {
+    /// Address family.
     pub family: Family,
+    /// The entry's reply tuple.
     pub reply: Tuple,
+    /// The entry's conntrack zone.
     pub zone: u16,
     /// With an id the kernel refuses (ENOENT) to delete a newer entry that reuses the tuple.
     pub id: Option<u32>,
@@ -43,26 +47,38 @@ impl From<&Flow> for DeleteKey {
 /// A change to an existing entry (tests and the lab: what a packet would have done to it, e.g. a
 /// half-open flow that gets its reply). Found like a delete, by reply tuple and zone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct FlowUpdate {
+    /// The entry to change.
     pub key: DeleteKey,
     /// The whole new status. The kernel refuses (EBUSY) to clear CONFIRMED, SEEN_REPLY or
     /// ASSURED and ignores the NAT bits: pass the entry's status with the bits to add.
-    pub status: Option<u32>,
+    pub status: Option<Status>,
+    /// The new TCP state.
     pub tcp_state: Option<TcpState>,
+    /// The new timeout, in seconds.
     pub timeout: Option<u32>,
 }
 
-/// An entry to create (tests, benchmarks, the lab).
+/// An entry to create (tests, benchmarks, labs): start from [`NewFlow::established`] and
+/// adjust with the `with_*` methods or by assigning fields (more may be added).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct NewFlow {
+    /// The original tuple; the reply tuple is its inverse, or follows from `dnat`.
     pub orig: Tuple,
     /// DNAT target (backend address and port): the kernel computes the reply tuple from it and
-    /// sets DST_NAT, exactly as for a packet that hit a kube-proxy rule.
+    /// sets DST_NAT, exactly as for a packet that hit a DNAT rule.
     pub dnat: Option<(IpAddr, u16)>,
-    pub status: u32,
+    /// Status flags ([`Status::CONFIRMED`] is always added: the kernel requires it).
+    pub status: Status,
+    /// Timeout, in seconds.
     pub timeout: u32,
+    /// TCP state, for TCP entries.
     pub tcp_state: Option<TcpState>,
+    /// Connection mark.
     pub mark: Option<u32>,
+    /// Conntrack zone.
     pub zone: u16,
 }
 
@@ -72,12 +88,65 @@ impl NewFlow {
         NewFlow {
             orig,
             dnat,
-            status: crate::Status::SEEN_REPLY | crate::Status::ASSURED,
+            status: Status::SEEN_REPLY | Status::ASSURED,
             timeout: 3600,
             tcp_state: (orig.proto == IPPROTO_TCP).then_some(TcpState::ESTABLISHED),
             mark: None,
             zone: 0,
         }
+    }
+    /// With these status flags instead.
+    pub const fn with_status(mut self, status: Status) -> Self {
+        self.status = status;
+        self
+    }
+    /// With this timeout (seconds) instead.
+    pub const fn with_timeout(mut self, seconds: u32) -> Self {
+        self.timeout = seconds;
+        self
+    }
+    /// With this TCP state instead.
+    pub const fn with_tcp_state(mut self, state: TcpState) -> Self {
+        self.tcp_state = Some(state);
+        self
+    }
+    /// With this connection mark.
+    pub const fn with_mark(mut self, mark: u32) -> Self {
+        self.mark = Some(mark);
+        self
+    }
+    /// In this conntrack zone.
+    pub const fn with_zone(mut self, zone: u16) -> Self {
+        self.zone = zone;
+        self
+    }
+}
+
+impl FlowUpdate {
+    /// A change of the entry `key` that changes nothing yet: add what to change with the
+    /// `with_*` methods.
+    pub const fn new(key: DeleteKey) -> Self {
+        FlowUpdate {
+            key,
+            status: None,
+            tcp_state: None,
+            timeout: None,
+        }
+    }
+    /// Sets the whole status (see [`FlowUpdate::status`]).
+    pub const fn with_status(mut self, status: Status) -> Self {
+        self.status = Some(status);
+        self
+    }
+    /// Sets the TCP state.
+    pub const fn with_tcp_state(mut self, state: TcpState) -> Self {
+        self.tcp_state = Some(state);
+        self
+    }
+    /// Sets the timeout, in seconds.
+    pub const fn with_timeout(mut self, seconds: u32) -> Self {
+        self.timeout = Some(seconds);
+        self
     }
 }
 
@@ -99,7 +168,7 @@ fn put_ip(w: &mut MsgWriter, src: Option<&IpAddr>, dst: Option<&IpAddr>) {
 }
 
 /// Appends a complete tuple nest.
-pub fn put_tuple(w: &mut MsgWriter, kind: u16, t: &Tuple) {
+pub(crate) fn put_tuple(w: &mut MsgWriter, kind: u16, t: &Tuple) {
     let n = w.begin_nest(kind);
     put_ip(w, Some(&t.src), Some(&t.dst));
     let p = w.begin_nest(CTA_TUPLE_PROTO);
@@ -175,7 +244,7 @@ fn put_filter_tuple(w: &mut MsgWriter, kind: u16, m: &TupleMatch, proto: Option<
 
 /// Appends a dump request for one family (`None`: all families). The kernel pre-selects what it
 /// safely can; the caller re-checks every entry with [`Filter::matches`].
-pub fn dump(w: &mut MsgWriter, seq: u32, family: Option<Family>, filter: &Filter) {
+pub(crate) fn dump(w: &mut MsgWriter, seq: u32, family: Option<Family>, filter: &Filter) {
     let af = family.map(Family::af).unwrap_or(libc::AF_UNSPEC as u8);
     let m = w.begin_msg(
         msg_type(IPCTNL_MSG_CT_GET),
@@ -190,8 +259,8 @@ pub fn dump(w: &mut MsgWriter, seq: u32, family: Option<Family>, filter: &Filter
         w.put_be32(CTA_MARK_MASK, mask);
     }
     if let Some((v, mask)) = filter.status {
-        w.put_be32(CTA_STATUS, v);
-        w.put_be32(CTA_STATUS_MASK, mask);
+        w.put_be32(CTA_STATUS, v.bits());
+        w.put_be32(CTA_STATUS_MASK, mask.bits());
     }
     // CTA_FILTER needs a concrete family to parse addresses and ports.
     if family.is_some() {
@@ -231,7 +300,7 @@ fn check_key(key: &DeleteKey) -> Result<()> {
 /// Appends one exact delete, keyed on the reply tuple (never the original one: see
 /// [`DeleteKey`]), the zone and the id. The message carries no ACK request: the kernel answers
 /// only on failure, and a trailing [`noop_ack`] tells when the whole batch has been processed.
-pub fn delete(w: &mut MsgWriter, seq: u32, key: &DeleteKey) -> Result<()> {
+pub(crate) fn delete(w: &mut MsgWriter, seq: u32, key: &DeleteKey) -> Result<()> {
     check_key(key)?;
     let m = w.begin_msg(
         msg_type(IPCTNL_MSG_CT_DELETE),
@@ -254,7 +323,7 @@ pub fn delete(w: &mut MsgWriter, seq: u32, key: &DeleteKey) -> Result<()> {
 /// [`delete`]. The kernel answers with the entry (a CT_NEW message carrying this `seq`) or with
 /// an error (ENOENT when no entry has this tuple); it ignores `CTA_ID` here, so the caller
 /// compares the id itself. No ACK request, as for [`delete`].
-pub fn get(w: &mut MsgWriter, seq: u32, key: &DeleteKey) -> Result<()> {
+pub(crate) fn get(w: &mut MsgWriter, seq: u32, key: &DeleteKey) -> Result<()> {
     check_key(key)?;
     let m = w.begin_msg(
         msg_type(IPCTNL_MSG_CT_GET),
@@ -271,7 +340,7 @@ pub fn get(w: &mut MsgWriter, seq: u32, key: &DeleteKey) -> Result<()> {
 }
 
 /// Appends one create (no ACK request; see [`delete`]).
-pub fn create(w: &mut MsgWriter, seq: u32, nf: &NewFlow) -> Result<()> {
+pub(crate) fn create(w: &mut MsgWriter, seq: u32, nf: &NewFlow) -> Result<()> {
     let family = Family::of(&nf.orig.src);
     if Family::of(&nf.orig.dst) != family
         || nf.dnat.is_some_and(|(ip, _)| Family::of(&ip) != family)
@@ -291,7 +360,7 @@ pub fn create(w: &mut MsgWriter, seq: u32, nf: &NewFlow) -> Result<()> {
     put_tuple(w, CTA_TUPLE_REPLY, &nf.orig.inverted());
     // The kernel marks a created entry CONFIRMED before applying CTA_STATUS and refuses (EBUSY)
     // a status that would clear it, so the bit must be in ours.
-    w.put_be32(CTA_STATUS, nf.status | crate::Status::CONFIRMED);
+    w.put_be32(CTA_STATUS, (nf.status | Status::CONFIRMED).bits());
     w.put_be32(CTA_TIMEOUT, nf.timeout);
     if let Some(mark) = nf.mark {
         w.put_be32(CTA_MARK, mark);
@@ -330,7 +399,7 @@ pub fn create(w: &mut MsgWriter, seq: u32, nf: &NewFlow) -> Result<()> {
 
 /// Appends one change of an existing entry: a CT_NEW without NLM_F_CREATE, so the kernel answers
 /// ENOENT rather than create one (no ACK request; see [`delete`]).
-pub fn update(w: &mut MsgWriter, seq: u32, u: &FlowUpdate) -> Result<()> {
+pub(crate) fn update(w: &mut MsgWriter, seq: u32, u: &FlowUpdate) -> Result<()> {
     check_key(&u.key)?;
     let m = w.begin_msg(
         msg_type(IPCTNL_MSG_CT_NEW),
@@ -343,7 +412,7 @@ pub fn update(w: &mut MsgWriter, seq: u32, u: &FlowUpdate) -> Result<()> {
     put_tuple(w, CTA_TUPLE_REPLY, &u.key.reply);
     w.put_be16(CTA_ZONE, u.key.zone);
     if let Some(status) = u.status {
-        w.put_be32(CTA_STATUS, status);
+        w.put_be32(CTA_STATUS, status.bits());
     }
     if let Some(t) = u.timeout {
         w.put_be32(CTA_TIMEOUT, t);
@@ -361,13 +430,13 @@ pub fn update(w: &mut MsgWriter, seq: u32, u: &FlowUpdate) -> Result<()> {
 
 /// Appends a NLMSG_NOOP that asks for an ACK: processed in order, so its ACK marks the end of a
 /// batch whose other messages only answer when they fail.
-pub fn noop_ack(w: &mut MsgWriter, seq: u32) {
+pub(crate) fn noop_ack(w: &mut MsgWriter, seq: u32) {
     let m = w.begin_bare_msg(NLMSG_NOOP, NLM_F_REQUEST | NLM_F_ACK, seq);
     w.end_msg(m);
 }
 
 /// The global counters request (a *do* request: it needs the ACK flag).
-pub fn stats(w: &mut MsgWriter, seq: u32) {
+pub(crate) fn stats(w: &mut MsgWriter, seq: u32) {
     let m = w.begin_msg(
         msg_type(IPCTNL_MSG_CT_GET_STATS),
         NLM_F_REQUEST | NLM_F_ACK,
@@ -380,7 +449,7 @@ pub fn stats(w: &mut MsgWriter, seq: u32) {
 }
 
 /// The per-CPU counters request (a dump, one answer per CPU).
-pub fn stats_cpu(w: &mut MsgWriter, seq: u32) {
+pub(crate) fn stats_cpu(w: &mut MsgWriter, seq: u32) {
     let m = w.begin_msg(
         msg_type(IPCTNL_MSG_CT_GET_STATS_CPU),
         NLM_F_REQUEST | NLM_F_DUMP,
@@ -390,4 +459,202 @@ pub fn stats_cpu(w: &mut MsgWriter, seq: u32) {
         0,
     );
     w.end_msg(m);
+}
+
+/// The encoders against byte captures from a real kernel (`tests/fixtures`, no root needed).
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attr::Attrs;
+    use crate::parse_message;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let p = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read(&p).unwrap_or_else(|e| panic!("read {p}: {e}"))
+    }
+
+    fn flow(name: &str) -> Flow {
+        parse_message(&fixture(name))
+            .expect("parses")
+            .expect("is an entry")
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    const ALL: [&str; 8] = [
+        "ipv4-icmp-echo.bin",
+        "ipv4-sctp-established.bin",
+        "ipv4-tcp-dnat-established.bin",
+        "ipv4-tcp-syn-sent.bin",
+        "ipv4-udp-zone5-unreplied.bin",
+        "ipv6-icmpv6-echo.bin",
+        "ipv6-tcp-dnat-established.bin",
+        "ipv6-udp-unreplied.bin",
+    ];
+
+    /// Emit: the tuple we encode for a DELETE is byte-identical to the kernel's own tuple nest.
+    #[test]
+    fn encoded_tuple_matches_kernel_bytes() {
+        for name in ALL {
+            let raw = fixture(name);
+            let f = flow(name);
+            let msg = Messages::new(&raw).next().unwrap().unwrap();
+            let (_, attrs) = msg.nfgen().unwrap();
+            let kernel_orig = attrs
+                .map(|a| a.unwrap())
+                .find(|a| a.kind == CTA_TUPLE_ORIG)
+                .unwrap();
+            let mut w = MsgWriter::new();
+            put_tuple(&mut w, CTA_TUPLE_ORIG, &f.orig);
+            let ours = Attrs::new(w.as_bytes()).next().unwrap().unwrap();
+            assert_eq!(
+                ours.payload, kernel_orig.payload,
+                "{name}: tuple bytes differ"
+            );
+        }
+    }
+
+    #[test]
+    fn delete_request_round_trips_and_carries_id_and_zone() {
+        let f = flow("ipv4-udp-zone5-unreplied.bin");
+        let mut w = MsgWriter::new();
+        delete(&mut w, 42, &DeleteKey::from(&f)).unwrap();
+        let m = Messages::new(w.as_bytes()).next().unwrap().unwrap();
+        assert_eq!(m.header.kind, msg_type(IPCTNL_MSG_CT_DELETE));
+        assert_eq!(m.header.seq, 42);
+        let (g, attrs) = m.nfgen().unwrap();
+        assert_eq!(g.family, libc::AF_INET as u8);
+        let attrs: Vec<_> = attrs.map(|a| a.unwrap()).collect();
+        let zone = attrs.iter().find(|a| a.kind == CTA_ZONE).unwrap();
+        assert_eq!(zone.be16("zone").unwrap(), 5);
+        let id = attrs.iter().find(|a| a.kind == CTA_ID).unwrap();
+        assert_eq!(Some(id.be32("id").unwrap()), f.id);
+        // Keyed on the reply tuple (it names the backend), never the original one: the kernel
+        // prefers CTA_TUPLE_ORIG when both are present, so the original must be absent.
+        assert!(!attrs.iter().any(|a| a.kind == CTA_TUPLE_ORIG));
+        let reply = attrs.iter().find(|a| a.kind == CTA_TUPLE_REPLY).unwrap();
+        let mut w = MsgWriter::new();
+        put_tuple(&mut w, CTA_TUPLE_REPLY, &f.reply);
+        let ours = Attrs::new(w.as_bytes()).next().unwrap().unwrap();
+        assert_eq!(reply.payload, ours.payload);
+    }
+
+    /// An exact read is a *do* request (no DUMP flag: that would list the table) with the same key.
+    #[test]
+    fn get_request_is_one_exact_lookup_by_reply_tuple_and_zone() {
+        let f = flow("ipv4-udp-zone5-unreplied.bin");
+        let mut w = MsgWriter::new();
+        get(&mut w, 7, &DeleteKey::from(&f)).unwrap();
+        let m = Messages::new(w.as_bytes()).next().unwrap().unwrap();
+        assert_eq!(m.header.kind, msg_type(IPCTNL_MSG_CT_GET));
+        assert_eq!(m.header.flags & NLM_F_DUMP, 0);
+        assert_eq!(m.header.seq, 7);
+        let (_, attrs) = m.nfgen().unwrap();
+        let kinds: Vec<u16> = attrs.map(|a| a.unwrap().kind).collect();
+        assert!(kinds.contains(&CTA_TUPLE_REPLY) && kinds.contains(&CTA_ZONE));
+        assert!(!kinds.contains(&CTA_TUPLE_ORIG));
+        let mut key = DeleteKey::from(&f);
+        key.family = Family::Ipv6;
+        let mut w = MsgWriter::new();
+        assert!(get(&mut w, 1, &key).is_err());
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn delete_without_a_consistent_tuple_is_refused() {
+        let f = flow("ipv4-tcp-syn-sent.bin");
+        let mut key = DeleteKey::from(&f);
+        key.family = Family::Ipv6;
+        let mut w = MsgWriter::new();
+        assert!(delete(&mut w, 1, &key).is_err());
+        assert!(w.is_empty(), "nothing may be emitted for a refused delete");
+    }
+
+    /// Kernel filters never carry IPv6 addresses (the kernel's compare is inverted).
+    #[test]
+    fn ipv6_addresses_never_reach_the_kernel_filter() {
+        let filter = Filter {
+            family: Some(Family::Ipv6),
+            proto: Some(IPPROTO_TCP),
+            reply: TupleMatch {
+                src: Some(ip("2001:db8:2::7")),
+                sport: Some(8443),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let mut w = MsgWriter::new();
+        dump(&mut w, 1, Some(Family::Ipv6), &filter);
+        let bytes = w.as_bytes();
+        let addr = ip("2001:db8:2::7");
+        let IpAddr::V6(a6) = addr else { unreachable!() };
+        assert!(
+            !bytes.windows(16).any(|win| win == a6.octets()),
+            "IPv6 address leaked into the filter"
+        );
+        // The port still goes to the kernel (with the protocol).
+        let m = Messages::new(bytes).next().unwrap().unwrap();
+        let (_, attrs) = m.nfgen().unwrap();
+        assert!(attrs.map(|a| a.unwrap()).any(|a| a.kind == CTA_FILTER));
+        // And the user-space check still matches exactly.
+        let f = flow("ipv6-tcp-dnat-established.bin");
+        assert!(filter.matches(&f));
+        let mut other = f;
+        other.reply.src = ip("2001:db8:2::8");
+        assert!(!filter.matches(&other));
+    }
+
+    #[test]
+    fn builders_set_exactly_what_they_name() {
+        let t = Tuple::ports(ip("192.0.2.2"), 40000, ip("198.51.100.10"), 80, IPPROTO_TCP);
+        let base = NewFlow::established(t, Some((ip("203.0.113.7"), 8080)));
+        assert_eq!(base.status, Status::SEEN_REPLY | Status::ASSURED);
+        assert_eq!(base.tcp_state, Some(TcpState::ESTABLISHED));
+        let nf = base
+            .with_status(Status::empty())
+            .with_timeout(120)
+            .with_tcp_state(TcpState::SYN_SENT)
+            .with_mark(9)
+            .with_zone(5);
+        assert_eq!(
+            (nf.orig, nf.dnat, nf.status, nf.timeout),
+            (base.orig, base.dnat, Status::empty(), 120)
+        );
+        assert_eq!(
+            (nf.tcp_state, nf.mark, nf.zone),
+            (Some(TcpState::SYN_SENT), Some(9), 5)
+        );
+        let key = DeleteKey::from(&flow("ipv4-tcp-syn-sent.bin"));
+        let u = FlowUpdate::new(key);
+        assert_eq!(
+            (u.key, u.status, u.tcp_state, u.timeout),
+            (key, None, None, None)
+        );
+        let u = u
+            .with_status(Status::SEEN_REPLY)
+            .with_tcp_state(TcpState::ESTABLISHED)
+            .with_timeout(30);
+        assert_eq!(
+            (u.status, u.tcp_state, u.timeout),
+            (
+                Some(Status::SEEN_REPLY),
+                Some(TcpState::ESTABLISHED),
+                Some(30)
+            )
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4000))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic_the_framing(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            for m in Messages::new(&bytes).flatten() {
+                let _ = m.error();
+                let _ = m.nfgen().map(|(g, a)| crate::flow::parse_flow(g.family, a));
+            }
+        }
+    }
 }

@@ -6,14 +6,25 @@ use crate::error::ParseError;
 
 /// `conntrack -C` and the limit, for one network namespace (the limit is machine-wide).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct GlobalStats {
+    /// Entries in the table now.
     pub entries: u32,
+    /// The table's limit (`net.netfilter.nf_conntrack_max`).
     pub max_entries: u32,
 }
 
 impl GlobalStats {
+    /// Statistics with these values (for tests and fixtures; [`crate::Conntrack::stats`] reads
+    /// the kernel's).
+    pub const fn new(entries: u32, max_entries: u32) -> Self {
+        GlobalStats {
+            entries,
+            max_entries,
+        }
+    }
     /// Parses the attributes of a CT_GET_STATS answer (after the nfgenmsg).
-    pub fn parse(attrs: Attrs<'_>) -> Result<Self, ParseError> {
+    pub(crate) fn parse(attrs: Attrs<'_>) -> Result<Self, ParseError> {
         let mut s = GlobalStats::default();
         for a in attrs {
             let a = a?;
@@ -37,22 +48,43 @@ impl GlobalStats {
 
 /// One CPU's counters. They are the kernel's 32-bit values and wrap around.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CpuStats {
+    /// The CPU these counters belong to.
     pub cpu: u16,
+    /// Lookups that found an entry.
     pub found: u32,
+    /// Packets conntrack could not track.
     pub invalid: u32,
+    /// Entries inserted.
     pub insert: u32,
+    /// Entries that could not be inserted (a clash, or the table is full).
     pub insert_failed: u32,
+    /// Packets dropped because an entry could not be created.
     pub drop: u32,
+    /// Entries dropped early to make room.
     pub early_drop: u32,
+    /// Packets with errors (ICMP errors that match no entry, ...).
     pub error: u32,
+    /// Lookups restarted because a hash chain changed under them.
     pub search_restart: u32,
+    /// Insert clashes that were resolved.
     pub clash_resolve: u32,
+    /// Inserts refused because a hash chain was too long.
     pub chaintoolong: u32,
 }
 
 impl CpuStats {
-    /// Counter names in a stable order, with accessors; used for output and metrics.
+    /// All-zero counters of one CPU (for tests and fixtures: set the fields needed;
+    /// [`crate::Conntrack::stats_per_cpu`] reads the kernel's).
+    pub fn new(cpu: u16) -> Self {
+        CpuStats {
+            cpu,
+            ..Default::default()
+        }
+    }
+
+    /// Counter names in a stable order, the order of [`CpuStats::values`] and [`CpuStats::sum`].
     pub const NAMES: [&'static str; 10] = [
         "found",
         "invalid",
@@ -66,6 +98,7 @@ impl CpuStats {
         "chaintoolong",
     ];
 
+    /// The counters, in the order of [`CpuStats::NAMES`].
     pub fn values(&self) -> [u32; 10] {
         [
             self.found,
@@ -83,7 +116,7 @@ impl CpuStats {
 
     /// Parses the attributes of one CT_GET_STATS_CPU answer (after the nfgenmsg, whose `res_id`
     /// is the CPU).
-    pub fn parse(cpu: u16, attrs: Attrs<'_>) -> Result<Self, ParseError> {
+    pub(crate) fn parse(cpu: u16, attrs: Attrs<'_>) -> Result<Self, ParseError> {
         let mut s = CpuStats {
             cpu,
             ..Default::default()

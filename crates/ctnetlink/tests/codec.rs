@@ -1,13 +1,12 @@
-//! The codec against byte captures from a real kernel (no root needed), the encoders against
-//! the parser, and the parser against arbitrary bytes (it must never panic).
+//! The parser against byte captures from a real kernel (no root needed) and against arbitrary
+//! bytes (it must never panic), through the public API. The encoders are checked against the
+//! same captures by the unit tests in `src/request.rs`.
 
 use std::net::IpAddr;
 
-use ctnetlink::attr::{Attrs, MsgWriter};
-use ctnetlink::consts::*;
-use ctnetlink::nl::{Messages, NLM_F_DUMP};
-use ctnetlink::request::{self, DeleteKey};
-use ctnetlink::{parse_message, Family, Filter, Flow, Status, TcpState, Tuple, TupleMatch, L4};
+use ctnetlink::{
+    parse_message, Family, Filter, Flow, Status, TcpState, Tuple, TupleMatch, IPPROTO_TCP, L4,
+};
 use proptest::prelude::*;
 
 fn fixture(name: &str) -> Vec<u8> {
@@ -51,7 +50,7 @@ fn ipv4_dnat_entry_has_every_field() {
     assert!(f.is_dnat());
     assert!(f
         .status
-        .has(Status::SEEN_REPLY | Status::ASSURED | Status::CONFIRMED));
+        .contains(Status::SEEN_REPLY | Status::ASSURED | Status::CONFIRMED));
     assert!(!f.unreplied());
     assert_eq!(f.tcp_state, Some(TcpState::ESTABLISHED));
     assert_eq!(f.state_name(), Some("ESTABLISHED"));
@@ -120,129 +119,17 @@ fn half_open_zone_sctp_and_icmp() {
     assert_eq!(udp6.orig.dport(), Some(53));
 }
 
-/// Emit: the tuple we encode for a DELETE is byte-identical to the kernel's own tuple nest.
-#[test]
-fn encoded_tuple_matches_kernel_bytes() {
-    for name in ALL {
-        let raw = fixture(name);
-        let f = flow(name);
-        let msg = Messages::new(&raw).next().unwrap().unwrap();
-        let (_, attrs) = msg.nfgen().unwrap();
-        let kernel_orig = attrs
-            .map(|a| a.unwrap())
-            .find(|a| a.kind == CTA_TUPLE_ORIG)
-            .unwrap();
-        let mut w = MsgWriter::new();
-        request::put_tuple(&mut w, CTA_TUPLE_ORIG, &f.orig);
-        let ours = Attrs::new(w.as_bytes()).next().unwrap().unwrap();
-        assert_eq!(
-            ours.payload, kernel_orig.payload,
-            "{name}: tuple bytes differ"
-        );
-    }
-}
-
-#[test]
-fn delete_request_round_trips_and_carries_id_and_zone() {
-    let f = flow("ipv4-udp-zone5-unreplied.bin");
-    let mut w = MsgWriter::new();
-    request::delete(&mut w, 42, &DeleteKey::from(&f)).unwrap();
-    let m = Messages::new(w.as_bytes()).next().unwrap().unwrap();
-    assert_eq!(m.header.kind, msg_type(IPCTNL_MSG_CT_DELETE));
-    assert_eq!(m.header.seq, 42);
-    let (g, attrs) = m.nfgen().unwrap();
-    assert_eq!(g.family, libc::AF_INET as u8);
-    let attrs: Vec<_> = attrs.map(|a| a.unwrap()).collect();
-    let zone = attrs.iter().find(|a| a.kind == CTA_ZONE).unwrap();
-    assert_eq!(zone.be16("zone").unwrap(), 5);
-    let id = attrs.iter().find(|a| a.kind == CTA_ID).unwrap();
-    assert_eq!(Some(id.be32("id").unwrap()), f.id);
-    // Keyed on the reply tuple (it names the backend), never the original one: the kernel
-    // prefers CTA_TUPLE_ORIG when both are present, so the original must be absent.
-    assert!(!attrs.iter().any(|a| a.kind == CTA_TUPLE_ORIG));
-    let reply = attrs.iter().find(|a| a.kind == CTA_TUPLE_REPLY).unwrap();
-    let mut w = MsgWriter::new();
-    request::put_tuple(&mut w, CTA_TUPLE_REPLY, &f.reply);
-    let ours = Attrs::new(w.as_bytes()).next().unwrap().unwrap();
-    assert_eq!(reply.payload, ours.payload);
-}
-
-/// An exact read is a *do* request (no DUMP flag: that would list the table) with the same key.
-#[test]
-fn get_request_is_one_exact_lookup_by_reply_tuple_and_zone() {
-    let f = flow("ipv4-udp-zone5-unreplied.bin");
-    let mut w = MsgWriter::new();
-    request::get(&mut w, 7, &DeleteKey::from(&f)).unwrap();
-    let m = Messages::new(w.as_bytes()).next().unwrap().unwrap();
-    assert_eq!(m.header.kind, msg_type(IPCTNL_MSG_CT_GET));
-    assert_eq!(m.header.flags & NLM_F_DUMP, 0);
-    assert_eq!(m.header.seq, 7);
-    let (_, attrs) = m.nfgen().unwrap();
-    let kinds: Vec<u16> = attrs.map(|a| a.unwrap().kind).collect();
-    assert!(kinds.contains(&CTA_TUPLE_REPLY) && kinds.contains(&CTA_ZONE));
-    assert!(!kinds.contains(&CTA_TUPLE_ORIG));
-    let mut key = DeleteKey::from(&f);
-    key.family = Family::Ipv6;
-    let mut w = MsgWriter::new();
-    assert!(request::get(&mut w, 1, &key).is_err());
-    assert!(w.is_empty());
-}
-
-#[test]
-fn delete_without_a_consistent_tuple_is_refused() {
-    let f = flow("ipv4-tcp-syn-sent.bin");
-    let mut key = DeleteKey::from(&f);
-    key.family = Family::Ipv6;
-    let mut w = MsgWriter::new();
-    assert!(request::delete(&mut w, 1, &key).is_err());
-    assert!(w.is_empty(), "nothing may be emitted for a refused delete");
-}
-
-/// Kernel filters never carry IPv6 addresses (the kernel's compare is inverted).
-#[test]
-fn ipv6_addresses_never_reach_the_kernel_filter() {
-    let filter = Filter {
-        family: Some(Family::Ipv6),
-        proto: Some(IPPROTO_TCP),
-        reply: TupleMatch {
-            src: Some(ip("2001:db8:2::7")),
-            sport: Some(8443),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let mut w = MsgWriter::new();
-    request::dump(&mut w, 1, Some(Family::Ipv6), &filter);
-    let bytes = w.as_bytes();
-    let addr = ip("2001:db8:2::7");
-    let IpAddr::V6(a6) = addr else { unreachable!() };
-    assert!(
-        !bytes.windows(16).any(|win| win == a6.octets()),
-        "IPv6 address leaked into the filter"
-    );
-    // The port still goes to the kernel (with the protocol).
-    let m = Messages::new(bytes).next().unwrap().unwrap();
-    let (_, attrs) = m.nfgen().unwrap();
-    assert!(attrs.map(|a| a.unwrap()).any(|a| a.kind == CTA_FILTER));
-    // And the user-space check still matches exactly.
-    let f = flow("ipv6-tcp-dnat-established.bin");
-    assert!(filter.matches(&f));
-    let mut other = f;
-    other.reply.src = ip("2001:db8:2::8");
-    assert!(!filter.matches(&other));
-}
-
 #[test]
 fn contradictory_families_match_nothing() {
-    let filter = Filter {
-        family: Some(Family::Ipv4),
-        orig: TupleMatch {
-            src: Some(ip("2001:db8::1")),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
+    let filter = Filter::new()
+        .with_family(Family::Ipv4)
+        .with_orig(TupleMatch::new().with_src(ip("2001:db8::1")));
     assert!(filter.families().is_empty());
+    // The same, built field by field.
+    let mut same = Filter::default();
+    same.family = Some(Family::Ipv4);
+    same.orig.src = Some(ip("2001:db8::1"));
+    assert_eq!(same, filter);
 }
 
 #[test]
@@ -261,10 +148,7 @@ proptest! {
     #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
         let _ = parse_message(&bytes);
-        for m in Messages::new(&bytes).flatten() {
-            let _ = m.error();
-            let _ = m.nfgen().map(|(g, a)| ctnetlink::parse_flow(g.family, a));
-        }
+        let _ = ctnetlink::parse_events(&bytes, |_, _| {});
     }
 
     #[test]
@@ -276,4 +160,23 @@ proptest! {
         }
         let _ = parse_message(&raw);
     }
+}
+
+/// The README's example (a doctest through the crate docs) is `examples/dump.rs`, which
+/// `cargo build --examples` compiles: the two must not drift apart.
+#[test]
+fn the_readme_example_is_examples_dump() {
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let readme = std::fs::read_to_string(format!("{dir}/README.md")).unwrap();
+    let example = std::fs::read_to_string(format!("{dir}/examples/dump.rs")).unwrap();
+    let code = readme
+        .split("```rust,no_run\n")
+        .nth(1)
+        .and_then(|s| s.split("```").next())
+        .expect("a no_run block in the README");
+    let body = example
+        .split_once("\n\n")
+        .map(|(_header, body)| body)
+        .expect("a header comment, then the code");
+    assert_eq!(code, body);
 }

@@ -230,13 +230,7 @@ fn remove_endpoint(api: &FakeApiServer, ip: IpAddr) -> bool {
 }
 
 fn count_to(ct: &mut Conntrack, ip: IpAddr) -> usize {
-    let f = Filter {
-        reply: TupleMatch {
-            src: Some(ip),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
+    let f = Filter::new().with_reply(TupleMatch::new().with_src(ip));
     let mut n = 0;
     ct.dump(&f, |_| {
         n += 1;
@@ -252,16 +246,8 @@ fn count_to(ct: &mut Conntrack, ip: IpAddr) -> usize {
 /// gives an entry its event extension only if a listener exists when it is created, so entries
 /// made before any subscription never report their destruction.
 fn destroy_events(ns: &str) -> std::sync::mpsc::Receiver<(IpAddr, Instant)> {
-    let mut ev = EventSocket::open_in(
-        Some(ns),
-        EventGroups {
-            new: false,
-            update: false,
-            destroy: true,
-        },
-        64 << 20,
-    )
-    .expect("subscribe to DESTROY events");
+    let mut ev = EventSocket::open_in(Some(ns), EventGroups::DESTROY, 64 << 20)
+        .expect("subscribe to DESTROY events");
     ev.set_timeout(Some(Duration::from_millis(100))).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || loop {

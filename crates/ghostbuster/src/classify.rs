@@ -54,7 +54,7 @@ pub fn classify(flow: &Flow, index: &Index, policy: &Policy, now: Timestamp) -> 
 
 /// Never saw a reply: TCP `SYN_SENT`, or no reply packet at all (`[UNREPLIED]`).
 pub fn is_half_open(flow: &Flow) -> bool {
-    flow.tcp_state == Some(TcpState::SYN_SENT) || !flow.status.has(Status::SEEN_REPLY)
+    flow.tcp_state == Some(TcpState::SYN_SENT) || !flow.status.contains(Status::SEEN_REPLY)
 }
 
 fn age(flow: &Flow, now: Timestamp, policy: &Policy) -> Age {

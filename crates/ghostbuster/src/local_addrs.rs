@@ -45,11 +45,9 @@ pub fn of(netns: Option<&str>) -> ctnetlink::Result<Vec<IpAddr>> {
             op: "list local addresses",
             source,
         }),
-        Some(ns) => ctnetlink::netns::run_in(ns, || {
-            here().map_err(|source| ctnetlink::Error::Io {
-                op: "list local addresses",
-                source,
-            })
+        Some(ns) => ctnetlink::netns::run_in(ns, here)?.map_err(|source| ctnetlink::Error::Io {
+            op: "list local addresses",
+            source,
         }),
     }
 }

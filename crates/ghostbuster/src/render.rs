@@ -106,13 +106,13 @@ pub fn short_flags(f: &Flow) -> String {
     if f.unreplied() {
         v.push("UNREPLIED");
     }
-    if f.status.has(ctnetlink::Status::ASSURED) {
+    if f.status.contains(ctnetlink::Status::ASSURED) {
         v.push("ASSURED");
     }
     if f.is_dnat() {
         v.push("DNAT");
     }
-    if f.status.has(ctnetlink::Status::SRC_NAT) {
+    if f.status.contains(ctnetlink::Status::SRC_NAT) {
         v.push("SNAT");
     }
     v.join(",")
@@ -160,4 +160,30 @@ pub fn write_header(w: &mut impl Write, wide: bool) -> io::Result<()> {
         write!(w, " DETAILS")?;
     }
     writeln!(w)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ctnetlink::Status;
+
+    /// The JSON shape of `status`: the set flags' names in bit order; bits without a name (a
+    /// newer kernel's) are left out.
+    #[test]
+    fn status_is_an_array_of_flag_names_in_bit_order() {
+        let s = Status::DST_NAT | Status::CONFIRMED | Status::SEEN_REPLY;
+        assert_eq!(
+            serde_json::to_string(&StatusJson(s)).unwrap(),
+            r#"["seen_reply","confirmed","dst_nat"]"#
+        );
+        let with_unknown = Status::from_bits_retain(s.bits() | 1 << 20);
+        assert_eq!(
+            serde_json::to_string(&StatusJson(with_unknown)).unwrap(),
+            r#"["seen_reply","confirmed","dst_nat"]"#
+        );
+        assert_eq!(
+            serde_json::to_string(&StatusJson(Status::empty())).unwrap(),
+            "[]"
+        );
+    }
 }

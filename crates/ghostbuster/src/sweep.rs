@@ -189,6 +189,11 @@ pub fn sweep_with(
                     first_errno.get_or_insert(e);
                     Outcome::Failed
                 }
+                // An answer a newer ctnetlink may add: not a reason to delete.
+                _ => {
+                    totals.failed += 1;
+                    Outcome::Failed
+                }
             };
             outcomes[i] = fate;
         }
@@ -213,6 +218,11 @@ pub fn sweep_with(
             DeleteOutcome::Failed(e) => {
                 totals.failed += 1;
                 first_errno.get_or_insert(e);
+                Outcome::Failed
+            }
+            // An outcome a newer ctnetlink may add: counted as not deleted.
+            _ => {
+                totals.failed += 1;
                 Outcome::Failed
             }
         };

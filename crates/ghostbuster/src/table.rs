@@ -152,31 +152,21 @@ impl Table for MemTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ctnetlink::{Family, Status, Tuple};
+    use ctnetlink::{Status, Tuple};
     use std::net::{IpAddr, Ipv4Addr};
 
     fn flow(sport: u16, id: u32) -> Flow {
         let client = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 5));
         let vip = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 10));
         let pod = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7));
-        Flow {
-            family: Family::Ipv4,
-            orig: Tuple::ports(client, sport, vip, 80, 6),
-            reply: Tuple::ports(pod, 8080, client, sport, 6),
-            status: Status(Status::DST_NAT),
-            timeout: Some(100),
-            mark: None,
-            zone: 0,
-            id: Some(id),
-            use_count: None,
-            tcp_state: None,
-            sctp_state: None,
-            start_ns: None,
-            stop_ns: None,
-            orig_counters: None,
-            reply_counters: None,
-            labels: None,
-        }
+        let mut f = Flow::new(
+            Tuple::ports(client, sport, vip, 80, 6),
+            Tuple::ports(pod, 8080, client, sport, 6),
+        );
+        f.status = Status::DST_NAT;
+        f.timeout = Some(100);
+        f.id = Some(id);
+        f
     }
 
     /// The kernel's rule the agent leans on: a delete by reply tuple *and id* leaves a newer entry
@@ -200,13 +190,7 @@ mod tests {
     #[test]
     fn a_dump_applies_the_filter_and_can_fail_once() {
         let mut t = MemTable::new([flow(40000, 1), flow(40001, 2)]);
-        let only = Filter {
-            orig: ctnetlink::TupleMatch {
-                sport: Some(40001),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
+        let only = Filter::new().with_orig(ctnetlink::TupleMatch::new().with_sport(40001));
         let mut seen = Vec::new();
         let sum = t
             .dump(&only, |f| {

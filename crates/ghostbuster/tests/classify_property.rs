@@ -396,7 +396,7 @@ proptest! {
             f = f.dnat(ip, *port);
         }
         let mut flow = f.build();
-        flow.status.0 = status;
+        flow.status = ctnetlink::Status::from_bits_retain(status);
         flow.start_ns = start;
         if proto == 1 {
             flow.orig.l4 = ctnetlink::L4::Icmp { kind: 8, code: 0, id: 1 };

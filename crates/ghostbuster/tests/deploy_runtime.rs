@@ -374,10 +374,7 @@ fn only_after_rare_events(live: &BTreeSet<String>) -> BTreeSet<String> {
     let m = Metrics::new(MetricsConfig::default());
     m.record_removal_failure("other");
     m.set_report_only(Some("dry_run"));
-    m.set_table(ctnetlink::GlobalStats {
-        entries: 1000,
-        max_entries: 100_000,
-    });
+    m.set_table(ctnetlink::GlobalStats::new(1000, 100_000));
     let t0 = Instant::now() + Duration::from_secs(15);
     for i in 0..4u64 {
         m.sample_table_count(t0 + Duration::from_secs(15 * i), 2000 + 1500 * i);

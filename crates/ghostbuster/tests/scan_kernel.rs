@@ -15,7 +15,7 @@ mod scan_support;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use ctnetlink::consts::IPPROTO_SCTP;
+use ctnetlink::IPPROTO_SCTP;
 use ctnetlink::{Conntrack, NewFlow, Tuple};
 use netlab::plan::{external_ipv4, vip_v4, vip_v6, NODE_IPV4};
 use netlab::{

@@ -49,8 +49,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
-use ctnetlink::consts::{IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP};
 use ctnetlink::{Conntrack, Filter, Flow, NewFlow, Tuple};
+use ctnetlink::{IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP};
 use netlab::k8s::{self, PodObject};
 use netlab::{Endpoint, NetNs, Service, ServicePort};
 use scan_support::*;
@@ -136,7 +136,7 @@ fn table_72() -> Vec<Entry> {
         let mut flow = NewFlow::established(orig, dnat.map(|(ip, p)| (IpAddr::V4(ip), p)));
         flow.timeout = 3600;
         if dnat.is_none() {
-            flow.status = 0; // never answered
+            flow.status = ctnetlink::Status::empty(); // never answered
         }
         flow
     };

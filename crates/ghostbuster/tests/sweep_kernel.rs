@@ -6,7 +6,7 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use ctnetlink::consts::IPPROTO_TCP;
+use ctnetlink::IPPROTO_TCP;
 use ctnetlink::{Conntrack, DeleteKey, Filter, Flow, FlowUpdate, NewFlow, Status, TcpState, Tuple};
 use ghostbuster::scan::Finding;
 use ghostbuster::sweep::{sweep, sweep_with, Outcome, SweepOptions};
@@ -32,15 +32,13 @@ const BACKEND: &str = "203.0.113.7";
 
 /// A SYN to the Service that kube-proxy DNAT'd to `BACKEND` and that has not been answered.
 fn half_open(sport: u16) -> NewFlow {
-    NewFlow {
-        status: 0,
-        timeout: 120,
-        tcp_state: Some(TcpState::SYN_SENT),
-        ..NewFlow::established(
-            Tuple::ports(ip("192.0.2.2"), sport, ip("198.51.100.10"), 80, IPPROTO_TCP),
-            Some((ip(BACKEND), 8080)),
-        )
-    }
+    NewFlow::established(
+        Tuple::ports(ip("192.0.2.2"), sport, ip("198.51.100.10"), 80, IPPROTO_TCP),
+        Some((ip(BACKEND), 8080)),
+    )
+    .with_status(Status::empty())
+    .with_timeout(120)
+    .with_tcp_state(TcpState::SYN_SENT)
 }
 
 /// What the classifier says of a half-open flow to a backend that is nobody's endpoint, with no
@@ -75,12 +73,10 @@ fn table(ct: &mut Conntrack) -> Vec<Flow> {
 /// same id).
 fn gets_its_reply(ct: &mut Conntrack, f: &Flow) {
     let done = ct
-        .update(&[FlowUpdate {
-            key: DeleteKey::from(f),
-            status: Some(f.status.0 | Status::SEEN_REPLY | Status::ASSURED),
-            tcp_state: Some(TcpState::ESTABLISHED),
-            timeout: Some(3600),
-        }])
+        .update(&[FlowUpdate::new(DeleteKey::from(f))
+            .with_status(f.status | Status::SEEN_REPLY | Status::ASSURED)
+            .with_tcp_state(TcpState::ESTABLISHED)
+            .with_timeout(3600)])
         .unwrap();
     assert_eq!(done, vec![None]);
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use axum::http::{header, StatusCode};
 use axum::routing::get as route_get;
 use axum::Router;
-use ctnetlink::{CpuStats, Family, Flow, GlobalStats, Status, Tuple};
+use ctnetlink::{CpuStats, Flow, GlobalStats, Status, Tuple};
 use ghostbuster::audit::{Finding as AuditFinding, Scope, Severity};
 use ghostbuster::cluster::{FrontendKind, Name, Protocol};
 use ghostbuster::kube_proxy::HttpUrl;
@@ -210,24 +210,15 @@ fn flow(sport: u16) -> Flow {
     let client = IpAddr::V4(Ipv4Addr::new(10, 244, 0, 5));
     let vip = IpAddr::V4(Ipv4Addr::new(10, 96, 0, 20));
     let pod = IpAddr::V4(Ipv4Addr::new(10, 244, 2, 9));
-    Flow {
-        family: Family::Ipv4,
-        orig: Tuple::ports(client, sport, vip, 5432, 6),
-        reply: Tuple::ports(pod, 5432, client, sport, 6),
-        status: Status(Status::DST_NAT | Status::SEEN_REPLY),
-        timeout: Some(431_000),
-        mark: None,
-        zone: 0,
-        id: Some(7),
-        use_count: None,
-        tcp_state: Some(ctnetlink::TcpState::ESTABLISHED),
-        sctp_state: None,
-        start_ns: None,
-        stop_ns: None,
-        orig_counters: None,
-        reply_counters: None,
-        labels: None,
-    }
+    let mut f = Flow::new(
+        Tuple::ports(client, sport, vip, 5432, 6),
+        Tuple::ports(pod, 5432, client, sport, 6),
+    );
+    f.status = Status::DST_NAT | Status::SEEN_REPLY;
+    f.timeout = Some(431_000);
+    f.id = Some(7);
+    f.tcp_state = Some(ctnetlink::TcpState::ESTABLISHED);
+    f
 }
 
 fn finding(sport: u16, kind: VerdictKind) -> Finding {
@@ -285,18 +276,13 @@ async fn metrics_are_well_formed_and_named_as_documented() {
     m.observe_gate_wait(Duration::from_millis(1200));
     m.observe_ghost_age(Duration::from_secs(300));
     m.set_kube_proxy_lag(Some(Duration::from_millis(800)));
-    m.set_table(GlobalStats {
-        entries: 5_000,
-        max_entries: 262_144,
-    });
+    m.set_table(GlobalStats::new(5_000, 262_144));
     m.set_entries_by_state([("tcp", "ESTABLISHED", 4_000), ("udp", "none", 1_000)]);
     m.set_service_entries([("db", "postgres", 3_000u64)]);
-    m.update_cpu_stats(&[CpuStats {
-        cpu: 0,
-        insert_failed: 2,
-        drop: 1,
-        ..Default::default()
-    }]);
+    let mut cpu0 = CpuStats::new(0);
+    cpu0.insert_failed = 2;
+    cpu0.drop = 1;
+    m.update_cpu_stats(&[cpu0]);
     m.set_synced(true);
     srv.state.set_mode(true);
     m.set_circuit_open(false);
@@ -533,15 +519,15 @@ async fn kernel_counters_wrap_without_going_down() {
     let m = &srv.state.metrics;
     let reading = |c0: u32, c1: u32| {
         [
-            CpuStats {
-                cpu: 0,
-                insert: c0,
-                ..Default::default()
+            {
+                let mut c = CpuStats::new(0);
+                c.insert = c0;
+                c
             },
-            CpuStats {
-                cpu: 1,
-                insert: c1,
-                ..Default::default()
+            {
+                let mut c = CpuStats::new(1);
+                c.insert = c1;
+                c
             },
         ]
     };

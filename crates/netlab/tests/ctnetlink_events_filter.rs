@@ -15,7 +15,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use ctnetlink::consts::IPPROTO_TCP;
+use ctnetlink::IPPROTO_TCP;
 use ctnetlink::{Conntrack, EventGroups, EventKind, EventSocket, FilterApplied, NewFlow, Tuple};
 use netlab::NetNs;
 
@@ -91,16 +91,7 @@ impl Lab {
     fn new() -> Lab {
         let ns = NetNs::create("evf").unwrap();
         let ct = Conntrack::open_in(Some(ns.name())).unwrap();
-        let ev = EventSocket::open_in(
-            Some(ns.name()),
-            EventGroups {
-                new: true,
-                update: false,
-                destroy: false,
-            },
-            1 << 20,
-        )
-        .unwrap();
+        let ev = EventSocket::open_in(Some(ns.name()), EventGroups::NEW, 1 << 20).unwrap();
         ev.set_timeout(Some(Duration::from_millis(200))).unwrap();
         Lab { ns, ct, ev }
     }

@@ -8,11 +8,11 @@ use std::net::IpAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use ctnetlink::consts::*;
 use ctnetlink::{
     Conntrack, DeleteKey, DeleteOutcome, EventGroups, EventKind, EventSocket, Family, Filter, Flow,
     FlowUpdate, Lookup, NewFlow, Status, TcpState, Tuple, TupleMatch,
 };
+use ctnetlink::{IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP};
 use netlab::NetNs;
 
 /// Kernel tests need root. Outside CI they skip with a reason; in CI a missing privilege fails.
@@ -60,7 +60,7 @@ fn mixed_entries() -> Vec<NewFlow> {
             Some((ip(&backend), 5353)),
         );
         if i % 3 == 0 {
-            u.status = 0; // unreplied
+            u.status = Status::empty(); // unreplied
         }
         if i % 10 == 0 {
             u.zone = 7;
@@ -107,14 +107,12 @@ fn created_entries_parse_back_field_by_field() {
         Some((ip("2001:db8:2::7"), 8443)),
     );
     nf6.zone = 3;
-    let syn = NewFlow {
-        status: 0,
-        tcp_state: Some(TcpState::SYN_SENT),
-        ..NewFlow::established(
-            tcp("192.0.2.5", 40002, "198.51.100.10", 80),
-            Some((ip("203.0.113.8"), 8080)),
-        )
-    };
+    let syn = NewFlow::established(
+        tcp("192.0.2.5", 40002, "198.51.100.10", 80),
+        Some((ip("203.0.113.8"), 8080)),
+    )
+    .with_status(Status::empty())
+    .with_tcp_state(TcpState::SYN_SENT);
     let s = ct.create(&[nf, nf6, syn]).unwrap();
     assert_eq!(s.created, 3, "{s:?}");
     let flows = ct.dump_vec(&Filter::default()).unwrap();
@@ -126,7 +124,7 @@ fn created_entries_parse_back_field_by_field() {
         f4.is_dnat()
             && f4
                 .status
-                .has(Status::ASSURED | Status::SEEN_REPLY | Status::CONFIRMED)
+                .contains(Status::ASSURED | Status::SEEN_REPLY | Status::CONFIRMED)
     );
     assert_eq!(f4.tcp_state, Some(TcpState::ESTABLISHED));
     assert_eq!(f4.mark, Some(0x42));
@@ -286,14 +284,14 @@ fn exact_reads_see_the_entry_as_it_is_now() {
     }
     let ns = NetNs::create("ct").unwrap();
     let mut ct = Conntrack::open_in(Some(ns.name())).unwrap();
-    let half_open = |sport| NewFlow {
-        status: 0,
-        timeout: 120,
-        tcp_state: Some(TcpState::SYN_SENT),
-        ..NewFlow::established(
+    let half_open = |sport| {
+        NewFlow::established(
             tcp("192.0.2.2", sport, "198.51.100.10", 80),
             Some((ip("203.0.113.7"), 8080)),
         )
+        .with_status(Status::empty())
+        .with_timeout(120)
+        .with_tcp_state(TcpState::SYN_SENT)
     };
     // Enough keys for several batches (at least 16 per batch).
     let n = 3000u16;
@@ -305,12 +303,9 @@ fn exact_reads_see_the_entry_as_it_is_now() {
     // Entry 0 gets its reply; entry 1 is deleted.
     let first = table[0];
     let done = ct
-        .update(&[FlowUpdate {
-            key: keys[0],
-            status: Some(first.status.0 | Status::SEEN_REPLY | Status::ASSURED),
-            tcp_state: Some(TcpState::ESTABLISHED),
-            timeout: None,
-        }])
+        .update(&[FlowUpdate::new(keys[0])
+            .with_status(first.status | Status::SEEN_REPLY | Status::ASSURED)
+            .with_tcp_state(TcpState::ESTABLISHED)])
         .unwrap();
     assert_eq!(done, vec![None]);
     assert_eq!(
@@ -322,7 +317,7 @@ fn exact_reads_see_the_entry_as_it_is_now() {
     match now[0] {
         Lookup::Found(f) => {
             assert_eq!((f.id, f.orig, f.reply), (first.id, first.orig, first.reply));
-            assert!(f.status.has(Status::SEEN_REPLY));
+            assert!(f.status.contains(Status::SEEN_REPLY));
             assert_eq!(f.tcp_state, Some(TcpState::ESTABLISHED));
         }
         other => panic!("entry 0: {other:?}"),
@@ -333,17 +328,12 @@ fn exact_reads_see_the_entry_as_it_is_now() {
             panic!("entry {i}: {is:?}")
         };
         assert_eq!((f.id, f.orig, f.reply), (was.id, was.orig, was.reply));
-        assert!(!f.status.has(Status::SEEN_REPLY));
+        assert!(!f.status.contains(Status::SEEN_REPLY));
     }
     // A change of an entry that is gone is refused, never a create.
     assert_eq!(
-        ct.update(&[FlowUpdate {
-            key: keys[1],
-            status: None,
-            tcp_state: Some(TcpState::ESTABLISHED),
-            timeout: None,
-        }])
-        .unwrap(),
+        ct.update(&[FlowUpdate::new(keys[1]).with_tcp_state(TcpState::ESTABLISHED)])
+            .unwrap(),
         vec![Some(libc::ENOENT)]
     );
     assert_eq!(
@@ -429,73 +419,36 @@ fn kernel_filtered_dumps_equal_user_space_filtering() {
     let all = ct.dump_vec(&Filter::default()).unwrap();
     assert_eq!(all.len() as u64, s.created);
     let filters = [
-        Filter {
-            reply: TupleMatch {
-                src: Some(ip("203.0.113.3")),
-                ..Default::default()
-            },
-            ..Default::default()
-        },
-        Filter {
-            orig: TupleMatch {
-                dst: Some(ip("198.51.100.53")),
-                dport: Some(53),
-                ..Default::default()
-            },
-            proto: Some(IPPROTO_UDP),
-            ..Default::default()
-        },
-        Filter {
-            family: Some(Family::Ipv4),
-            proto: Some(IPPROTO_TCP),
-            ..Default::default()
-        },
-        Filter {
-            family: Some(Family::Ipv6),
-            ..Default::default()
-        },
+        Filter::new().with_reply(TupleMatch::new().with_src(ip("203.0.113.3"))),
+        Filter::new()
+            .with_orig(
+                TupleMatch::new()
+                    .with_dst(ip("198.51.100.53"))
+                    .with_dport(53),
+            )
+            .with_proto(IPPROTO_UDP),
+        Filter::new()
+            .with_family(Family::Ipv4)
+            .with_proto(IPPROTO_TCP),
+        Filter::new().with_family(Family::Ipv6),
         // IPv6 addresses: filtered in user space only (the kernel's compare is inverted).
-        Filter {
-            reply: TupleMatch {
-                src: Some(ip("2001:db8:2::2")),
-                ..Default::default()
-            },
-            ..Default::default()
-        },
-        Filter {
-            orig: TupleMatch {
-                src: Some(ip("2001:db8:1::3")),
-                sport: Some(30005),
-                ..Default::default()
-            },
-            proto: Some(IPPROTO_UDP),
-            ..Default::default()
-        },
-        Filter {
-            mark: Some((1, 3)),
-            ..Default::default()
-        },
-        Filter {
-            status: Some((0, Status::SEEN_REPLY)),
-            ..Default::default()
-        },
-        Filter {
-            status: Some((Status::DST_NAT, Status::DST_NAT)),
-            family: Some(Family::Ipv4),
-            ..Default::default()
-        },
-        Filter {
-            zone: Some(7),
-            ..Default::default()
-        },
-        Filter {
-            proto: Some(IPPROTO_SCTP),
-            reply: TupleMatch {
-                src: Some(ip("203.0.113.9")),
-                ..Default::default()
-            },
-            ..Default::default()
-        },
+        Filter::new().with_reply(TupleMatch::new().with_src(ip("2001:db8:2::2"))),
+        Filter::new()
+            .with_orig(
+                TupleMatch::new()
+                    .with_src(ip("2001:db8:1::3"))
+                    .with_sport(30005),
+            )
+            .with_proto(IPPROTO_UDP),
+        Filter::new().with_mark(1, 3),
+        Filter::new().with_status(Status::empty(), Status::SEEN_REPLY),
+        Filter::new()
+            .with_status(Status::DST_NAT, Status::DST_NAT)
+            .with_family(Family::Ipv4),
+        Filter::new().with_zone(7),
+        Filter::new()
+            .with_proto(IPPROTO_SCTP)
+            .with_reply(TupleMatch::new().with_src(ip("203.0.113.9"))),
     ];
     for (i, f) in filters.iter().enumerate() {
         let kernel = ct.dump_vec(f).unwrap();
@@ -713,12 +666,7 @@ fn real_dnat_traffic_parses_with_vip_and_backend() {
         assert_eq!(a.status, 200);
     }
     let mut ct = Conntrack::open_in(Some(lab.node_netns())).unwrap();
-    let flows = ct
-        .dump_vec(&Filter {
-            proto: Some(IPPROTO_TCP),
-            ..Default::default()
-        })
-        .unwrap();
+    let flows = ct.dump_vec(&Filter::new().with_proto(IPPROTO_TCP)).unwrap();
     for vip in [
         IpAddr::from(plan::vip_v4(20)),
         IpAddr::from(plan::vip_v6(20)),

@@ -6,12 +6,6 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = ctnetlink::parse_message(data);
-    for m in ctnetlink::nl::Messages::new(data).flatten() {
-        let _ = m.error();
-        let _ = m.error_seq();
-        if let Ok((g, attrs)) = m.nfgen() {
-            let _ = ctnetlink::parse_flow(g.family, attrs);
-        }
-    }
+    // Every parse entry point, public and internal (the `fuzzing` feature exposes them).
+    let _ = ctnetlink::fuzzing::exercise(data);
 });

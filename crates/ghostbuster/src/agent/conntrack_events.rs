@@ -70,15 +70,7 @@ impl Backoff {
 /// Opens the subscription (so errors surface at start) and returns the loop to run on a thread.
 /// `buffer`: the receive buffer to ask for (bigger buffers lose fewer events in bursts).
 pub fn subscribe(netns: Option<&str>, buffer: usize) -> ctnetlink::Result<EventSocket> {
-    let s = EventSocket::open_in(
-        netns,
-        EventGroups {
-            new: true,
-            update: false,
-            destroy: false,
-        },
-        buffer,
-    )?;
+    let s = EventSocket::open_in(netns, EventGroups::NEW, buffer)?;
     s.set_timeout(Some(Duration::from_millis(250)))?;
     Ok(s)
 }

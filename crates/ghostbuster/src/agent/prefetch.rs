@@ -162,15 +162,9 @@ pub fn read(
 }
 
 /// The kernel filter for "backend is `ip`": the reply tuple's source. The kernel compares IPv4
-/// addresses itself; IPv6 is matched in user space (see `ctnetlink::filter`).
+/// addresses itself; IPv6 is matched in user space (see `ctnetlink::Filter`).
 pub fn backend_filter(ip: IpAddr) -> Filter {
-    Filter {
-        reply: TupleMatch {
-            src: Some(ip),
-            ..Default::default()
-        },
-        ..Default::default()
-    }
+    Filter::new().with_reply(TupleMatch::new().with_src(ip))
 }
 
 #[cfg(test)]
@@ -198,24 +192,11 @@ mod tests {
         } else {
             Status::DST_NAT
         };
-        Flow {
-            family: ctnetlink::Family::Ipv4,
-            orig,
-            reply,
-            status: Status(status),
-            timeout: Some(30),
-            mark: None,
-            zone: 0,
-            id: Some(1),
-            use_count: None,
-            tcp_state: None,
-            sctp_state: None,
-            start_ns: None,
-            stop_ns: None,
-            orig_counters: None,
-            reply_counters: None,
-            labels: None,
-        }
+        let mut f = Flow::new(orig, reply);
+        f.status = status;
+        f.timeout = Some(30);
+        f.id = Some(1);
+        f
     }
 
     fn snapshot(marks: &EventMarks, ip: IpAddr, flows: Vec<Flow>) -> Snapshot {

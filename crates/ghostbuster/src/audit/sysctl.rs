@@ -89,7 +89,7 @@ pub fn read(netns: Option<&str>) -> Result<Reading, Error> {
     let reading = match netns {
         None => read_at(Path::new(DIR), Path::new(PROC_STAT)),
         Some(name) => {
-            ctnetlink::netns::run_in(name, || Ok(read_at(Path::new(DIR), Path::new(PROC_STAT))))
+            ctnetlink::netns::run_in(name, || read_at(Path::new(DIR), Path::new(PROC_STAT)))
                 .map_err(Error::Netns)?
         }
     };

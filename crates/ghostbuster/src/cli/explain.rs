@@ -102,16 +102,13 @@ impl Target {
                 sport,
                 dst,
                 dport,
-            } => Filter {
-                proto: Some(proto),
-                orig: TupleMatch {
-                    src: Some(src),
-                    sport: Some(sport),
-                    dst: Some(dst),
-                    dport: Some(dport),
-                },
-                ..Default::default()
-            },
+            } => Filter::new().with_proto(proto).with_orig(
+                TupleMatch::new()
+                    .with_src(src)
+                    .with_sport(sport)
+                    .with_dst(dst)
+                    .with_dport(dport),
+            ),
         }
     }
 }

@@ -83,27 +83,25 @@ fn parse_u32(s: &str) -> anyhow::Result<u32> {
 impl FilterArgs {
     /// Builds the filter; errors are usage errors.
     pub fn build(&self) -> anyhow::Result<(Filter, StateMatch)> {
-        let mut f = Filter {
-            family: match self.family.as_deref() {
-                Some("ipv4") => Some(Family::Ipv4),
-                Some("ipv6") => Some(Family::Ipv6),
-                _ => None,
-            },
-            orig: TupleMatch {
-                src: self.orig_src,
-                dst: self.orig_dst,
-                sport: self.orig_sport,
-                dport: self.orig_dport,
-            },
-            reply: TupleMatch {
-                src: self.reply_src,
-                dst: self.reply_dst,
-                sport: self.reply_sport,
-                dport: self.reply_dport,
-            },
-            zone: self.zone,
-            ..Default::default()
+        let mut f = Filter::default();
+        f.family = match self.family.as_deref() {
+            Some("ipv4") => Some(Family::Ipv4),
+            Some("ipv6") => Some(Family::Ipv6),
+            _ => None,
         };
+        let mut orig = TupleMatch::default();
+        orig.src = self.orig_src;
+        orig.dst = self.orig_dst;
+        orig.sport = self.orig_sport;
+        orig.dport = self.orig_dport;
+        f.orig = orig;
+        let mut reply = TupleMatch::default();
+        reply.src = self.reply_src;
+        reply.dst = self.reply_dst;
+        reply.sport = self.reply_sport;
+        reply.dport = self.reply_dport;
+        f.reply = reply;
+        f.zone = self.zone;
         if let Some(p) = &self.proto {
             f.proto = Some(ctnetlink::proto_from_name(p).with_context(|| {
                 format!("unknown protocol {p:?} (try tcp, udp, sctp, icmp or a number)")
@@ -116,7 +114,7 @@ impl FilterArgs {
             };
             f.mark = Some((v & mask, mask));
         }
-        let (mut val, mut mask) = (0u32, 0u32);
+        let (mut val, mut mask) = (Status::empty(), Status::empty());
         for name in &self.status {
             let n = name.trim().to_ascii_lowercase();
             match n.as_str() {
@@ -130,7 +128,7 @@ impl FilterArgs {
                     mask |= Status::SRC_NAT;
                 }
                 other => {
-                    let Some(bit) = Status::bit_of(other) else {
+                    let Some(bit) = Status::from_name(other) else {
                         bail!(
                             "unknown status flag {other:?}; known: unreplied, dnat, snat, {}",
                             Status::NAMES.join(", ")
@@ -141,10 +139,10 @@ impl FilterArgs {
                 }
             }
         }
-        if val & Status::SEEN_REPLY != 0 && self.status.iter().any(|s| s == "unreplied") {
+        if val.contains(Status::SEEN_REPLY) && self.status.iter().any(|s| s == "unreplied") {
             bail!("--status seen_reply and unreplied contradict each other");
         }
-        if mask != 0 {
+        if !mask.is_empty() {
             f.status = Some((val, mask));
         }
         let state = match &self.state {

@@ -379,7 +379,7 @@ pub fn ipvs_interface_present(netns: Option<&str>) -> ctnetlink::Result<bool> {
     }
     match netns {
         None => here(),
-        Some(ns) => ctnetlink::netns::run_in(ns, here),
+        Some(ns) => ctnetlink::netns::run_in(ns, here)?,
     }
 }
 

@@ -963,10 +963,7 @@ mod tests {
     #[test]
     fn the_forecast_appears_when_the_table_grows() {
         let m = Metrics::new(MetricsConfig::default());
-        m.set_table(GlobalStats {
-            entries: 1000,
-            max_entries: 100_000,
-        });
+        m.set_table(GlobalStats::new(1000, 100_000));
         assert!(!m.encode().contains("table_full_eta_seconds "));
         let t0 = Instant::now() + Duration::from_secs(15);
         for i in 0..10u64 {
@@ -985,15 +982,15 @@ mod tests {
             ..Default::default()
         });
         let stats = [
-            CpuStats {
-                cpu: 0,
-                insert_failed: 3,
-                ..Default::default()
+            {
+                let mut c = CpuStats::new(0);
+                c.insert_failed = 3;
+                c
             },
-            CpuStats {
-                cpu: 1,
-                insert_failed: 4,
-                ..Default::default()
+            {
+                let mut c = CpuStats::new(1);
+                c.insert_failed = 4;
+                c
             },
         ];
         summed.update_cpu_stats(&stats);

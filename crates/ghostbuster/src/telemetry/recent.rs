@@ -130,7 +130,7 @@ impl Recent {
 mod tests {
     use std::net::{IpAddr, Ipv4Addr};
 
-    use ctnetlink::{Family, Status, Tuple};
+    use ctnetlink::{Status, Tuple};
 
     use super::*;
 
@@ -138,24 +138,14 @@ mod tests {
         let client = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 5));
         let vip = IpAddr::V4(Ipv4Addr::new(10, 96, 0, 10));
         let pod = IpAddr::V4(Ipv4Addr::new(10, 244, 1, 7));
-        Flow {
-            family: Family::Ipv4,
-            orig: Tuple::ports(client, sport, vip, 5432, 6),
-            reply: Tuple::ports(pod, 5432, client, sport, 6),
-            status: Status(Status::DST_NAT),
-            timeout: Some(100),
-            mark: None,
-            zone: 0,
-            id: Some(42),
-            use_count: None,
-            tcp_state: None,
-            sctp_state: None,
-            start_ns: None,
-            stop_ns: None,
-            orig_counters: None,
-            reply_counters: None,
-            labels: None,
-        }
+        let mut f = Flow::new(
+            Tuple::ports(client, sport, vip, 5432, 6),
+            Tuple::ports(pod, 5432, client, sport, 6),
+        );
+        f.status = Status::DST_NAT;
+        f.timeout = Some(100);
+        f.id = Some(42);
+        f
     }
 
     fn removed(sport: u16) -> RemovedFlow {

@@ -150,12 +150,10 @@ mod tests {
     const MAX: u32 = u32::MAX;
 
     fn cpu(cpu: u16, insert: u32, drop: u32) -> CpuStats {
-        CpuStats {
-            cpu,
-            insert,
-            drop,
-            ..Default::default()
-        }
+        let mut c = CpuStats::new(cpu);
+        c.insert = insert;
+        c.drop = drop;
+        c
     }
 
     fn idx(name: &str) -> usize {

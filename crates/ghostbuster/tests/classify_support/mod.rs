@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use ctnetlink::{Family, Flow, Status, TcpState, Tuple};
+use ctnetlink::{Flow, Status, TcpState, Tuple};
 use ghostbuster::cluster::file::{self, Loaded};
 use ghostbuster::cluster::{Event, Index, IndexConfig, Object};
 use jiff::Timestamp;
@@ -75,23 +75,15 @@ pub fn flow(proto: u8, client: &str, sport: u16, dst: &str, dport: u16) -> FlowB
     let (c, d) = (ip(client), ip(dst));
     let orig = Tuple::ports(c, sport, d, dport, proto);
     FlowBuilder {
-        flow: Flow {
-            family: Family::of(&c),
-            orig,
-            reply: orig.inverted(),
-            status: Status(Status::CONFIRMED | Status::SEEN_REPLY | Status::ASSURED),
-            timeout: Some(431_999),
-            mark: Some(0),
-            zone: 0,
-            id: Some(0x1234_5678),
-            use_count: Some(1),
-            tcp_state: (proto == TCP).then_some(TcpState::ESTABLISHED),
-            sctp_state: None,
-            start_ns: None,
-            stop_ns: None,
-            orig_counters: None,
-            reply_counters: None,
-            labels: None,
+        flow: {
+            let mut fl = Flow::new(orig, orig.inverted());
+            fl.status = Status::CONFIRMED | Status::SEEN_REPLY | Status::ASSURED;
+            fl.timeout = Some(431_999);
+            fl.mark = Some(0);
+            fl.id = Some(0x1234_5678);
+            fl.use_count = Some(1);
+            fl.tcp_state = (proto == TCP).then_some(TcpState::ESTABLISHED);
+            fl
         },
     }
 }
@@ -109,13 +101,15 @@ impl FlowBuilder {
     pub fn dnat(mut self, backend: &str, port: u16) -> Self {
         let o = self.flow.orig;
         self.flow.reply = Tuple::ports(ip(backend), port, o.src, o.sport().unwrap(), o.proto);
-        self.flow.status.0 |= Status::DST_NAT | Status::DST_NAT_DONE;
+        self.flow.status |= Status::DST_NAT | Status::DST_NAT_DONE;
         self
     }
 
     /// A SYN that was never answered.
     pub fn syn_sent(mut self) -> Self {
-        self.flow.status.0 &= !(Status::SEEN_REPLY | Status::ASSURED);
+        self.flow
+            .status
+            .remove(Status::SEEN_REPLY | Status::ASSURED);
         if self.flow.orig.proto == TCP {
             self.flow.tcp_state = Some(TcpState::SYN_SENT);
         }
@@ -131,7 +125,9 @@ impl FlowBuilder {
     }
 
     pub fn unreplied(mut self) -> Self {
-        self.flow.status.0 &= !(Status::SEEN_REPLY | Status::ASSURED);
+        self.flow
+            .status
+            .remove(Status::SEEN_REPLY | Status::ASSURED);
         self
     }
 

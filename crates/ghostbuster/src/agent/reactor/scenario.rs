@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use ctnetlink::{Family, Flow, Status, TcpState, Tuple};
+use ctnetlink::{Flow, Status, TcpState, Tuple};
 use jiff::{SignedDuration, Timestamp};
 use serde_json::json;
 
@@ -266,7 +266,7 @@ impl Reactor<MemTable, Script> {
 /// An established TCP flow from the client's port `sport` to the Service, DNAT'd to `backend`.
 pub fn tcp(sport: u16, backend: IpAddr) -> Flow {
     let mut f = base(sport, backend, 6, 80, 8080);
-    f.status = Status(Status::SEEN_REPLY | Status::ASSURED | Status::CONFIRMED | Status::DST_NAT);
+    f.status = Status::SEEN_REPLY | Status::ASSURED | Status::CONFIRMED | Status::DST_NAT;
     f.tcp_state = Some(TcpState::ESTABLISHED);
     f
 }
@@ -274,7 +274,7 @@ pub fn tcp(sport: u16, backend: IpAddr) -> Flow {
 /// A TCP flow that never got a reply (SYN_SENT), begun `age_secs` ago.
 pub fn half_open(sport: u16, backend: IpAddr, age_secs: i64) -> Flow {
     let mut f = base(sport, backend, 6, 80, 8080);
-    f.status = Status(Status::CONFIRMED | Status::DST_NAT);
+    f.status = Status::CONFIRMED | Status::DST_NAT;
     f.tcp_state = Some(TcpState::SYN_SENT);
     f.start_ns = Some(later(-age_secs).as_nanosecond() as u64);
     f
@@ -283,13 +283,13 @@ pub fn half_open(sport: u16, backend: IpAddr, age_secs: i64) -> Flow {
 /// A UDP flow (a DNS query, answered) to the Service's port 53, DNAT'd to `backend`.
 pub fn udp(sport: u16, backend: IpAddr) -> Flow {
     let mut f = base(sport, backend, 17, 53, 5353);
-    f.status = Status(Status::SEEN_REPLY | Status::CONFIRMED | Status::DST_NAT);
+    f.status = Status::SEEN_REPLY | Status::CONFIRMED | Status::DST_NAT;
     f
 }
 
 /// The flow that got its reply: what a packet does to a half-open entry.
 pub fn answered(mut f: Flow) -> Flow {
-    f.status = Status(f.status.0 | Status::SEEN_REPLY | Status::ASSURED);
+    f.status |= Status::SEEN_REPLY | Status::ASSURED;
     f.tcp_state = Some(TcpState::ESTABLISHED);
     f
 }
@@ -301,22 +301,12 @@ pub fn begun(mut f: Flow, secs: i64) -> Flow {
 }
 
 fn base(sport: u16, backend: IpAddr, proto: u8, port: u16, target: u16) -> Flow {
-    Flow {
-        family: Family::Ipv4,
-        orig: Tuple::ports(CLIENT, sport, VIP, port, proto),
-        reply: Tuple::ports(backend, target, CLIENT, sport, proto),
-        status: Status(Status::CONFIRMED | Status::DST_NAT),
-        timeout: Some(100),
-        mark: None,
-        zone: 0,
-        id: Some(u32::from(sport)),
-        use_count: None,
-        tcp_state: None,
-        sctp_state: None,
-        start_ns: None,
-        stop_ns: None,
-        orig_counters: None,
-        reply_counters: None,
-        labels: None,
-    }
+    let mut f = Flow::new(
+        Tuple::ports(CLIENT, sport, VIP, port, proto),
+        Tuple::ports(backend, target, CLIENT, sport, proto),
+    );
+    f.status = Status::CONFIRMED | Status::DST_NAT;
+    f.timeout = Some(100);
+    f.id = Some(u32::from(sport));
+    f
 }

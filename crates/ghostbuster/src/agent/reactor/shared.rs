@@ -63,7 +63,8 @@ impl EventFilter {
                 }
                 self.too_large = false;
             }
-            Ok(FilterApplied::Unfiltered) => {
+            // `Unfiltered`, or an outcome a newer ctnetlink may add: assume every event arrives.
+            Ok(_) => {
                 if !self.too_large {
                     tracing::info!(
                         dead_backends = dead.len(),

@@ -4,7 +4,7 @@ use super::*;
 use crate::agent::gate::Global;
 use crate::cluster::{Index, Name};
 use crate::verdict::{EvidenceSet, KeepReason, Trace, Verdict};
-use ctnetlink::{Family, Flow, Status, Tuple};
+use ctnetlink::{Flow, Status, Tuple};
 use std::net::Ipv4Addr;
 
 fn finding(sport: u16, removable: bool) -> Finding {
@@ -12,23 +12,15 @@ fn finding(sport: u16, removable: bool) -> Finding {
     let vip = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 10));
     let pod = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7));
     Finding {
-        flow: Flow {
-            family: Family::Ipv4,
-            orig: Tuple::ports(client, sport, vip, 5432, 6),
-            reply: Tuple::ports(pod, 5432, client, sport, 6),
-            status: Status(Status::DST_NAT),
-            timeout: Some(100),
-            mark: None,
-            zone: 0,
-            id: Some(u32::from(sport)),
-            use_count: None,
-            tcp_state: None,
-            sctp_state: None,
-            start_ns: None,
-            stop_ns: None,
-            orig_counters: None,
-            reply_counters: None,
-            labels: None,
+        flow: {
+            let mut fl = Flow::new(
+                Tuple::ports(client, sport, vip, 5432, 6),
+                Tuple::ports(pod, 5432, client, sport, 6),
+            );
+            fl.status = Status::DST_NAT;
+            fl.timeout = Some(100);
+            fl.id = Some(u32::from(sport));
+            fl
         },
         verdict: Verdict {
             kind: VerdictKind::EndpointGone,

@@ -1,12 +1,12 @@
 //! Fuzzes the ctnetlink codec on the stable toolchain, in release mode.
 //!
-//! `cargo run --release -p ctnetlink --example fuzz_stable -- [INPUTS] [SEED]`
+//! `cargo run --release -p ctnetlink --features fuzzing --example fuzz_stable -- [INPUTS] [SEED]`
 //! (default 10,000,000 inputs, seed 1). Build it with overflow checks on to turn an arithmetic
 //! overflow into a finding too: `CARGO_PROFILE_RELEASE_OVERFLOW_CHECKS=true
 //! CARGO_PROFILE_RELEASE_DEBUG_ASSERTIONS=true`. Exits 1 and writes the first panicking input to
 //! `fuzz-crash.bin` on a finding; 2 on bad arguments.
 
-mod engine;
+use ctnetlink::fuzzing as engine;
 
 use std::process::ExitCode;
 use std::time::Instant;

@@ -1,26 +1,29 @@
-//! A fuzzing engine for the ctnetlink codec that runs on the stable toolchain (no libFuzzer, no
+//! A fuzzing engine for the codec that runs on the stable toolchain (no libFuzzer, no
 //! sanitizers): it generates and mutates netlink datagrams, starting from real kernel bytes
-//! (`tests/fixtures/*.bin`) and from messages our own encoders build, and feeds each one to every
-//! public parse entry point. A panic is a finding; the input is kept to reproduce it.
+//! (`tests/fixtures/*.bin`) and from messages the crate's own encoders build, and feeds each one
+//! to every parse entry point, public and internal. A panic is a finding; the input is kept to
+//! reproduce it.
 //!
-//! Shared by the long release-mode run (`cargo run --release -p ctnetlink --example fuzz_stable`)
-//! and the short slice every `cargo test` runs (`tests/fuzz_slice.rs`).
+//! Not part of the public API: compiled only with the `fuzzing` feature (for the long
+//! release-mode run, `cargo run --release -p ctnetlink --features fuzzing --example fuzz_stable`,
+//! and the libFuzzer target in `fuzz/`) and in the crate's unit tests, which run a short slice
+//! of it on every `cargo test`.
 
-#![allow(dead_code)]
+#![allow(missing_docs)]
 
 use std::net::IpAddr;
 use std::panic::{self, AssertUnwindSafe};
 
-use ctnetlink::attr::{Attrs, MsgWriter};
-use ctnetlink::consts::*;
+use crate::attr::{Attrs, MsgWriter};
+use crate::consts::*;
 
 const NLMSGERR_ATTR_MSG: u16 = 1;
-use ctnetlink::attr::F_NESTED as NLA_F_NESTED;
-use ctnetlink::nl::{Messages, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_MULTI};
-use ctnetlink::request::{self, DeleteKey, FlowUpdate, NewFlow};
-use ctnetlink::{
-    parse_events, parse_flow, parse_message, CpuStats, Filter, GlobalStats, Status, TcpState,
-    Tuple, TupleMatch,
+use crate::attr::F_NESTED as NLA_F_NESTED;
+use crate::flow::parse_flow;
+use crate::nl::{Messages, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_MULTI};
+use crate::request::{self, DeleteKey, FlowUpdate, NewFlow};
+use crate::{
+    parse_events, parse_message, CpuStats, Filter, GlobalStats, Status, TcpState, Tuple, TupleMatch,
 };
 
 /// splitmix64: small, fast, and reproducible from a seed.
@@ -31,6 +34,7 @@ impl Rng {
     pub fn new(seed: u64) -> Self {
         Rng(seed)
     }
+    #[allow(clippy::should_implement_trait)] // an endless generator, not an iterator
     pub fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
@@ -160,14 +164,14 @@ fn encoded() -> Vec<Vec<u8>> {
         src: ip("192.0.2.2"),
         dst: ip("198.51.100.1"),
         proto: IPPROTO_ICMP,
-        l4: ctnetlink::L4::Icmp {
+        l4: crate::L4::Icmp {
             kind: 8,
             code: 0,
             id: 77,
         },
     };
     let mut syn = NewFlow::established(tcp4, Some((ip("203.0.113.7"), 8080)));
-    syn.status = 0;
+    syn.status = Status::empty();
     syn.tcp_state = Some(TcpState::SYN_SENT);
     syn.mark = Some(9);
     syn.zone = 5;
@@ -181,7 +185,7 @@ fn encoded() -> Vec<Vec<u8>> {
         request::create(&mut w, 1, nf).expect("create");
         out.push(w.as_bytes().to_vec());
         let key = DeleteKey {
-            family: ctnetlink::Family::of(&nf.orig.src),
+            family: crate::Family::of(&nf.orig.src),
             reply: nf.orig.inverted(),
             zone: nf.zone,
             id: Some(42),
@@ -203,7 +207,7 @@ fn encoded() -> Vec<Vec<u8>> {
         out.push(w.as_bytes().to_vec());
     }
     let filter = Filter {
-        family: Some(ctnetlink::Family::Ipv4),
+        family: Some(crate::Family::Ipv4),
         proto: Some(IPPROTO_TCP),
         orig: TupleMatch {
             src: Some(ip("192.0.2.2")),
@@ -215,7 +219,7 @@ fn encoded() -> Vec<Vec<u8>> {
         ..Default::default()
     };
     let mut w = MsgWriter::new();
-    request::dump(&mut w, 5, Some(ctnetlink::Family::Ipv4), &filter);
+    request::dump(&mut w, 5, Some(crate::Family::Ipv4), &filter);
     request::stats(&mut w, 6);
     request::noop_ack(&mut w, 7);
     out.push(w.as_bytes().to_vec());
@@ -432,7 +436,7 @@ pub fn exercise(buf: &[u8]) -> u64 {
     };
     if let Ok(Some(f)) = parse_message(buf) {
         acc = acc
-            .wrapping_add(u64::from(f.status.0) + u64::from(f.zone))
+            .wrapping_add(u64::from(f.status.bits()) + u64::from(f.zone))
             .wrapping_add(u64::from(filter.matches(&f)))
             .wrapping_add(f.state_name().map_or(0, str::len) as u64)
             .wrapping_add(f.status.names().count() as u64);
@@ -534,4 +538,64 @@ pub fn run(seed: u64, inputs: u64) -> Summary {
     }
     panic::set_hook(hook);
     sum
+}
+
+/// A short slice of the engine in every `cargo test`: 200,000 generated and mutated inputs
+/// through every parse entry point, no panic. `GB_FUZZ_INPUTS` and `GB_FUZZ_SEED` change the
+/// count and the seed.
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn generated_and_mutated_inputs_never_panic_the_parsers() {
+        let inputs = std::env::var("GB_FUZZ_INPUTS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(200_000u64);
+        let seed = std::env::var("GB_FUZZ_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            // A new seed every day: the slice explores, and the seed is printed to reproduce it.
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_secs() / 86_400)
+            });
+        let s = super::run(seed, inputs);
+        eprintln!(
+            "fuzz slice: {} inputs, seed {seed}, {} panics, longest {} bytes",
+            s.inputs, s.panics, s.max_len
+        );
+        assert_eq!(s.inputs, inputs);
+        assert_eq!(
+            s.panics, 0,
+            "seed {seed}: a parser panicked; first input: {:02x?}",
+            s.first_panic
+        );
+    }
+
+    /// The engine's mutations really reach the parsers' error paths and success paths (a fuzzer
+    /// whose inputs all fail at the first header would prove nothing).
+    #[test]
+    fn the_mutator_reaches_both_parsed_and_rejected_entries() {
+        let corpus = super::seeds();
+        let mut rng = super::Rng::new(7);
+        let (mut parsed, mut rejected) = (0, 0);
+        let mut buf = Vec::new();
+        let mut lens = Vec::new();
+        for i in 0..20_000 {
+            buf.clear();
+            buf.extend_from_slice(&corpus[i % corpus.len()]);
+            super::mutate(&mut rng, &mut buf, &corpus, &mut lens);
+            match crate::parse_message(&buf) {
+                Ok(Some(_)) => parsed += 1,
+                Err(_) => rejected += 1,
+                Ok(None) => {}
+            }
+        }
+        assert!(parsed > 1000, "only {parsed} mutated inputs parsed");
+        assert!(
+            rejected > 1000,
+            "only {rejected} mutated inputs were rejected"
+        );
+    }
 }

@@ -12,6 +12,7 @@ pub(crate) fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<S
     let package = match program {
         "nft" => "nftables",
         "conntrack" => "conntrack",
+        "iptables-restore" | "ip6tables-restore" | "iptables-save" | "ip6tables-save" => "iptables",
         _ => "iproute2",
     };
     let mut child = Command::new(program)
@@ -77,4 +78,26 @@ pub(crate) fn nft_args(netns: &str, args: &[&str]) -> Result<String> {
     let mut all = vec!["netns", "exec", netns, "nft"];
     all.extend_from_slice(args);
     run("ip", &all, None)
+}
+
+/// Loads an `iptables-restore` file into `netns` (`ip6tables-restore` when `v6`). Without
+/// `--noflush` every table named in `rules` is replaced as a whole, atomically per table, which
+/// is right for a lab node that owns its namespace's `filter` and `nat` tables.
+pub(crate) fn iptables_restore(netns: &str, v6: bool, rules: &str) -> Result<String> {
+    let program = if v6 {
+        "ip6tables-restore"
+    } else {
+        "iptables-restore"
+    };
+    run("ip", &["netns", "exec", netns, program], Some(rules))
+}
+
+/// `iptables-save` (`ip6tables-save` when `v6`) inside `netns`.
+pub(crate) fn iptables_save(netns: &str, v6: bool) -> Result<String> {
+    let program = if v6 {
+        "ip6tables-save"
+    } else {
+        "iptables-save"
+    };
+    run("ip", &["netns", "exec", netns, program], None)
 }

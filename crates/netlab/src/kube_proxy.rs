@@ -26,9 +26,12 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
+use serde::Serialize;
+
 use crate::chain_name::hash_prefixed;
 use crate::command;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::kube_proxy_iptables;
 use crate::model::{Endpoint, Service, ServicePort};
 use crate::plan;
 
@@ -49,9 +52,68 @@ pub const SIMPLIFICATIONS: &str = "\
 /// The masquerade mark kube-proxy uses by default (`--masquerade-bit=14`).
 pub const MASQUERADE_MARK: u32 = 0x4000;
 
+/// Environment variable that picks the proxy mode of [`ProxyConfig::default`] (and therefore of
+/// [`crate::Lab::new`]): `nftables` (also when unset or empty) or `iptables`. It lets every
+/// existing kernel test run in kube-proxy's iptables mode without a code change.
+pub const PROXY_MODE_ENV: &str = "GB_LAB_PROXY_MODE";
+
+/// Which of kube-proxy's proxiers the lab imitates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyMode {
+    /// `--proxy-mode=nftables`: one `ip`/`ip6 kube-proxy` table loaded with `nft -f`.
+    #[default]
+    Nftables,
+    /// `--proxy-mode=iptables`: `KUBE-*` chains in the `nat` and `filter` tables loaded with
+    /// `iptables-restore`/`ip6tables-restore` ([`crate::kube_proxy_iptables`]).
+    Iptables,
+}
+
+impl ProxyMode {
+    /// The mode's name as kube-proxy's `/proxyMode` answers it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProxyMode::Nftables => "nftables",
+            ProxyMode::Iptables => "iptables",
+        }
+    }
+
+    /// Parses `nftables` or `iptables` (case-insensitive).
+    pub fn parse(s: &str) -> Option<ProxyMode> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "nftables" | "nft" => Some(ProxyMode::Nftables),
+            "iptables" => Some(ProxyMode::Iptables),
+            _ => None,
+        }
+    }
+
+    /// The mode [`PROXY_MODE_ENV`] asks for: nftables when it is unset or empty, an error naming
+    /// the bad value otherwise.
+    pub fn from_env() -> Result<ProxyMode> {
+        match std::env::var(PROXY_MODE_ENV) {
+            Err(_) => Ok(ProxyMode::Nftables),
+            Ok(v) if v.trim().is_empty() => Ok(ProxyMode::Nftables),
+            Ok(v) => ProxyMode::parse(&v).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "{PROXY_MODE_ENV}={v:?}: the lab's proxy mode is nftables or iptables"
+                ))
+            }),
+        }
+    }
+}
+
+impl std::fmt::Display for ProxyMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Node-level settings of the rendered ruleset (what kube-proxy gets from flags and the node).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxyConfig {
+    /// Which proxier's rules are rendered. The default follows [`PROXY_MODE_ENV`]
+    /// (nftables when unset).
+    pub mode: ProxyMode,
     /// Mark bit set on packets to be masqueraded.
     pub masquerade_mark: u32,
     /// Pod CIDRs per family: traffic from outside them to a ClusterIP is masqueraded.
@@ -69,8 +131,15 @@ pub struct ProxyConfig {
 }
 
 impl Default for ProxyConfig {
+    /// kube-proxy's defaults on a lab node. The mode comes from [`PROXY_MODE_ENV`]; a value other
+    /// than `nftables`/`iptables` panics (a typo must not silently test the other mode).
     fn default() -> Self {
+        let mode = match ProxyMode::from_env() {
+            Ok(mode) => mode,
+            Err(e) => panic!("{e}"),
+        };
         ProxyConfig {
+            mode,
             masquerade_mark: MASQUERADE_MARK,
             cluster_cidrs_v4: plan::CLUSTER_CIDRS_V4
                 .iter()
@@ -542,12 +611,23 @@ impl KubeProxy {
         }
     }
 
-    /// Replaces the node's rules with ones for `services`, atomically (one `nft -f` transaction),
-    /// the way kube-proxy does after a Service or EndpointSlice change.
+    /// Replaces the node's rules with ones for `services`, atomically, the way kube-proxy does
+    /// after a Service or EndpointSlice change: one `nft -f` transaction in nftables mode; in
+    /// iptables mode one `iptables-restore` (and one `ip6tables-restore`) of the node's whole
+    /// `filter` and `nat` tables, which also drops the chains of vanished services.
     pub fn sync(&mut self, services: &[Service]) -> Result<()> {
-        let rendered = render(&self.config, services, &self.installed);
-        command::nft(&self.netns, &rendered.script)?;
-        self.installed = rendered.installed;
+        match self.config.mode {
+            ProxyMode::Nftables => {
+                let rendered = render(&self.config, services, &self.installed);
+                command::nft(&self.netns, &rendered.script)?;
+                self.installed = rendered.installed;
+            }
+            ProxyMode::Iptables => {
+                let rendered = kube_proxy_iptables::render(&self.config, services);
+                command::iptables_restore(&self.netns, false, &rendered.v4)?;
+                command::iptables_restore(&self.netns, true, &rendered.v6)?;
+            }
+        }
         self.services = services.to_vec();
         self.syncs += 1;
         Ok(())
@@ -568,8 +648,19 @@ impl KubeProxy {
         &self.config
     }
 
-    /// `nft list table ip kube-proxy` and `ip6 kube-proxy`, for debugging output.
+    /// The proxier this node imitates.
+    pub fn mode(&self) -> ProxyMode {
+        self.config.mode
+    }
+
+    /// The installed rules, for debugging output and tests: `nft list table ip kube-proxy` and
+    /// `ip6 kube-proxy` in nftables mode, `iptables-save` and `ip6tables-save` in iptables mode.
     pub fn list(&self) -> Result<String> {
+        if self.config.mode == ProxyMode::Iptables {
+            let mut text = command::iptables_save(&self.netns, false)?;
+            text.push_str(&command::iptables_save(&self.netns, true)?);
+            return Ok(text);
+        }
         let mut text = command::nft_args(&self.netns, &["list", "table", "ip", "kube-proxy"])?;
         text.push_str(&command::nft_args(
             &self.netns,

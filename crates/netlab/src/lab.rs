@@ -48,14 +48,15 @@ pub struct Lab {
 }
 
 impl Lab {
-    /// Removes leftovers of dead runs, then creates a node with default settings.
+    /// Removes leftovers of dead runs, then creates a node with default settings: nftables mode
+    /// unless `GB_LAB_PROXY_MODE=iptables` (see [`crate::kube_proxy::PROXY_MODE_ENV`]).
     pub fn new() -> Result<Lab> {
         Self::with_config(ProxyConfig::default())
     }
 
     /// Like [`Lab::new`] with explicit kube-proxy settings.
     pub fn with_config(config: ProxyConfig) -> Result<Lab> {
-        crate::preflight()?;
+        crate::preflight_mode(config.mode)?;
         // A leftover that cannot be removed does not stop a new lab (names never collide).
         if let Err(e) = ns::cleanup_leftovers() {
             eprintln!("netlab: could not remove leftovers of an earlier run: {e}");

@@ -2,15 +2,22 @@
 //! tests, benchmarks and `ghostbuster demo`.
 //!
 //! A [`Lab`] is one "node" namespace that forwards and holds DNAT rules shaped after kube-proxy's
-//! nftables proxier, plus "pod" namespaces attached to it with point-to-point veths (Calico
+//! nftables proxier ([`kube_proxy`]) or, with [`ProxyMode::Iptables`], its iptables proxier
+//! ([`kube_proxy_iptables`]), plus "pod" namespaces attached to it with point-to-point veths (Calico
 //! style). Pods run in-process servers ([`server`]); clients ([`client`]) hold pools of long-lived
 //! connections through Service VIPs and report every error and stall. A pod can vanish silently
 //! (packets dropped, no RST, no ICMP) so a pooled connection hangs like the ghosts in the seeds,
 //! and its IP can be reused by a pod of another service. [`bulk`] fills a namespace's conntrack
 //! table with synthetic, cluster-shaped DNAT entries and writes the ground truth.
 //!
+//! The proxy mode is [`ProxyConfig::mode`]: nftables unless the environment variable
+//! `GB_LAB_PROXY_MODE=iptables` ([`kube_proxy::PROXY_MODE_ENV`]) changes the default, which is
+//! how the existing kernel tests run against iptables-mode rules. Both modes produce the same
+//! conntrack entries (DST_NAT, reply from the pod), so ghosts look alike.
+//!
 //! Everything needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN), `ip` (iproute2) and `nft`
-//! (nftables). Namespaces are named `gbt-<pid>-<seq>-<role>`, are deleted on drop (also while
+//! (nftables); the iptables mode also needs `iptables-restore` (Debian's `iptables`, the
+//! nf_tables flavour by default), run inside the node namespace. Namespaces are named `gbt-<pid>-<seq>-<role>`, are deleted on drop (also while
 //! unwinding from a panic) and leftovers of dead processes are removed by
 //! [`cleanup_leftovers`], which [`Lab::new`] calls first. Addresses come only from documentation
 //! ranges ([`plan`]).
@@ -39,6 +46,7 @@ mod command;
 pub mod error;
 pub mod k8s;
 pub mod kube_proxy;
+pub mod kube_proxy_iptables;
 mod lab;
 mod link;
 pub mod model;
@@ -56,7 +64,7 @@ pub use client::{
     UdpConfig,
 };
 pub use error::{Error, Result};
-pub use kube_proxy::{KubeProxy, ProxyConfig};
+pub use kube_proxy::{KubeProxy, ProxyConfig, ProxyMode};
 pub use lab::{DeletedPod, Lab};
 pub use model::{Endpoint, Protocol, Service, ServicePort};
 pub use node::Node;
@@ -73,6 +81,17 @@ pub fn preflight() -> Result<()> {
     }
     command::run("ip", &["-V"], None)?;
     command::run("nft", &["--version"], None)?;
+    Ok(())
+}
+
+/// [`preflight`] plus the tools of `mode`: `iptables-restore` and `ip6tables-restore` for
+/// [`ProxyMode::Iptables`].
+pub fn preflight_mode(mode: ProxyMode) -> Result<()> {
+    preflight()?;
+    if mode == ProxyMode::Iptables {
+        command::run("iptables-restore", &["--version"], None)?;
+        command::run("ip6tables-restore", &["--version"], None)?;
+    }
     Ok(())
 }
 

@@ -10,7 +10,8 @@
 //!   `kubeproxy_sync_proxy_rules_iptables_restore_failures_total`: failed syncs;
 //!
 //! plus `/healthz` (`lastUpdated`/`currentTime` in Go's time format; 503 while a queued change
-//! waited longer than [`HEALTHZ_TIMEOUT`]) and `/proxyMode`.
+//! waited longer than [`HEALTHZ_TIMEOUT`]) and `/proxyMode` (the configured
+//! [`crate::ProxyMode`]).
 //!
 //! Every sync is recorded ([`SyncRecord`]: when it began, when it ended, whether it succeeded,
 //! which change it covered), so a test can tell exactly when the rules held a change — the
@@ -117,6 +118,8 @@ struct State {
 }
 
 struct Shared {
+    /// What `/proxyMode` answers.
+    mode: &'static str,
     state: Mutex<State>,
     wake: Condvar,
 }
@@ -144,6 +147,7 @@ impl SyncingProxy {
         listener.set_nonblocking(true).map_err(io)?;
         let addr = listener.local_addr().map_err(io)?;
         let shared = Arc::new(Shared {
+            mode: config.mode.name(),
             state: Mutex::new(State {
                 desired: Vec::new(),
                 seq: 0,
@@ -462,7 +466,7 @@ fn answer(shared: &Shared, mut s: TcpStream) -> std::io::Result<()> {
         let st = shared.lock();
         match path {
             "/metrics" => (200, "text/plain; version=0.0.4", metrics_text(&st.metrics)),
-            "/proxyMode" => (200, "text/plain", "nftables".to_string()),
+            "/proxyMode" => (200, "text/plain", shared.mode.to_string()),
             "/healthz" | "/livez" => {
                 let now = now_secs();
                 let late = st

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use netlab::kube_proxy::example_services;
 use netlab::{
-    in_netns, plan, AppProtocol, Lab, PodSpec, Protocol, ServerSpec, Service, ServicePort, TcpPool,
-    TcpPoolConfig,
+    in_netns, plan, AppProtocol, Lab, PodSpec, Protocol, ProxyConfig, ProxyMode, ServerSpec,
+    Service, ServicePort, TcpPool, TcpPoolConfig,
 };
 
 #[test]
@@ -18,7 +18,13 @@ fn example_ruleset_loads_and_resync_removes_stale_chains() {
     if !common::lab_available("example_ruleset_loads_and_resync_removes_stale_chains") {
         return;
     }
-    let mut lab = Lab::new().expect("lab");
+    // This test reads nft's listing: nftables mode even under GB_LAB_PROXY_MODE=iptables
+    // (tests/iptables_mode.rs is its iptables counterpart).
+    let mut lab = Lab::with_config(ProxyConfig {
+        mode: ProxyMode::Nftables,
+        ..ProxyConfig::default()
+    })
+    .expect("lab");
     let services = example_services();
     lab.sync_services(&services)
         .expect("example loads into nft");

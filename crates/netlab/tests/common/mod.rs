@@ -36,6 +36,31 @@ pub fn lab_available(test: &str) -> bool {
     false
 }
 
+/// [`lab_available`] plus `iptables-restore`/`ip6tables-restore`/`iptables-save` (Debian's
+/// `iptables` package), for the tests of kube-proxy's iptables mode. Same rule: a skip with a
+/// printed reason outside CI, a failure in CI.
+pub fn iptables_available(test: &str) -> bool {
+    if !lab_available(test) {
+        return false;
+    }
+    let missing: Vec<&str> = ["iptables-restore", "ip6tables-restore", "iptables-save"]
+        .into_iter()
+        .filter(|tool| Command::new(tool).arg("--version").output().is_err())
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let reason = format!(
+        "{test} needs {} (apt-get install iptables)",
+        missing.join(", ")
+    );
+    if std::env::var_os("CI").is_some() {
+        panic!("{reason}; in CI this is a failure, not a skip");
+    }
+    eprintln!("SKIP {reason}");
+    false
+}
+
 /// `conntrack -L` lines of namespace `netns` (`-f ipv6` when `v6`).
 pub fn conntrack_list(netns: &str, v6: bool) -> Vec<String> {
     let mut args = vec!["netns", "exec", netns, "conntrack", "-L"];

@@ -707,16 +707,16 @@ fn verdict_json_has_the_interface_fields() {
     );
     assert!(j["now_owned_by"].is_null());
     assert!(j["reason"].as_str().unwrap().starts_with("row 8"));
-    // The flow's own fields in the same object, and explain's trace ending on the deciding row.
+    // The flow's own fields in the same object, and explain's trace naming the deciding row.
     assert_eq!(j["original"]["dport"], 80);
     assert_eq!(j["reply"]["src"], "10.244.1.200");
     let trace = j["trace"].as_array().unwrap();
-    assert!(trace
-        .last()
-        .unwrap()
-        .as_str()
-        .unwrap()
-        .ends_with("row 8: endpoint_gone"));
+    assert!(
+        trace
+            .iter()
+            .any(|l| l.as_str().unwrap().ends_with("row 8: endpoint_gone")),
+        "{trace:?}"
+    );
 }
 
 #[test]

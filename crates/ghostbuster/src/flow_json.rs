@@ -442,7 +442,8 @@ mod tests {
         let [f, _] = findings();
         let good = serde_json::to_value(FlowRecord::new(&f).result(Outcome::Deleted)).unwrap();
         assert_valid(&good);
-        let broken: [(&str, fn(&mut Value)); 8] = [
+        type Spoil = fn(&mut Value);
+        let broken: [(&str, Spoil); 8] = [
             ("unknown verdict", |v| v["verdict"] = json!("zombie")),
             ("missing field", |v| {
                 v.as_object_mut().unwrap().remove("reason");

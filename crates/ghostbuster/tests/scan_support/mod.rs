@@ -8,7 +8,7 @@
 #![allow(dead_code)]
 
 #[path = "../flow_schema/mod.rs"]
-mod flow_schema;
+pub mod flow_schema;
 
 use std::collections::BTreeSet;
 use std::io::{self, Read, Write};

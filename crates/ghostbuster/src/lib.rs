@@ -2,8 +2,9 @@
 //! behind, and watch the conntrack table's health.
 //!
 //! The binary is thin (`main.rs`); everything lives here so tests drive the same code.
-//! Layout: `cli/` one file per subcommand, `render` the shared flow JSON/table output, `cluster`
-//! the cluster model, `classify` the pure verdict function, `sweep` the deletes.
+//! Layout: `cli/` one file per subcommand, `render` the flow object and table rows, `flow_json`
+//! the flow-with-verdict object every JSON output shares, `cluster` the cluster model, `classify`
+//! the pure verdict function, `sweep` the deletes.
 
 pub mod agent;
 pub mod audit;
@@ -13,6 +14,7 @@ pub mod cluster;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod exit;
+pub mod flow_json;
 pub mod kube_proxy;
 pub mod local_addrs;
 pub mod policy;

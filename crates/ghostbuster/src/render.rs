@@ -1,4 +1,5 @@
-//! The one flow object every command prints (`list`, `scan`, `sweep`), and the table rows.
+//! The flow object every command prints (`list` alone; `scan`, `sweep`, `explain` and the agent
+//! with the verdict through `flow_json::FlowRecord`), and the table rows.
 //!
 //! Field names are an interface (README "JSON output"): snake_case, stable, added to but never
 //! renamed. Serialization writes straight from the `Copy` [`Flow`] without building a tree.
@@ -38,8 +39,8 @@ impl Serialize for StatusJson {
     }
 }
 
-/// Writes the common flow fields into an open JSON map, so `scan` can add its own fields to the
-/// same object.
+/// Writes the common flow fields into an open JSON map, so `flow_json::FlowRecord` adds the
+/// verdict's fields to the same object rather than nesting it.
 pub fn flow_fields<M: SerializeMap>(m: &mut M, f: &Flow) -> Result<(), M::Error> {
     m.serialize_entry("protocol", f.proto_name())?;
     m.serialize_entry("family", f.family.name())?;

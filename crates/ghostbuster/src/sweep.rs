@@ -52,6 +52,16 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome: docs/flow.schema.json's `result` enum is checked against it.
+    pub const ALL: [Outcome; 6] = [
+        Outcome::Deleted,
+        Outcome::AlreadyGone,
+        Outcome::Failed,
+        Outcome::Kept,
+        Outcome::Changed,
+        Outcome::StaleVerdict,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Deleted => "deleted",
@@ -265,14 +275,7 @@ mod tests {
 
     #[test]
     fn outcome_names_are_the_json_names() {
-        for o in [
-            Outcome::Deleted,
-            Outcome::AlreadyGone,
-            Outcome::Failed,
-            Outcome::Kept,
-            Outcome::Changed,
-            Outcome::StaleVerdict,
-        ] {
+        for o in Outcome::ALL {
             assert_eq!(serde_json::to_value(o).unwrap(), o.as_str());
         }
     }

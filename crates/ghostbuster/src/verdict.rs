@@ -1,16 +1,16 @@
 //! What the classifier says about one flow, and why.
 //!
-//! A [`Verdict`] serializes to the verdict part of the `-o json` flow object (field names are an
-//! interface: `verdict`, `evidence`, `half_open`, `removable`, `service`, `backend`,
-//! `now_owned_by`, plus `kept_because` and `reason`). The [`Trace`] lists every row of the decision
-//! table the flow passed through, for `ghostbuster explain`. Building a verdict allocates nothing:
-//! a scan classifies every entry of the table.
+//! A [`Verdict`] is the verdict part of every flow JSON object (`flow_json::FlowRecord` writes it:
+//! `verdict`, `evidence`, `half_open`, `removable`, `kept_because`, `service`, `backend`,
+//! `now_owned_by`, `reason`; field names are an interface, docs/flow.schema.json). The [`Trace`]
+//! lists every row of the decision table the flow passed through, for `ghostbuster explain`.
+//! Building a verdict allocates nothing: a scan classifies every entry of the table.
 
 use std::borrow::Cow;
 use std::fmt;
 use std::net::IpAddr;
 
-use serde::ser::{SerializeSeq, SerializeStruct};
+use serde::ser::SerializeSeq;
 use serde::{Serialize, Serializer};
 
 use crate::cluster::{Conditions, EffectiveMode, FrontendKind, ModeSource, Name, Protocol};
@@ -251,6 +251,22 @@ pub enum KeepReason {
 }
 
 impl KeepReason {
+    /// Every reason, in declaration order: docs/flow.schema.json's `kept_because` enum is checked
+    /// against it.
+    pub const ALL: [KeepReason; 11] = [
+        KeepReason::NoEvidence,
+        KeepReason::LivePod,
+        KeepReason::NewerThanSnapshot,
+        KeepReason::Zone,
+        KeepReason::Protocol,
+        KeepReason::Namespace,
+        KeepReason::ApiServer,
+        KeepReason::Unmanaged,
+        KeepReason::Annotation,
+        KeepReason::UnknownAge,
+        KeepReason::NewerThanApiAnswer,
+    ];
+
     pub const fn explain(self) -> &'static str {
         match self {
             KeepReason::NoEvidence => {
@@ -372,22 +388,6 @@ impl Verdict {
             }),
             _ => Cow::Borrowed(k.explain()),
         })
-    }
-}
-
-impl Serialize for Verdict {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut st = s.serialize_struct("Verdict", 9)?;
-        st.serialize_field("verdict", &self.kind)?;
-        st.serialize_field("evidence", &self.evidence)?;
-        st.serialize_field("half_open", &self.half_open)?;
-        st.serialize_field("removable", &self.removable)?;
-        st.serialize_field("kept_because", &self.kept_because)?;
-        st.serialize_field("service", &self.service)?;
-        st.serialize_field("backend", &self.backend)?;
-        st.serialize_field("now_owned_by", &self.now_owned_by)?;
-        st.serialize_field("reason", &self.reason())?;
-        st.end()
     }
 }
 

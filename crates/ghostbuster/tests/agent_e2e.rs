@@ -130,6 +130,8 @@ fn an_endpoint_removed_by_a_watch_event_is_swept_once_kube_proxy_caught_up() {
         removed.iter().filter(|f| f["result"] == "deleted").count() >= 2,
         "{recent:#}"
     );
+    // The real agent's entries are the flow object of docs/flow.schema.json.
+    assert_eq!(flow_schema::assert_flows(&recent), removed.len());
 
     // An aggregated Event on the Service.
     let until = Instant::now() + Duration::from_secs(8);

@@ -8,7 +8,9 @@ mod classify_support;
 use classify_support::*;
 use ghostbuster::classify::classify;
 use ghostbuster::cluster::{EffectiveMode, Event, ModeSource, Object, SweepMode};
+use ghostbuster::flow_json::FlowRecord;
 use ghostbuster::policy::Policy;
+use ghostbuster::scan::Finding;
 use ghostbuster::verdict::{KeepReason, Step, Verdict, VerdictKind};
 use k8s_openapi::api::core::v1::Namespace;
 use serde_json::json;
@@ -120,7 +122,9 @@ fn a_namespace_annotation_applies_to_services_without_their_own() {
     let v = judge_with_modes(None, Some("report"));
     assert_eq!(mode_step(&v).unwrap().mode, SweepMode::Report);
     // JSON: the same `kept_because` as a Service's annotation; `reason` names the Namespace.
-    let json = serde_json::to_value(&v).unwrap();
+    let (_, flow) = setup(None);
+    let finding = Finding { flow, verdict: v };
+    let json = serde_json::to_value(FlowRecord::new(&finding)).unwrap();
     assert_eq!(json["kept_because"], "annotation");
     assert!(json["reason"].as_str().unwrap().ends_with(
         "kept: its Namespace's ghostbuster.io/mode annotation says report (the Service has none)"

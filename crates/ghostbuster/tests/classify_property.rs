@@ -8,6 +8,7 @@
 //! so they also carry tombstones; E(S) is computed from the generated objects, not from the index.
 
 mod classify_support;
+mod flow_schema;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -15,7 +16,9 @@ use std::time::Duration;
 use classify_support::*;
 use ghostbuster::classify::classify;
 use ghostbuster::cluster::{Event, Index, IndexConfig, Object};
+use ghostbuster::flow_json::FlowRecord;
 use ghostbuster::policy::{Policy, ProtocolSet};
+use ghostbuster::scan::Finding;
 use ghostbuster::verdict::VerdictKind;
 use proptest::prelude::*;
 use serde_json::{json, Value};
@@ -407,7 +410,9 @@ proptest! {
         prop_assert!(!v.removable || v.kind.is_stale());
         prop_assert!(!(v.removable && v.kept_because.is_some()));
         prop_assert!(v.removable || v.kept_because.is_some() || !v.kind.is_stale());
-        let _ = serde_json::to_string(&v).unwrap();
-        let _ = v.reason();
+        // Whatever the flow (any status bits, any start, ICMP), its JSON object is one that
+        // docs/flow.schema.json accepts.
+        let finding = Finding { flow, verdict: v };
+        flow_schema::assert_flow(&serde_json::to_value(FlowRecord::new(&finding).with_trace()).unwrap());
     }
 }

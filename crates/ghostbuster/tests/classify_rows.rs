@@ -2,6 +2,7 @@
 //! services,endpointslices,pods,nodes,servicecidrs -A -o json` export (`fixtures/cluster.json`).
 
 mod classify_support;
+mod flow_schema;
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -11,7 +12,9 @@ use ctnetlink::Flow;
 use ghostbuster::classify::classify;
 use ghostbuster::cluster::file::Loaded;
 use ghostbuster::cluster::{FrontendKind, Index, Protocol};
+use ghostbuster::flow_json::FlowRecord;
 use ghostbuster::policy::Policy;
+use ghostbuster::scan::Finding;
 use ghostbuster::verdict::{Evidence, KeepReason, Step, Verdict, VerdictKind};
 
 fn loaded() -> &'static Loaded {
@@ -32,8 +35,20 @@ fn judge_with(f: FlowBuilder, policy: &Policy) -> Verdict {
     judge_in(&loaded().index, f.build(), policy)
 }
 
+/// Also holds every verdict the table gives, as the flow object every output prints, to
+/// docs/flow.schema.json: each row and keep reason these tests reach is a valid object.
 fn judge_in(index: &Index, f: Flow, policy: &Policy) -> Verdict {
-    classify(&f, index, policy, t(NOW))
+    let finding = Finding {
+        flow: f,
+        verdict: classify(&f, index, policy, t(NOW)),
+    };
+    flow_schema::assert_flow(&record(&finding));
+    finding.verdict
+}
+
+/// The flow object of `scan -o json` (with `explain`'s trace).
+fn record(f: &Finding) -> serde_json::Value {
+    serde_json::to_value(FlowRecord::new(f).with_trace()).unwrap()
 }
 
 fn evidence(v: &Verdict) -> Vec<Evidence> {
@@ -671,12 +686,12 @@ fn endpoints_without_pods_or_from_other_controllers_prove_nothing() {
 
 #[test]
 fn verdict_json_has_the_interface_fields() {
-    let v = judge(
-        tcp(CLIENT, 40000, WEB, 80)
-            .dnat("10.244.1.200", 8080)
-            .started(BEFORE_EXPORT),
-    );
-    let j = serde_json::to_value(&v).unwrap();
+    let flow = tcp(CLIENT, 40000, WEB, 80)
+        .dnat("10.244.1.200", 8080)
+        .started(BEFORE_EXPORT)
+        .build();
+    let verdict = judge_in(&loaded().index, flow, &Policy::default());
+    let j = record(&Finding { flow, verdict });
     assert_eq!(j["verdict"], "endpoint_gone");
     assert_eq!(j["evidence"], serde_json::json!(["pod_absent"]));
     assert_eq!(j["half_open"], false);
@@ -692,6 +707,16 @@ fn verdict_json_has_the_interface_fields() {
     );
     assert!(j["now_owned_by"].is_null());
     assert!(j["reason"].as_str().unwrap().starts_with("row 8"));
+    // The flow's own fields in the same object, and explain's trace naming the deciding row.
+    assert_eq!(j["original"]["dport"], 80);
+    assert_eq!(j["reply"]["src"], "10.244.1.200");
+    let trace = j["trace"].as_array().unwrap();
+    assert!(
+        trace
+            .iter()
+            .any(|l| l.as_str().unwrap().ends_with("row 8: endpoint_gone")),
+        "{trace:?}"
+    );
 }
 
 #[test]

@@ -242,6 +242,27 @@ fn deselected_blue_green_tcp_is_kept_and_udp_is_removed() {
         }
     }
     assert_eq!(run.deleted(), 1);
+    // `explain -o json` on blue's IP: the kept TCP flow as the same flow object plus its trace
+    // (`Run::ok` holds every one to docs/flow.schema.json); explain removes nothing.
+    let ip = ip_blue.to_string();
+    let explained = s.explain(&file, &["--trust-snapshot", &ip]).ok(0);
+    let kept: Vec<&Value> = explained
+        .to_backend(ip_blue)
+        .into_iter()
+        .filter(|f| f["protocol"] == "tcp")
+        .collect();
+    assert_eq!(kept.len(), 1, "{}", explained.pretty());
+    assert_eq!(kept[0]["verdict"], "deselected");
+    assert_eq!(kept[0]["kept_because"], "live_pod");
+    assert!(kept[0].get("result").is_none(), "{}", explained.pretty());
+    let trace = kept[0]["trace"].as_array().expect("a trace");
+    assert!(
+        trace
+            .iter()
+            .any(|l| l.as_str().unwrap_or("").ends_with("row 7: deselected")),
+        "{}",
+        explained.pretty()
+    );
 
     let before = querier.report();
     assert!(

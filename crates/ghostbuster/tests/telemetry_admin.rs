@@ -3,6 +3,8 @@
 //! before and after the latch opens, `/debug/recent`; and the kube-proxy client against a fake
 //! kube-proxy serving what a real one serves.
 
+mod flow_schema;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -657,6 +659,8 @@ async fn debug_recent_lists_the_newest_removals() {
     );
     let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
     assert_eq!(v["count"], 2);
+    // The flow object of `sweep -o json` (docs/flow.schema.json), with the removal's fields.
+    assert_eq!(flow_schema::assert_flows(&v), 2);
     let newest = &v["flows"][0];
     assert_eq!(newest["verdict"], "ip_reused");
     assert_eq!(newest["result"], "failed");
@@ -676,6 +680,9 @@ async fn debug_recent_lists_the_newest_removals() {
     assert_eq!(older["original"]["dst"], "10.96.0.20");
     assert_eq!(older["reply"]["src"], "10.244.2.9");
     assert_eq!(older["time"], "2024-05-06T01:01:52Z");
+    assert_eq!(older["removable"], true);
+    assert!(older["kept_because"].is_null());
+    assert!(older["reason"].is_string());
     let r = srv.get("/debug/recent?limit=1").await;
     let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
     assert_eq!(v["count"], 1);

@@ -224,8 +224,8 @@ fn clusterip_spreads_over_backends_and_conntrack_matches_nftables_mode() {
         let lines: Vec<&String> = ipt.iter().filter(|l| l.contains(frontend)).collect();
         assert_eq!(lines.len(), 2, "{frontend}: {ipt:#?}");
         for line in lines {
-            let reply = line.splitn(2, " src=").nth(1).unwrap_or_default();
-            let reply = reply.splitn(2, " src=").nth(1).unwrap_or_default();
+            let reply = line.split_once(" src=").map_or("", |x| x.1);
+            let reply = reply.split_once(" src=").map_or("", |x| x.1);
             assert!(reply.contains(&reply_dst), "{line}");
             assert!(reply.contains(&format!("sport={HTTP} ")), "{line}");
         }

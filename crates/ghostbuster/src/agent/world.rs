@@ -215,21 +215,11 @@ impl World for AgentWorld {
                 _ => {}
             }
             if matches!(o, Outcome::Deleted | Outcome::AlreadyGone | Outcome::Failed) {
-                self.admin.recent.push(RemovedFlow::new(f, *o, None, now));
+                let removed = RemovedFlow::new(f, *o, None, now);
                 if self.log_removed_flows {
-                    let o4 = &f.flow.orig;
-                    tracing::info!(
-                        verdict = %f.verdict.kind,
-                        result = o.as_str(),
-                        protocol = f.flow.proto_name(),
-                        src = %crate::render::endpoint(&o4.src, o4.sport()),
-                        dst = %crate::render::endpoint(&o4.dst, o4.dport()),
-                        backend = ?f.verdict.backend.map(|b| crate::render::endpoint(&b.ip, Some(b.port))),
-                        service = ?f.verdict.service.as_ref().map(|s| format!("{}/{}", s.namespace, s.name)),
-                        id = ?f.flow.id,
-                        "removed flow"
-                    );
+                    removed.log();
                 }
+                self.admin.recent.push(removed);
             }
             if *o == Outcome::Deleted {
                 if let (Some(ev), Some(s)) = (&self.events, &f.verdict.service) {

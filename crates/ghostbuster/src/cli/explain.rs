@@ -10,6 +10,7 @@ use ctnetlink::{Conntrack, Filter, Flow, TupleMatch};
 
 use super::cluster_args::{ClusterArgs, Need, PolicyArgs};
 use crate::exit::{input_error, ExitCode};
+use crate::flow_json::FlowRecord;
 use crate::render;
 use crate::scan::classify_matching;
 
@@ -122,26 +123,9 @@ pub fn run(a: ExplainArgs) -> anyhow::Result<ExitCode> {
         target.matches(f)
     })?;
     if a.output == "json" {
-        let items: Vec<serde_json::Value> = found
+        let items: Vec<FlowRecord<'_>> = found
             .iter()
-            .map(|f| {
-                let mut v = serde_json::to_value(render::FlowJson(&f.flow)).unwrap_or_default();
-                if let (Some(obj), Ok(serde_json::Value::Object(verdict))) =
-                    (v.as_object_mut(), serde_json::to_value(&f.verdict))
-                {
-                    obj.extend(verdict);
-                    obj.insert(
-                        "trace".into(),
-                        f.verdict
-                            .trace
-                            .to_string()
-                            .lines()
-                            .map(|l| l.trim().to_string())
-                            .collect(),
-                    );
-                }
-                v
-            })
+            .map(|f| FlowRecord::new(f).with_trace())
             .collect();
         println!(
             "{}",

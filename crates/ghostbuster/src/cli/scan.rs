@@ -12,12 +12,12 @@ use std::io::Write;
 use anyhow::Context;
 use clap::Args;
 use ctnetlink::{Conntrack, Filter};
-use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 
 use super::cluster_args::{ClusterArgs, Need, PolicyArgs};
 use super::Output;
 use crate::exit::{input_error, CodedError, ExitCode};
+use crate::flow_json::FlowRecord;
 use crate::render;
 use crate::scan::{scan, Finding, ScanReport};
 use crate::sweep::{sweep, Outcome, SweepTotals};
@@ -63,38 +63,12 @@ struct SweepMode {
     budget: SweepBudget,
 }
 
-/// One finding as the shared flow object plus verdict fields (and `result` in a sweep).
-struct FindingJson<'a> {
-    finding: &'a Finding,
-    outcome: Option<Outcome>,
-}
-
-impl Serialize for FindingJson<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let v = &self.finding.verdict;
-        let mut m = s.serialize_map(None)?;
-        m.serialize_entry("verdict", &v.kind)?;
-        m.serialize_entry("evidence", &v.evidence)?;
-        m.serialize_entry("half_open", &v.half_open)?;
-        m.serialize_entry("removable", &v.removable)?;
-        m.serialize_entry("kept_because", &v.kept_because)?;
-        render::flow_fields(&mut m, &self.finding.flow)?;
-        m.serialize_entry("service", &v.service)?;
-        m.serialize_entry("backend", &v.backend)?;
-        m.serialize_entry("now_owned_by", &v.now_owned_by)?;
-        m.serialize_entry("reason", &v.reason())?;
-        if let Some(o) = self.outcome {
-            m.serialize_entry("result", o.as_str())?;
-        }
-        m.end()
-    }
-}
-
 #[derive(Serialize)]
 struct Document<'a> {
     scanned: u64,
     snapshot_time: String,
-    flows: Vec<FindingJson<'a>>,
+    /// The shared flow object (`flow_json`), with `result` in a sweep.
+    flows: Vec<FlowRecord<'a>>,
     summary: BTreeMap<&'static str, u64>,
     #[serde(skip_serializing_if = "Option::is_none", flatten)]
     sweep: Option<SweepTotals>,
@@ -266,9 +240,9 @@ fn print(
                     .findings
                     .iter()
                     .enumerate()
-                    .map(|(i, f)| FindingJson {
-                        finding: f,
-                        outcome: outcomes.map(|o| o[i]),
+                    .map(|(i, f)| match outcomes {
+                        Some(o) => FlowRecord::new(f).result(o[i]),
+                        None => FlowRecord::new(f),
                     })
                     .collect(),
                 summary: summary(report),

@@ -1,36 +1,31 @@
 //! The last removed flows, for `/debug/recent`: the forensic answer to "did you kill my
 //! connection?" without turning on per-flow logs.
 //!
-//! Each entry is the CLI's flow object (`render::flow_fields`: protocol, original and reply
-//! tuples, zone, id, ...) plus the verdict, its evidence, the Service port, the backend, the
-//! delete's result and the time. A bounded ring: the oldest entry goes when a new one comes.
+//! Each entry is the flow object every JSON output shares (`flow_json::FlowRecord`: the flow,
+//! its verdict with evidence, Service port and backend, and the reason) with the removal's
+//! `time`, `result` and `errno`; `--log-removed-flows` logs the same object. A bounded ring: the
+//! oldest entry goes when a new one comes.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-use ctnetlink::Flow;
 use jiff::Timestamp;
-use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
 
 use super::series::lock;
-use crate::render::flow_fields;
+use crate::flow_json::FlowRecord;
 use crate::scan::Finding;
 use crate::sweep::Outcome;
-use crate::verdict::{Backend, EvidenceSet, ServiceRef, VerdictKind};
 
 /// Entries `/debug/recent` keeps by default.
 pub const DEFAULT_CAPACITY: usize = 256;
 
-/// One flow the agent tried to remove.
+/// One flow the agent tried to remove. Keeps the whole finding (verdict and trace included, a
+/// few hundred bytes) so `/debug/recent` says as much as `sweep -o json` did.
 #[derive(Debug, Clone)]
 pub struct RemovedFlow {
     pub time: Timestamp,
-    pub flow: Flow,
-    pub verdict: VerdictKind,
-    pub evidence: EvidenceSet,
-    pub service: Option<ServiceRef>,
-    pub backend: Option<Backend>,
+    pub finding: Finding,
     /// `deleted`, `already_gone` or `failed`.
     pub result: Outcome,
     /// The kernel's errno when `failed`.
@@ -41,31 +36,32 @@ impl RemovedFlow {
     pub fn new(f: &Finding, result: Outcome, errno: Option<i32>, time: Timestamp) -> Self {
         RemovedFlow {
             time,
-            flow: f.flow,
-            verdict: f.verdict.kind,
-            evidence: f.verdict.evidence,
-            service: f.verdict.service.clone(),
-            backend: f.verdict.backend,
+            finding: f.clone(),
             result,
             errno,
         }
+    }
+
+    /// The shared flow object with this removal's fields.
+    pub fn record(&self) -> FlowRecord<'_> {
+        FlowRecord::new(&self.finding).removal(self.time, self.result, self.errno)
+    }
+
+    /// The `--log-removed-flows` line: its `flow` field is the same JSON object `/debug/recent`
+    /// serves (tracing has no stable way to nest an object, so it travels as JSON text).
+    pub fn log(&self) {
+        tracing::info!(flow = %self.json(), "removed flow");
+    }
+
+    /// [`RemovedFlow::record`] as JSON text.
+    pub fn json(&self) -> String {
+        serde_json::to_string(&self.record()).unwrap_or_default()
     }
 }
 
 impl Serialize for RemovedFlow {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(None)?;
-        m.serialize_entry("time", &self.time)?;
-        m.serialize_entry("result", &self.result)?;
-        if let Some(e) = self.errno {
-            m.serialize_entry("errno", &e)?;
-        }
-        m.serialize_entry("verdict", &self.verdict)?;
-        m.serialize_entry("evidence", &self.evidence)?;
-        m.serialize_entry("service", &self.service)?;
-        m.serialize_entry("backend", &self.backend)?;
-        flow_fields(&mut m, &self.flow)?;
-        m.end()
+        self.record().serialize(s)
     }
 }
 
@@ -130,9 +126,10 @@ impl Recent {
 mod tests {
     use std::net::{IpAddr, Ipv4Addr};
 
-    use ctnetlink::{Status, Tuple};
+    use ctnetlink::{Flow, Status, Tuple};
 
     use super::*;
+    use crate::verdict::{Backend, Evidence, Trace, Verdict, VerdictKind};
 
     fn flow(sport: u16) -> Flow {
         let client = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 5));
@@ -149,19 +146,29 @@ mod tests {
     }
 
     fn removed(sport: u16) -> RemovedFlow {
-        RemovedFlow {
-            time: Timestamp::from_second(1_700_000_000).unwrap(),
-            flow: flow(sport),
-            verdict: VerdictKind::EndpointGone,
-            evidence: [crate::verdict::Evidence::PodGone].into_iter().collect(),
+        let verdict = Verdict {
+            kind: VerdictKind::EndpointGone,
+            evidence: [Evidence::PodGone].into_iter().collect(),
+            half_open: false,
+            removable: true,
+            kept_because: None,
             service: None,
             backend: Some(Backend {
                 ip: IpAddr::V4(Ipv4Addr::new(10, 244, 1, 7)),
                 port: 5432,
             }),
-            result: Outcome::Deleted,
-            errno: None,
-        }
+            now_owned_by: None,
+            trace: Trace::default(),
+        };
+        RemovedFlow::new(
+            &Finding {
+                flow: flow(sport),
+                verdict,
+            },
+            Outcome::Deleted,
+            None,
+            Timestamp::from_second(1_700_000_000).unwrap(),
+        )
     }
 
     #[test]
@@ -172,7 +179,7 @@ mod tests {
         let ports: Vec<u16> = r
             .latest(10)
             .iter()
-            .map(|f| f.flow.orig.sport().unwrap())
+            .map(|f| f.finding.flow.orig.sport().unwrap())
             .collect();
         assert_eq!(ports, vec![5, 4, 3]);
         assert_eq!(r.latest(1).len(), 1);
@@ -193,5 +200,10 @@ mod tests {
         assert_eq!(v["id"], 42);
         assert_eq!(v["time"], "2023-11-14T22:13:20Z");
         assert!(v.get("errno").is_none());
+        // The verdict fields of `sweep -o json` too: one object everywhere.
+        assert_eq!(v["removable"], true);
+        assert_eq!(v["half_open"], false);
+        assert!(v["kept_because"].is_null());
+        assert_eq!(v["reason"], "row 8: endpoint_gone");
     }
 }

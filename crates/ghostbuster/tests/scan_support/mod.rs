@@ -7,6 +7,9 @@
 
 #![allow(dead_code)]
 
+#[path = "../flow_schema/mod.rs"]
+pub mod flow_schema;
+
 use std::collections::BTreeSet;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
@@ -151,6 +154,24 @@ impl Story {
         self.run("sweep", file, extra)
     }
 
+    /// `ghostbuster explain --netns NODE --from-file FILE -o json TARGET...`
+    pub fn explain(&self, file: &str, target: &[&str]) -> Run {
+        let node = self.node();
+        let mut args = vec![
+            "explain",
+            "--netns",
+            &node,
+            "--from-file",
+            file,
+            "-o",
+            "json",
+            "--clock-skew",
+            "0s",
+        ];
+        args.extend_from_slice(target);
+        Run::of(&args)
+    }
+
     /// `ghostbuster scan --netns NODE --from-file FILE -o json EXTRA...`
     pub fn scan(&self, file: &str, extra: &[&str]) -> Run {
         self.run("scan", file, extra)
@@ -238,7 +259,9 @@ impl Run {
         }
     }
 
-    /// Asserts the exit code and that stdout is a JSON report.
+    /// Asserts the exit code and that stdout is a JSON report; a `scan`, `sweep` or `explain`
+    /// report's flows must each be the flow object of docs/flow.schema.json, so every kernel
+    /// scenario these tests build checks the schema too.
     pub fn ok(self, code: i32) -> Run {
         assert_eq!(
             self.code, code,
@@ -246,6 +269,12 @@ impl Run {
             self.args, self.code, self.stdout, self.stderr
         );
         assert!(self.json.is_object(), "not JSON: {}", self.stdout);
+        if matches!(
+            self.args.first().map(String::as_str),
+            Some("scan" | "sweep" | "explain")
+        ) {
+            flow_schema::assert_flows(&self.json);
+        }
         self
     }
 

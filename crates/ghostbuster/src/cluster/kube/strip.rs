@@ -8,9 +8,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::cluster::Object;
 
-/// The per-Service (and per-Namespace) override the agent honours: `off`, `report`, `sweep`.
-/// The only annotation kept.
-pub const MODE_ANNOTATION: &str = "ghostbuster.io/mode";
+/// The only annotation kept: the per-Service (and per-Namespace) override the agent honours. One
+/// definition, in `cluster::service` beside the [`SweepMode`](crate::cluster::SweepMode) it sets,
+/// so what is kept and what is read cannot disagree.
+pub use crate::cluster::MODE_ANNOTATION;
 
 /// Drops everything of `obj` that the index and the agent never read.
 pub fn strip(obj: &mut Object) {

@@ -13,9 +13,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use agent_support::*;
-use fake_apiserver::{FakeApiServer, Rbac};
+use fake_apiserver::Rbac;
 use netlab::plan::vip_v4;
-use netlab::{Endpoint, Service, ServicePort};
+use netlab::Endpoint;
 use scan_support::*;
 use serde_json::Value;
 
@@ -32,13 +32,6 @@ fn rendered_rbac() -> Option<Rbac> {
     Rbac::from_manifests(&String::from_utf8_lossy(&out.stdout)).ok()
 }
 
-fn web(eps: &[Endpoint]) -> Service {
-    Service::new("shop", "web")
-        .cluster_ip(vip_v4(30))
-        .port(ServicePort::tcp("http", 80, HTTP))
-        .endpoints(v4(eps))
-}
-
 /// The seed-000 story with the agent: an endpoint leaves its Service by a watch event; the agent
 /// waits for kube-proxy to catch up, then removes the ghosts; the pooled connections fail fast
 /// and recover; a healthy connection to the live backend keeps working; metrics, /debug/recent and
@@ -51,34 +44,29 @@ fn an_endpoint_removed_by_a_watch_event_is_swept_once_kube_proxy_caught_up() {
     let a = s.backend("web-a", "shop", "web", &[]);
     let b = s.backend("web-b", "shop", "web", &[]);
     let vip = SocketAddr::from((vip_v4(30), 80));
-    s.lab.sync_services(&[web(&a)]).unwrap();
+    s.lab.sync_services(&[web("shop", 30, &a)]).unwrap();
     let ghost = pool(&s.client, vip, 2);
     expect_answers(&ghost, 2, "ghost pool");
 
-    let api = FakeApiServer::start_in_thread().unwrap();
     let rbac = rendered_rbac();
     if rbac.is_none() && std::env::var_os("CI").is_some() {
         panic!("kubectl kustomize deploy/ failed: CI must prove the ClusterRole sufficient");
     }
-    api.set_rbac(rbac.clone());
-    publish(&api, &s.lab.kubernetes_objects());
-    let kp = FakeKubeProxy::start("nftables");
-    let agent = Agent::start(&api, &s.node(), &kp, &[]);
-    assert!(
-        agent.wait_ready(Duration::from_secs(20)),
-        "agent never became ready"
-    );
+    let role = rbac.clone();
+    let AgentRig { api, kp, agent, .. } = AgentRig::new(&s.node())
+        .api(move |api| api.set_rbac(role))
+        .objects(s.lab.kubernetes_objects())
+        .start();
 
     // Rolling update: kube-proxy's rules move to B, A vanishes silently, the API says so.
-    s.lab.sync_services(&[web(&b)]).unwrap();
+    s.lab.sync_services(&[web("shop", 30, &b)]).unwrap();
     let dead = ip_of(&a, false);
     s.lab.delete_pod_silently("web-a").unwrap();
     let healthy = pool(&s.client, vip, 2);
     expect_answers(&healthy, 2, "healthy pool");
     let hung = expect_hang(&ghost, 2, Duration::from_secs(1));
     let before = mark(&healthy);
-    publish(&api, &s.lab.kubernetes_objects());
-    api.delete("pods", "shop", "web-a");
+    publish_pod_gone(&api, &s.lab.kubernetes_objects(), "shop", "web-a");
 
     // kube-proxy has not synced since the removal: the gate holds, the ghosts stay.
     std::thread::sleep(Duration::from_millis(1500));
@@ -178,40 +166,24 @@ fn dry_run_reports_and_deletes_nothing() {
     let a = s.backend("web-a", "shop", "web", &[]);
     let b = s.backend("web-b", "shop", "web", &[]);
     let vip = SocketAddr::from((vip_v4(31), 80));
-    let web31 = |eps: &[Endpoint]| {
-        Service::new("shop", "web")
-            .cluster_ip(vip_v4(31))
-            .port(ServicePort::tcp("http", 80, HTTP))
-            .endpoints(v4(eps))
-    };
-    s.lab.sync_services(&[web31(&a)]).unwrap();
+    s.lab.sync_services(&[web("shop", 31, &a)]).unwrap();
     let ghost = pool(&s.client, vip, 2);
     expect_answers(&ghost, 2, "ghost pool");
-    let api = FakeApiServer::start_in_thread().unwrap();
-    publish(&api, &s.lab.kubernetes_objects());
-    let kp = FakeKubeProxy::start("nftables");
-    kp.synced_now();
-    let agent = Agent::start(
-        &api,
-        &s.node(),
-        &kp,
-        &["--dry-run", "--resync-interval", "1s"],
-    );
-    assert!(agent.wait_ready(Duration::from_secs(20)));
-    s.lab.sync_services(&[web31(&b)]).unwrap();
+    let AgentRig { api, kp, agent, .. } = AgentRig::new(&s.node())
+        .objects(s.lab.kubernetes_objects())
+        .kube_proxy_synced()
+        .args(&["--dry-run", "--resync-interval", "1s"])
+        .start();
+    s.lab.sync_services(&[web("shop", 31, &b)]).unwrap();
     let dead = ip_of(&a, false);
     s.lab.delete_pod_silently("web-a").unwrap();
-    publish(&api, &s.lab.kubernetes_objects());
-    api.delete("pods", "shop", "web-a");
+    publish_pod_gone(&api, &s.lab.kubernetes_objects(), "shop", "web-a");
     std::thread::sleep(Duration::from_millis(300));
     kp.synced_now();
     // Two full passes later: reported, not removed.
-    let until = Instant::now() + Duration::from_secs(6);
-    let mut m = agent.metrics();
-    while metric_sum(&m, "conntrack_stale_entries") < 2.0 && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(200));
-        m = agent.metrics();
-    }
+    let m = agent.metrics_until(Duration::from_secs(6), |m| {
+        metric_sum(m, "conntrack_stale_entries") >= 2.0
+    });
     assert!(metric_sum(&m, "conntrack_stale_entries") >= 2.0, "{m}");
     assert_eq!(
         metric_sum(&m, "ghostbuster_flows_removed_total"),
@@ -237,21 +209,22 @@ fn nothing_is_deleted_before_every_watch_synced() {
     };
     let a = s.backend("web-a", "shop", "web", &[]);
     let vip = SocketAddr::from((vip_v4(32), 80));
-    let svc = Service::new("shop", "web")
-        .cluster_ip(vip_v4(32))
-        .port(ServicePort::tcp("http", 80, HTTP))
-        .endpoints(v4(&a));
-    s.lab.sync_services(&[svc]).unwrap();
+    s.lab.sync_services(&[web("shop", 32, &a)]).unwrap();
     let live = pool(&s.client, vip, 2);
     expect_answers(&live, 2, "pool");
-    let api = FakeApiServer::start_in_thread().unwrap();
     // The cluster without the slices, and a slice list that never finishes.
-    let objects = without_kind(s.lab.kubernetes_objects(), "EndpointSlice");
-    publish(&api, &objects);
-    api.hang_lists("endpointslices", true);
-    let kp = FakeKubeProxy::start("nftables");
-    kp.synced_now();
-    let agent = Agent::start(&api, &s.node(), &kp, &["--resync-interval", "1s"]);
+    let AgentRig {
+        api: _api,
+        kp: _kp,
+        agent,
+        ..
+    } = AgentRig::new(&s.node())
+        .objects(without_kind(s.lab.kubernetes_objects(), "EndpointSlice"))
+        .api(|api| api.hang_lists("endpointslices", true))
+        .kube_proxy_synced()
+        .args(&["--resync-interval", "1s"])
+        .no_wait()
+        .start();
     assert!(
         !agent.wait_ready(Duration::from_secs(4)),
         "ready without a synced view"
@@ -289,39 +262,27 @@ fn a_deselected_live_pod_and_an_annotated_service_keep_their_flows() {
     let b = s.backend("web-b", "shop", "web", &[]);
     let c = s.backend("api-a", "shop", "api", &[]);
     let d = s.backend("api-b", "shop", "api", &[]);
-    let web33 = |eps: &[Endpoint]| {
-        Service::new("shop", "web")
-            .cluster_ip(vip_v4(33))
-            .port(ServicePort::tcp("http", 80, HTTP))
-            .endpoints(v4(eps))
-    };
-    let api34 = |eps: &[Endpoint]| {
-        Service::new("shop", "api")
-            .cluster_ip(vip_v4(34))
-            .port(ServicePort::tcp("http", 80, HTTP))
-            .endpoints(v4(eps))
-    };
+    let web33 = |eps: &[Endpoint]| web("shop", 33, eps);
+    let api34 = |eps: &[Endpoint]| http_service("shop", "api", 34, eps);
     s.lab.sync_services(&[web33(&a), api34(&c)]).unwrap();
     let blue = pool(&s.client, SocketAddr::from((vip_v4(33), 80)), 2);
     let annotated = pool(&s.client, SocketAddr::from((vip_v4(34), 80)), 2);
     expect_answers(&blue, 2, "blue");
     expect_answers(&annotated, 2, "annotated");
-    let api = FakeApiServer::start_in_thread().unwrap();
     let mut objects = s.lab.kubernetes_objects();
     object_mut(&mut objects, "Service", "api")["metadata"]["annotations"] =
         serde_json::json!({"ghostbuster.io/mode": "report"});
-    publish(&api, &objects);
-    let kp = FakeKubeProxy::start("nftables");
-    let agent = Agent::start(&api, &s.node(), &kp, &["--resync-interval", "1s"]);
-    assert!(agent.wait_ready(Duration::from_secs(20)));
+    let AgentRig { api, kp, agent, .. } = AgentRig::new(&s.node())
+        .objects(objects)
+        .args(&["--resync-interval", "1s"])
+        .start();
     // Blue/green: web moves to b while a stays alive; api's a is deleted for real.
     s.lab.sync_services(&[web33(&b), api34(&d)]).unwrap();
     s.lab.delete_pod_silently("api-a").unwrap();
     let mut objects = s.lab.kubernetes_objects();
     object_mut(&mut objects, "Service", "api")["metadata"]["annotations"] =
         serde_json::json!({"ghostbuster.io/mode": "report"});
-    publish(&api, &objects);
-    api.delete("pods", "shop", "api-a");
+    publish_pod_gone(&api, &objects, "shop", "api-a");
     kp.synced_now();
     let before_blue = mark(&blue);
     std::thread::sleep(Duration::from_secs(3));
@@ -336,12 +297,9 @@ fn a_deselected_live_pod_and_an_annotated_service_keep_their_flows() {
         "annotated service's flows removed"
     );
     expect_untouched(blue, &before_blue, &["web-a"], "blue pool");
-    let until = Instant::now() + Duration::from_secs(8);
-    let mut m = agent.metrics();
-    while metric_sum(&m, "conntrack_stale_entries") < 4.0 && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(200));
-        m = agent.metrics();
-    }
+    let m = agent.metrics_until(Duration::from_secs(8), |m| {
+        metric_sum(m, "conntrack_stale_entries") >= 4.0
+    });
     assert!(metric_sum(&m, "conntrack_stale_entries") >= 4.0, "{m}");
     assert_eq!(
         metric_sum(&m, "ghostbuster_flows_removed_total"),
@@ -360,31 +318,20 @@ fn the_circuit_breaker_holds_a_mass_removal() {
     };
     let a = s.backend("web-a", "shop", "web", &[]);
     let b = s.backend("web-b", "shop", "web", &[]);
-    let web35 = |eps: &[Endpoint]| {
-        Service::new("shop", "web")
-            .cluster_ip(vip_v4(35))
-            .port(ServicePort::tcp("http", 80, HTTP))
-            .endpoints(v4(eps))
-    };
-    s.lab.sync_services(&[web35(&a)]).unwrap();
+    s.lab.sync_services(&[web("shop", 35, &a)]).unwrap();
     let ghost = pool(&s.client, SocketAddr::from((vip_v4(35), 80)), 3);
     expect_answers(&ghost, 3, "pool");
-    let api = FakeApiServer::start_in_thread().unwrap();
-    publish(&api, &s.lab.kubernetes_objects());
-    let kp = FakeKubeProxy::start("nftables");
-    let agent = Agent::start(&api, &s.node(), &kp, &["--max-deletes-per-pass", "2"]);
-    assert!(agent.wait_ready(Duration::from_secs(20)));
-    s.lab.sync_services(&[web35(&b)]).unwrap();
+    let AgentRig { api, kp, agent, .. } = AgentRig::new(&s.node())
+        .objects(s.lab.kubernetes_objects())
+        .args(&["--max-deletes-per-pass", "2"])
+        .start();
+    s.lab.sync_services(&[web("shop", 35, &b)]).unwrap();
     s.lab.delete_pod_silently("web-a").unwrap();
-    publish(&api, &s.lab.kubernetes_objects());
-    api.delete("pods", "shop", "web-a");
+    publish_pod_gone(&api, &s.lab.kubernetes_objects(), "shop", "web-a");
     kp.synced_now();
-    let until = Instant::now() + Duration::from_secs(5);
-    let mut m = agent.metrics();
-    while metric_sum(&m, "ghostbuster_circuit_open") < 1.0 && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(100));
-        m = agent.metrics();
-    }
+    let m = agent.metrics_until(Duration::from_secs(5), |m| {
+        metric_sum(m, "ghostbuster_circuit_open") >= 1.0
+    });
     assert_eq!(metric_sum(&m, "ghostbuster_circuit_open"), 1.0, "{m}");
     assert_eq!(
         entries_to(&table(&s.node()), ip_of(&a, false)).len(),
@@ -428,10 +375,15 @@ fn a_filling_table_warns_on_the_node() {
         .collect();
     let made = ct.create(&flows).unwrap();
     assert_eq!(made.created, want, "{made:?}");
-    let api = FakeApiServer::start_in_thread().unwrap();
-    publish(&api, &with_api_server(s.lab.kubernetes_objects()));
-    let kp = FakeKubeProxy::start("nftables");
-    let agent = Agent::start(&api, &s.node(), &kp, &[]);
+    let AgentRig {
+        api,
+        kp: _kp,
+        agent,
+        ..
+    } = AgentRig::new(&s.node())
+        .objects(with_api_server(s.lab.kubernetes_objects()))
+        .no_wait()
+        .start();
     let until = Instant::now() + Duration::from_secs(15);
     let warning = loop {
         let found = api
@@ -474,43 +426,32 @@ fn without_the_service_cidr_api_the_flag_stands_in_and_the_agent_gets_ready() {
     };
     let a = s.backend("web-a", "shop", "web", &[]);
     let b = s.backend("web-b", "shop", "web", &[]);
-    let web36 = |eps: &[Endpoint]| {
-        Service::new("shop", "web")
-            .cluster_ip(vip_v4(36))
-            .port(ServicePort::tcp("http", 80, HTTP))
-            .endpoints(v4(eps))
-    };
     let vip = SocketAddr::from((vip_v4(36), 80));
-    s.lab.sync_services(&[web36(&a)]).unwrap();
+    s.lab.sync_services(&[web("shop", 36, &a)]).unwrap();
     let ghost = pool(&s.client, vip, 2);
     expect_answers(&ghost, 2, "ghost pool");
 
-    let api = FakeApiServer::start_in_thread().unwrap();
-    api.disable("servicecidrs");
-    publish(&api, &s.lab.kubernetes_objects());
-    let kp = FakeKubeProxy::start("nftables");
-    let agent = Agent::start(
-        &api,
-        &s.node(),
-        &kp,
-        &["--service-cidr", netlab::plan::SERVICE_CIDR_V4],
-    );
-    assert!(
-        agent.wait_ready(Duration::from_secs(20)),
-        "never ready without the ServiceCIDR API: {:?}",
-        agent.get("/readyz")
-    );
+    // Ready within 20 s without the ServiceCIDR API (the rig asserts it).
+    let AgentRig {
+        api,
+        kp,
+        agent: _agent,
+        ..
+    } = AgentRig::new(&s.node())
+        .api(|api| api.disable("servicecidrs"))
+        .objects(s.lab.kubernetes_objects())
+        .args(&["--service-cidr", netlab::plan::SERVICE_CIDR_V4])
+        .start();
     assert!(api.count("list", "servicecidrs") >= 1, "never asked");
 
-    s.lab.sync_services(&[web36(&b)]).unwrap();
+    s.lab.sync_services(&[web("shop", 36, &b)]).unwrap();
     let dead = ip_of(&a, false);
     s.lab.delete_pod_silently("web-a").unwrap();
     let healthy = pool(&s.client, vip, 2);
     expect_answers(&healthy, 2, "healthy pool");
     let hung = expect_hang(&ghost, 2, Duration::from_millis(500));
     let before = mark(&healthy);
-    publish(&api, &s.lab.kubernetes_objects());
-    api.delete("pods", "shop", "web-a");
+    publish_pod_gone(&api, &s.lab.kubernetes_objects(), "shop", "web-a");
     let t = Instant::now();
     while !entries_to(&table(&s.node()), dead).is_empty() && t.elapsed() < Duration::from_secs(10) {
         kp.synced_now();

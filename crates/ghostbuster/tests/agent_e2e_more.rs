@@ -11,10 +11,7 @@
 mod agent_support;
 mod scan_support;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agent_support::*;
@@ -25,84 +22,16 @@ use netlab::{Endpoint, ServerSpec, Service, ServicePort, UdpClient, UdpConfig};
 use scan_support::*;
 use serde_json::Value;
 
-/// The agent of [`agent_support::Agent::command`], with its stderr captured (and echoed) so the
-/// tests can count its `pass` lines.
-struct LoggedAgent {
-    child: Child,
-    port: u16,
-    log: Arc<Mutex<Vec<String>>>,
-    _kubeconfig: tempfile_path::Path,
-}
-
-impl LoggedAgent {
-    fn start(api: &FakeApiServer, node_ns: &str, kp: &FakeKubeProxy, extra: &[&str]) -> Self {
-        let launch = Launch {
-            kubeconfig: api.kubeconfig(),
-            kube_proxy: kp.addr,
-            netns: Some(node_ns.to_string()),
-            wrapper: Vec::new(),
-            scrape_ns: None,
-            port: free_port(),
-        };
-        let kc = Agent::kubeconfig_file(&launch.kubeconfig);
-        let mut child = Agent::command(&launch, &kc.0, extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the agent");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().expect("agent stderr");
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("agent: {line}");
-                sink.lock().unwrap().push(line);
-            }
-        });
-        LoggedAgent {
-            child,
-            port: launch.port,
-            log,
-            _kubeconfig: kc,
-        }
-    }
-
-    fn wait_ready(&self, within: Duration) -> bool {
-        let until = Instant::now() + within;
-        while Instant::now() < until {
-            if matches!(http_get(self.port, "/readyz"), Some((200, _))) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        false
-    }
-
-    fn metrics(&self) -> String {
-        http_get(self.port, "/metrics")
-            .map(|(_, b)| b)
-            .unwrap_or_default()
-    }
-
-    /// The `pass` lines of `kind` that deleted something: their `deleted=N`.
-    fn deleting_passes(&self, kind: &str) -> Vec<u64> {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|l| strip_ansi(l))
-            .filter(|l| l.contains(" pass ") && l.contains(&format!("kind=\"{kind}\"")))
-            .filter_map(|l| field(&l, "deleted")?.parse::<u64>().ok())
-            .filter(|&n| n > 0)
-            .collect()
-    }
-}
-
-impl Drop for LoggedAgent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The `pass` lines of `kind` that deleted something: their `deleted=N`.
+fn deleting_passes(agent: &Agent, kind: &str) -> Vec<u64> {
+    agent
+        .log_lines()
+        .iter()
+        .map(|l| strip_ansi(l))
+        .filter(|l| l.contains(" pass ") && l.contains(&format!("kind=\"{kind}\"")))
+        .filter_map(|l| field(&l, "deleted")?.parse::<u64>().ok())
+        .filter(|&n| n > 0)
+        .collect()
 }
 
 /// The line without ANSI colour sequences.
@@ -139,28 +68,12 @@ fn metric_series(text: &str, name: &str, label: &str) -> f64 {
         .sum()
 }
 
-fn scans(agent: &LoggedAgent, kind: &str) -> f64 {
+fn scans(agent: &Agent, kind: &str) -> f64 {
     metric_series(
         &agent.metrics(),
         "ghostbuster_scan_duration_seconds_count",
         &format!("kind=\"{kind}\""),
     )
-}
-
-/// kube-proxy keeps syncing (its timestamp moves on) until `done`, at most `within`.
-fn sync_until(kp: &FakeKubeProxy, within: Duration, done: impl Fn() -> bool) -> Duration {
-    let t = Instant::now();
-    while !done() && t.elapsed() < within {
-        kp.synced_now();
-    }
-    t.elapsed()
-}
-
-fn web(vip: u8, eps: &[Endpoint]) -> Service {
-    Service::new("shop", "web")
-        .cluster_ip(vip_v4(vip))
-        .port(ServicePort::tcp("http", 80, HTTP))
-        .endpoints(v4(eps))
 }
 
 fn gets_of_pod(api: &FakeApiServer, name: &str) -> usize {
@@ -182,17 +95,16 @@ fn a_relist_after_410_that_drops_an_endpoint_sweeps_that_backend_once() {
     let a = s.backend("web-a", "shop", "web", &[]);
     let b = s.backend("web-b", "shop", "web", &[]);
     let vip = SocketAddr::from((vip_v4(40), 80));
-    s.lab.sync_services(&[web(40, &a)]).unwrap();
+    s.lab.sync_services(&[web("shop", 40, &a)]).unwrap();
     let ghost = pool(&s.client, vip, 2);
     expect_answers(&ghost, 2, "ghost pool");
 
-    let api = FakeApiServer::start_in_thread().unwrap();
-    publish(&api, &s.lab.kubernetes_objects());
-    let kp = FakeKubeProxy::start("nftables");
-    let agent = LoggedAgent::start(&api, &s.node(), &kp, &[]);
-    assert!(agent.wait_ready(Duration::from_secs(20)), "never ready");
+    let AgentRig { api, kp, agent, .. } = AgentRig::new(&s.node())
+        .objects(s.lab.kubernetes_objects())
+        .capture_log()
+        .start();
 
-    s.lab.sync_services(&[web(40, &b)]).unwrap();
+    s.lab.sync_services(&[web("shop", 40, &b)]).unwrap();
     let dead = ip_of(&a, false);
     s.lab.delete_pod_silently("web-a").unwrap();
     let healthy = pool(&s.client, vip, 2);
@@ -210,7 +122,7 @@ fn a_relist_after_410_that_drops_an_endpoint_sweeps_that_backend_once() {
     // 20 s: the relist waits out the watch's backoff after a 410, and on a loaded 2-core CI
     // machine (the flood test of this file runs alongside) every step stretches; alone it takes
     // ~1.3 s. It failed once in ~10 runs with 10 s.
-    let took = sync_until(&kp, Duration::from_secs(20), || {
+    let took = kp.sync_until(Duration::from_secs(20), || {
         entries_to(&table(&s.node()), dead).is_empty()
     });
     assert!(
@@ -248,8 +160,8 @@ fn a_relist_after_410_that_drops_an_endpoint_sweeps_that_backend_once() {
     }
     expect_untouched(healthy, &before, &["web-b"], "healthy pool");
 
-    let targeted = agent.deleting_passes("targeted");
-    let full = agent.deleting_passes("full");
+    let targeted = deleting_passes(&agent, "targeted");
+    let full = deleting_passes(&agent, "full");
     let m = agent.metrics();
     eprintln!(
         "deleting passes: targeted {targeted:?}, full {full:?}; targeted scans {}",
@@ -269,11 +181,9 @@ fn a_relist_after_410_that_drops_an_endpoint_sweeps_that_backend_once() {
 }
 
 /// The agent's log lines that say a pass was held for `reason`.
-fn held_passes(agent: &LoggedAgent, reason: &str) -> usize {
+fn held_passes(agent: &Agent, reason: &str) -> usize {
     agent
-        .log
-        .lock()
-        .unwrap()
+        .log_lines()
         .iter()
         .map(|l| strip_ansi(l))
         .filter(|l| l.contains(" pass ") && l.contains(reason))
@@ -292,18 +202,17 @@ fn a_deselected_pod_loses_its_ghosts_when_it_is_deleted() {
     let a = s.backend("web-a", "shop", "web", &[]);
     let b = s.backend("web-b", "shop", "web", &[]);
     let vip = SocketAddr::from((vip_v4(43), 80));
-    s.lab.sync_services(&[web(43, &a)]).unwrap();
+    s.lab.sync_services(&[web("shop", 43, &a)]).unwrap();
     let ghost = pool(&s.client, vip, 2);
     expect_answers(&ghost, 2, "pool to web-a");
 
-    let api = FakeApiServer::start_in_thread().unwrap();
-    publish(&api, &s.lab.kubernetes_objects());
-    let kp = FakeKubeProxy::start("nftables");
-    let agent = LoggedAgent::start(&api, &s.node(), &kp, &[]);
-    assert!(agent.wait_ready(Duration::from_secs(20)), "never ready");
+    let AgentRig { api, kp, agent, .. } = AgentRig::new(&s.node())
+        .objects(s.lab.kubernetes_objects())
+        .capture_log()
+        .start();
 
     // Deselected: out of the slice, the pod runs on.
-    s.lab.sync_services(&[web(43, &b)]).unwrap();
+    s.lab.sync_services(&[web("shop", 43, &b)]).unwrap();
     let dead = ip_of(&a, false);
     let healthy = pool(&s.client, vip, 2);
     expect_answers(&healthy, 2, "healthy pool");
@@ -332,7 +241,7 @@ fn a_deselected_pod_loses_its_ghosts_when_it_is_deleted() {
     let hung = expect_hang(&ghost, 2, Duration::from_millis(500));
     let before_healthy = mark(&healthy);
     api.delete("pods", "shop", "web-a");
-    let took = sync_until(&kp, Duration::from_secs(20), || {
+    let took = kp.sync_until(Duration::from_secs(20), || {
         entries_to(&table(&s.node()), dead).is_empty()
     });
     assert!(
@@ -342,8 +251,8 @@ fn a_deselected_pod_loses_its_ghosts_when_it_is_deleted() {
     eprintln!("flows removed {took:?} after the pod's deletion");
     expect_fail_fast_and_recover(ghost, &hung, Some("web-b"), Duration::from_secs(8));
     expect_untouched(healthy, &before_healthy, &["web-b"], "healthy pool");
-    assert_eq!(agent.deleting_passes("targeted"), vec![2]);
-    assert!(agent.deleting_passes("full").is_empty());
+    assert_eq!(deleting_passes(&agent, "targeted"), vec![2]);
+    assert!(deleting_passes(&agent, "full").is_empty());
 }
 
 /// Test 1c. The endpoint's removal arrives by a relist while another watch (Services) is still
@@ -358,17 +267,16 @@ fn a_removal_held_while_a_watch_relists_goes_when_the_relist_ends() {
     let a = s.backend("web-a", "shop", "web", &[]);
     let b = s.backend("web-b", "shop", "web", &[]);
     let vip = SocketAddr::from((vip_v4(44), 80));
-    s.lab.sync_services(&[web(44, &a)]).unwrap();
+    s.lab.sync_services(&[web("shop", 44, &a)]).unwrap();
     let ghost = pool(&s.client, vip, 2);
     expect_answers(&ghost, 2, "ghost pool");
 
-    let api = FakeApiServer::start_in_thread().unwrap();
-    publish(&api, &s.lab.kubernetes_objects());
-    let kp = FakeKubeProxy::start("nftables");
-    let agent = LoggedAgent::start(&api, &s.node(), &kp, &[]);
-    assert!(agent.wait_ready(Duration::from_secs(20)), "never ready");
+    let AgentRig { api, kp, agent, .. } = AgentRig::new(&s.node())
+        .objects(s.lab.kubernetes_objects())
+        .capture_log()
+        .start();
 
-    s.lab.sync_services(&[web(44, &b)]).unwrap();
+    s.lab.sync_services(&[web("shop", 44, &b)]).unwrap();
     let dead = ip_of(&a, false);
     s.lab.delete_pod_silently("web-a").unwrap();
     let healthy = pool(&s.client, vip, 2);
@@ -397,7 +305,7 @@ fn a_removal_held_while_a_watch_relists_goes_when_the_relist_ends() {
     );
 
     api.hang_lists("services", false);
-    let took = sync_until(&kp, Duration::from_secs(20), || {
+    let took = kp.sync_until(Duration::from_secs(20), || {
         entries_to(&table(&s.node()), dead).is_empty()
     });
     assert!(
@@ -407,8 +315,8 @@ fn a_removal_held_while_a_watch_relists_goes_when_the_relist_ends() {
     eprintln!("held ghosts removed {took:?} after the relist ended");
     expect_fail_fast_and_recover(ghost, &hung, Some("web-b"), Duration::from_secs(8));
     expect_untouched(healthy, &before, &["web-b"], "healthy pool");
-    assert_eq!(agent.deleting_passes("targeted"), vec![2]);
-    assert!(agent.deleting_passes("full").is_empty());
+    assert_eq!(deleting_passes(&agent, "targeted"), vec![2]);
+    assert!(deleting_passes(&agent, "full").is_empty());
 }
 
 /// An established UDP entry from 192.0.2.0/24 to 198.51.100.200:53, distinct for each `i`.
@@ -442,24 +350,28 @@ fn an_event_overflow_becomes_one_full_scan() {
     let b = s.backend("web-b", "shop", "web", &[]);
     let x = s.backend("web-x", "shop", "web", &[]);
     let vip = SocketAddr::from((vip_v4(41), 80));
-    s.lab.sync_services(&[web(41, &b)]).unwrap();
+    s.lab.sync_services(&[web("shop", 41, &b)]).unwrap();
     let healthy = pool(&s.client, vip, 2);
     expect_answers(&healthy, 2, "healthy pool");
     // x joins (after the healthy pool connected to b, so none of its connections is on x).
     let both: Vec<Endpoint> = b.iter().chain(x.iter()).cloned().collect();
-    s.lab.sync_services(&[web(41, &both)]).unwrap();
-    let api = FakeApiServer::start_in_thread().unwrap();
-    publish(&api, &s.lab.kubernetes_objects());
-    let kp = FakeKubeProxy::start("nftables");
-    kp.synced_now();
-    let agent = LoggedAgent::start(&api, &s.node(), &kp, &["--event-buffer-bytes", "65536"]);
-    assert!(agent.wait_ready(Duration::from_secs(20)), "never ready");
+    s.lab.sync_services(&[web("shop", 41, &both)]).unwrap();
+    let AgentRig {
+        api,
+        kp: _kp,
+        agent,
+        ..
+    } = AgentRig::new(&s.node())
+        .objects(s.lab.kubernetes_objects())
+        .kube_proxy_synced()
+        .args(&["--event-buffer-bytes", "65536"])
+        .capture_log()
+        .start();
     // x leaves the Service: its tombstone makes it a removed backend, so the agent's kernel-side
     // event filter passes NEW flows toward it (and only those) — the flood below targets it.
     let changes = metric_sum(&agent.metrics(), "ghostbuster_endpoint_changes_total");
-    s.lab.sync_services(&[web(41, &b)]).unwrap();
-    publish(&api, &s.lab.kubernetes_objects());
-    api.delete("pods", "shop", "web-x");
+    s.lab.sync_services(&[web("shop", 41, &b)]).unwrap();
+    publish_pod_gone(&api, &s.lab.kubernetes_objects(), "shop", "web-x");
     let dead = ip_of(&x, false);
     let until = Instant::now() + Duration::from_secs(5);
     while metric_sum(&agent.metrics(), "ghostbuster_endpoint_changes_total") <= changes
@@ -543,19 +455,19 @@ fn a_terminating_pod_keeps_its_flows_until_it_leaves_the_slice() {
     let a = s.backend("web-a", "shop", "web", &[]);
     let b = s.backend("web-b", "shop", "web", &[]);
     let vip = SocketAddr::from((vip_v4(42), 80));
-    s.lab.sync_services(&[web(42, &a)]).unwrap();
+    s.lab.sync_services(&[web("shop", 42, &a)]).unwrap();
     let draining = pool(&s.client, vip, 2);
     expect_answers(&draining, 2, "draining pool");
-    let api = FakeApiServer::start_in_thread().unwrap();
-    publish(&api, &s.lab.kubernetes_objects());
-    let kp = FakeKubeProxy::start("nftables");
-    let agent = LoggedAgent::start(&api, &s.node(), &kp, &["--resync-interval", "1s"]);
-    assert!(agent.wait_ready(Duration::from_secs(20)), "never ready");
+    let AgentRig { api, kp, agent, .. } = AgentRig::new(&s.node())
+        .objects(s.lab.kubernetes_objects())
+        .args(&["--resync-interval", "1s"])
+        .capture_log()
+        .start();
 
     // A is terminating: kube-proxy sends new connections to B only; A's pod is alive, draining.
     let terminating: Vec<Endpoint> = a.iter().cloned().map(Endpoint::terminating).collect();
     let mix: Vec<Endpoint> = b.iter().cloned().chain(terminating).collect();
-    s.lab.sync_services(&[web(42, &mix)]).unwrap();
+    s.lab.sync_services(&[web("shop", 42, &mix)]).unwrap();
     let healthy = pool(&s.client, vip, 2);
     expect_answers(&healthy, 2, "healthy pool");
     let mut objects = s.lab.kubernetes_objects();
@@ -601,13 +513,12 @@ fn a_terminating_pod_keeps_its_flows_until_it_leaves_the_slice() {
     assert_eq!(drained.answers_from("web-a"), drained.answers);
 
     // A leaves the slice and vanishes: now the flows are ghosts, and go.
-    s.lab.sync_services(&[web(42, &b)]).unwrap();
+    s.lab.sync_services(&[web("shop", 42, &b)]).unwrap();
     s.lab.delete_pod_silently("web-a").unwrap();
     let hung = expect_hang(&draining, 2, Duration::from_millis(500));
     let before_healthy = mark(&healthy);
-    publish(&api, &s.lab.kubernetes_objects());
-    api.delete("pods", "shop", "web-a");
-    let took = sync_until(&kp, Duration::from_secs(8), || {
+    publish_pod_gone(&api, &s.lab.kubernetes_objects(), "shop", "web-a");
+    let took = kp.sync_until(Duration::from_secs(8), || {
         entries_to(&table(&s.node()), dead).is_empty()
     });
     assert!(
@@ -685,18 +596,16 @@ fn a_recreated_ghost_is_counted_and_removed_again() {
     .unwrap();
     assert!(stale.wait_answers(3, TIMEOUT), "{:#?}", stale.report());
 
-    let api = FakeApiServer::start_in_thread().unwrap();
-    publish(&api, &objects_both);
-    let kp = FakeKubeProxy::start("nftables");
-    let agent = LoggedAgent::start(&api, &s.node(), &kp, &[]);
-    assert!(agent.wait_ready(Duration::from_secs(20)), "never ready");
+    let AgentRig { api, kp, agent, .. } = AgentRig::new(&s.node())
+        .objects(objects_both)
+        .capture_log()
+        .start();
 
     let dead = ip_of(&a, false);
     s.lab.delete_pod_silently("dns-a").unwrap();
     let healthy_before = healthy.report();
     // The API says A is gone and kube-proxy claims to have synced; its rules say otherwise.
-    publish(&api, &objects_b);
-    api.delete("pods", "kube-system", "dns-a");
+    publish_pod_gone(&api, &objects_b, "kube-system", "dns-a");
     kp.synced_now();
 
     // Recreated at least once, and removed again.
@@ -724,7 +633,7 @@ fn a_recreated_ghost_is_counted_and_removed_again() {
     let m = agent.metrics();
     let recreated = metric_sum(&m, "ghostbuster_flows_recreated_total");
     let removed = metric_sum(&m, "ghostbuster_flows_removed_total");
-    let targeted = agent.deleting_passes("targeted");
+    let targeted = deleting_passes(&agent, "targeted");
     eprintln!(
         "client sent {} queries; recreated {recreated}, removed {removed}, targeted deleting passes {}; last ghost gone {left:?} after the client stopped",
         report.requests,
@@ -737,7 +646,7 @@ fn a_recreated_ghost_is_counted_and_removed_again() {
     );
     assert!(removed >= 2.0, "removed once, never again: {m}");
     assert!(targeted.len() >= 2, "{targeted:?}");
-    assert!(agent.deleting_passes("full").is_empty());
+    assert!(deleting_passes(&agent, "full").is_empty());
     let h = healthy.stop();
     assert!(h.errors.is_empty(), "healthy client broke: {:?}", h.errors);
     assert!(h.answers >= healthy_before.answers + 3, "{h:#?}");
@@ -768,12 +677,6 @@ fn a_namespace_annotated_off_keeps_its_ghosts_while_the_same_ghosts_elsewhere_go
     let Some(mut s) = Story::start("agent_more_namespace_off", true) else {
         return;
     };
-    let svc = |ns: &str, vip: u8, eps: &[Endpoint]| {
-        Service::new(ns, "web")
-            .cluster_ip(vip_v4(vip))
-            .port(ServicePort::tcp("http", 80, HTTP))
-            .endpoints(v4(eps))
-    };
     let qa = s.backend("quiet-a", "quiet", "web", &[]);
     let qb = s.backend("quiet-b", "quiet", "web", &[]);
     let sa = s.backend("shop-a", "shop", "web", &[]);
@@ -783,7 +686,7 @@ fn a_namespace_annotated_off_keeps_its_ghosts_while_the_same_ghosts_elsewhere_go
         SocketAddr::from((vip_v4(45), 80)),
     );
     s.lab
-        .sync_services(&[svc("quiet", 44, &qa), svc("shop", 45, &sa)])
+        .sync_services(&[web("quiet", 44, &qa), web("shop", 45, &sa)])
         .unwrap();
     // The kept ghosts wait for several passes and then for TCP's backed-off retransmission:
     // give that pool more than the usual 40 s.
@@ -803,10 +706,6 @@ fn a_namespace_annotated_off_keeps_its_ghosts_while_the_same_ghosts_elsewhere_go
     expect_answers(&quiet_ghost, 2, "quiet ghost pool");
     expect_answers(&shop_ghost, 2, "shop ghost pool");
 
-    let api = FakeApiServer::start_in_thread().unwrap();
-    api.create(namespace("quiet", Some("off")));
-    api.create(namespace("shop", None));
-    publish(&api, &s.lab.kubernetes_objects());
     // The shipped ClusterRole, so a missing `namespaces` rule would show as 403s (and an agent
     // that never gets ready).
     let role = std::fs::read_to_string(concat!(
@@ -814,15 +713,21 @@ fn a_namespace_annotated_off_keeps_its_ghosts_while_the_same_ghosts_elsewhere_go
         "/../../deploy/clusterrole.yaml"
     ))
     .unwrap();
-    api.set_rbac(Some(fake_apiserver::Rbac::from_manifests(&role).unwrap()));
-    let kp = FakeKubeProxy::start("nftables");
-    let agent = LoggedAgent::start(&api, &s.node(), &kp, &["--resync-interval", "1s"]);
-    assert!(agent.wait_ready(Duration::from_secs(20)), "never ready");
+    let AgentRig { api, kp, agent, .. } = AgentRig::new(&s.node())
+        .api(move |api| {
+            api.create(namespace("quiet", Some("off")));
+            api.create(namespace("shop", None));
+            api.set_rbac(Some(fake_apiserver::Rbac::from_manifests(&role).unwrap()));
+        })
+        .objects(s.lab.kubernetes_objects())
+        .args(&["--resync-interval", "1s"])
+        .capture_log()
+        .start();
 
     // Both Services move to their second backend; the first ones vanish without a RST, and the
     // API says so (slices updated, pods deleted).
     s.lab
-        .sync_services(&[svc("quiet", 44, &qb), svc("shop", 45, &sb)])
+        .sync_services(&[web("quiet", 44, &qb), web("shop", 45, &sb)])
         .unwrap();
     let (quiet_dead, shop_dead) = (ip_of(&qa, false), ip_of(&sa, false));
     s.lab.delete_pod_silently("quiet-a").unwrap();
@@ -834,12 +739,11 @@ fn a_namespace_annotated_off_keeps_its_ghosts_while_the_same_ghosts_elsewhere_go
     let quiet_hung = expect_hang(&quiet_ghost, 2, Duration::from_millis(500));
     let shop_hung = expect_hang(&shop_ghost, 2, Duration::from_millis(500));
     let (quiet_before, shop_before) = (mark(&quiet_healthy), mark(&shop_healthy));
-    publish(&api, &s.lab.kubernetes_objects());
-    api.delete("pods", "quiet", "quiet-a");
+    publish_pod_gone(&api, &s.lab.kubernetes_objects(), "quiet", "quiet-a");
     api.delete("pods", "shop", "shop-a");
 
     // shop, without the annotation: removed as soon as the gate opens.
-    let took = sync_until(&kp, Duration::from_secs(10), || {
+    let took = kp.sync_until(Duration::from_secs(10), || {
         entries_to(&table(&s.node()), shop_dead).is_empty()
     });
     assert!(
@@ -886,7 +790,7 @@ fn a_namespace_annotated_off_keeps_its_ghosts_while_the_same_ghosts_elsewhere_go
     // The annotation removed: the next full pass removes them (the evidence was there all
     // along: the endpoint's tombstone and the pod's 404).
     api.update(namespace("quiet", None));
-    let took = sync_until(&kp, Duration::from_secs(10), || {
+    let took = kp.sync_until(Duration::from_secs(10), || {
         entries_to(&table(&s.node()), quiet_dead).is_empty()
     });
     assert!(

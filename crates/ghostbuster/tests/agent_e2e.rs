@@ -38,35 +38,28 @@ fn rendered_rbac() -> Option<Rbac> {
 /// an Event tell about it; the API server never refused a request of the rendered ClusterRole.
 #[test]
 fn an_endpoint_removed_by_a_watch_event_is_swept_once_kube_proxy_caught_up() {
-    let Some(mut s) = Story::start("agent_e2e_main", true) else {
-        return;
-    };
-    let a = s.backend("web-a", "shop", "web", &[]);
-    let b = s.backend("web-b", "shop", "web", &[]);
-    let vip = SocketAddr::from((vip_v4(30), 80));
-    s.lab.sync_services(&[web("shop", 30, &a)]).unwrap();
-    let ghost = pool(&s.client, vip, 2);
-    expect_answers(&ghost, 2, "ghost pool");
-
     let rbac = rendered_rbac();
     if rbac.is_none() && std::env::var_os("CI").is_some() {
         panic!("kubectl kustomize deploy/ failed: CI must prove the ClusterRole sufficient");
     }
     let role = rbac.clone();
-    let AgentRig { api, kp, agent, .. } = AgentRig::new(&s.node())
-        .api(move |api| api.set_rbac(role))
-        .objects(s.lab.kubernetes_objects())
-        .start();
-
     // Rolling update: kube-proxy's rules move to B, A vanishes silently, the API says so.
-    s.lab.sync_services(&[web("shop", 30, &b)]).unwrap();
-    let dead = ip_of(&a, false);
-    s.lab.delete_pod_silently("web-a").unwrap();
-    let healthy = pool(&s.client, vip, 2);
-    expect_answers(&healthy, 2, "healthy pool");
-    let hung = expect_hang(&ghost, 2, Duration::from_secs(1));
-    let before = mark(&healthy);
-    publish_pod_gone(&api, &s.lab.kubernetes_objects(), "shop", "web-a");
+    let Some(g) = GhostStory::start("agent_e2e_main", 30, Duration::from_secs(1), |r| {
+        r.api(move |api| api.set_rbac(role))
+    }) else {
+        return;
+    };
+    g.tell_api();
+    let GhostStory {
+        healthy,
+        before,
+        rig: AgentRig { api, kp, agent, .. },
+        ghost,
+        hung,
+        dead,
+        s,
+        ..
+    } = g;
 
     // kube-proxy has not synced since the removal: the gate holds, the ghosts stay.
     std::thread::sleep(Duration::from_millis(1500));
@@ -421,46 +414,20 @@ fn a_filling_table_warns_on_the_node() {
 /// ghost as usual.
 #[test]
 fn without_the_service_cidr_api_the_flag_stands_in_and_the_agent_gets_ready() {
-    let Some(mut s) = Story::start("agent_e2e_nocidr", true) else {
+    // Ready within 20 s without the ServiceCIDR API (the rig asserts it).
+    let Some(g) = GhostStory::start("agent_e2e_nocidr", 36, Duration::from_millis(500), |r| {
+        r.api(|api| api.disable("servicecidrs"))
+            .args(&["--service-cidr", netlab::plan::SERVICE_CIDR_V4])
+    }) else {
         return;
     };
-    let a = s.backend("web-a", "shop", "web", &[]);
-    let b = s.backend("web-b", "shop", "web", &[]);
-    let vip = SocketAddr::from((vip_v4(36), 80));
-    s.lab.sync_services(&[web("shop", 36, &a)]).unwrap();
-    let ghost = pool(&s.client, vip, 2);
-    expect_answers(&ghost, 2, "ghost pool");
-
-    // Ready within 20 s without the ServiceCIDR API (the rig asserts it).
-    let AgentRig {
-        api,
-        kp,
-        agent: _agent,
-        ..
-    } = AgentRig::new(&s.node())
-        .api(|api| api.disable("servicecidrs"))
-        .objects(s.lab.kubernetes_objects())
-        .args(&["--service-cidr", netlab::plan::SERVICE_CIDR_V4])
-        .start();
-    assert!(api.count("list", "servicecidrs") >= 1, "never asked");
-
-    s.lab.sync_services(&[web("shop", 36, &b)]).unwrap();
-    let dead = ip_of(&a, false);
-    s.lab.delete_pod_silently("web-a").unwrap();
-    let healthy = pool(&s.client, vip, 2);
-    expect_answers(&healthy, 2, "healthy pool");
-    let hung = expect_hang(&ghost, 2, Duration::from_millis(500));
-    let before = mark(&healthy);
-    publish_pod_gone(&api, &s.lab.kubernetes_objects(), "shop", "web-a");
-    let t = Instant::now();
-    while !entries_to(&table(&s.node()), dead).is_empty() && t.elapsed() < Duration::from_secs(10) {
-        kp.synced_now();
-    }
-    assert!(
-        entries_to(&table(&s.node()), dead).is_empty(),
-        "ghosts still there after {:?}",
-        t.elapsed()
-    );
-    expect_fail_fast_and_recover(ghost, &hung, Some("web-b"), Duration::from_secs(8));
-    expect_untouched(healthy, &before, &["web-b"], "healthy pool");
+    assert!(g.rig.api.count("list", "servicecidrs") >= 1, "never asked");
+    g.tell_api();
+    let took = g
+        .rig
+        .kp
+        .sync_until(Duration::from_secs(10), || g.ghosts_left() == 0);
+    assert_eq!(g.ghosts_left(), 0, "ghosts still there after {took:?}");
+    expect_fail_fast_and_recover(g.ghost, &g.hung, Some("web-b"), Duration::from_secs(8));
+    expect_untouched(g.healthy, &g.before, &["web-b"], "healthy pool");
 }

@@ -89,28 +89,21 @@ fn gets_of_pod(api: &FakeApiServer, name: &str) -> usize {
 /// changes nothing must remove nothing more.
 #[test]
 fn a_relist_after_410_that_drops_an_endpoint_sweeps_that_backend_once() {
-    let Some(mut s) = Story::start("agent_more_relist", true) else {
+    let Some(g) = GhostStory::start("agent_more_relist", 40, Duration::from_millis(500), |r| {
+        r.capture_log()
+    }) else {
         return;
     };
-    let a = s.backend("web-a", "shop", "web", &[]);
-    let b = s.backend("web-b", "shop", "web", &[]);
-    let vip = SocketAddr::from((vip_v4(40), 80));
-    s.lab.sync_services(&[web("shop", 40, &a)]).unwrap();
-    let ghost = pool(&s.client, vip, 2);
-    expect_answers(&ghost, 2, "ghost pool");
-
-    let AgentRig { api, kp, agent, .. } = AgentRig::new(&s.node())
-        .objects(s.lab.kubernetes_objects())
-        .capture_log()
-        .start();
-
-    s.lab.sync_services(&[web("shop", 40, &b)]).unwrap();
-    let dead = ip_of(&a, false);
-    s.lab.delete_pod_silently("web-a").unwrap();
-    let healthy = pool(&s.client, vip, 2);
-    expect_answers(&healthy, 2, "healthy pool");
-    let hung = expect_hang(&ghost, 2, Duration::from_millis(500));
-    let before = mark(&healthy);
+    let GhostStory {
+        healthy,
+        before,
+        rig: AgentRig { api, kp, agent, .. },
+        ghost,
+        hung,
+        dead,
+        s,
+        ..
+    } = g;
     let lists_before = api.count("list", "endpointslices");
 
     // The removal, unseen by every watch; then 410 for all of them.
@@ -261,28 +254,21 @@ fn a_deselected_pod_loses_its_ghosts_when_it_is_deleted() {
 /// would bring it back before the next full pass, 60 s away.
 #[test]
 fn a_removal_held_while_a_watch_relists_goes_when_the_relist_ends() {
-    let Some(mut s) = Story::start("agent_more_held", true) else {
+    let Some(g) = GhostStory::start("agent_more_held", 44, Duration::from_millis(500), |r| {
+        r.capture_log()
+    }) else {
         return;
     };
-    let a = s.backend("web-a", "shop", "web", &[]);
-    let b = s.backend("web-b", "shop", "web", &[]);
-    let vip = SocketAddr::from((vip_v4(44), 80));
-    s.lab.sync_services(&[web("shop", 44, &a)]).unwrap();
-    let ghost = pool(&s.client, vip, 2);
-    expect_answers(&ghost, 2, "ghost pool");
-
-    let AgentRig { api, kp, agent, .. } = AgentRig::new(&s.node())
-        .objects(s.lab.kubernetes_objects())
-        .capture_log()
-        .start();
-
-    s.lab.sync_services(&[web("shop", 44, &b)]).unwrap();
-    let dead = ip_of(&a, false);
-    s.lab.delete_pod_silently("web-a").unwrap();
-    let healthy = pool(&s.client, vip, 2);
-    expect_answers(&healthy, 2, "healthy pool");
-    let hung = expect_hang(&ghost, 2, Duration::from_millis(500));
-    let before = mark(&healthy);
+    let GhostStory {
+        healthy,
+        before,
+        rig: AgentRig { api, kp, agent, .. },
+        ghost,
+        hung,
+        dead,
+        s,
+        ..
+    } = g;
 
     api.hang_lists("services", true);
     let objects = s.lab.kubernetes_objects();

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use agent_support::*;
 use fake_apiserver::FakeApiServer;
 use netlab::plan::vip_v4;
-use netlab::{ClientReport, Endpoint, TcpPool};
+use netlab::Endpoint;
 use scan_support::*;
 use serde_json::Value;
 
@@ -175,70 +175,17 @@ fn a_pod_gone_in_one_namespace_leaves_its_namesake_in_another_alone() {
     );
 }
 
-/// A ghost and a healthy connection: pooled connections to `web-a`, which vanishes without a
-/// RST while the Service moves to `web-b` (the node's rules already say so); the API is told
-/// by [`Ghosts::tell_api`].
-struct Ghosts {
-    s: Story,
-    api: RigApi,
-    kp: FakeKubeProxy,
-    agent: Agent,
-    dead: IpAddr,
-    healthy: TcpPool,
-    before: ClientReport,
-    // Last: its connections hang until the ghosts go.
-    _ghost: TcpPool,
+/// Removed flows, by the agent's count.
+fn removed(g: &GhostStory) -> f64 {
+    metric_sum(
+        &g.rig.agent.metrics(),
+        "ghostbuster_flows_removed_total",
+    )
 }
 
-impl Ghosts {
-    fn start(name: &str, vip: u8, extra: &[&str]) -> Option<Ghosts> {
-        let mut s = Story::start(name, true)?;
-        let a = s.backend("web-a", "shop", "web", &[]);
-        let b = s.backend("web-b", "shop", "web", &[]);
-        let addr = SocketAddr::from((vip_v4(vip), 80));
-        s.lab.sync_services(&[web("shop", vip, &a)]).unwrap();
-        let ghost = pool(&s.client, addr, 2);
-        expect_answers(&ghost, 2, "ghost pool");
-        let AgentRig { api, kp, agent, .. } = AgentRig::new(&s.node())
-            .objects(s.lab.kubernetes_objects())
-            .args(extra)
-            .capture_log()
-            .start();
-        s.lab.sync_services(&[web("shop", vip, &b)]).unwrap();
-        s.lab.delete_pod_silently("web-a").unwrap();
-        let healthy = pool(&s.client, addr, 2);
-        expect_answers(&healthy, 2, "healthy pool");
-        expect_hang(&ghost, 2, Duration::from_millis(500));
-        let before = mark(&healthy);
-        Some(Ghosts {
-            dead: ip_of(&a, false),
-            s,
-            api,
-            kp,
-            agent,
-            healthy,
-            before,
-            _ghost: ghost,
-        })
-    }
-
-    /// The API learns of the change: web-a left the slice, its pod is deleted.
-    fn tell_api(&self) {
-        publish_pod_gone(&self.api, &self.s.lab.kubernetes_objects(), "shop", "web-a");
-    }
-
-    fn ghosts_left(&self) -> usize {
-        entries_to(&table(&self.s.node()), self.dead).len()
-    }
-
-    fn removed(&self) -> f64 {
-        metric_sum(&self.agent.metrics(), "ghostbuster_flows_removed_total")
-    }
-
-    /// The healthy connection survived; then the agent goes.
-    fn finish(self) {
-        expect_untouched(self.healthy, &self.before, &["web-b"], "healthy pool");
-    }
+/// The healthy connection survived; then the agent goes.
+fn finish(g: GhostStory) {
+    expect_untouched(g.healthy, &g.before, &["web-b"], "healthy pool");
 }
 
 /// Issue #12 §3: the gate opens only on a successful sync that *began* after the change. The
@@ -247,40 +194,47 @@ impl Ghosts {
 /// several times and removes nothing; the next sync, which began after the change, opens it.
 #[test]
 fn a_sync_that_began_before_the_change_does_not_open_the_gate() {
-    let Some(g) = Ghosts::start("agent_safety_straddle", 52, &[]) else {
+    let Some(g) = GhostStory::start(
+        "agent_safety_straddle",
+        52,
+        Duration::from_millis(500),
+        |r| r.capture_log(),
+    ) else {
         return;
     };
     let changed = now_secs();
     g.tell_api();
     // The agent waits on kube-proxy: it reads it again and again.
-    let seen = g.kp.scrapes();
+    let seen = g.rig.kp.scrapes();
     assert!(
-        g.kp.wait_scrapes(seen, 3, Duration::from_secs(10)),
+        g.rig.kp.wait_scrapes(seen, 3, Duration::from_secs(10)),
         "the agent never read kube-proxy after the change"
     );
     std::thread::sleep(Duration::from_millis(300));
-    g.kp.synced(changed - 1.0, now_secs());
+    g.rig.kp.synced(changed - 1.0, now_secs());
     // Read ten times (an agent that removed the ghosts stops waiting, and reading, sooner).
-    let seen = g.kp.scrapes();
-    let read = g.kp.wait_scrapes(seen, 10, Duration::from_secs(10));
+    let seen = g.rig.kp.scrapes();
+    let read = g.rig.kp.wait_scrapes(seen, 10, Duration::from_secs(10));
     assert_eq!(
         g.ghosts_left(),
         2,
         "removed on a sync that began before the change"
     );
     assert!(read, "the agent stopped reading kube-proxy");
-    assert_eq!(g.removed(), 0.0);
+    assert_eq!(removed(&g), 0.0);
 
-    let took =
-        g.kp.sync_until(Duration::from_secs(10), || g.ghosts_left() == 0);
+    let took = g
+        .rig
+        .kp
+        .sync_until(Duration::from_secs(10), || g.ghosts_left() == 0);
     assert_eq!(
         g.ghosts_left(),
         0,
         "a later sync did not open the gate ({took:?})"
     );
     eprintln!("ghosts removed {took:?} after the first sync that began after the change");
-    assert_eq!(g.removed(), 2.0);
-    g.finish();
+    assert_eq!(removed(&g), 2.0);
+    finish(g);
 }
 
 /// Issue #12 §3: a kube-proxy whose syncs fail holds every delete — past
@@ -288,33 +242,39 @@ fn a_sync_that_began_before_the_change_does_not_open_the_gate() {
 /// with no failure next to it.
 #[test]
 fn a_failing_kube_proxy_holds_deletes_until_a_clean_sync() {
-    let Some(g) = Ghosts::start("agent_safety_failing", 53, &["--kube-proxy-max-wait", "2s"])
-    else {
+    let Some(g) = GhostStory::start(
+        "agent_safety_failing",
+        53,
+        Duration::from_millis(500),
+        |r| r.args(&["--kube-proxy-max-wait", "2s"]).capture_log(),
+    ) else {
         return;
     };
     g.tell_api();
     let until = Instant::now() + Duration::from_secs(6);
     while Instant::now() < until {
-        g.kp.sync_failed();
+        g.rig.kp.sync_failed();
         std::thread::sleep(Duration::from_millis(300));
     }
-    let m = g.agent.metrics();
+    let m = g.rig.agent.metrics();
     assert_eq!(metric_sum(&m, "ghostbuster_kube_proxy_failing"), 1.0, "{m}");
     assert_eq!(g.ghosts_left(), 2, "removed while kube-proxy's syncs fail");
-    assert_eq!(g.removed(), 0.0);
+    assert_eq!(removed(&g), 0.0);
 
-    let took =
-        g.kp.sync_until(Duration::from_secs(10), || g.ghosts_left() == 0);
+    let took = g
+        .rig
+        .kp
+        .sync_until(Duration::from_secs(10), || g.ghosts_left() == 0);
     assert_eq!(
         g.ghosts_left(),
         0,
         "a clean sync did not open the gate ({took:?})"
     );
     assert_eq!(
-        metric_sum(&g.agent.metrics(), "ghostbuster_kube_proxy_failing"),
+        metric_sum(&g.rig.agent.metrics(), "ghostbuster_kube_proxy_failing"),
         0.0
     );
-    g.finish();
+    finish(g);
 }
 
 /// Issue #12 §3: the reactor never blocks on the network — kube-proxy's loopback port either.
@@ -325,10 +285,15 @@ fn a_failing_kube_proxy_holds_deletes_until_a_clean_sync() {
 #[test]
 fn a_kube_proxy_that_never_answers_does_not_hold_the_reactor() {
     let grace = Duration::from_secs(3);
-    let Some(g) = Ghosts::start("agent_safety_kp_hang", 59, &["--grace", "3s"]) else {
+    let Some(g) = GhostStory::start(
+        "agent_safety_kp_hang",
+        59,
+        Duration::from_millis(500),
+        |r| r.args(&["--grace", "3s"]).capture_log(),
+    ) else {
         return;
     };
-    g.kp.hang(true);
+    g.rig.kp.hang(true);
     let changed = Instant::now();
     g.tell_api();
     let until = changed + Duration::from_secs(15);
@@ -347,14 +312,14 @@ fn a_kube_proxy_that_never_answers_does_not_hold_the_reactor() {
          kube-proxy's reads to time out"
     );
     eprintln!("ghosts removed {took:?} after the change (grace {grace:?}), kube-proxy hung");
-    let m = g.agent.metrics();
+    let m = g.rig.agent.metrics();
     assert_eq!(
         metric_sum(&m, "ghostbuster_flows_removed_total"),
         2.0,
         "{m}"
     );
-    g.kp.hang(false);
-    g.finish();
+    g.rig.kp.hang(false);
+    finish(g);
 }
 
 /// Issue #12 §3: the deletes-per-minute budget counts across passes. With a budget of 3, a

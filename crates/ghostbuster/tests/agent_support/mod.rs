@@ -11,7 +11,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::ops::Deref;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -20,10 +20,12 @@ use std::time::{Duration, Instant};
 
 use fake_apiserver::FakeApiServer;
 use netlab::plan::vip_v4;
-use netlab::{Endpoint, Service, ServicePort};
+use netlab::{ClientReport, Endpoint, Service, ServicePort, TcpPool};
 use serde_json::Value;
 
-use super::scan_support::{v4, HTTP};
+use super::scan_support::{
+    entries_to, expect_answers, expect_hang, ip_of, mark, pool, table, v4, Story, HTTP,
+};
 
 /// A kube-proxy that only answers what the agent asks: its sync metrics (the end of its last
 /// successful sync, the duration histogram of every sync, the failure counter) and its mode.
@@ -742,5 +744,78 @@ impl RigBuilder {
         };
         rig.expect_ready();
         rig
+    }
+}
+
+/// The ghost story most agent tests tell: Service `shop/web` at `vip_v4(vip)`:80 served by
+/// `web-a`, two pooled connections to it (the ghosts to be); the rig starts (its objects: the
+/// lab's, then whatever `rig` adds); then a rolling update moves the node's rules to `web-b`,
+/// `web-a` vanishes without a RST (its connections hang, observed for `hang_for`), and two
+/// healthy connections to `web-b` answer. The API is not told yet ([`GhostStory::tell_api`]).
+pub struct GhostStory {
+    // Field order is drop order: the healthy pool, the agent, the ghost pool (its connections
+    // hang until the ghosts go), the lab.
+    /// The connections to `web-b` and their mark once they answered.
+    pub healthy: TcpPool,
+    pub before: ClientReport,
+    pub rig: AgentRig,
+    /// The ghosts' connections, and what they had answered when they hung.
+    pub ghost: TcpPool,
+    pub hung: ClientReport,
+    /// `web-a`'s IP.
+    pub dead: IpAddr,
+    pub vip: SocketAddr,
+    pub s: Story,
+}
+
+impl GhostStory {
+    /// `None`: no lab here (skipped outside CI).
+    pub fn start(
+        test: &str,
+        vip: u8,
+        hang_for: Duration,
+        rig: impl FnOnce(RigBuilder) -> RigBuilder,
+    ) -> Option<GhostStory> {
+        let mut s = Story::start(test, true)?;
+        let a = s.backend("web-a", "shop", "web", &[]);
+        let b = s.backend("web-b", "shop", "web", &[]);
+        let addr = SocketAddr::from((vip_v4(vip), 80));
+        s.lab.sync_services(&[web("shop", vip, &a)]).unwrap();
+        let ghost = pool(&s.client, addr, 2);
+        expect_answers(&ghost, 2, "ghost pool");
+        let rig = rig(AgentRig::new(&s.node()).objects(s.lab.kubernetes_objects())).start();
+        // Rolling update: kube-proxy's rules move to B, A vanishes silently.
+        s.lab.sync_services(&[web("shop", vip, &b)]).unwrap();
+        let dead = ip_of(&a, false);
+        s.lab.delete_pod_silently("web-a").unwrap();
+        let healthy = pool(&s.client, addr, 2);
+        expect_answers(&healthy, 2, "healthy pool");
+        let hung = expect_hang(&ghost, 2, hang_for);
+        let before = mark(&healthy);
+        Some(GhostStory {
+            healthy,
+            before,
+            rig,
+            ghost,
+            hung,
+            dead,
+            vip: addr,
+            s,
+        })
+    }
+
+    /// The API learns of the change: web-a left the slice, its pod is deleted.
+    pub fn tell_api(&self) {
+        publish_pod_gone(
+            &self.rig.api,
+            &self.s.lab.kubernetes_objects(),
+            "shop",
+            "web-a",
+        );
+    }
+
+    /// Entries to `web-a` left in the node's table.
+    pub fn ghosts_left(&self) -> usize {
+        entries_to(&table(&self.s.node()), self.dead).len()
     }
 }

@@ -50,40 +50,24 @@ fn an_endpoint_removed_by_a_watch_event_is_swept_once_kube_proxy_caught_up() {
         return;
     };
     g.tell_api();
-    let GhostStory {
-        healthy,
-        before,
-        rig: AgentRig { api, kp, agent, .. },
-        ghost,
-        hung,
-        dead,
-        s,
-        ..
-    } = g;
+    let (api, kp, agent) = (&g.rig.api, &g.rig.kp, &g.rig.agent);
 
     // kube-proxy has not synced since the removal: the gate holds, the ghosts stay.
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(
-        entries_to(&table(&s.node()), dead).len(),
-        2,
-        "deleted before kube-proxy caught up"
-    );
+    assert_eq!(g.ghosts_left(), 2, "deleted before kube-proxy caught up");
 
     // kube-proxy syncs: the ghosts go, within a fraction of a second.
     kp.synced_now();
     let t = Instant::now();
-    while !entries_to(&table(&s.node()), dead).is_empty() && t.elapsed() < Duration::from_secs(5) {
+    while !g.ghosts_left() == 0 && t.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(20));
     }
     let took = t.elapsed();
-    assert!(
-        entries_to(&table(&s.node()), dead).is_empty(),
-        "ghosts still there after {took:?}"
-    );
+    assert!(g.ghosts_left() == 0, "ghosts still there after {took:?}");
     eprintln!("ghosts removed {took:?} after kube-proxy's sync became visible");
 
-    expect_fail_fast_and_recover(ghost, &hung, Some("web-b"), Duration::from_secs(8));
-    expect_untouched(healthy, &before, &["web-b"], "healthy pool");
+    expect_fail_fast_and_recover(g.ghost, &g.hung, Some("web-b"), Duration::from_secs(8));
+    expect_untouched(g.healthy, &g.before, &["web-b"], "healthy pool");
 
     let m = agent.metrics();
     assert!(
@@ -126,7 +110,7 @@ fn an_endpoint_removed_by_a_watch_event_is_swept_once_kube_proxy_caught_up() {
         .unwrap_or_else(|| panic!("no Event: {events:#?}"))
         .to_string();
     assert!(note.contains("Removed 2 stale conntrack flows"), "{note}");
-    assert!(note.contains(&dead.to_string()), "{note}");
+    assert!(note.contains(&g.dead.to_string()), "{note}");
 
     if rbac.is_some() {
         assert!(
@@ -145,7 +129,7 @@ fn an_endpoint_removed_by_a_watch_event_is_swept_once_kube_proxy_caught_up() {
             );
         }
     }
-    let exit = agent.stop();
+    let exit = g.rig.agent.stop();
     assert!(exit < Duration::from_secs(2), "SIGTERM took {exit:?}");
 }
 

@@ -94,20 +94,11 @@ fn a_relist_after_410_that_drops_an_endpoint_sweeps_that_backend_once() {
     }) else {
         return;
     };
-    let GhostStory {
-        healthy,
-        before,
-        rig: AgentRig { api, kp, agent, .. },
-        ghost,
-        hung,
-        dead,
-        s,
-        ..
-    } = g;
+    let (api, kp, agent) = (&g.rig.api, &g.rig.kp, &g.rig.agent);
     let lists_before = api.count("list", "endpointslices");
 
     // The removal, unseen by every watch; then 410 for all of them.
-    let objects = s.lab.kubernetes_objects();
+    let objects = g.s.lab.kubernetes_objects();
     api.lose_events(|api| {
         publish(api, &objects);
         api.delete("pods", "shop", "web-a");
@@ -115,11 +106,9 @@ fn a_relist_after_410_that_drops_an_endpoint_sweeps_that_backend_once() {
     // 20 s: the relist waits out the watch's backoff after a 410, and on a loaded 2-core CI
     // machine (the flood test of this file runs alongside) every step stretches; alone it takes
     // ~1.3 s. It failed once in ~10 runs with 10 s.
-    let took = kp.sync_until(Duration::from_secs(20), || {
-        entries_to(&table(&s.node()), dead).is_empty()
-    });
+    let took = kp.sync_until(Duration::from_secs(20), || g.ghosts_left() == 0);
     assert!(
-        entries_to(&table(&s.node()), dead).is_empty(),
+        g.ghosts_left() == 0,
         "ghosts still there {took:?} after the relist; endpointslice lists {} -> {}; agent metrics:\n{}",
         lists_before,
         api.count("list", "endpointslices"),
@@ -135,7 +124,7 @@ fn a_relist_after_410_that_drops_an_endpoint_sweeps_that_backend_once() {
         "the agent never relisted"
     );
     eprintln!("ghosts removed {took:?} after the 410");
-    expect_fail_fast_and_recover(ghost, &hung, Some("web-b"), Duration::from_secs(8));
+    expect_fail_fast_and_recover(g.ghost, &g.hung, Some("web-b"), Duration::from_secs(8));
 
     // A second 410 (nothing changed): a relist that must not cause another removal.
     let lists = api.count("list", "endpointslices");
@@ -151,7 +140,7 @@ fn a_relist_after_410_that_drops_an_endpoint_sweeps_that_backend_once() {
     for _ in 0..5 {
         kp.synced_now();
     }
-    expect_untouched(healthy, &before, &["web-b"], "healthy pool");
+    expect_untouched(g.healthy, &g.before, &["web-b"], "healthy pool");
 
     let targeted = deleting_passes(&agent, "targeted");
     let full = deleting_passes(&agent, "full");
@@ -259,19 +248,10 @@ fn a_removal_held_while_a_watch_relists_goes_when_the_relist_ends() {
     }) else {
         return;
     };
-    let GhostStory {
-        healthy,
-        before,
-        rig: AgentRig { api, kp, agent, .. },
-        ghost,
-        hung,
-        dead,
-        s,
-        ..
-    } = g;
+    let (api, kp, agent) = (&g.rig.api, &g.rig.kp, &g.rig.agent);
 
     api.hang_lists("services", true);
-    let objects = s.lab.kubernetes_objects();
+    let objects = g.s.lab.kubernetes_objects();
     api.lose_events(|api| {
         publish(api, &objects);
         api.delete("pods", "shop", "web-a");
@@ -284,23 +264,17 @@ fn a_removal_held_while_a_watch_relists_goes_when_the_relist_ends() {
         held_passes(&agent, "not_synced") > 0,
         "no pass was held while Services relisted"
     );
-    assert_eq!(
-        entries_to(&table(&s.node()), dead).len(),
-        2,
-        "removed while a watch was relisting"
-    );
+    assert_eq!(g.ghosts_left(), 2, "removed while a watch was relisting");
 
     api.hang_lists("services", false);
-    let took = kp.sync_until(Duration::from_secs(20), || {
-        entries_to(&table(&s.node()), dead).is_empty()
-    });
+    let took = kp.sync_until(Duration::from_secs(20), || g.ghosts_left() == 0);
     assert!(
-        entries_to(&table(&s.node()), dead).is_empty(),
+        g.ghosts_left() == 0,
         "ghosts still there {took:?} after the Services relist ended"
     );
     eprintln!("held ghosts removed {took:?} after the relist ended");
-    expect_fail_fast_and_recover(ghost, &hung, Some("web-b"), Duration::from_secs(8));
-    expect_untouched(healthy, &before, &["web-b"], "healthy pool");
+    expect_fail_fast_and_recover(g.ghost, &g.hung, Some("web-b"), Duration::from_secs(8));
+    expect_untouched(g.healthy, &g.before, &["web-b"], "healthy pool");
     assert_eq!(deleting_passes(&agent, "targeted"), vec![2]);
     assert!(deleting_passes(&agent, "full").is_empty());
 }

@@ -177,10 +177,7 @@ fn a_pod_gone_in_one_namespace_leaves_its_namesake_in_another_alone() {
 
 /// Removed flows, by the agent's count.
 fn removed(g: &GhostStory) -> f64 {
-    metric_sum(
-        &g.rig.agent.metrics(),
-        "ghostbuster_flows_removed_total",
-    )
+    metric_sum(&g.rig.agent.metrics(), "ghostbuster_flows_removed_total")
 }
 
 /// The healthy connection survived; then the agent goes.

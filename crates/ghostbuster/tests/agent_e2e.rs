@@ -137,15 +137,9 @@ fn an_endpoint_removed_by_a_watch_event_is_swept_once_kube_proxy_caught_up() {
 /// deletes nothing.
 #[test]
 fn dry_run_reports_and_deletes_nothing() {
-    let Some(mut s) = Story::start("agent_e2e_dry_run", false) else {
+    let Some((mut s, a, b, _, ghost)) = two_backends("agent_e2e_dry_run", false, 31) else {
         return;
     };
-    let a = s.backend("web-a", "shop", "web", &[]);
-    let b = s.backend("web-b", "shop", "web", &[]);
-    let vip = SocketAddr::from((vip_v4(31), 80));
-    s.lab.sync_services(&[web("shop", 31, &a)]).unwrap();
-    let ghost = pool(&s.client, vip, 2);
-    expect_answers(&ghost, 2, "ghost pool");
     let AgentRig { api, kp, agent, .. } = AgentRig::new(&s.node())
         .objects(s.lab.kubernetes_objects())
         .kube_proxy_synced()

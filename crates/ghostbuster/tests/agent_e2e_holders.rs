@@ -141,15 +141,9 @@ fn a_ghost_older_than_the_agent_goes_once_the_api_lists_no_pod_at_its_ip() {
 /// not the next full pass) removes it.
 #[test]
 fn a_hanging_pod_list_keeps_the_ghost_and_the_agent_responsive() {
-    let Some(mut s) = Story::start("agent_holders_hang", true) else {
+    let Some((mut s, a, b, vip, ghost)) = two_backends("agent_holders_hang", true, 61) else {
         return;
     };
-    let a = s.backend("web-a", "shop", "web", &[]);
-    let b = s.backend("web-b", "shop", "web", &[]);
-    let vip = SocketAddr::from((vip_v4(61), 80));
-    s.lab.sync_services(&[web("shop", 61, &a)]).unwrap();
-    let ghost = pool(&s.client, vip, 2);
-    expect_answers(&ghost, 2, "pool to web-a");
     s.lab.sync_services(&[web("shop", 61, &b)]).unwrap();
     s.lab.delete_pod_silently("web-a").unwrap();
     let healthy = pool(&s.client, vip, 2);

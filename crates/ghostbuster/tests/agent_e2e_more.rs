@@ -178,15 +178,9 @@ fn held_passes(agent: &Agent, reason: &str) -> usize {
 /// full pass (60 s away). The healthy connection to the other backend survives.
 #[test]
 fn a_deselected_pod_loses_its_ghosts_when_it_is_deleted() {
-    let Some(mut s) = Story::start("agent_more_deselect", true) else {
+    let Some((mut s, a, b, vip, ghost)) = two_backends("agent_more_deselect", true, 43) else {
         return;
     };
-    let a = s.backend("web-a", "shop", "web", &[]);
-    let b = s.backend("web-b", "shop", "web", &[]);
-    let vip = SocketAddr::from((vip_v4(43), 80));
-    s.lab.sync_services(&[web("shop", 43, &a)]).unwrap();
-    let ghost = pool(&s.client, vip, 2);
-    expect_answers(&ghost, 2, "pool to web-a");
 
     let AgentRig { api, kp, agent, .. } = AgentRig::new(&s.node())
         .objects(s.lab.kubernetes_objects())
@@ -409,15 +403,10 @@ fn an_event_overflow_becomes_one_full_scan() {
 /// deleted; a GET, when the agent asks first, answers 404).
 #[test]
 fn a_terminating_pod_keeps_its_flows_until_it_leaves_the_slice() {
-    let Some(mut s) = Story::start("agent_more_terminating", true) else {
+    let Some((mut s, a, b, vip, draining)) = two_backends("agent_more_terminating", true, 42)
+    else {
         return;
     };
-    let a = s.backend("web-a", "shop", "web", &[]);
-    let b = s.backend("web-b", "shop", "web", &[]);
-    let vip = SocketAddr::from((vip_v4(42), 80));
-    s.lab.sync_services(&[web("shop", 42, &a)]).unwrap();
-    let draining = pool(&s.client, vip, 2);
-    expect_answers(&draining, 2, "draining pool");
     let AgentRig { api, kp, agent, .. } = AgentRig::new(&s.node())
         .objects(s.lab.kubernetes_objects())
         .args(&["--resync-interval", "1s"])

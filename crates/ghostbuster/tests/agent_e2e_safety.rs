@@ -594,15 +594,9 @@ fn a_hanging_pod_get_of_one_service_does_not_hold_back_anothers_deletes() {
 /// not by itself `pod_gone`); this branch makes the agent ask.
 #[test]
 fn a_draining_pod_on_another_node_whose_labels_change_keeps_its_connections() {
-    let Some(mut s) = Story::start("agent_safety_draining", true) else {
+    let Some((mut s, a, b, vip, draining)) = two_backends("agent_safety_draining", true, 56) else {
         return;
     };
-    let a = s.backend("web-a", "shop", "web", &[]);
-    let b = s.backend("web-b", "shop", "web", &[]);
-    let vip = SocketAddr::from((vip_v4(56), 80));
-    s.lab.sync_services(&[web("shop", 56, &a)]).unwrap();
-    let draining = pool(&s.client, vip, 2);
-    expect_answers(&draining, 2, "pool to web-a");
     let dead = ip_of(&a, false);
     let objects = |s: &Story, deleting: bool| {
         let mut o = s.lab.kubernetes_objects();

@@ -209,15 +209,9 @@ fn a_deselected_host_network_backend_on_another_node_keeps_its_connection() {
 /// BOOKMARKs arrive.
 #[test]
 fn a_silent_watch_holds_removals_until_bookmarks_arrive() {
-    let Some(mut s) = Story::start("agent_e2e_watch_stale", false) else {
+    let Some((mut s, a, b, _, ghost)) = two_backends("agent_e2e_watch_stale", false, 40) else {
         return;
     };
-    let a = s.backend("web-a", "shop", "web", &[]);
-    let b = s.backend("web-b", "shop", "web", &[]);
-    let vip = SocketAddr::from((vip_v4(40), 80));
-    s.lab.sync_services(&[web("shop", 40, &a)]).unwrap();
-    let ghost = pool(&s.client, vip, 2);
-    expect_answers(&ghost, 2, "pool");
     let AgentRig { api, kp, agent, .. } = AgentRig::new(&s.node())
         .objects(s.lab.kubernetes_objects())
         .args(&["--resync-interval", "1s", "--watch-stale-after", "2s"])
@@ -290,15 +284,9 @@ fn timed_get(addr: SocketAddr, path: &str) -> Option<(u16, String, Duration)> {
 /// once the GET answers again, the ghost goes.
 #[test]
 fn metrics_answer_while_the_api_hangs() {
-    let Some(mut s) = Story::start("agent_e2e_watch_hang", false) else {
+    let Some((mut s, a, b, _, ghost)) = two_backends("agent_e2e_watch_hang", false, 42) else {
         return;
     };
-    let a = s.backend("web-a", "shop", "web", &[]);
-    let b = s.backend("web-b", "shop", "web", &[]);
-    let vip = SocketAddr::from((vip_v4(42), 80));
-    s.lab.sync_services(&[web("shop", 42, &a)]).unwrap();
-    let ghost = pool(&s.client, vip, 2);
-    expect_answers(&ghost, 2, "pool");
     // web-a runs on another node as far as the API says: the agent's pod watch (this node's pods)
     // does not see it go, so only a GET can tell.
     let mut objects = s.lab.kubernetes_objects();
@@ -378,15 +366,9 @@ fn metrics_answer_while_the_api_hangs() {
 /// reports only (`dataplane`), and a ghost with evidence is kept; back in nftables mode, it goes.
 #[test]
 fn a_kube_proxy_mode_change_is_seen_while_running() {
-    let Some(mut s) = Story::start("agent_e2e_watch_mode", false) else {
+    let Some((mut s, a, b, _, ghost)) = two_backends("agent_e2e_watch_mode", false, 43) else {
         return;
     };
-    let a = s.backend("web-a", "shop", "web", &[]);
-    let b = s.backend("web-b", "shop", "web", &[]);
-    let vip = SocketAddr::from((vip_v4(43), 80));
-    s.lab.sync_services(&[web("shop", 43, &a)]).unwrap();
-    let ghost = pool(&s.client, vip, 2);
-    expect_answers(&ghost, 2, "pool");
     let AgentRig { api, kp, agent, .. } = AgentRig::new(&s.node())
         .objects(s.lab.kubernetes_objects())
         .args(&[

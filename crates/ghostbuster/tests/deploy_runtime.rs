@@ -178,16 +178,10 @@ fn the_agent_works_with_only_net_admin_and_a_read_only_filesystem() {
     {
         return;
     }
-    let Some(mut s) = Story::start(test, false) else {
+    let Some((mut s, a, b, _, ghost)) = two_backends(test, false, 40) else {
         return;
     };
     let node = s.node();
-    let a = s.backend("web-a", "shop", "web", &[]);
-    let b = s.backend("web-b", "shop", "web", &[]);
-    let vip = SocketAddr::from((vip_v4(40), 80));
-    s.lab.sync_services(&[web("shop", 40, &a)]).unwrap();
-    let ghost = pool(&s.client, vip, 2);
-    expect_answers(&ghost, 2, "ghost pool");
 
     // The agent: ready, confined, and it removes the ghost. The fakes listen on 127.0.0.1 of the
     // node namespace, the only one the agent can reach.

@@ -747,8 +747,27 @@ impl RigBuilder {
     }
 }
 
-/// The ghost story most agent tests tell: Service `shop/web` at `vip_v4(vip)`:80 served by
-/// `web-a`, two pooled connections to it (the ghosts to be); the rig starts (its objects: the
+/// The lab most agent tests start from: Service `shop/web` at `vip_v4(vip)`:80 served by
+/// `web-a`, `web-b` made but not serving yet, and two pooled connections to web-a that
+/// answered. Returns `(story, web-a's endpoints, web-b's, the VIP, the pool)`; `None`: no lab
+/// here (skipped outside CI).
+pub fn two_backends(
+    test: &str,
+    timestamps: bool,
+    vip: u8,
+) -> Option<(Story, Vec<Endpoint>, Vec<Endpoint>, SocketAddr, TcpPool)> {
+    let mut s = Story::start(test, timestamps)?;
+    let a = s.backend("web-a", "shop", "web", &[]);
+    let b = s.backend("web-b", "shop", "web", &[]);
+    let addr = SocketAddr::from((vip_v4(vip), 80));
+    s.lab.sync_services(&[web("shop", vip, &a)]).unwrap();
+    let ghost = pool(&s.client, addr, 2);
+    expect_answers(&ghost, 2, "pool to web-a");
+    Some((s, a, b, addr, ghost))
+}
+
+/// The ghost story most agent tests tell: [`two_backends`] (the pool to web-a: the ghosts to
+/// be); the rig starts (its objects: the
 /// lab's, then whatever `rig` adds); then a rolling update moves the node's rules to `web-b`,
 /// `web-a` vanishes without a RST (its connections hang, observed for `hang_for`), and two
 /// healthy connections to `web-b` answer. The API is not told yet ([`GhostStory::tell_api`]).
@@ -776,13 +795,7 @@ impl GhostStory {
         hang_for: Duration,
         rig: impl FnOnce(RigBuilder) -> RigBuilder,
     ) -> Option<GhostStory> {
-        let mut s = Story::start(test, true)?;
-        let a = s.backend("web-a", "shop", "web", &[]);
-        let b = s.backend("web-b", "shop", "web", &[]);
-        let addr = SocketAddr::from((vip_v4(vip), 80));
-        s.lab.sync_services(&[web("shop", vip, &a)]).unwrap();
-        let ghost = pool(&s.client, addr, 2);
-        expect_answers(&ghost, 2, "ghost pool");
+        let (mut s, a, b, addr, ghost) = two_backends(test, true, vip)?;
         let rig = rig(AgentRig::new(&s.node()).objects(s.lab.kubernetes_objects())).start();
         // Rolling update: kube-proxy's rules move to B, A vanishes silently.
         s.lab.sync_services(&[web("shop", vip, &b)]).unwrap();

@@ -332,14 +332,7 @@ fn the_delete_budget_trips_across_passes_and_stays_open() {
     let c = s.backend("web-c", "shop", "web", &[]);
     let b = s.backend("web-b", "shop", "web", &[]);
     let vip = SocketAddr::from((vip_v4(54), 80));
-    s.lab.sync_services(&[web("shop", 54, &a)]).unwrap();
-    let ghost_a = pool(&s.client, vip, 2);
-    expect_answers(&ghost_a, 2, "pool to web-a");
-    s.lab.sync_services(&[web("shop", 54, &c)]).unwrap();
-    let ghost_c = pool(&s.client, vip, 2);
-    expect_answers(&ghost_c, 2, "pool to web-c");
-    let ac: Vec<Endpoint> = a.iter().chain(&c).cloned().collect();
-    s.lab.sync_services(&[web("shop", 54, &ac)]).unwrap();
+    let [ghost_a, ghost_c] = pin_pools(&mut s, 54, [("web-a", &a), ("web-c", &c)]);
     let AgentRig { api, kp, agent, .. } = AgentRig::new(&s.node())
         .objects(s.lab.kubernetes_objects())
         .args(&["--max-deletes-per-minute", "3", "--resync-interval", "1s"])
@@ -405,14 +398,7 @@ fn a_hanging_pod_get_neither_blocks_the_agent_nor_waits_for_a_full_pass() {
     let c = s.backend("web-c", "shop", "web", &[]);
     let b = s.backend("web-b", "shop", "web", &[]);
     let vip = SocketAddr::from((vip_v4(55), 80));
-    s.lab.sync_services(&[web("shop", 55, &a)]).unwrap();
-    let ghost_a = pool(&s.client, vip, 2);
-    expect_answers(&ghost_a, 2, "pool to web-a");
-    s.lab.sync_services(&[web("shop", 55, &c)]).unwrap();
-    let ghost_c = pool(&s.client, vip, 2);
-    expect_answers(&ghost_c, 2, "pool to web-c");
-    let ac: Vec<Endpoint> = a.iter().chain(&c).cloned().collect();
-    s.lab.sync_services(&[web("shop", 55, &ac)]).unwrap();
+    let [ghost_a, ghost_c] = pin_pools(&mut s, 55, [("web-a", &a), ("web-c", &c)]);
     let (dead_a, dead_c) = (ip_of(&a, false), ip_of(&c, false));
     // web-a runs on another node: only a GET can tell the agent it is gone.
     let objects = |s: &Story| {

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use agent_support::*;
 use netlab::plan::vip_v4;
-use netlab::Endpoint;
 use scan_support::*;
 use serde_json::{json, Value};
 
@@ -149,18 +148,10 @@ fn a_deselected_host_network_backend_on_another_node_keeps_its_connection() {
     let a = s.backend("web-a", "shop", "web", &[]);
     let b = s.backend("web-b", "shop", "web", &[]);
     let c = s.backend("web-c", "shop", "web", &[]);
-    let vip = SocketAddr::from((vip_v4(38), 80));
     let a_ip = ip_of(&a, false);
     let c_ip = ip_of(&c, false);
     // Two connections to each of a and c.
-    s.lab.sync_services(&[web("shop", 38, &a)]).unwrap();
-    let live = pool(&s.client, vip, 2);
-    expect_answers(&live, 2, "pool to web-a");
-    s.lab.sync_services(&[web("shop", 38, &c)]).unwrap();
-    let ghost = pool(&s.client, vip, 2);
-    expect_answers(&ghost, 2, "pool to web-c");
-    let both: Vec<Endpoint> = a.iter().chain(c.iter()).cloned().collect();
-    s.lab.sync_services(&[web("shop", 38, &both)]).unwrap();
+    let [live, ghost] = pin_pools(&mut s, 38, [("web-a", &a), ("web-c", &c)]);
 
     let AgentRig { api, kp, agent, .. } = AgentRig::new(&s.node())
         .objects(with_node_b(s.lab.kubernetes_objects(), a_ip))

@@ -766,6 +766,26 @@ pub fn two_backends(
     Some((s, a, b, addr, ghost))
 }
 
+/// Two pooled connections pinned to each of `backends` in turn (Service `shop/web` at
+/// `vip_v4(vip)`:80 served by that one alone while they connect and answer), then the Service
+/// served by all of them.
+pub fn pin_pools<const N: usize>(
+    s: &mut Story,
+    vip: u8,
+    backends: [(&str, &[Endpoint]); N],
+) -> [TcpPool; N] {
+    let addr = SocketAddr::from((vip_v4(vip), 80));
+    let all: Vec<Endpoint> = backends.iter().flat_map(|(_, eps)| eps.to_vec()).collect();
+    let pools = backends.map(|(name, eps)| {
+        s.lab.sync_services(&[web("shop", vip, eps)]).unwrap();
+        let p = pool(&s.client, addr, 2);
+        expect_answers(&p, 2, &format!("pool to {name}"));
+        p
+    });
+    s.lab.sync_services(&[web("shop", vip, &all)]).unwrap();
+    pools
+}
+
 /// The ghost story most agent tests tell: [`two_backends`] (the pool to web-a: the ghosts to
 /// be); the rig starts (its objects: the
 /// lab's, then whatever `rig` adds); then a rolling update moves the node's rules to `web-b`,

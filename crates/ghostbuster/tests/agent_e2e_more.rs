@@ -155,11 +155,7 @@ fn a_relist_after_410_that_drops_an_endpoint_sweeps_that_backend_once() {
         "exactly one targeted sweep removing both ghosts"
     );
     assert!(full.is_empty(), "a full pass removed something: {full:?}");
-    assert_eq!(
-        metric_sum(&m, "ghostbuster_flows_removed_total"),
-        2.0,
-        "{m}"
-    );
+    expect_removed(&m, 2.0);
 }
 
 /// The agent's log lines that say a pass was held for `reason`.
@@ -390,11 +386,7 @@ fn an_event_overflow_becomes_one_full_scan() {
         "one full scan per burst of overflows: {lost} overflows"
     );
     expect_untouched(healthy, &before, &["web-b"], "healthy pool");
-    assert_eq!(
-        metric_sum(&m, "ghostbuster_flows_removed_total"),
-        0.0,
-        "{m}"
-    );
+    expect_removed(&m, 0.0);
 }
 
 /// Test 3. A terminating pod (still in its slice with `terminating: true`, its Pod object
@@ -480,12 +472,7 @@ fn a_terminating_pod_keeps_its_flows_until_it_leaves_the_slice() {
     // The agent may ask about a pod last seen terminating (issue #12: a draining pod whose
     // labels changed leaves the slice alive): no assertion on the GETs here, this node's pod
     // watch saw it deleted.
-    let m = agent.metrics();
-    assert_eq!(
-        metric_sum(&m, "ghostbuster_flows_removed_total"),
-        2.0,
-        "{m}"
-    );
+    agent.expect_removed(2.0);
 }
 
 /// Test 4. kube-proxy's rules still send the client to the dead backend (the fake kube-proxy
@@ -721,11 +708,7 @@ fn a_namespace_annotated_off_keeps_its_ghosts_while_the_same_ghosts_elsewhere_go
         "the ghosts of a namespace annotated off were removed"
     );
     let m = agent.metrics();
-    assert_eq!(
-        metric_sum(&m, "ghostbuster_flows_removed_total"),
-        2.0,
-        "{m}"
-    );
+    expect_removed(&m, 2.0);
     assert!(
         metric_series(&m, "conntrack_stale_entries", "namespace=\"quiet\"") >= 2.0,
         "the kept ghosts are still reported: {m}"
@@ -760,12 +743,7 @@ fn a_namespace_annotated_off_keeps_its_ghosts_while_the_same_ghosts_elsewhere_go
         "quiet healthy pool",
     );
     expect_untouched(shop_healthy, &shop_before, &["shop-b"], "shop healthy pool");
-    let m = agent.metrics();
-    assert_eq!(
-        metric_sum(&m, "ghostbuster_flows_removed_total"),
-        4.0,
-        "{m}"
-    );
+    agent.expect_removed(4.0);
     assert!(
         api.forbidden().is_empty(),
         "the shipped ClusterRole refused the agent: {:#?}",

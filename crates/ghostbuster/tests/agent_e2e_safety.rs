@@ -309,12 +309,7 @@ fn a_kube_proxy_that_never_answers_does_not_hold_the_reactor() {
          kube-proxy's reads to time out"
     );
     eprintln!("ghosts removed {took:?} after the change (grace {grace:?}), kube-proxy hung");
-    let m = g.rig.agent.metrics();
-    assert_eq!(
-        metric_sum(&m, "ghostbuster_flows_removed_total"),
-        2.0,
-        "{m}"
-    );
+    g.rig.agent.expect_removed(2.0);
     g.rig.kp.hang(false);
     finish(g);
 }
@@ -369,11 +364,7 @@ fn the_delete_budget_trips_across_passes_and_stays_open() {
     }
     assert_eq!(left(dead_c), ghosts_c, "removed past the budget");
     let m = agent.metrics();
-    assert_eq!(
-        metric_sum(&m, "ghostbuster_flows_removed_total"),
-        2.0,
-        "{m}"
-    );
+    expect_removed(&m, 2.0);
     assert_eq!(metric_sum(&m, "ghostbuster_circuit_open"), 1.0, "{m}");
     assert!(agent.logged("circuit breaker tripped: reporting only until the agent restarts"));
     let warned = api
@@ -457,12 +448,7 @@ fn a_hanging_pod_get_neither_blocks_the_agent_nor_waits_for_a_full_pass() {
     assert!(pod_gets(&api, "shop", "web-a")
         .iter()
         .any(|r| r.status == 404));
-    let m = agent.metrics();
-    assert_eq!(
-        metric_sum(&m, "ghostbuster_flows_removed_total"),
-        4.0,
-        "{m}"
-    );
+    agent.expect_removed(4.0);
     expect_untouched(healthy, &before, &["web-b"], "healthy pool");
     drop((ghost_a, ghost_c));
 }
@@ -561,12 +547,7 @@ fn a_hanging_pod_get_of_one_service_does_not_hold_back_anothers_deletes() {
         "web-a's ghosts still there {took:?} after the API answered"
     );
     eprintln!("web-a's ghosts removed {took:?} after the API answered");
-    let m = agent.metrics();
-    assert_eq!(
-        metric_sum(&m, "ghostbuster_flows_removed_total"),
-        4.0,
-        "{m}"
-    );
+    agent.expect_removed(4.0);
     expect_untouched(healthy, &before, &["web-b2"], "healthy pool");
     drop((ghost_a, ghost_b));
 }
@@ -649,10 +630,5 @@ fn a_draining_pod_on_another_node_whose_labels_change_keeps_its_connections() {
     );
     expect_untouched(draining, &before, &["web-a"], "draining pool");
     expect_untouched(healthy, &before_healthy, &["web-b"], "healthy pool");
-    let m = agent.metrics();
-    assert_eq!(
-        metric_sum(&m, "ghostbuster_flows_removed_total"),
-        0.0,
-        "{m}"
-    );
+    agent.expect_removed(0.0);
 }

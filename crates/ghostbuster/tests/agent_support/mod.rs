@@ -462,6 +462,12 @@ impl Agent {
         m
     }
 
+    /// [`expect_removed`] on a scrape taken now.
+    #[track_caller]
+    pub fn expect_removed(&self, n: f64) {
+        expect_removed(&self.metrics(), n);
+    }
+
     /// Its stderr lines so far (started with [`Log::Capture`]).
     pub fn log_lines(&self) -> Vec<String> {
         let log = self.log.as_ref().expect("the agent's log is not captured");
@@ -514,6 +520,17 @@ pub fn publish(api: &FakeApiServer, objects: &Value) {
 pub fn publish_pod_gone(api: &FakeApiServer, objects: &Value, namespace: &str, name: &str) {
     publish(api, objects);
     api.delete("pods", namespace, name);
+}
+
+/// Asserts `ghostbuster_flows_removed_total` in the scrape `metrics` is exactly `n` (the whole
+/// scrape in the message).
+#[track_caller]
+pub fn expect_removed(metrics: &str, n: f64) {
+    assert_eq!(
+        metric_sum(metrics, "ghostbuster_flows_removed_total"),
+        n,
+        "{metrics}"
+    );
 }
 
 /// Polls `f` every 100 ms until it holds or `within` passes; returns whether it held.

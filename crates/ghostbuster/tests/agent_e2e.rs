@@ -140,8 +140,7 @@ fn dry_run_reports_and_deletes_nothing() {
     let Some((mut s, a, b, _, ghost)) = two_backends("agent_e2e_dry_run", false, 31) else {
         return;
     };
-    let AgentRig { api, kp, agent, .. } = AgentRig::new(&s.node())
-        .objects(s.lab.kubernetes_objects())
+    let AgentRig { api, kp, agent, .. } = AgentRig::of(&s)
         .kube_proxy_synced()
         .args(&["--dry-run", "--resync-interval", "1s"])
         .start();
@@ -280,8 +279,7 @@ fn the_circuit_breaker_holds_a_mass_removal() {
     s.lab.sync_services(&[web("shop", 35, &a)]).unwrap();
     let ghost = pool(&s.client, SocketAddr::from((vip_v4(35), 80)), 3);
     expect_answers(&ghost, 3, "pool");
-    let AgentRig { api, kp, agent, .. } = AgentRig::new(&s.node())
-        .objects(s.lab.kubernetes_objects())
+    let AgentRig { api, kp, agent, .. } = AgentRig::of(&s)
         .args(&["--max-deletes-per-pass", "2"])
         .start();
     s.lab.sync_services(&[web("shop", 35, &b)]).unwrap();

@@ -147,8 +147,7 @@ fn a_hanging_pod_list_keeps_the_ghost_and_the_agent_responsive() {
     let before = mark(&healthy);
     let dead = ip_of(&a, false);
 
-    let AgentRig { api, kp, agent, .. } = AgentRig::new(&s.node())
-        .objects(s.lab.kubernetes_objects())
+    let AgentRig { api, kp, agent, .. } = AgentRig::of(&s)
         .args(&["--pod-get-timeout", "1s"])
         .capture_log()
         .start();

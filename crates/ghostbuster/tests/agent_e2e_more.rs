@@ -178,10 +178,7 @@ fn a_deselected_pod_loses_its_ghosts_when_it_is_deleted() {
         return;
     };
 
-    let AgentRig { api, kp, agent, .. } = AgentRig::new(&s.node())
-        .objects(s.lab.kubernetes_objects())
-        .capture_log()
-        .start();
+    let AgentRig { api, kp, agent, .. } = AgentRig::of(&s).capture_log().start();
 
     // Deselected: out of the slice, the pod runs on.
     s.lab.sync_services(&[web("shop", 43, &b)]).unwrap();
@@ -311,8 +308,7 @@ fn an_event_overflow_becomes_one_full_scan() {
         kp: _kp,
         agent,
         ..
-    } = AgentRig::new(&s.node())
-        .objects(s.lab.kubernetes_objects())
+    } = AgentRig::of(&s)
         .kube_proxy_synced()
         .args(&["--event-buffer-bytes", "65536"])
         .capture_log()
@@ -399,8 +395,7 @@ fn a_terminating_pod_keeps_its_flows_until_it_leaves_the_slice() {
     else {
         return;
     };
-    let AgentRig { api, kp, agent, .. } = AgentRig::new(&s.node())
-        .objects(s.lab.kubernetes_objects())
+    let AgentRig { api, kp, agent, .. } = AgentRig::of(&s)
         .args(&["--resync-interval", "1s"])
         .capture_log()
         .start();

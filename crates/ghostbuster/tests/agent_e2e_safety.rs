@@ -101,10 +101,7 @@ fn a_pod_gone_in_one_namespace_leaves_its_namesake_in_another_alone() {
         .sync_services(&[web("a", 50, &b0), web("b", 51, &both)])
         .unwrap();
 
-    let AgentRig { api, kp, agent, .. } = AgentRig::new(&s.node())
-        .objects(s.lab.kubernetes_objects())
-        .capture_log()
-        .start();
+    let AgentRig { api, kp, agent, .. } = AgentRig::of(&s).capture_log().start();
     assert!(api.get("pods", "a", "web-0").is_none());
 
     // b/web-0 deselected: it leaves b/web's slice and runs on. kube-proxy does not sync yet,
@@ -328,8 +325,7 @@ fn the_delete_budget_trips_across_passes_and_stays_open() {
     let b = s.backend("web-b", "shop", "web", &[]);
     let vip = SocketAddr::from((vip_v4(54), 80));
     let [ghost_a, ghost_c] = pin_pools(&mut s, 54, [("web-a", &a), ("web-c", &c)]);
-    let AgentRig { api, kp, agent, .. } = AgentRig::new(&s.node())
-        .objects(s.lab.kubernetes_objects())
+    let AgentRig { api, kp, agent, .. } = AgentRig::of(&s)
         .args(&["--max-deletes-per-minute", "3", "--resync-interval", "1s"])
         .capture_log()
         .start();

@@ -203,8 +203,7 @@ fn a_silent_watch_holds_removals_until_bookmarks_arrive() {
     let Some((mut s, a, b, _, ghost)) = two_backends("agent_e2e_watch_stale", false, 40) else {
         return;
     };
-    let AgentRig { api, kp, agent, .. } = AgentRig::new(&s.node())
-        .objects(s.lab.kubernetes_objects())
+    let AgentRig { api, kp, agent, .. } = AgentRig::of(&s)
         .args(&["--resync-interval", "1s", "--watch-stale-after", "2s"])
         .start();
     // No BOOKMARKs and no changes: after 2 s every watch is stale (the setup; the hold below is
@@ -360,8 +359,7 @@ fn a_kube_proxy_mode_change_is_seen_while_running() {
     let Some((mut s, a, b, _, ghost)) = two_backends("agent_e2e_watch_mode", false, 43) else {
         return;
     };
-    let AgentRig { api, kp, agent, .. } = AgentRig::new(&s.node())
-        .objects(s.lab.kubernetes_objects())
+    let AgentRig { api, kp, agent, .. } = AgentRig::of(&s)
         .args(&[
             "--resync-interval",
             "1s",

@@ -630,6 +630,11 @@ impl AgentRig {
         }
     }
 
+    /// A rig for `story`'s node, with its lab's objects.
+    pub fn of(story: &Story) -> RigBuilder {
+        AgentRig::new(&story.node()).objects(story.lab.kubernetes_objects())
+    }
+
     /// How to start another agent against this rig's servers (same admin port unless the caller
     /// changes it), under `wrapper` when confined.
     pub fn launch(&self, wrapper: Option<Vec<String>>) -> Launch {
@@ -833,7 +838,7 @@ impl GhostStory {
         rig: impl FnOnce(RigBuilder) -> RigBuilder,
     ) -> Option<GhostStory> {
         let (mut s, a, b, addr, ghost) = two_backends(test, true, vip)?;
-        let rig = rig(AgentRig::new(&s.node()).objects(s.lab.kubernetes_objects())).start();
+        let rig = rig(AgentRig::of(&s)).start();
         // Rolling update: kube-proxy's rules move to B, A vanishes silently.
         s.lab.sync_services(&[web("shop", vip, &b)]).unwrap();
         let dead = ip_of(&a, false);

@@ -110,11 +110,9 @@ fn a_ghost_older_than_the_agent_goes_once_the_api_lists_no_pod_at_its_ip() {
     eprintln!("web-a's ghosts removed {took:?} after kube-proxy synced");
     assert!(holder_lists(&r.api, r.dead).iter().any(|q| q.status == 200));
     // web-c: asked about too (the API lists it), kept.
-    let until = Instant::now() + Duration::from_secs(10);
-    while !holder_lists(&r.api, alive).iter().any(|q| q.status == 200) && Instant::now() < until {
-        r.kp.synced_now();
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    r.kp.sync_until_pausing(Duration::from_secs(10), Duration::from_millis(100), || {
+        holder_lists(&r.api, alive).iter().any(|q| q.status == 200)
+    });
     assert!(
         holder_lists(&r.api, alive).iter().any(|q| q.status == 200),
         "the agent never asked who holds web-c's IP"

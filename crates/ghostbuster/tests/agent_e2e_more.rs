@@ -129,10 +129,9 @@ fn a_relist_after_410_that_drops_an_endpoint_sweeps_that_backend_once() {
     // A second 410 (nothing changed): a relist that must not cause another removal.
     let lists = api.count("list", "endpointslices");
     api.expire_watches();
-    let until = Instant::now() + Duration::from_secs(5);
-    while api.count("list", "endpointslices") == lists && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_every(Duration::from_millis(50), Duration::from_secs(5), || {
+        api.count("list", "endpointslices") != lists
+    });
     assert!(
         api.count("list", "endpointslices") > lists,
         "no second relist"
@@ -186,10 +185,7 @@ fn a_deselected_pod_loses_its_ghosts_when_it_is_deleted() {
     let healthy = pool(&s.client, vip, 2);
     expect_answers(&healthy, 2, "healthy pool");
     publish(&api, &s.lab.kubernetes_objects());
-    let until = Instant::now() + Duration::from_secs(20);
-    while gets_of_pod(&api, "web-a") == 0 && Instant::now() < until {
-        kp.synced_now();
-    }
+    kp.sync_until(Duration::from_secs(20), || gets_of_pod(&api, "web-a") != 0);
     assert!(
         gets_of_pod(&api, "web-a") > 0,
         "the agent never asked about web-a"
@@ -243,10 +239,9 @@ fn a_removal_held_while_a_watch_relists_goes_when_the_relist_ends() {
         publish(api, &objects);
         api.delete("pods", "shop", "web-a");
     });
-    let until = Instant::now() + Duration::from_secs(20);
-    while held_passes(&agent, "not_synced") == 0 && Instant::now() < until {
-        kp.synced_now();
-    }
+    kp.sync_until(Duration::from_secs(20), || {
+        held_passes(&agent, "not_synced") != 0
+    });
     assert!(
         held_passes(&agent, "not_synced") > 0,
         "no pass was held while Services relisted"
@@ -319,17 +314,13 @@ fn an_event_overflow_becomes_one_full_scan() {
     s.lab.sync_services(&[web("shop", 41, &b)]).unwrap();
     publish_pod_gone(&api, &s.lab.kubernetes_objects(), "shop", "web-x");
     let dead = ip_of(&x, false);
-    let until = Instant::now() + Duration::from_secs(5);
-    while metric_sum(&agent.metrics(), "ghostbuster_endpoint_changes_total") <= changes
-        && Instant::now() < until
-    {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_every(Duration::from_millis(20), Duration::from_secs(5), || {
+        metric_sum(&agent.metrics(), "ghostbuster_endpoint_changes_total") > changes
+    });
     // The first full pass is done once ready; the next periodic one is 60 s away.
-    let until = Instant::now() + Duration::from_secs(3);
-    while scans(&agent, "full") < 1.0 && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_every(Duration::from_millis(50), Duration::from_secs(3), || {
+        scans(&agent, "full") >= 1.0
+    });
     let full_before = scans(&agent, "full");
     assert!(full_before >= 1.0);
     let before = mark(&healthy);
@@ -361,10 +352,9 @@ fn an_event_overflow_becomes_one_full_scan() {
     let flood = t.elapsed();
     assert_eq!(made, want);
     // One full scan, within a few seconds of the flood.
-    let until = Instant::now() + Duration::from_secs(10);
-    while scans(&agent, "full") < full_before + 1.0 && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_every(Duration::from_millis(50), Duration::from_secs(10), || {
+        scans(&agent, "full") >= full_before + 1.0
+    });
     let resync_after = t.elapsed().saturating_sub(flood);
     // ... and no second one for the same burst.
     std::thread::sleep(Duration::from_secs(3));
@@ -551,10 +541,9 @@ fn a_recreated_ghost_is_counted_and_removed_again() {
         "no recreated flow counted: {m}"
     );
     // The client stops by itself after its bounded queries; then the last ghost goes too.
-    let until = Instant::now() + Duration::from_secs(20);
-    while stale.report().requests < max_queries && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_every(Duration::from_millis(50), Duration::from_secs(20), || {
+        stale.report().requests >= max_queries
+    });
     let report = stale.stop();
     let t = Instant::now();
     while !entries_to(&table(&s.node()), dead).is_empty() && t.elapsed() < Duration::from_secs(15) {
@@ -692,10 +681,9 @@ fn a_namespace_annotated_off_keeps_its_ghosts_while_the_same_ghosts_elsewhere_go
     // quiet, annotated off: kept through more kube-proxy syncs and at least two full passes,
     // and reported.
     let full_before = scans(&agent, "full");
-    let until = Instant::now() + Duration::from_secs(10);
-    while scans(&agent, "full") < full_before + 2.0 && Instant::now() < until {
-        kp.synced_now();
-    }
+    kp.sync_until(Duration::from_secs(10), || {
+        scans(&agent, "full") >= full_before + 2.0
+    });
     assert!(scans(&agent, "full") >= full_before + 2.0, "no full passes");
     assert_eq!(
         entries_to(&table(&s.node()), quiet_dead).len(),

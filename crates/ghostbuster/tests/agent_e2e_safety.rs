@@ -110,10 +110,9 @@ fn a_pod_gone_in_one_namespace_leaves_its_namesake_in_another_alone() {
         .sync_services(&[web("a", 50, &b0), web("b", 51, &b1)])
         .unwrap();
     publish(&api, &s.lab.kubernetes_objects());
-    let until = Instant::now() + Duration::from_secs(20);
-    while pod_gets(&api, "b", "web-0").is_empty() && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_every(Duration::from_millis(50), Duration::from_secs(20), || {
+        !pod_gets(&api, "b", "web-0").is_empty()
+    });
     assert!(
         !pod_gets(&api, "b", "web-0").is_empty(),
         "the agent never asked about b/web-0"
@@ -425,10 +424,7 @@ fn a_hanging_pod_get_neither_blocks_the_agent_nor_waits_for_a_full_pass() {
     // Two 5 s timeouts race (the agent's --pod-get-timeout and the pod client's own): either
     // says the lookup went unanswered and the flows are kept.
     let unanswered = || agent.logged("pod lookup timed out") || agent.logged("pod lookup failed");
-    let until = Instant::now() + Duration::from_secs(15);
-    while !unanswered() && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for(Duration::from_secs(15), &unanswered);
     assert!(unanswered(), "the hung pod lookup was never given up on");
     assert_eq!(left(dead_a), 2, "removed without an answer about web-a");
 
@@ -500,10 +496,7 @@ fn a_hanging_pod_get_of_one_service_does_not_hold_back_anothers_deletes() {
     s.lab.delete_pod_silently("web-a").unwrap();
     publish_pod_gone(&api, &objects(&s), "a", "web-a");
     let hanging = || pod_gets(&api, "a", "web-a").iter().any(|r| r.status == 0);
-    let until = Instant::now() + Duration::from_secs(20);
-    while !hanging() && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_every(Duration::from_millis(50), Duration::from_secs(20), &hanging);
     assert!(
         hanging(),
         "the agent never asked about web-a: {:#?}",
@@ -590,10 +583,9 @@ fn a_draining_pod_on_another_node_whose_labels_change_keeps_its_connections() {
     publish(&api, &o);
     let before = mark(&draining);
     let before_healthy = mark(&healthy);
-    let until = Instant::now() + Duration::from_secs(20);
-    while pod_gets(&api, "shop", "web-a").is_empty() && Instant::now() < until {
-        kp.synced_now();
-    }
+    kp.sync_until(Duration::from_secs(20), || {
+        !pod_gets(&api, "shop", "web-a").is_empty()
+    });
     assert!(
         pod_gets(&api, "shop", "web-a")
             .iter()
@@ -614,10 +606,7 @@ fn a_draining_pod_on_another_node_whose_labels_change_keeps_its_connections() {
             .sum::<f64>()
     };
     let full = scans(&agent);
-    let until = Instant::now() + Duration::from_secs(20);
-    while scans(&agent) < full + 2.0 && Instant::now() < until {
-        kp.synced_now();
-    }
+    kp.sync_until(Duration::from_secs(20), || scans(&agent) >= full + 2.0);
     assert!(scans(&agent) >= full + 2.0, "no full passes");
     assert_eq!(
         entries_to(&table(&s.node()), dead).len(),

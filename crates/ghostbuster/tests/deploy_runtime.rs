@@ -234,12 +234,9 @@ fn the_agent_works_with_only_net_admin_and_a_read_only_filesystem() {
     eprintln!("published the removal at {}", jiff::Timestamp::now());
     // kube-proxy has not caught up: the gate holds (up to --kube-proxy-max-wait, 35 s), and a
     // full pass reports the ghost.
-    let until = Instant::now() + Duration::from_secs(10);
-    let mut held = agent.metrics();
-    while metric_sum(&held, "conntrack_stale_entries") < 2.0 && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(100));
-        held = agent.metrics();
-    }
+    let held = agent.metrics_until(Duration::from_secs(10), |m| {
+        metric_sum(m, "conntrack_stale_entries") >= 2.0
+    });
     assert!(
         metric_sum(&held, "conntrack_stale_entries") >= 2.0,
         "{held}"

@@ -265,6 +265,53 @@ impl Drop for Agent {
     }
 }
 
+/// `watch_cluster_with` (this node, ServiceCIDRs watched) on `tuning`, its events drained and
+/// never applied: for the tests of the watches' health alone. Both tasks end on drop.
+struct Watching {
+    health: Arc<WatchHealth>,
+    task: tokio::task::JoinHandle<()>,
+    drain: tokio::task::JoinHandle<()>,
+}
+
+impl Watching {
+    fn start(server: &FakeApiServer, tuning: WatchTuning) -> Watching {
+        let (tx, mut rx) = mpsc::channel(64);
+        let health = Arc::new(WatchHealth::new());
+        let cfg = WatchConfig {
+            node_name: NODE.into(),
+            watch_service_cidrs: true,
+        };
+        let task = tokio::spawn(live::watch_cluster_with(
+            client(server),
+            cfg,
+            tuning,
+            tx,
+            Arc::clone(&health),
+        ));
+        let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+        Watching {
+            health,
+            task,
+            drain,
+        }
+    }
+
+    /// Waits until every kind synced; panics past `deadline`.
+    async fn synced_by(&self, deadline: Instant) {
+        while !self.health.all_synced() {
+            assert!(Instant::now() < deadline, "never synced: {:?}", self.health);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.drain.abort();
+    }
+}
+
 // --- watches -------------------------------------------------------------------------------------
 
 #[tokio::test]
@@ -536,29 +583,15 @@ async fn bookmarks_keep_the_view_fresh_and_silence_makes_it_stale() {
 async fn a_silent_watch_turns_stale_even_though_it_reconnects_and_a_bookmark_revives_it() {
     let server = FakeApiServer::start().await.unwrap();
     populate(&server);
-    let (tx, mut rx) = mpsc::channel(64);
-    let health = Arc::new(WatchHealth::new());
-    let tuning = WatchTuning {
-        idle_timeout: Duration::from_millis(150),
-        ..fast()
-    };
-    let cfg = WatchConfig {
-        node_name: NODE.into(),
-        watch_service_cidrs: true,
-    };
-    let task = tokio::spawn(live::watch_cluster_with(
-        client(&server),
-        cfg,
-        tuning,
-        tx,
-        Arc::clone(&health),
-    ));
-    let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
-    let deadline = Instant::now() + WAIT;
-    while !health.all_synced() {
-        assert!(Instant::now() < deadline, "never synced: {health:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let w = Watching::start(
+        &server,
+        WatchTuning {
+            idle_timeout: Duration::from_millis(150),
+            ..fast()
+        },
+    );
+    let health = &w.health;
+    w.synced_by(Instant::now() + WAIT).await;
     let watches_before = server.count("watch", "services");
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert!(
@@ -593,8 +626,6 @@ async fn a_silent_watch_turns_stale_even_though_it_reconnects_and_a_bookmark_rev
         }
     }
     assert!(fresh, "a BOOKMARK makes it fresh: {health:?}");
-    task.abort();
-    drain.abort();
 }
 
 #[tokio::test]
@@ -1041,24 +1072,14 @@ async fn lists_and_pod_gets_have_timeouts_and_list_bodies_a_cap() {
     let server = FakeApiServer::start().await.unwrap();
     populate(&server);
     server.hang_lists("endpointslices", true);
-    let (tx, mut rx) = mpsc::channel(64);
-    let health = Arc::new(WatchHealth::new());
-    let tuning = WatchTuning {
-        request_timeout: Duration::from_millis(300),
-        ..fast()
-    };
-    let cfg = WatchConfig {
-        node_name: NODE.into(),
-        watch_service_cidrs: true,
-    };
-    let task = tokio::spawn(live::watch_cluster_with(
-        client(&server),
-        cfg.clone(),
-        tuning,
-        tx,
-        Arc::clone(&health),
-    ));
-    let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    let w = Watching::start(
+        &server,
+        WatchTuning {
+            request_timeout: Duration::from_millis(300),
+            ..fast()
+        },
+    );
+    let health = &w.health;
     let deadline = Instant::now() + WAIT;
     loop {
         let st = &health.status()[1];
@@ -1080,28 +1101,19 @@ async fn lists_and_pod_gets_have_timeouts_and_list_bodies_a_cap() {
     }
     assert!(server.count("list", "endpointslices") >= 2, "retried");
     server.hang_lists("endpointslices", false);
-    while !health.all_synced() {
-        assert!(Instant::now() < deadline, "never synced: {health:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    task.abort();
-    drain.abort();
+    w.synced_by(deadline).await;
+    drop(w);
 
     // A list body larger than the cap: an error that says so, and the kind never syncs.
-    let (tx, mut rx) = mpsc::channel(64);
-    let health = Arc::new(WatchHealth::new());
-    let task = tokio::spawn(live::watch_cluster_with(
-        client(&server),
-        cfg,
+    let w = Watching::start(
+        &server,
         WatchTuning {
             max_list_bytes: 300,
             page_size: 500,
             ..fast()
         },
-        tx,
-        Arc::clone(&health),
-    ));
-    let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    );
+    let health = &w.health;
     let deadline = Instant::now() + WAIT;
     loop {
         let st = &health.status()[1];
@@ -1117,8 +1129,7 @@ async fn lists_and_pod_gets_have_timeouts_and_list_bodies_a_cap() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(!health.synced(Kind::EndpointSlice));
-    task.abort();
-    drain.abort();
+    drop(w);
 
     // A pod GET that hangs.
     server.hang_gets("pods", true);

@@ -1418,17 +1418,21 @@ fn cli_scan_and_sweep_read_the_live_api_end_to_end() {
             .collect()
     };
 
-    let run = ghostbuster(&[
-        "scan",
-        "--clock-skew",
-        "0s",
-        "--kubeconfig",
-        &kubeconfig,
-        "--netns",
-        &node,
-        "-o",
-        "json",
-    ]);
+    // `scan` or `sweep` of the lab node's table, judged by the live API.
+    let live = |cmd: &str| {
+        ghostbuster(&[
+            cmd,
+            "--clock-skew",
+            "0s",
+            "--kubeconfig",
+            &kubeconfig,
+            "--netns",
+            &node,
+            "-o",
+            "json",
+        ])
+    };
+    let run = live("scan");
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     let flows = to_backend(&run);
     assert_eq!(flows.len(), 1, "{}", run.stdout);
@@ -1451,31 +1455,11 @@ fn cli_scan_and_sweep_read_the_live_api_end_to_end() {
         );
     }
 
-    let run = ghostbuster(&[
-        "sweep",
-        "--clock-skew",
-        "0s",
-        "--kubeconfig",
-        &kubeconfig,
-        "--netns",
-        &node,
-        "-o",
-        "json",
-    ]);
+    let run = live("sweep");
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     let flows = to_backend(&run);
     assert_eq!(flows[0]["result"], "deleted", "{}", run.stdout);
-    let run = ghostbuster(&[
-        "scan",
-        "--clock-skew",
-        "0s",
-        "--kubeconfig",
-        &kubeconfig,
-        "--netns",
-        &node,
-        "-o",
-        "json",
-    ]);
+    let run = live("scan");
     assert!(
         to_backend(&run).is_empty(),
         "the ghost is gone: {}",

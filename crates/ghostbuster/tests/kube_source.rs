@@ -171,21 +171,36 @@ struct Agent {
     events: Vec<Event>,
 }
 
+/// `watch_cluster_with` for this node on `tuning` (ServiceCIDRs watched if `cidrs`): the task,
+/// its events and its health.
+fn spawn_watch(
+    server: &FakeApiServer,
+    cidrs: bool,
+    tuning: WatchTuning,
+) -> (
+    tokio::task::JoinHandle<()>,
+    mpsc::Receiver<Event>,
+    Arc<WatchHealth>,
+) {
+    let (tx, rx) = mpsc::channel(64);
+    let health = Arc::new(WatchHealth::new());
+    let cfg = WatchConfig {
+        node_name: NODE.into(),
+        watch_service_cidrs: cidrs,
+    };
+    let task = tokio::spawn(live::watch_cluster_with(
+        client(server),
+        cfg,
+        tuning,
+        tx,
+        Arc::clone(&health),
+    ));
+    (task, rx, health)
+}
+
 impl Agent {
     fn start(server: &FakeApiServer, cidrs: bool) -> Agent {
-        let (tx, rx) = mpsc::channel(64);
-        let health = Arc::new(WatchHealth::new());
-        let cfg = WatchConfig {
-            node_name: NODE.into(),
-            watch_service_cidrs: cidrs,
-        };
-        let task = tokio::spawn(live::watch_cluster_with(
-            client(server),
-            cfg,
-            fast(),
-            tx,
-            Arc::clone(&health),
-        ));
+        let (task, rx, health) = spawn_watch(server, cidrs, fast());
         Agent {
             index: Index::new(IndexConfig {
                 node_name: Some(NODE.into()),
@@ -275,19 +290,7 @@ struct Watching {
 
 impl Watching {
     fn start(server: &FakeApiServer, tuning: WatchTuning) -> Watching {
-        let (tx, mut rx) = mpsc::channel(64);
-        let health = Arc::new(WatchHealth::new());
-        let cfg = WatchConfig {
-            node_name: NODE.into(),
-            watch_service_cidrs: true,
-        };
-        let task = tokio::spawn(live::watch_cluster_with(
-            client(server),
-            cfg,
-            tuning,
-            tx,
-            Arc::clone(&health),
-        ));
+        let (task, mut rx, health) = spawn_watch(server, true, tuning);
         let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
         Watching {
             health,

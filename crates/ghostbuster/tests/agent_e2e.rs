@@ -59,7 +59,7 @@ fn an_endpoint_removed_by_a_watch_event_is_swept_once_kube_proxy_caught_up() {
     // kube-proxy syncs: the ghosts go, within a fraction of a second.
     kp.synced_now();
     let t = Instant::now();
-    while !g.ghosts_left() == 0 && t.elapsed() < Duration::from_secs(5) {
+    while g.ghosts_left() != 0 && t.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(20));
     }
     let took = t.elapsed();

@@ -600,11 +600,14 @@ pub struct AgentRig {
     ready: Option<Duration>,
 }
 
+/// [`RigBuilder::api`]'s preparation of the API server.
+type ApiSetup = Box<dyn FnOnce(&FakeApiServer)>;
+
 /// What an [`AgentRig`] starts with; [`RigBuilder::start`] starts it.
 pub struct RigBuilder {
     node: String,
     objects: Option<Value>,
-    api_setup: Option<Box<dyn FnOnce(&FakeApiServer)>>,
+    api_setup: Option<ApiSetup>,
     kp_synced: bool,
     args: Vec<String>,
     log: Log,
@@ -769,15 +772,14 @@ impl RigBuilder {
     }
 }
 
+/// [`two_backends`]: the story, web-a's endpoints, web-b's, the VIP, the pool to web-a.
+pub type TwoBackends = (Story, Vec<Endpoint>, Vec<Endpoint>, SocketAddr, TcpPool);
+
 /// The lab most agent tests start from: Service `shop/web` at `vip_v4(vip)`:80 served by
 /// `web-a`, `web-b` made but not serving yet, and two pooled connections to web-a that
 /// answered. Returns `(story, web-a's endpoints, web-b's, the VIP, the pool)`; `None`: no lab
 /// here (skipped outside CI).
-pub fn two_backends(
-    test: &str,
-    timestamps: bool,
-    vip: u8,
-) -> Option<(Story, Vec<Endpoint>, Vec<Endpoint>, SocketAddr, TcpPool)> {
+pub fn two_backends(test: &str, timestamps: bool, vip: u8) -> Option<TwoBackends> {
     let mut s = Story::start(test, timestamps)?;
     let a = s.backend("web-a", "shop", "web", &[]);
     let b = s.backend("web-b", "shop", "web", &[]);

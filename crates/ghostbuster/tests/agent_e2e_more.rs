@@ -141,12 +141,12 @@ fn a_relist_after_410_that_drops_an_endpoint_sweeps_that_backend_once() {
     }
     expect_untouched(g.healthy, &g.before, &["web-b"], "healthy pool");
 
-    let targeted = deleting_passes(&agent, "targeted");
-    let full = deleting_passes(&agent, "full");
+    let targeted = deleting_passes(agent, "targeted");
+    let full = deleting_passes(agent, "full");
     let m = agent.metrics();
     eprintln!(
         "deleting passes: targeted {targeted:?}, full {full:?}; targeted scans {}",
-        scans(&agent, "targeted")
+        scans(agent, "targeted")
     );
     assert_eq!(
         targeted,
@@ -240,10 +240,10 @@ fn a_removal_held_while_a_watch_relists_goes_when_the_relist_ends() {
         api.delete("pods", "shop", "web-a");
     });
     kp.sync_until(Duration::from_secs(20), || {
-        held_passes(&agent, "not_synced") != 0
+        held_passes(agent, "not_synced") != 0
     });
     assert!(
-        held_passes(&agent, "not_synced") > 0,
+        held_passes(agent, "not_synced") > 0,
         "no pass was held while Services relisted"
     );
     assert_eq!(g.ghosts_left(), 2, "removed while a watch was relisting");
@@ -257,8 +257,8 @@ fn a_removal_held_while_a_watch_relists_goes_when_the_relist_ends() {
     eprintln!("held ghosts removed {took:?} after the relist ended");
     expect_fail_fast_and_recover(g.ghost, &g.hung, Some("web-b"), Duration::from_secs(8));
     expect_untouched(g.healthy, &g.before, &["web-b"], "healthy pool");
-    assert_eq!(deleting_passes(&agent, "targeted"), vec![2]);
-    assert!(deleting_passes(&agent, "full").is_empty());
+    assert_eq!(deleting_passes(agent, "targeted"), vec![2]);
+    assert!(deleting_passes(agent, "full").is_empty());
 }
 
 /// An established UDP entry from 192.0.2.0/24 to 198.51.100.200:53, distinct for each `i`.

@@ -230,7 +230,7 @@ fn the_agent_works_with_only_net_admin_and_a_read_only_filesystem() {
     let dead = ip_of(&a, false);
     s.lab.delete_pod_silently("web-a").unwrap();
     let hung = expect_hang(&ghost, 2, Duration::from_secs(1));
-    publish_pod_gone(&api, &s.lab.kubernetes_objects(), "shop", "web-a");
+    publish_pod_gone(api, &s.lab.kubernetes_objects(), "shop", "web-a");
     eprintln!("published the removal at {}", jiff::Timestamp::now());
     // kube-proxy has not caught up: the gate holds (up to --kube-proxy-max-wait, 35 s), and a
     // full pass reports the ghost.

@@ -359,6 +359,24 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// The agent in the test's namespace serving `node_ns` (`--netns`), its fakes `api` and
+    /// `kp`, admin on a free port, stderr inherited; not waited for. [`AgentRig`] is the usual
+    /// way to start one; this is for callers with fakes of their own making (the agent bench).
+    pub fn start(api: &FakeApiServer, node_ns: &str, kp: &FakeKubeProxy, extra: &[&str]) -> Agent {
+        Agent::launch(
+            Launch {
+                kubeconfig: api.kubeconfig(),
+                kube_proxy: kp.addr,
+                netns: Some(node_ns.to_string()),
+                wrapper: Vec::new(),
+                scrape_ns: None,
+                port: free_port(),
+                log: Log::Inherit,
+            },
+            extra,
+        )
+    }
+
     /// The command line [`Agent::launch`] runs, for callers that want to run it themselves.
     pub fn command(l: &Launch, kubeconfig: &std::path::Path, extra: &[&str]) -> Command {
         let bin = env!("CARGO_BIN_EXE_ghostbuster");

@@ -18,7 +18,7 @@ use agent_support::*;
 use fake_apiserver::FakeApiServer;
 use netlab::client::TcpPoolConfig;
 use netlab::plan::vip_v4;
-use netlab::{Endpoint, ServerSpec, Service, ServicePort, UdpClient, UdpConfig};
+use netlab::{Endpoint, UdpClient, UdpConfig};
 use scan_support::*;
 use serde_json::Value;
 
@@ -470,24 +470,9 @@ fn a_recreated_ghost_is_counted_and_removed_again() {
     let Some(mut s) = Story::start("agent_more_recreated", true) else {
         return;
     };
-    let a = s.backend(
-        "dns-a",
-        "kube-system",
-        "dns",
-        &[ServerSpec::udp_echo(5353, "dns-a")],
-    );
-    let b = s.backend(
-        "dns-b",
-        "kube-system",
-        "dns",
-        &[ServerSpec::udp_echo(5353, "dns-b")],
-    );
-    let dns = |eps: &[Endpoint]| {
-        Service::new("kube-system", "dns")
-            .cluster_ip(vip_v4(43))
-            .port(ServicePort::udp("dns", 53, 5353))
-            .endpoints(v4(eps))
-    };
+    let a = s.dns_backend("dns-a");
+    let b = s.dns_backend("dns-b");
+    let dns = |eps: &[Endpoint]| dns_service(43, eps);
     let vip = SocketAddr::from((vip_v4(43), 53));
     let both: Vec<Endpoint> = a.iter().chain(&b).cloned().collect();
     s.lab.sync_services(&[dns(&both)]).unwrap();

@@ -20,11 +20,11 @@ use std::time::{Duration, Instant};
 
 use fake_apiserver::FakeApiServer;
 use netlab::plan::vip_v4;
-use netlab::{ClientReport, Endpoint, Service, ServicePort, TcpPool};
+use netlab::{ClientReport, Endpoint, TcpPool};
 use serde_json::Value;
 
 use super::scan_support::{
-    entries_to, expect_answers, expect_hang, ip_of, mark, pool, table, v4, Story, HTTP,
+    entries_to, expect_answers, expect_hang, ip_of, mark, pool, table, web, Story,
 };
 
 /// A kube-proxy that only answers what the agent asks: its sync metrics (the end of its last
@@ -568,20 +568,6 @@ pub fn wait_for_every(every: Duration, within: Duration, mut f: impl FnMut() -> 
         }
         std::thread::sleep(every);
     }
-}
-
-/// Service `ns/name` at ClusterIP `vip_v4(vip)` port 80 (TCP, to the backends' HTTP port), with
-/// the IPv4 endpoints of `eps`.
-pub fn http_service(ns: &str, name: &str, vip: u8, eps: &[Endpoint]) -> Service {
-    Service::new(ns, name)
-        .cluster_ip(vip_v4(vip))
-        .port(ServicePort::tcp("http", 80, HTTP))
-        .endpoints(v4(eps))
-}
-
-/// [`http_service`] `ns/web`.
-pub fn web(ns: &str, vip: u8, eps: &[Endpoint]) -> Service {
-    http_service(ns, "web", vip, eps)
 }
 
 /// The fake API server of an [`AgentRig`]: on a thread of its own in the test's namespace, or

@@ -35,6 +35,9 @@ mod support;
 
 #[path = "../tests/agent_support/mod.rs"]
 mod agent_support;
+// agent_support's lab stories build on it.
+#[path = "../tests/scan_support/mod.rs"]
+mod scan_support;
 
 use std::net::IpAddr;
 use std::ops::ControlFlow;

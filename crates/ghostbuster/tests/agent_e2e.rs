@@ -13,9 +13,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use agent_support::*;
-use fake_apiserver::{FakeApiServer, Rbac};
+use fake_apiserver::Rbac;
 use netlab::plan::vip_v4;
-use netlab::{Endpoint, Service, ServicePort};
+use netlab::Endpoint;
 use scan_support::*;
 use serde_json::Value;
 
@@ -32,77 +32,42 @@ fn rendered_rbac() -> Option<Rbac> {
     Rbac::from_manifests(&String::from_utf8_lossy(&out.stdout)).ok()
 }
 
-fn web(eps: &[Endpoint]) -> Service {
-    Service::new("shop", "web")
-        .cluster_ip(vip_v4(30))
-        .port(ServicePort::tcp("http", 80, HTTP))
-        .endpoints(v4(eps))
-}
-
 /// The seed-000 story with the agent: an endpoint leaves its Service by a watch event; the agent
 /// waits for kube-proxy to catch up, then removes the ghosts; the pooled connections fail fast
 /// and recover; a healthy connection to the live backend keeps working; metrics, /debug/recent and
 /// an Event tell about it; the API server never refused a request of the rendered ClusterRole.
 #[test]
 fn an_endpoint_removed_by_a_watch_event_is_swept_once_kube_proxy_caught_up() {
-    let Some(mut s) = Story::start("agent_e2e_main", true) else {
-        return;
-    };
-    let a = s.backend("web-a", "shop", "web", &[]);
-    let b = s.backend("web-b", "shop", "web", &[]);
-    let vip = SocketAddr::from((vip_v4(30), 80));
-    s.lab.sync_services(&[web(&a)]).unwrap();
-    let ghost = pool(&s.client, vip, 2);
-    expect_answers(&ghost, 2, "ghost pool");
-
-    let api = FakeApiServer::start_in_thread().unwrap();
     let rbac = rendered_rbac();
     if rbac.is_none() && std::env::var_os("CI").is_some() {
         panic!("kubectl kustomize deploy/ failed: CI must prove the ClusterRole sufficient");
     }
-    api.set_rbac(rbac.clone());
-    publish(&api, &s.lab.kubernetes_objects());
-    let kp = FakeKubeProxy::start("nftables");
-    let agent = Agent::start(&api, &s.node(), &kp, &[]);
-    assert!(
-        agent.wait_ready(Duration::from_secs(20)),
-        "agent never became ready"
-    );
-
+    let role = rbac.clone();
     // Rolling update: kube-proxy's rules move to B, A vanishes silently, the API says so.
-    s.lab.sync_services(&[web(&b)]).unwrap();
-    let dead = ip_of(&a, false);
-    s.lab.delete_pod_silently("web-a").unwrap();
-    let healthy = pool(&s.client, vip, 2);
-    expect_answers(&healthy, 2, "healthy pool");
-    let hung = expect_hang(&ghost, 2, Duration::from_secs(1));
-    let before = mark(&healthy);
-    publish(&api, &s.lab.kubernetes_objects());
-    api.delete("pods", "shop", "web-a");
+    let Some(g) = GhostStory::start("agent_e2e_main", 30, Duration::from_secs(1), |r| {
+        r.api(move |api| api.set_rbac(role))
+    }) else {
+        return;
+    };
+    g.tell_api();
+    let (api, kp, agent) = (&g.rig.api, &g.rig.kp, &g.rig.agent);
 
     // kube-proxy has not synced since the removal: the gate holds, the ghosts stay.
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(
-        entries_to(&table(&s.node()), dead).len(),
-        2,
-        "deleted before kube-proxy caught up"
-    );
+    assert_eq!(g.ghosts_left(), 2, "deleted before kube-proxy caught up");
 
     // kube-proxy syncs: the ghosts go, within a fraction of a second.
     kp.synced_now();
     let t = Instant::now();
-    while !entries_to(&table(&s.node()), dead).is_empty() && t.elapsed() < Duration::from_secs(5) {
+    while g.ghosts_left() != 0 && t.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(20));
     }
     let took = t.elapsed();
-    assert!(
-        entries_to(&table(&s.node()), dead).is_empty(),
-        "ghosts still there after {took:?}"
-    );
+    assert!(g.ghosts_left() == 0, "ghosts still there after {took:?}");
     eprintln!("ghosts removed {took:?} after kube-proxy's sync became visible");
 
-    expect_fail_fast_and_recover(ghost, &hung, Some("web-b"), Duration::from_secs(8));
-    expect_untouched(healthy, &before, &["web-b"], "healthy pool");
+    expect_fail_fast_and_recover(g.ghost, &g.hung, Some("web-b"), Duration::from_secs(8));
+    expect_untouched(g.healthy, &g.before, &["web-b"], "healthy pool");
 
     let m = agent.metrics();
     assert!(
@@ -147,7 +112,7 @@ fn an_endpoint_removed_by_a_watch_event_is_swept_once_kube_proxy_caught_up() {
         .unwrap_or_else(|| panic!("no Event: {events:#?}"))
         .to_string();
     assert!(note.contains("Removed 2 stale conntrack flows"), "{note}");
-    assert!(note.contains(&dead.to_string()), "{note}");
+    assert!(note.contains(&g.dead.to_string()), "{note}");
 
     if rbac.is_some() {
         assert!(
@@ -166,7 +131,7 @@ fn an_endpoint_removed_by_a_watch_event_is_swept_once_kube_proxy_caught_up() {
             );
         }
     }
-    let exit = agent.stop();
+    let exit = g.rig.agent.stop();
     assert!(exit < Duration::from_secs(2), "SIGTERM took {exit:?}");
 }
 
@@ -174,52 +139,25 @@ fn an_endpoint_removed_by_a_watch_event_is_swept_once_kube_proxy_caught_up() {
 /// deletes nothing.
 #[test]
 fn dry_run_reports_and_deletes_nothing() {
-    let Some(mut s) = Story::start("agent_e2e_dry_run", false) else {
+    let Some((mut s, a, b, _, ghost)) = two_backends("agent_e2e_dry_run", false, 31) else {
         return;
     };
-    let a = s.backend("web-a", "shop", "web", &[]);
-    let b = s.backend("web-b", "shop", "web", &[]);
-    let vip = SocketAddr::from((vip_v4(31), 80));
-    let web31 = |eps: &[Endpoint]| {
-        Service::new("shop", "web")
-            .cluster_ip(vip_v4(31))
-            .port(ServicePort::tcp("http", 80, HTTP))
-            .endpoints(v4(eps))
-    };
-    s.lab.sync_services(&[web31(&a)]).unwrap();
-    let ghost = pool(&s.client, vip, 2);
-    expect_answers(&ghost, 2, "ghost pool");
-    let api = FakeApiServer::start_in_thread().unwrap();
-    publish(&api, &s.lab.kubernetes_objects());
-    let kp = FakeKubeProxy::start("nftables");
-    kp.synced_now();
-    let agent = Agent::start(
-        &api,
-        &s.node(),
-        &kp,
-        &["--dry-run", "--resync-interval", "1s"],
-    );
-    assert!(agent.wait_ready(Duration::from_secs(20)));
-    s.lab.sync_services(&[web31(&b)]).unwrap();
+    let AgentRig { api, kp, agent, .. } = AgentRig::of(&s)
+        .kube_proxy_synced()
+        .args(&["--dry-run", "--resync-interval", "1s"])
+        .start();
+    s.lab.sync_services(&[web("shop", 31, &b)]).unwrap();
     let dead = ip_of(&a, false);
     s.lab.delete_pod_silently("web-a").unwrap();
-    publish(&api, &s.lab.kubernetes_objects());
-    api.delete("pods", "shop", "web-a");
+    publish_pod_gone(&api, &s.lab.kubernetes_objects(), "shop", "web-a");
     std::thread::sleep(Duration::from_millis(300));
     kp.synced_now();
     // Two full passes later: reported, not removed.
-    let until = Instant::now() + Duration::from_secs(6);
-    let mut m = agent.metrics();
-    while metric_sum(&m, "conntrack_stale_entries") < 2.0 && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(200));
-        m = agent.metrics();
-    }
+    let m = agent.metrics_until(Duration::from_secs(6), |m| {
+        metric_sum(m, "conntrack_stale_entries") >= 2.0
+    });
     assert!(metric_sum(&m, "conntrack_stale_entries") >= 2.0, "{m}");
-    assert_eq!(
-        metric_sum(&m, "ghostbuster_flows_removed_total"),
-        0.0,
-        "{m}"
-    );
+    expect_removed(&m, 0.0);
     assert!(m.contains("ghostbuster_mode{mode=\"report\"} 1"), "{m}");
     assert_eq!(
         entries_to(&table(&s.node()), dead).len(),
@@ -239,21 +177,22 @@ fn nothing_is_deleted_before_every_watch_synced() {
     };
     let a = s.backend("web-a", "shop", "web", &[]);
     let vip = SocketAddr::from((vip_v4(32), 80));
-    let svc = Service::new("shop", "web")
-        .cluster_ip(vip_v4(32))
-        .port(ServicePort::tcp("http", 80, HTTP))
-        .endpoints(v4(&a));
-    s.lab.sync_services(&[svc]).unwrap();
+    s.lab.sync_services(&[web("shop", 32, &a)]).unwrap();
     let live = pool(&s.client, vip, 2);
     expect_answers(&live, 2, "pool");
-    let api = FakeApiServer::start_in_thread().unwrap();
     // The cluster without the slices, and a slice list that never finishes.
-    let objects = without_kind(s.lab.kubernetes_objects(), "EndpointSlice");
-    publish(&api, &objects);
-    api.hang_lists("endpointslices", true);
-    let kp = FakeKubeProxy::start("nftables");
-    kp.synced_now();
-    let agent = Agent::start(&api, &s.node(), &kp, &["--resync-interval", "1s"]);
+    let AgentRig {
+        api: _api,
+        kp: _kp,
+        agent,
+        ..
+    } = AgentRig::new(&s.node())
+        .objects(without_kind(s.lab.kubernetes_objects(), "EndpointSlice"))
+        .api(|api| api.hang_lists("endpointslices", true))
+        .kube_proxy_synced()
+        .args(&["--resync-interval", "1s"])
+        .no_wait()
+        .start();
     assert!(
         !agent.wait_ready(Duration::from_secs(4)),
         "ready without a synced view"
@@ -262,11 +201,7 @@ fn nothing_is_deleted_before_every_watch_synced() {
     let before = mark(&live);
     expect_untouched(live, &before, &["web-a"], "live pool");
     let m = agent.metrics();
-    assert_eq!(
-        metric_sum(&m, "ghostbuster_flows_removed_total"),
-        0.0,
-        "{m}"
-    );
+    expect_removed(&m, 0.0);
     assert_eq!(metric_sum(&m, "ghostbuster_cluster_synced"), 0.0, "{m}");
     // No full pass judged the partial view (Services without their slices: every flow would
     // look stale), so the seeds' alert `conntrack_stale_entries > 0` does not fire at start.
@@ -291,39 +226,27 @@ fn a_deselected_live_pod_and_an_annotated_service_keep_their_flows() {
     let b = s.backend("web-b", "shop", "web", &[]);
     let c = s.backend("api-a", "shop", "api", &[]);
     let d = s.backend("api-b", "shop", "api", &[]);
-    let web33 = |eps: &[Endpoint]| {
-        Service::new("shop", "web")
-            .cluster_ip(vip_v4(33))
-            .port(ServicePort::tcp("http", 80, HTTP))
-            .endpoints(v4(eps))
-    };
-    let api34 = |eps: &[Endpoint]| {
-        Service::new("shop", "api")
-            .cluster_ip(vip_v4(34))
-            .port(ServicePort::tcp("http", 80, HTTP))
-            .endpoints(v4(eps))
-    };
+    let web33 = |eps: &[Endpoint]| web("shop", 33, eps);
+    let api34 = |eps: &[Endpoint]| http_service("shop", "api", 34, eps);
     s.lab.sync_services(&[web33(&a), api34(&c)]).unwrap();
     let blue = pool(&s.client, SocketAddr::from((vip_v4(33), 80)), 2);
     let annotated = pool(&s.client, SocketAddr::from((vip_v4(34), 80)), 2);
     expect_answers(&blue, 2, "blue");
     expect_answers(&annotated, 2, "annotated");
-    let api = FakeApiServer::start_in_thread().unwrap();
     let mut objects = s.lab.kubernetes_objects();
     object_mut(&mut objects, "Service", "api")["metadata"]["annotations"] =
         serde_json::json!({"ghostbuster.io/mode": "report"});
-    publish(&api, &objects);
-    let kp = FakeKubeProxy::start("nftables");
-    let agent = Agent::start(&api, &s.node(), &kp, &["--resync-interval", "1s"]);
-    assert!(agent.wait_ready(Duration::from_secs(20)));
+    let AgentRig { api, kp, agent, .. } = AgentRig::new(&s.node())
+        .objects(objects)
+        .args(&["--resync-interval", "1s"])
+        .start();
     // Blue/green: web moves to b while a stays alive; api's a is deleted for real.
     s.lab.sync_services(&[web33(&b), api34(&d)]).unwrap();
     s.lab.delete_pod_silently("api-a").unwrap();
     let mut objects = s.lab.kubernetes_objects();
     object_mut(&mut objects, "Service", "api")["metadata"]["annotations"] =
         serde_json::json!({"ghostbuster.io/mode": "report"});
-    publish(&api, &objects);
-    api.delete("pods", "shop", "api-a");
+    publish_pod_gone(&api, &objects, "shop", "api-a");
     kp.synced_now();
     let before_blue = mark(&blue);
     std::thread::sleep(Duration::from_secs(3));
@@ -338,18 +261,11 @@ fn a_deselected_live_pod_and_an_annotated_service_keep_their_flows() {
         "annotated service's flows removed"
     );
     expect_untouched(blue, &before_blue, &["web-a"], "blue pool");
-    let until = Instant::now() + Duration::from_secs(8);
-    let mut m = agent.metrics();
-    while metric_sum(&m, "conntrack_stale_entries") < 4.0 && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(200));
-        m = agent.metrics();
-    }
+    let m = agent.metrics_until(Duration::from_secs(8), |m| {
+        metric_sum(m, "conntrack_stale_entries") >= 4.0
+    });
     assert!(metric_sum(&m, "conntrack_stale_entries") >= 4.0, "{m}");
-    assert_eq!(
-        metric_sum(&m, "ghostbuster_flows_removed_total"),
-        0.0,
-        "{m}"
-    );
+    expect_removed(&m, 0.0);
     drop(annotated);
 }
 
@@ -362,31 +278,19 @@ fn the_circuit_breaker_holds_a_mass_removal() {
     };
     let a = s.backend("web-a", "shop", "web", &[]);
     let b = s.backend("web-b", "shop", "web", &[]);
-    let web35 = |eps: &[Endpoint]| {
-        Service::new("shop", "web")
-            .cluster_ip(vip_v4(35))
-            .port(ServicePort::tcp("http", 80, HTTP))
-            .endpoints(v4(eps))
-    };
-    s.lab.sync_services(&[web35(&a)]).unwrap();
+    s.lab.sync_services(&[web("shop", 35, &a)]).unwrap();
     let ghost = pool(&s.client, SocketAddr::from((vip_v4(35), 80)), 3);
     expect_answers(&ghost, 3, "pool");
-    let api = FakeApiServer::start_in_thread().unwrap();
-    publish(&api, &s.lab.kubernetes_objects());
-    let kp = FakeKubeProxy::start("nftables");
-    let agent = Agent::start(&api, &s.node(), &kp, &["--max-deletes-per-pass", "2"]);
-    assert!(agent.wait_ready(Duration::from_secs(20)));
-    s.lab.sync_services(&[web35(&b)]).unwrap();
+    let AgentRig { api, kp, agent, .. } = AgentRig::of(&s)
+        .args(&["--max-deletes-per-pass", "2"])
+        .start();
+    s.lab.sync_services(&[web("shop", 35, &b)]).unwrap();
     s.lab.delete_pod_silently("web-a").unwrap();
-    publish(&api, &s.lab.kubernetes_objects());
-    api.delete("pods", "shop", "web-a");
+    publish_pod_gone(&api, &s.lab.kubernetes_objects(), "shop", "web-a");
     kp.synced_now();
-    let until = Instant::now() + Duration::from_secs(5);
-    let mut m = agent.metrics();
-    while metric_sum(&m, "ghostbuster_circuit_open") < 1.0 && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(100));
-        m = agent.metrics();
-    }
+    let m = agent.metrics_until(Duration::from_secs(5), |m| {
+        metric_sum(m, "ghostbuster_circuit_open") >= 1.0
+    });
     assert_eq!(metric_sum(&m, "ghostbuster_circuit_open"), 1.0, "{m}");
     assert_eq!(
         entries_to(&table(&s.node()), ip_of(&a, false)).len(),
@@ -430,10 +334,15 @@ fn a_filling_table_warns_on_the_node() {
         .collect();
     let made = ct.create(&flows).unwrap();
     assert_eq!(made.created, want, "{made:?}");
-    let api = FakeApiServer::start_in_thread().unwrap();
-    publish(&api, &with_api_server(s.lab.kubernetes_objects()));
-    let kp = FakeKubeProxy::start("nftables");
-    let agent = Agent::start(&api, &s.node(), &kp, &[]);
+    let AgentRig {
+        api,
+        kp: _kp,
+        agent,
+        ..
+    } = AgentRig::new(&s.node())
+        .objects(with_api_server(s.lab.kubernetes_objects()))
+        .no_wait()
+        .start();
     let until = Instant::now() + Duration::from_secs(15);
     let warning = loop {
         let found = api
@@ -471,57 +380,20 @@ fn a_filling_table_warns_on_the_node() {
 /// ghost as usual.
 #[test]
 fn without_the_service_cidr_api_the_flag_stands_in_and_the_agent_gets_ready() {
-    let Some(mut s) = Story::start("agent_e2e_nocidr", true) else {
+    // Ready within 20 s without the ServiceCIDR API (the rig asserts it).
+    let Some(g) = GhostStory::start("agent_e2e_nocidr", 36, Duration::from_millis(500), |r| {
+        r.api(|api| api.disable("servicecidrs"))
+            .args(&["--service-cidr", netlab::plan::SERVICE_CIDR_V4])
+    }) else {
         return;
     };
-    let a = s.backend("web-a", "shop", "web", &[]);
-    let b = s.backend("web-b", "shop", "web", &[]);
-    let web36 = |eps: &[Endpoint]| {
-        Service::new("shop", "web")
-            .cluster_ip(vip_v4(36))
-            .port(ServicePort::tcp("http", 80, HTTP))
-            .endpoints(v4(eps))
-    };
-    let vip = SocketAddr::from((vip_v4(36), 80));
-    s.lab.sync_services(&[web36(&a)]).unwrap();
-    let ghost = pool(&s.client, vip, 2);
-    expect_answers(&ghost, 2, "ghost pool");
-
-    let api = FakeApiServer::start_in_thread().unwrap();
-    api.disable("servicecidrs");
-    publish(&api, &s.lab.kubernetes_objects());
-    let kp = FakeKubeProxy::start("nftables");
-    let agent = Agent::start(
-        &api,
-        &s.node(),
-        &kp,
-        &["--service-cidr", netlab::plan::SERVICE_CIDR_V4],
-    );
-    assert!(
-        agent.wait_ready(Duration::from_secs(20)),
-        "never ready without the ServiceCIDR API: {:?}",
-        agent.get("/readyz")
-    );
-    assert!(api.count("list", "servicecidrs") >= 1, "never asked");
-
-    s.lab.sync_services(&[web36(&b)]).unwrap();
-    let dead = ip_of(&a, false);
-    s.lab.delete_pod_silently("web-a").unwrap();
-    let healthy = pool(&s.client, vip, 2);
-    expect_answers(&healthy, 2, "healthy pool");
-    let hung = expect_hang(&ghost, 2, Duration::from_millis(500));
-    let before = mark(&healthy);
-    publish(&api, &s.lab.kubernetes_objects());
-    api.delete("pods", "shop", "web-a");
-    let t = Instant::now();
-    while !entries_to(&table(&s.node()), dead).is_empty() && t.elapsed() < Duration::from_secs(10) {
-        kp.synced_now();
-    }
-    assert!(
-        entries_to(&table(&s.node()), dead).is_empty(),
-        "ghosts still there after {:?}",
-        t.elapsed()
-    );
-    expect_fail_fast_and_recover(ghost, &hung, Some("web-b"), Duration::from_secs(8));
-    expect_untouched(healthy, &before, &["web-b"], "healthy pool");
+    assert!(g.rig.api.count("list", "servicecidrs") >= 1, "never asked");
+    g.tell_api();
+    let took = g
+        .rig
+        .kp
+        .sync_until(Duration::from_secs(10), || g.ghosts_left() == 0);
+    assert_eq!(g.ghosts_left(), 0, "ghosts still there after {took:?}");
+    expect_fail_fast_and_recover(g.ghost, &g.hung, Some("web-b"), Duration::from_secs(8));
+    expect_untouched(g.healthy, &g.before, &["web-b"], "healthy pool");
 }

@@ -8,90 +8,14 @@
 mod agent_support;
 mod scan_support;
 
-use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
-use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agent_support::*;
 use fake_apiserver::FakeApiServer;
 use netlab::plan::vip_v4;
-use netlab::{Endpoint, Service, ServicePort};
 use scan_support::*;
 use serde_json::Value;
-
-/// The agent with its stderr captured (and echoed), so a test can read its log lines.
-struct LoggedAgent {
-    child: Child,
-    port: u16,
-    log: Arc<Mutex<Vec<String>>>,
-    _kubeconfig: tempfile_path::Path,
-}
-
-impl LoggedAgent {
-    fn start(api: &FakeApiServer, node_ns: &str, kp: &FakeKubeProxy, extra: &[&str]) -> Self {
-        let launch = Launch {
-            kubeconfig: api.kubeconfig(),
-            kube_proxy: kp.addr,
-            netns: Some(node_ns.to_string()),
-            wrapper: Vec::new(),
-            scrape_ns: None,
-            port: free_port(),
-        };
-        let kc = Agent::kubeconfig_file(&launch.kubeconfig);
-        let mut child = Agent::command(&launch, &kc.0, extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the agent");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().expect("agent stderr");
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("agent: {line}");
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let agent = LoggedAgent {
-            child,
-            port: launch.port,
-            log,
-            _kubeconfig: kc,
-        };
-        let until = Instant::now() + Duration::from_secs(20);
-        while !matches!(http_get(agent.port, "/readyz"), Some((200, _))) {
-            assert!(Instant::now() < until, "the agent never got ready");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        agent
-    }
-
-    fn metrics(&self) -> String {
-        http_get(self.port, "/metrics")
-            .map(|(_, b)| b)
-            .unwrap_or_default()
-    }
-
-    fn logged(&self, text: &str) -> bool {
-        self.log.lock().unwrap().iter().any(|l| l.contains(text))
-    }
-}
-
-impl Drop for LoggedAgent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn svc(vip: u8, eps: &[Endpoint]) -> Service {
-    Service::new("shop", "web")
-        .cluster_ip(vip_v4(vip))
-        .port(ServicePort::tcp("http", 80, HTTP))
-        .endpoints(v4(eps))
-}
 
 /// The "who holds `ip`?" lists the fake API server saw.
 fn holder_lists(api: &FakeApiServer, ip: IpAddr) -> Vec<fake_apiserver::Request> {
@@ -102,16 +26,6 @@ fn holder_lists(api: &FakeApiServer, ip: IpAddr) -> Vec<fake_apiserver::Request>
             r.verb == "list" && r.resource == "pods" && r.param("fieldSelector") == Some(&want)
         })
         .collect()
-}
-
-/// kube-proxy keeps syncing until `done`, at most `within`; returns how long it took.
-fn sync_until(kp: &FakeKubeProxy, within: Duration, done: impl Fn() -> bool) -> Duration {
-    let t = Instant::now();
-    while !done() && t.elapsed() < within {
-        kp.synced_now();
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    t.elapsed()
 }
 
 /// Moves pod `name` to another node (`node-b`) in `objects`: this node's pod watch does not see
@@ -129,7 +43,7 @@ fn on_another_node(objects: &mut Value, name: &str) {
 /// healthy ones to `web-b` (the Service's endpoint now).
 struct Rig {
     s: Story,
-    api: FakeApiServer,
+    api: RigApi,
     kp: FakeKubeProxy,
     dead: IpAddr,
 }
@@ -153,14 +67,14 @@ fn a_ghost_older_than_the_agent_goes_once_the_api_lists_no_pod_at_its_ip() {
     let b = s.backend("web-b", "shop", "web", &[]);
     let c = s.backend("web-c", "shop", "web", &[]);
     let vip = SocketAddr::from((vip_v4(60), 80));
-    s.lab.sync_services(&[svc(60, &a)]).unwrap();
+    s.lab.sync_services(&[web("shop", 60, &a)]).unwrap();
     let ghost = pool(&s.client, vip, 2);
     expect_answers(&ghost, 2, "pool to web-a");
-    s.lab.sync_services(&[svc(60, &c)]).unwrap();
+    s.lab.sync_services(&[web("shop", 60, &c)]).unwrap();
     let deselected = pool(&s.client, vip, 2);
     expect_answers(&deselected, 2, "pool to web-c");
     // web-a is deleted, web-c deselected (it runs on, on another node), web-b serves.
-    s.lab.sync_services(&[svc(60, &b)]).unwrap();
+    s.lab.sync_services(&[web("shop", 60, &b)]).unwrap();
     s.lab.delete_pod_silently("web-a").unwrap();
     let healthy = pool(&s.client, vip, 2);
     expect_answers(&healthy, 2, "pool to web-b");
@@ -168,12 +82,12 @@ fn a_ghost_older_than_the_agent_goes_once_the_api_lists_no_pod_at_its_ip() {
     let (before_c, before_b) = (mark(&deselected), mark(&healthy));
     let (dead, alive) = (ip_of(&a, false), ip_of(&c, false));
 
-    let api = FakeApiServer::start_in_thread().unwrap();
     let mut objects = s.lab.kubernetes_objects();
     on_another_node(&mut objects, "web-c");
-    publish(&api, &objects);
-    let kp = FakeKubeProxy::start("nftables");
-    let agent = LoggedAgent::start(&api, &s.node(), &kp, &[]);
+    let AgentRig { api, kp, agent, .. } = AgentRig::new(&s.node())
+        .objects(objects)
+        .capture_log()
+        .start();
     let r = Rig { s, api, kp, dead };
     assert_eq!(
         r.left(r.dead),
@@ -183,7 +97,10 @@ fn a_ghost_older_than_the_agent_goes_once_the_api_lists_no_pod_at_its_ip() {
     // The flows must be older than the answer by more than --clock-skew (2 s).
     std::thread::sleep(Duration::from_millis(2500));
 
-    let took = sync_until(&r.kp, Duration::from_secs(30), || r.left(r.dead) == 0);
+    let took =
+        r.kp.sync_until_pausing(Duration::from_secs(30), Duration::from_millis(100), || {
+            r.left(r.dead) == 0
+        });
     assert_eq!(
         r.left(r.dead),
         0,
@@ -193,22 +110,15 @@ fn a_ghost_older_than_the_agent_goes_once_the_api_lists_no_pod_at_its_ip() {
     eprintln!("web-a's ghosts removed {took:?} after kube-proxy synced");
     assert!(holder_lists(&r.api, r.dead).iter().any(|q| q.status == 200));
     // web-c: asked about too (the API lists it), kept.
-    let until = Instant::now() + Duration::from_secs(10);
-    while !holder_lists(&r.api, alive).iter().any(|q| q.status == 200) && Instant::now() < until {
-        r.kp.synced_now();
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    r.kp.sync_until_pausing(Duration::from_secs(10), Duration::from_millis(100), || {
+        holder_lists(&r.api, alive).iter().any(|q| q.status == 200)
+    });
     assert!(
         holder_lists(&r.api, alive).iter().any(|q| q.status == 200),
         "the agent never asked who holds web-c's IP"
     );
     assert_eq!(r.left(alive), 2, "web-c's live connections were removed");
-    let m = agent.metrics();
-    assert_eq!(
-        metric_sum(&m, "ghostbuster_flows_removed_total"),
-        2.0,
-        "{m}"
-    );
+    agent.expect_removed(2.0);
     expect_untouched(
         deselected,
         &before_c,
@@ -224,16 +134,10 @@ fn a_ghost_older_than_the_agent_goes_once_the_api_lists_no_pod_at_its_ip() {
 /// not the next full pass) removes it.
 #[test]
 fn a_hanging_pod_list_keeps_the_ghost_and_the_agent_responsive() {
-    let Some(mut s) = Story::start("agent_holders_hang", true) else {
+    let Some((mut s, a, b, vip, ghost)) = two_backends("agent_holders_hang", true, 61) else {
         return;
     };
-    let a = s.backend("web-a", "shop", "web", &[]);
-    let b = s.backend("web-b", "shop", "web", &[]);
-    let vip = SocketAddr::from((vip_v4(61), 80));
-    s.lab.sync_services(&[svc(61, &a)]).unwrap();
-    let ghost = pool(&s.client, vip, 2);
-    expect_answers(&ghost, 2, "pool to web-a");
-    s.lab.sync_services(&[svc(61, &b)]).unwrap();
+    s.lab.sync_services(&[web("shop", 61, &b)]).unwrap();
     s.lab.delete_pod_silently("web-a").unwrap();
     let healthy = pool(&s.client, vip, 2);
     expect_answers(&healthy, 2, "pool to web-b");
@@ -241,18 +145,19 @@ fn a_hanging_pod_list_keeps_the_ghost_and_the_agent_responsive() {
     let before = mark(&healthy);
     let dead = ip_of(&a, false);
 
-    let api = FakeApiServer::start_in_thread().unwrap();
-    publish(&api, &s.lab.kubernetes_objects());
-    let kp = FakeKubeProxy::start("nftables");
-    let agent = LoggedAgent::start(&api, &s.node(), &kp, &["--pod-get-timeout", "1s"]);
+    let AgentRig { api, kp, agent, .. } = AgentRig::of(&s)
+        .args(&["--pod-get-timeout", "1s"])
+        .capture_log()
+        .start();
     let r = Rig { s, api, kp, dead };
     std::thread::sleep(Duration::from_millis(2500));
     r.api.hang_lists("pods", true);
 
     // kube-proxy syncs; the agent asks and gets no answer.
-    let took = sync_until(&r.kp, Duration::from_secs(20), || {
-        agent.logged("asking who holds a backend IP failed")
-    });
+    let took =
+        r.kp.sync_until_pausing(Duration::from_secs(20), Duration::from_millis(100), || {
+            agent.logged("asking who holds a backend IP failed")
+        });
     assert!(
         agent.logged("asking who holds a backend IP failed"),
         "the agent never gave up on the hanging list ({took:?}): {:#?}",
@@ -269,7 +174,10 @@ fn a_hanging_pod_list_keeps_the_ghost_and_the_agent_responsive() {
     );
 
     r.api.hang_lists("pods", false);
-    let took = sync_until(&r.kp, Duration::from_secs(30), || r.left(r.dead) == 0);
+    let took =
+        r.kp.sync_until_pausing(Duration::from_secs(30), Duration::from_millis(100), || {
+            r.left(r.dead) == 0
+        });
     assert_eq!(
         r.left(r.dead),
         0,

@@ -11,98 +11,27 @@
 mod agent_support;
 mod scan_support;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agent_support::*;
 use fake_apiserver::FakeApiServer;
 use netlab::client::TcpPoolConfig;
 use netlab::plan::vip_v4;
-use netlab::{Endpoint, ServerSpec, Service, ServicePort, UdpClient, UdpConfig};
+use netlab::{Endpoint, UdpClient, UdpConfig};
 use scan_support::*;
 use serde_json::Value;
 
-/// The agent of [`agent_support::Agent::command`], with its stderr captured (and echoed) so the
-/// tests can count its `pass` lines.
-struct LoggedAgent {
-    child: Child,
-    port: u16,
-    log: Arc<Mutex<Vec<String>>>,
-    _kubeconfig: tempfile_path::Path,
-}
-
-impl LoggedAgent {
-    fn start(api: &FakeApiServer, node_ns: &str, kp: &FakeKubeProxy, extra: &[&str]) -> Self {
-        let launch = Launch {
-            kubeconfig: api.kubeconfig(),
-            kube_proxy: kp.addr,
-            netns: Some(node_ns.to_string()),
-            wrapper: Vec::new(),
-            scrape_ns: None,
-            port: free_port(),
-        };
-        let kc = Agent::kubeconfig_file(&launch.kubeconfig);
-        let mut child = Agent::command(&launch, &kc.0, extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the agent");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().expect("agent stderr");
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("agent: {line}");
-                sink.lock().unwrap().push(line);
-            }
-        });
-        LoggedAgent {
-            child,
-            port: launch.port,
-            log,
-            _kubeconfig: kc,
-        }
-    }
-
-    fn wait_ready(&self, within: Duration) -> bool {
-        let until = Instant::now() + within;
-        while Instant::now() < until {
-            if matches!(http_get(self.port, "/readyz"), Some((200, _))) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        false
-    }
-
-    fn metrics(&self) -> String {
-        http_get(self.port, "/metrics")
-            .map(|(_, b)| b)
-            .unwrap_or_default()
-    }
-
-    /// The `pass` lines of `kind` that deleted something: their `deleted=N`.
-    fn deleting_passes(&self, kind: &str) -> Vec<u64> {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|l| strip_ansi(l))
-            .filter(|l| l.contains(" pass ") && l.contains(&format!("kind=\"{kind}\"")))
-            .filter_map(|l| field(&l, "deleted")?.parse::<u64>().ok())
-            .filter(|&n| n > 0)
-            .collect()
-    }
-}
-
-impl Drop for LoggedAgent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The `pass` lines of `kind` that deleted something: their `deleted=N`.
+fn deleting_passes(agent: &Agent, kind: &str) -> Vec<u64> {
+    agent
+        .log_lines()
+        .iter()
+        .map(|l| strip_ansi(l))
+        .filter(|l| l.contains(" pass ") && l.contains(&format!("kind=\"{kind}\"")))
+        .filter_map(|l| field(&l, "deleted")?.parse::<u64>().ok())
+        .filter(|&n| n > 0)
+        .collect()
 }
 
 /// The line without ANSI colour sequences.
@@ -139,28 +68,12 @@ fn metric_series(text: &str, name: &str, label: &str) -> f64 {
         .sum()
 }
 
-fn scans(agent: &LoggedAgent, kind: &str) -> f64 {
+fn scans(agent: &Agent, kind: &str) -> f64 {
     metric_series(
         &agent.metrics(),
         "ghostbuster_scan_duration_seconds_count",
         &format!("kind=\"{kind}\""),
     )
-}
-
-/// kube-proxy keeps syncing (its timestamp moves on) until `done`, at most `within`.
-fn sync_until(kp: &FakeKubeProxy, within: Duration, done: impl Fn() -> bool) -> Duration {
-    let t = Instant::now();
-    while !done() && t.elapsed() < within {
-        kp.synced_now();
-    }
-    t.elapsed()
-}
-
-fn web(vip: u8, eps: &[Endpoint]) -> Service {
-    Service::new("shop", "web")
-        .cluster_ip(vip_v4(vip))
-        .port(ServicePort::tcp("http", 80, HTTP))
-        .endpoints(v4(eps))
 }
 
 fn gets_of_pod(api: &FakeApiServer, name: &str) -> usize {
@@ -176,33 +89,16 @@ fn gets_of_pod(api: &FakeApiServer, name: &str) -> usize {
 /// changes nothing must remove nothing more.
 #[test]
 fn a_relist_after_410_that_drops_an_endpoint_sweeps_that_backend_once() {
-    let Some(mut s) = Story::start("agent_more_relist", true) else {
+    let Some(g) = GhostStory::start("agent_more_relist", 40, Duration::from_millis(500), |r| {
+        r.capture_log()
+    }) else {
         return;
     };
-    let a = s.backend("web-a", "shop", "web", &[]);
-    let b = s.backend("web-b", "shop", "web", &[]);
-    let vip = SocketAddr::from((vip_v4(40), 80));
-    s.lab.sync_services(&[web(40, &a)]).unwrap();
-    let ghost = pool(&s.client, vip, 2);
-    expect_answers(&ghost, 2, "ghost pool");
-
-    let api = FakeApiServer::start_in_thread().unwrap();
-    publish(&api, &s.lab.kubernetes_objects());
-    let kp = FakeKubeProxy::start("nftables");
-    let agent = LoggedAgent::start(&api, &s.node(), &kp, &[]);
-    assert!(agent.wait_ready(Duration::from_secs(20)), "never ready");
-
-    s.lab.sync_services(&[web(40, &b)]).unwrap();
-    let dead = ip_of(&a, false);
-    s.lab.delete_pod_silently("web-a").unwrap();
-    let healthy = pool(&s.client, vip, 2);
-    expect_answers(&healthy, 2, "healthy pool");
-    let hung = expect_hang(&ghost, 2, Duration::from_millis(500));
-    let before = mark(&healthy);
+    let (api, kp, agent) = (&g.rig.api, &g.rig.kp, &g.rig.agent);
     let lists_before = api.count("list", "endpointslices");
 
     // The removal, unseen by every watch; then 410 for all of them.
-    let objects = s.lab.kubernetes_objects();
+    let objects = g.s.lab.kubernetes_objects();
     api.lose_events(|api| {
         publish(api, &objects);
         api.delete("pods", "shop", "web-a");
@@ -210,11 +106,9 @@ fn a_relist_after_410_that_drops_an_endpoint_sweeps_that_backend_once() {
     // 20 s: the relist waits out the watch's backoff after a 410, and on a loaded 2-core CI
     // machine (the flood test of this file runs alongside) every step stretches; alone it takes
     // ~1.3 s. It failed once in ~10 runs with 10 s.
-    let took = sync_until(&kp, Duration::from_secs(20), || {
-        entries_to(&table(&s.node()), dead).is_empty()
-    });
+    let took = kp.sync_until(Duration::from_secs(20), || g.ghosts_left() == 0);
     assert!(
-        entries_to(&table(&s.node()), dead).is_empty(),
+        g.ghosts_left() == 0,
         "ghosts still there {took:?} after the relist; endpointslice lists {} -> {}; agent metrics:\n{}",
         lists_before,
         api.count("list", "endpointslices"),
@@ -230,15 +124,14 @@ fn a_relist_after_410_that_drops_an_endpoint_sweeps_that_backend_once() {
         "the agent never relisted"
     );
     eprintln!("ghosts removed {took:?} after the 410");
-    expect_fail_fast_and_recover(ghost, &hung, Some("web-b"), Duration::from_secs(8));
+    expect_fail_fast_and_recover(g.ghost, &g.hung, Some("web-b"), Duration::from_secs(8));
 
     // A second 410 (nothing changed): a relist that must not cause another removal.
     let lists = api.count("list", "endpointslices");
     api.expire_watches();
-    let until = Instant::now() + Duration::from_secs(5);
-    while api.count("list", "endpointslices") == lists && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_every(Duration::from_millis(50), Duration::from_secs(5), || {
+        api.count("list", "endpointslices") != lists
+    });
     assert!(
         api.count("list", "endpointslices") > lists,
         "no second relist"
@@ -246,14 +139,14 @@ fn a_relist_after_410_that_drops_an_endpoint_sweeps_that_backend_once() {
     for _ in 0..5 {
         kp.synced_now();
     }
-    expect_untouched(healthy, &before, &["web-b"], "healthy pool");
+    expect_untouched(g.healthy, &g.before, &["web-b"], "healthy pool");
 
-    let targeted = agent.deleting_passes("targeted");
-    let full = agent.deleting_passes("full");
+    let targeted = deleting_passes(agent, "targeted");
+    let full = deleting_passes(agent, "full");
     let m = agent.metrics();
     eprintln!(
         "deleting passes: targeted {targeted:?}, full {full:?}; targeted scans {}",
-        scans(&agent, "targeted")
+        scans(agent, "targeted")
     );
     assert_eq!(
         targeted,
@@ -261,19 +154,13 @@ fn a_relist_after_410_that_drops_an_endpoint_sweeps_that_backend_once() {
         "exactly one targeted sweep removing both ghosts"
     );
     assert!(full.is_empty(), "a full pass removed something: {full:?}");
-    assert_eq!(
-        metric_sum(&m, "ghostbuster_flows_removed_total"),
-        2.0,
-        "{m}"
-    );
+    expect_removed(&m, 2.0);
 }
 
 /// The agent's log lines that say a pass was held for `reason`.
-fn held_passes(agent: &LoggedAgent, reason: &str) -> usize {
+fn held_passes(agent: &Agent, reason: &str) -> usize {
     agent
-        .log
-        .lock()
-        .unwrap()
+        .log_lines()
         .iter()
         .map(|l| strip_ansi(l))
         .filter(|l| l.contains(" pass ") && l.contains(reason))
@@ -286,32 +173,19 @@ fn held_passes(agent: &LoggedAgent, reason: &str) -> usize {
 /// full pass (60 s away). The healthy connection to the other backend survives.
 #[test]
 fn a_deselected_pod_loses_its_ghosts_when_it_is_deleted() {
-    let Some(mut s) = Story::start("agent_more_deselect", true) else {
+    let Some((mut s, a, b, vip, ghost)) = two_backends("agent_more_deselect", true, 43) else {
         return;
     };
-    let a = s.backend("web-a", "shop", "web", &[]);
-    let b = s.backend("web-b", "shop", "web", &[]);
-    let vip = SocketAddr::from((vip_v4(43), 80));
-    s.lab.sync_services(&[web(43, &a)]).unwrap();
-    let ghost = pool(&s.client, vip, 2);
-    expect_answers(&ghost, 2, "pool to web-a");
 
-    let api = FakeApiServer::start_in_thread().unwrap();
-    publish(&api, &s.lab.kubernetes_objects());
-    let kp = FakeKubeProxy::start("nftables");
-    let agent = LoggedAgent::start(&api, &s.node(), &kp, &[]);
-    assert!(agent.wait_ready(Duration::from_secs(20)), "never ready");
+    let AgentRig { api, kp, agent, .. } = AgentRig::of(&s).capture_log().start();
 
     // Deselected: out of the slice, the pod runs on.
-    s.lab.sync_services(&[web(43, &b)]).unwrap();
+    s.lab.sync_services(&[web("shop", 43, &b)]).unwrap();
     let dead = ip_of(&a, false);
     let healthy = pool(&s.client, vip, 2);
     expect_answers(&healthy, 2, "healthy pool");
     publish(&api, &s.lab.kubernetes_objects());
-    let until = Instant::now() + Duration::from_secs(20);
-    while gets_of_pod(&api, "web-a") == 0 && Instant::now() < until {
-        kp.synced_now();
-    }
+    kp.sync_until(Duration::from_secs(20), || gets_of_pod(&api, "web-a") != 0);
     assert!(
         gets_of_pod(&api, "web-a") > 0,
         "the agent never asked about web-a"
@@ -332,7 +206,7 @@ fn a_deselected_pod_loses_its_ghosts_when_it_is_deleted() {
     let hung = expect_hang(&ghost, 2, Duration::from_millis(500));
     let before_healthy = mark(&healthy);
     api.delete("pods", "shop", "web-a");
-    let took = sync_until(&kp, Duration::from_secs(20), || {
+    let took = kp.sync_until(Duration::from_secs(20), || {
         entries_to(&table(&s.node()), dead).is_empty()
     });
     assert!(
@@ -342,8 +216,8 @@ fn a_deselected_pod_loses_its_ghosts_when_it_is_deleted() {
     eprintln!("flows removed {took:?} after the pod's deletion");
     expect_fail_fast_and_recover(ghost, &hung, Some("web-b"), Duration::from_secs(8));
     expect_untouched(healthy, &before_healthy, &["web-b"], "healthy pool");
-    assert_eq!(agent.deleting_passes("targeted"), vec![2]);
-    assert!(agent.deleting_passes("full").is_empty());
+    assert_eq!(deleting_passes(&agent, "targeted"), vec![2]);
+    assert!(deleting_passes(&agent, "full").is_empty());
 }
 
 /// Test 1c. The endpoint's removal arrives by a relist while another watch (Services) is still
@@ -352,63 +226,39 @@ fn a_deselected_pod_loses_its_ghosts_when_it_is_deleted() {
 /// would bring it back before the next full pass, 60 s away.
 #[test]
 fn a_removal_held_while_a_watch_relists_goes_when_the_relist_ends() {
-    let Some(mut s) = Story::start("agent_more_held", true) else {
+    let Some(g) = GhostStory::start("agent_more_held", 44, Duration::from_millis(500), |r| {
+        r.capture_log()
+    }) else {
         return;
     };
-    let a = s.backend("web-a", "shop", "web", &[]);
-    let b = s.backend("web-b", "shop", "web", &[]);
-    let vip = SocketAddr::from((vip_v4(44), 80));
-    s.lab.sync_services(&[web(44, &a)]).unwrap();
-    let ghost = pool(&s.client, vip, 2);
-    expect_answers(&ghost, 2, "ghost pool");
-
-    let api = FakeApiServer::start_in_thread().unwrap();
-    publish(&api, &s.lab.kubernetes_objects());
-    let kp = FakeKubeProxy::start("nftables");
-    let agent = LoggedAgent::start(&api, &s.node(), &kp, &[]);
-    assert!(agent.wait_ready(Duration::from_secs(20)), "never ready");
-
-    s.lab.sync_services(&[web(44, &b)]).unwrap();
-    let dead = ip_of(&a, false);
-    s.lab.delete_pod_silently("web-a").unwrap();
-    let healthy = pool(&s.client, vip, 2);
-    expect_answers(&healthy, 2, "healthy pool");
-    let hung = expect_hang(&ghost, 2, Duration::from_millis(500));
-    let before = mark(&healthy);
+    let (api, kp, agent) = (&g.rig.api, &g.rig.kp, &g.rig.agent);
 
     api.hang_lists("services", true);
-    let objects = s.lab.kubernetes_objects();
+    let objects = g.s.lab.kubernetes_objects();
     api.lose_events(|api| {
         publish(api, &objects);
         api.delete("pods", "shop", "web-a");
     });
-    let until = Instant::now() + Duration::from_secs(20);
-    while held_passes(&agent, "not_synced") == 0 && Instant::now() < until {
-        kp.synced_now();
-    }
-    assert!(
-        held_passes(&agent, "not_synced") > 0,
-        "no pass was held while Services relisted"
-    );
-    assert_eq!(
-        entries_to(&table(&s.node()), dead).len(),
-        2,
-        "removed while a watch was relisting"
-    );
-
-    api.hang_lists("services", false);
-    let took = sync_until(&kp, Duration::from_secs(20), || {
-        entries_to(&table(&s.node()), dead).is_empty()
+    kp.sync_until(Duration::from_secs(20), || {
+        held_passes(agent, "not_synced") != 0
     });
     assert!(
-        entries_to(&table(&s.node()), dead).is_empty(),
+        held_passes(agent, "not_synced") > 0,
+        "no pass was held while Services relisted"
+    );
+    assert_eq!(g.ghosts_left(), 2, "removed while a watch was relisting");
+
+    api.hang_lists("services", false);
+    let took = kp.sync_until(Duration::from_secs(20), || g.ghosts_left() == 0);
+    assert!(
+        g.ghosts_left() == 0,
         "ghosts still there {took:?} after the Services relist ended"
     );
     eprintln!("held ghosts removed {took:?} after the relist ended");
-    expect_fail_fast_and_recover(ghost, &hung, Some("web-b"), Duration::from_secs(8));
-    expect_untouched(healthy, &before, &["web-b"], "healthy pool");
-    assert_eq!(agent.deleting_passes("targeted"), vec![2]);
-    assert!(agent.deleting_passes("full").is_empty());
+    expect_fail_fast_and_recover(g.ghost, &g.hung, Some("web-b"), Duration::from_secs(8));
+    expect_untouched(g.healthy, &g.before, &["web-b"], "healthy pool");
+    assert_eq!(deleting_passes(agent, "targeted"), vec![2]);
+    assert!(deleting_passes(agent, "full").is_empty());
 }
 
 /// An established UDP entry from 192.0.2.0/24 to 198.51.100.200:53, distinct for each `i`.
@@ -442,36 +292,35 @@ fn an_event_overflow_becomes_one_full_scan() {
     let b = s.backend("web-b", "shop", "web", &[]);
     let x = s.backend("web-x", "shop", "web", &[]);
     let vip = SocketAddr::from((vip_v4(41), 80));
-    s.lab.sync_services(&[web(41, &b)]).unwrap();
+    s.lab.sync_services(&[web("shop", 41, &b)]).unwrap();
     let healthy = pool(&s.client, vip, 2);
     expect_answers(&healthy, 2, "healthy pool");
     // x joins (after the healthy pool connected to b, so none of its connections is on x).
     let both: Vec<Endpoint> = b.iter().chain(x.iter()).cloned().collect();
-    s.lab.sync_services(&[web(41, &both)]).unwrap();
-    let api = FakeApiServer::start_in_thread().unwrap();
-    publish(&api, &s.lab.kubernetes_objects());
-    let kp = FakeKubeProxy::start("nftables");
-    kp.synced_now();
-    let agent = LoggedAgent::start(&api, &s.node(), &kp, &["--event-buffer-bytes", "65536"]);
-    assert!(agent.wait_ready(Duration::from_secs(20)), "never ready");
+    s.lab.sync_services(&[web("shop", 41, &both)]).unwrap();
+    let AgentRig {
+        api,
+        kp: _kp,
+        agent,
+        ..
+    } = AgentRig::of(&s)
+        .kube_proxy_synced()
+        .args(&["--event-buffer-bytes", "65536"])
+        .capture_log()
+        .start();
     // x leaves the Service: its tombstone makes it a removed backend, so the agent's kernel-side
     // event filter passes NEW flows toward it (and only those) — the flood below targets it.
     let changes = metric_sum(&agent.metrics(), "ghostbuster_endpoint_changes_total");
-    s.lab.sync_services(&[web(41, &b)]).unwrap();
-    publish(&api, &s.lab.kubernetes_objects());
-    api.delete("pods", "shop", "web-x");
+    s.lab.sync_services(&[web("shop", 41, &b)]).unwrap();
+    publish_pod_gone(&api, &s.lab.kubernetes_objects(), "shop", "web-x");
     let dead = ip_of(&x, false);
-    let until = Instant::now() + Duration::from_secs(5);
-    while metric_sum(&agent.metrics(), "ghostbuster_endpoint_changes_total") <= changes
-        && Instant::now() < until
-    {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_every(Duration::from_millis(20), Duration::from_secs(5), || {
+        metric_sum(&agent.metrics(), "ghostbuster_endpoint_changes_total") > changes
+    });
     // The first full pass is done once ready; the next periodic one is 60 s away.
-    let until = Instant::now() + Duration::from_secs(3);
-    while scans(&agent, "full") < 1.0 && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_every(Duration::from_millis(50), Duration::from_secs(3), || {
+        scans(&agent, "full") >= 1.0
+    });
     let full_before = scans(&agent, "full");
     assert!(full_before >= 1.0);
     let before = mark(&healthy);
@@ -503,10 +352,9 @@ fn an_event_overflow_becomes_one_full_scan() {
     let flood = t.elapsed();
     assert_eq!(made, want);
     // One full scan, within a few seconds of the flood.
-    let until = Instant::now() + Duration::from_secs(10);
-    while scans(&agent, "full") < full_before + 1.0 && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_every(Duration::from_millis(50), Duration::from_secs(10), || {
+        scans(&agent, "full") >= full_before + 1.0
+    });
     let resync_after = t.elapsed().saturating_sub(flood);
     // ... and no second one for the same burst.
     std::thread::sleep(Duration::from_secs(3));
@@ -524,11 +372,7 @@ fn an_event_overflow_becomes_one_full_scan() {
         "one full scan per burst of overflows: {lost} overflows"
     );
     expect_untouched(healthy, &before, &["web-b"], "healthy pool");
-    assert_eq!(
-        metric_sum(&m, "ghostbuster_flows_removed_total"),
-        0.0,
-        "{m}"
-    );
+    expect_removed(&m, 0.0);
 }
 
 /// Test 3. A terminating pod (still in its slice with `terminating: true`, its Pod object
@@ -537,25 +381,19 @@ fn an_event_overflow_becomes_one_full_scan() {
 /// deleted; a GET, when the agent asks first, answers 404).
 #[test]
 fn a_terminating_pod_keeps_its_flows_until_it_leaves_the_slice() {
-    let Some(mut s) = Story::start("agent_more_terminating", true) else {
+    let Some((mut s, a, b, vip, draining)) = two_backends("agent_more_terminating", true, 42)
+    else {
         return;
     };
-    let a = s.backend("web-a", "shop", "web", &[]);
-    let b = s.backend("web-b", "shop", "web", &[]);
-    let vip = SocketAddr::from((vip_v4(42), 80));
-    s.lab.sync_services(&[web(42, &a)]).unwrap();
-    let draining = pool(&s.client, vip, 2);
-    expect_answers(&draining, 2, "draining pool");
-    let api = FakeApiServer::start_in_thread().unwrap();
-    publish(&api, &s.lab.kubernetes_objects());
-    let kp = FakeKubeProxy::start("nftables");
-    let agent = LoggedAgent::start(&api, &s.node(), &kp, &["--resync-interval", "1s"]);
-    assert!(agent.wait_ready(Duration::from_secs(20)), "never ready");
+    let AgentRig { api, kp, agent, .. } = AgentRig::of(&s)
+        .args(&["--resync-interval", "1s"])
+        .capture_log()
+        .start();
 
     // A is terminating: kube-proxy sends new connections to B only; A's pod is alive, draining.
     let terminating: Vec<Endpoint> = a.iter().cloned().map(Endpoint::terminating).collect();
     let mix: Vec<Endpoint> = b.iter().cloned().chain(terminating).collect();
-    s.lab.sync_services(&[web(42, &mix)]).unwrap();
+    s.lab.sync_services(&[web("shop", 42, &mix)]).unwrap();
     let healthy = pool(&s.client, vip, 2);
     expect_answers(&healthy, 2, "healthy pool");
     let mut objects = s.lab.kubernetes_objects();
@@ -601,13 +439,12 @@ fn a_terminating_pod_keeps_its_flows_until_it_leaves_the_slice() {
     assert_eq!(drained.answers_from("web-a"), drained.answers);
 
     // A leaves the slice and vanishes: now the flows are ghosts, and go.
-    s.lab.sync_services(&[web(42, &b)]).unwrap();
+    s.lab.sync_services(&[web("shop", 42, &b)]).unwrap();
     s.lab.delete_pod_silently("web-a").unwrap();
     let hung = expect_hang(&draining, 2, Duration::from_millis(500));
     let before_healthy = mark(&healthy);
-    publish(&api, &s.lab.kubernetes_objects());
-    api.delete("pods", "shop", "web-a");
-    let took = sync_until(&kp, Duration::from_secs(8), || {
+    publish_pod_gone(&api, &s.lab.kubernetes_objects(), "shop", "web-a");
+    let took = kp.sync_until(Duration::from_secs(8), || {
         entries_to(&table(&s.node()), dead).is_empty()
     });
     assert!(
@@ -620,12 +457,7 @@ fn a_terminating_pod_keeps_its_flows_until_it_leaves_the_slice() {
     // The agent may ask about a pod last seen terminating (issue #12: a draining pod whose
     // labels changed leaves the slice alive): no assertion on the GETs here, this node's pod
     // watch saw it deleted.
-    let m = agent.metrics();
-    assert_eq!(
-        metric_sum(&m, "ghostbuster_flows_removed_total"),
-        2.0,
-        "{m}"
-    );
+    agent.expect_removed(2.0);
 }
 
 /// Test 4. kube-proxy's rules still send the client to the dead backend (the fake kube-proxy
@@ -638,24 +470,9 @@ fn a_recreated_ghost_is_counted_and_removed_again() {
     let Some(mut s) = Story::start("agent_more_recreated", true) else {
         return;
     };
-    let a = s.backend(
-        "dns-a",
-        "kube-system",
-        "dns",
-        &[ServerSpec::udp_echo(5353, "dns-a")],
-    );
-    let b = s.backend(
-        "dns-b",
-        "kube-system",
-        "dns",
-        &[ServerSpec::udp_echo(5353, "dns-b")],
-    );
-    let dns = |eps: &[Endpoint]| {
-        Service::new("kube-system", "dns")
-            .cluster_ip(vip_v4(43))
-            .port(ServicePort::udp("dns", 53, 5353))
-            .endpoints(v4(eps))
-    };
+    let a = s.dns_backend("dns-a");
+    let b = s.dns_backend("dns-b");
+    let dns = |eps: &[Endpoint]| dns_service(43, eps);
     let vip = SocketAddr::from((vip_v4(43), 53));
     let both: Vec<Endpoint> = a.iter().chain(&b).cloned().collect();
     s.lab.sync_services(&[dns(&both)]).unwrap();
@@ -685,18 +502,16 @@ fn a_recreated_ghost_is_counted_and_removed_again() {
     .unwrap();
     assert!(stale.wait_answers(3, TIMEOUT), "{:#?}", stale.report());
 
-    let api = FakeApiServer::start_in_thread().unwrap();
-    publish(&api, &objects_both);
-    let kp = FakeKubeProxy::start("nftables");
-    let agent = LoggedAgent::start(&api, &s.node(), &kp, &[]);
-    assert!(agent.wait_ready(Duration::from_secs(20)), "never ready");
+    let AgentRig { api, kp, agent, .. } = AgentRig::new(&s.node())
+        .objects(objects_both)
+        .capture_log()
+        .start();
 
     let dead = ip_of(&a, false);
     s.lab.delete_pod_silently("dns-a").unwrap();
     let healthy_before = healthy.report();
     // The API says A is gone and kube-proxy claims to have synced; its rules say otherwise.
-    publish(&api, &objects_b);
-    api.delete("pods", "kube-system", "dns-a");
+    publish_pod_gone(&api, &objects_b, "kube-system", "dns-a");
     kp.synced_now();
 
     // Recreated at least once, and removed again.
@@ -711,10 +526,9 @@ fn a_recreated_ghost_is_counted_and_removed_again() {
         "no recreated flow counted: {m}"
     );
     // The client stops by itself after its bounded queries; then the last ghost goes too.
-    let until = Instant::now() + Duration::from_secs(20);
-    while stale.report().requests < max_queries && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_every(Duration::from_millis(50), Duration::from_secs(20), || {
+        stale.report().requests >= max_queries
+    });
     let report = stale.stop();
     let t = Instant::now();
     while !entries_to(&table(&s.node()), dead).is_empty() && t.elapsed() < Duration::from_secs(15) {
@@ -724,7 +538,7 @@ fn a_recreated_ghost_is_counted_and_removed_again() {
     let m = agent.metrics();
     let recreated = metric_sum(&m, "ghostbuster_flows_recreated_total");
     let removed = metric_sum(&m, "ghostbuster_flows_removed_total");
-    let targeted = agent.deleting_passes("targeted");
+    let targeted = deleting_passes(&agent, "targeted");
     eprintln!(
         "client sent {} queries; recreated {recreated}, removed {removed}, targeted deleting passes {}; last ghost gone {left:?} after the client stopped",
         report.requests,
@@ -737,7 +551,7 @@ fn a_recreated_ghost_is_counted_and_removed_again() {
     );
     assert!(removed >= 2.0, "removed once, never again: {m}");
     assert!(targeted.len() >= 2, "{targeted:?}");
-    assert!(agent.deleting_passes("full").is_empty());
+    assert!(deleting_passes(&agent, "full").is_empty());
     let h = healthy.stop();
     assert!(h.errors.is_empty(), "healthy client broke: {:?}", h.errors);
     assert!(h.answers >= healthy_before.answers + 3, "{h:#?}");
@@ -768,12 +582,6 @@ fn a_namespace_annotated_off_keeps_its_ghosts_while_the_same_ghosts_elsewhere_go
     let Some(mut s) = Story::start("agent_more_namespace_off", true) else {
         return;
     };
-    let svc = |ns: &str, vip: u8, eps: &[Endpoint]| {
-        Service::new(ns, "web")
-            .cluster_ip(vip_v4(vip))
-            .port(ServicePort::tcp("http", 80, HTTP))
-            .endpoints(v4(eps))
-    };
     let qa = s.backend("quiet-a", "quiet", "web", &[]);
     let qb = s.backend("quiet-b", "quiet", "web", &[]);
     let sa = s.backend("shop-a", "shop", "web", &[]);
@@ -783,7 +591,7 @@ fn a_namespace_annotated_off_keeps_its_ghosts_while_the_same_ghosts_elsewhere_go
         SocketAddr::from((vip_v4(45), 80)),
     );
     s.lab
-        .sync_services(&[svc("quiet", 44, &qa), svc("shop", 45, &sa)])
+        .sync_services(&[web("quiet", 44, &qa), web("shop", 45, &sa)])
         .unwrap();
     // The kept ghosts wait for several passes and then for TCP's backed-off retransmission:
     // give that pool more than the usual 40 s.
@@ -803,10 +611,6 @@ fn a_namespace_annotated_off_keeps_its_ghosts_while_the_same_ghosts_elsewhere_go
     expect_answers(&quiet_ghost, 2, "quiet ghost pool");
     expect_answers(&shop_ghost, 2, "shop ghost pool");
 
-    let api = FakeApiServer::start_in_thread().unwrap();
-    api.create(namespace("quiet", Some("off")));
-    api.create(namespace("shop", None));
-    publish(&api, &s.lab.kubernetes_objects());
     // The shipped ClusterRole, so a missing `namespaces` rule would show as 403s (and an agent
     // that never gets ready).
     let role = std::fs::read_to_string(concat!(
@@ -814,15 +618,21 @@ fn a_namespace_annotated_off_keeps_its_ghosts_while_the_same_ghosts_elsewhere_go
         "/../../deploy/clusterrole.yaml"
     ))
     .unwrap();
-    api.set_rbac(Some(fake_apiserver::Rbac::from_manifests(&role).unwrap()));
-    let kp = FakeKubeProxy::start("nftables");
-    let agent = LoggedAgent::start(&api, &s.node(), &kp, &["--resync-interval", "1s"]);
-    assert!(agent.wait_ready(Duration::from_secs(20)), "never ready");
+    let AgentRig { api, kp, agent, .. } = AgentRig::new(&s.node())
+        .api(move |api| {
+            api.create(namespace("quiet", Some("off")));
+            api.create(namespace("shop", None));
+            api.set_rbac(Some(fake_apiserver::Rbac::from_manifests(&role).unwrap()));
+        })
+        .objects(s.lab.kubernetes_objects())
+        .args(&["--resync-interval", "1s"])
+        .capture_log()
+        .start();
 
     // Both Services move to their second backend; the first ones vanish without a RST, and the
     // API says so (slices updated, pods deleted).
     s.lab
-        .sync_services(&[svc("quiet", 44, &qb), svc("shop", 45, &sb)])
+        .sync_services(&[web("quiet", 44, &qb), web("shop", 45, &sb)])
         .unwrap();
     let (quiet_dead, shop_dead) = (ip_of(&qa, false), ip_of(&sa, false));
     s.lab.delete_pod_silently("quiet-a").unwrap();
@@ -834,12 +644,11 @@ fn a_namespace_annotated_off_keeps_its_ghosts_while_the_same_ghosts_elsewhere_go
     let quiet_hung = expect_hang(&quiet_ghost, 2, Duration::from_millis(500));
     let shop_hung = expect_hang(&shop_ghost, 2, Duration::from_millis(500));
     let (quiet_before, shop_before) = (mark(&quiet_healthy), mark(&shop_healthy));
-    publish(&api, &s.lab.kubernetes_objects());
-    api.delete("pods", "quiet", "quiet-a");
+    publish_pod_gone(&api, &s.lab.kubernetes_objects(), "quiet", "quiet-a");
     api.delete("pods", "shop", "shop-a");
 
     // shop, without the annotation: removed as soon as the gate opens.
-    let took = sync_until(&kp, Duration::from_secs(10), || {
+    let took = kp.sync_until(Duration::from_secs(10), || {
         entries_to(&table(&s.node()), shop_dead).is_empty()
     });
     assert!(
@@ -857,10 +666,9 @@ fn a_namespace_annotated_off_keeps_its_ghosts_while_the_same_ghosts_elsewhere_go
     // quiet, annotated off: kept through more kube-proxy syncs and at least two full passes,
     // and reported.
     let full_before = scans(&agent, "full");
-    let until = Instant::now() + Duration::from_secs(10);
-    while scans(&agent, "full") < full_before + 2.0 && Instant::now() < until {
-        kp.synced_now();
-    }
+    kp.sync_until(Duration::from_secs(10), || {
+        scans(&agent, "full") >= full_before + 2.0
+    });
     assert!(scans(&agent, "full") >= full_before + 2.0, "no full passes");
     assert_eq!(
         entries_to(&table(&s.node()), quiet_dead).len(),
@@ -868,11 +676,7 @@ fn a_namespace_annotated_off_keeps_its_ghosts_while_the_same_ghosts_elsewhere_go
         "the ghosts of a namespace annotated off were removed"
     );
     let m = agent.metrics();
-    assert_eq!(
-        metric_sum(&m, "ghostbuster_flows_removed_total"),
-        2.0,
-        "{m}"
-    );
+    expect_removed(&m, 2.0);
     assert!(
         metric_series(&m, "conntrack_stale_entries", "namespace=\"quiet\"") >= 2.0,
         "the kept ghosts are still reported: {m}"
@@ -886,7 +690,7 @@ fn a_namespace_annotated_off_keeps_its_ghosts_while_the_same_ghosts_elsewhere_go
     // The annotation removed: the next full pass removes them (the evidence was there all
     // along: the endpoint's tombstone and the pod's 404).
     api.update(namespace("quiet", None));
-    let took = sync_until(&kp, Duration::from_secs(10), || {
+    let took = kp.sync_until(Duration::from_secs(10), || {
         entries_to(&table(&s.node()), quiet_dead).is_empty()
     });
     assert!(
@@ -907,12 +711,7 @@ fn a_namespace_annotated_off_keeps_its_ghosts_while_the_same_ghosts_elsewhere_go
         "quiet healthy pool",
     );
     expect_untouched(shop_healthy, &shop_before, &["shop-b"], "shop healthy pool");
-    let m = agent.metrics();
-    assert_eq!(
-        metric_sum(&m, "ghostbuster_flows_removed_total"),
-        4.0,
-        "{m}"
-    );
+    agent.expect_removed(4.0);
     assert!(
         api.forbidden().is_empty(),
         "the shipped ClusterRole refused the agent: {:#?}",

@@ -14,93 +14,18 @@
 mod agent_support;
 mod scan_support;
 
-use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
-use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agent_support::*;
 use fake_apiserver::FakeApiServer;
 use netlab::plan::vip_v4;
-use netlab::{ClientReport, Endpoint, Service, ServicePort, TcpPool};
+use netlab::Endpoint;
 use scan_support::*;
 use serde_json::Value;
 
-/// The agent with its stderr captured (and echoed), so a test can read its log lines.
-struct LoggedAgent {
-    child: Child,
-    port: u16,
-    log: Arc<Mutex<Vec<String>>>,
-    _kubeconfig: tempfile_path::Path,
-}
-
-impl LoggedAgent {
-    fn start(api: &FakeApiServer, node_ns: &str, kp: &FakeKubeProxy, extra: &[&str]) -> Self {
-        let launch = Launch {
-            kubeconfig: api.kubeconfig(),
-            kube_proxy: kp.addr,
-            netns: Some(node_ns.to_string()),
-            wrapper: Vec::new(),
-            scrape_ns: None,
-            port: free_port(),
-        };
-        let kc = Agent::kubeconfig_file(&launch.kubeconfig);
-        let mut child = Agent::command(&launch, &kc.0, extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the agent");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().expect("agent stderr");
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("agent: {line}");
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let agent = LoggedAgent {
-            child,
-            port: launch.port,
-            log,
-            _kubeconfig: kc,
-        };
-        let until = Instant::now() + Duration::from_secs(20);
-        while !matches!(http_get(agent.port, "/readyz"), Some((200, _))) {
-            assert!(Instant::now() < until, "the agent never got ready");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        agent
-    }
-
-    fn metrics(&self) -> String {
-        http_get(self.port, "/metrics")
-            .map(|(_, b)| b)
-            .unwrap_or_default()
-    }
-
-    fn logged(&self, text: &str) -> bool {
-        self.log.lock().unwrap().iter().any(|l| l.contains(text))
-    }
-}
-
-impl Drop for LoggedAgent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Targeted passes reported (each one has judged a backend's flows).
 const TARGETED_PASSES: &str = "ghostbuster_scan_duration_seconds_count{kind=\"targeted\"}";
-
-fn svc(ns: &str, vip: u8, eps: &[Endpoint]) -> Service {
-    Service::new(ns, "web")
-        .cluster_ip(vip_v4(vip))
-        .port(ServicePort::tcp("http", 80, HTTP))
-        .endpoints(v4(eps))
-}
 
 /// Entries to `backend` whose original destination is `vip`.
 fn flows_via(node: &str, vip: SocketAddr, backend: IpAddr) -> usize {
@@ -121,15 +46,6 @@ fn pod_gets(api: &FakeApiServer, namespace: &str, name: &str) -> Vec<fake_apiser
                 && r.name.as_deref() == Some(name)
         })
         .collect()
-}
-
-/// kube-proxy keeps syncing until `done`, at most `within`; returns how long it took.
-fn sync_until(kp: &FakeKubeProxy, within: Duration, done: impl Fn() -> bool) -> Duration {
-    let t = Instant::now();
-    while !done() && t.elapsed() < within {
-        kp.synced_now();
-    }
-    t.elapsed()
 }
 
 /// Moves pod `name` and its endpoints in `objects` to another node (`node-b`): this node's pod
@@ -174,7 +90,7 @@ fn a_pod_gone_in_one_namespace_leaves_its_namesake_in_another_alone() {
         SocketAddr::from((vip_v4(51), 80)),
     );
     s.lab
-        .sync_services(&[svc("a", 50, &b0), svc("b", 51, &b0)])
+        .sync_services(&[web("a", 50, &b0), web("b", 51, &b0)])
         .unwrap();
     let a_pool = pool(&s.client, a_vip, 2);
     let b_pool = pool(&s.client, b_vip, 2);
@@ -182,32 +98,28 @@ fn a_pod_gone_in_one_namespace_leaves_its_namesake_in_another_alone() {
     expect_answers(&b_pool, 2, "pool via b/web");
     let both: Vec<Endpoint> = b0.iter().chain(&b1).cloned().collect();
     s.lab
-        .sync_services(&[svc("a", 50, &b0), svc("b", 51, &both)])
+        .sync_services(&[web("a", 50, &b0), web("b", 51, &both)])
         .unwrap();
 
-    let api = FakeApiServer::start_in_thread().unwrap();
-    publish(&api, &s.lab.kubernetes_objects());
+    let AgentRig { api, kp, agent, .. } = AgentRig::of(&s).capture_log().start();
     assert!(api.get("pods", "a", "web-0").is_none());
-    let kp = FakeKubeProxy::start("nftables");
-    let agent = LoggedAgent::start(&api, &s.node(), &kp, &[]);
 
     // b/web-0 deselected: it leaves b/web's slice and runs on. kube-proxy does not sync yet,
     // so nothing can be removed before a's change below.
     s.lab
-        .sync_services(&[svc("a", 50, &b0), svc("b", 51, &b1)])
+        .sync_services(&[web("a", 50, &b0), web("b", 51, &b1)])
         .unwrap();
     publish(&api, &s.lab.kubernetes_objects());
-    let until = Instant::now() + Duration::from_secs(20);
-    while pod_gets(&api, "b", "web-0").is_empty() && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_every(Duration::from_millis(50), Duration::from_secs(20), || {
+        !pod_gets(&api, "b", "web-0").is_empty()
+    });
     assert!(
         !pod_gets(&api, "b", "web-0").is_empty(),
         "the agent never asked about b/web-0"
     );
     // a/web-0 deleted: a/web loses its endpoint.
     s.lab
-        .sync_services(&[svc("a", 50, &[]), svc("b", 51, &b1)])
+        .sync_services(&[web("a", 50, &[]), web("b", 51, &b1)])
         .unwrap();
     publish(&api, &s.lab.kubernetes_objects());
     let before = mark(&b_pool);
@@ -223,7 +135,7 @@ fn a_pod_gone_in_one_namespace_leaves_its_namesake_in_another_alone() {
     let targeted = || metric_sum(&agent.metrics(), TARGETED_PASSES);
     let passes_before = targeted();
     let a_gone = || pod_gets(&api, "a", "web-0").iter().any(|r| r.status == 404);
-    let took = sync_until(&kp, Duration::from_secs(20), || {
+    let took = kp.sync_until(Duration::from_secs(20), || {
         a_gone() && targeted() > passes_before
     });
     assert!(
@@ -259,70 +171,14 @@ fn a_pod_gone_in_one_namespace_leaves_its_namesake_in_another_alone() {
     );
 }
 
-/// A ghost and a healthy connection: pooled connections to `web-a`, which vanishes without a
-/// RST while the Service moves to `web-b` (the node's rules already say so); the API is told
-/// by [`Ghosts::tell_api`].
-struct Ghosts {
-    s: Story,
-    api: FakeApiServer,
-    kp: FakeKubeProxy,
-    agent: LoggedAgent,
-    dead: IpAddr,
-    healthy: TcpPool,
-    before: ClientReport,
-    // Last: its connections hang until the ghosts go.
-    _ghost: TcpPool,
+/// Removed flows, by the agent's count.
+fn removed(g: &GhostStory) -> f64 {
+    metric_sum(&g.rig.agent.metrics(), "ghostbuster_flows_removed_total")
 }
 
-impl Ghosts {
-    fn start(name: &str, vip: u8, extra: &[&str]) -> Option<Ghosts> {
-        let mut s = Story::start(name, true)?;
-        let a = s.backend("web-a", "shop", "web", &[]);
-        let b = s.backend("web-b", "shop", "web", &[]);
-        let addr = SocketAddr::from((vip_v4(vip), 80));
-        s.lab.sync_services(&[svc("shop", vip, &a)]).unwrap();
-        let ghost = pool(&s.client, addr, 2);
-        expect_answers(&ghost, 2, "ghost pool");
-        let api = FakeApiServer::start_in_thread().unwrap();
-        publish(&api, &s.lab.kubernetes_objects());
-        let kp = FakeKubeProxy::start("nftables");
-        let agent = LoggedAgent::start(&api, &s.node(), &kp, extra);
-        s.lab.sync_services(&[svc("shop", vip, &b)]).unwrap();
-        s.lab.delete_pod_silently("web-a").unwrap();
-        let healthy = pool(&s.client, addr, 2);
-        expect_answers(&healthy, 2, "healthy pool");
-        expect_hang(&ghost, 2, Duration::from_millis(500));
-        let before = mark(&healthy);
-        Some(Ghosts {
-            dead: ip_of(&a, false),
-            s,
-            api,
-            kp,
-            agent,
-            healthy,
-            before,
-            _ghost: ghost,
-        })
-    }
-
-    /// The API learns of the change: web-a left the slice, its pod is deleted.
-    fn tell_api(&self) {
-        publish(&self.api, &self.s.lab.kubernetes_objects());
-        self.api.delete("pods", "shop", "web-a");
-    }
-
-    fn ghosts_left(&self) -> usize {
-        entries_to(&table(&self.s.node()), self.dead).len()
-    }
-
-    fn removed(&self) -> f64 {
-        metric_sum(&self.agent.metrics(), "ghostbuster_flows_removed_total")
-    }
-
-    /// The healthy connection survived; then the agent goes.
-    fn finish(self) {
-        expect_untouched(self.healthy, &self.before, &["web-b"], "healthy pool");
-    }
+/// The healthy connection survived; then the agent goes.
+fn finish(g: GhostStory) {
+    expect_untouched(g.healthy, &g.before, &["web-b"], "healthy pool");
 }
 
 /// Issue #12 §3: the gate opens only on a successful sync that *began* after the change. The
@@ -331,39 +187,47 @@ impl Ghosts {
 /// several times and removes nothing; the next sync, which began after the change, opens it.
 #[test]
 fn a_sync_that_began_before_the_change_does_not_open_the_gate() {
-    let Some(g) = Ghosts::start("agent_safety_straddle", 52, &[]) else {
+    let Some(g) = GhostStory::start(
+        "agent_safety_straddle",
+        52,
+        Duration::from_millis(500),
+        |r| r.capture_log(),
+    ) else {
         return;
     };
     let changed = now_secs();
     g.tell_api();
     // The agent waits on kube-proxy: it reads it again and again.
-    let seen = g.kp.scrapes();
+    let seen = g.rig.kp.scrapes();
     assert!(
-        g.kp.wait_scrapes(seen, 3, Duration::from_secs(10)),
+        g.rig.kp.wait_scrapes(seen, 3, Duration::from_secs(10)),
         "the agent never read kube-proxy after the change"
     );
     std::thread::sleep(Duration::from_millis(300));
-    g.kp.synced(changed - 1.0, now_secs());
+    g.rig.kp.synced(changed - 1.0, now_secs());
     // Read ten times (an agent that removed the ghosts stops waiting, and reading, sooner).
-    let seen = g.kp.scrapes();
-    let read = g.kp.wait_scrapes(seen, 10, Duration::from_secs(10));
+    let seen = g.rig.kp.scrapes();
+    let read = g.rig.kp.wait_scrapes(seen, 10, Duration::from_secs(10));
     assert_eq!(
         g.ghosts_left(),
         2,
         "removed on a sync that began before the change"
     );
     assert!(read, "the agent stopped reading kube-proxy");
-    assert_eq!(g.removed(), 0.0);
+    assert_eq!(removed(&g), 0.0);
 
-    let took = sync_until(&g.kp, Duration::from_secs(10), || g.ghosts_left() == 0);
+    let took = g
+        .rig
+        .kp
+        .sync_until(Duration::from_secs(10), || g.ghosts_left() == 0);
     assert_eq!(
         g.ghosts_left(),
         0,
         "a later sync did not open the gate ({took:?})"
     );
     eprintln!("ghosts removed {took:?} after the first sync that began after the change");
-    assert_eq!(g.removed(), 2.0);
-    g.finish();
+    assert_eq!(removed(&g), 2.0);
+    finish(g);
 }
 
 /// Issue #12 §3: a kube-proxy whose syncs fail holds every delete — past
@@ -371,32 +235,39 @@ fn a_sync_that_began_before_the_change_does_not_open_the_gate() {
 /// with no failure next to it.
 #[test]
 fn a_failing_kube_proxy_holds_deletes_until_a_clean_sync() {
-    let Some(g) = Ghosts::start("agent_safety_failing", 53, &["--kube-proxy-max-wait", "2s"])
-    else {
+    let Some(g) = GhostStory::start(
+        "agent_safety_failing",
+        53,
+        Duration::from_millis(500),
+        |r| r.args(&["--kube-proxy-max-wait", "2s"]).capture_log(),
+    ) else {
         return;
     };
     g.tell_api();
     let until = Instant::now() + Duration::from_secs(6);
     while Instant::now() < until {
-        g.kp.sync_failed();
+        g.rig.kp.sync_failed();
         std::thread::sleep(Duration::from_millis(300));
     }
-    let m = g.agent.metrics();
+    let m = g.rig.agent.metrics();
     assert_eq!(metric_sum(&m, "ghostbuster_kube_proxy_failing"), 1.0, "{m}");
     assert_eq!(g.ghosts_left(), 2, "removed while kube-proxy's syncs fail");
-    assert_eq!(g.removed(), 0.0);
+    assert_eq!(removed(&g), 0.0);
 
-    let took = sync_until(&g.kp, Duration::from_secs(10), || g.ghosts_left() == 0);
+    let took = g
+        .rig
+        .kp
+        .sync_until(Duration::from_secs(10), || g.ghosts_left() == 0);
     assert_eq!(
         g.ghosts_left(),
         0,
         "a clean sync did not open the gate ({took:?})"
     );
     assert_eq!(
-        metric_sum(&g.agent.metrics(), "ghostbuster_kube_proxy_failing"),
+        metric_sum(&g.rig.agent.metrics(), "ghostbuster_kube_proxy_failing"),
         0.0
     );
-    g.finish();
+    finish(g);
 }
 
 /// Issue #12 §3: the reactor never blocks on the network — kube-proxy's loopback port either.
@@ -407,10 +278,15 @@ fn a_failing_kube_proxy_holds_deletes_until_a_clean_sync() {
 #[test]
 fn a_kube_proxy_that_never_answers_does_not_hold_the_reactor() {
     let grace = Duration::from_secs(3);
-    let Some(g) = Ghosts::start("agent_safety_kp_hang", 59, &["--grace", "3s"]) else {
+    let Some(g) = GhostStory::start(
+        "agent_safety_kp_hang",
+        59,
+        Duration::from_millis(500),
+        |r| r.args(&["--grace", "3s"]).capture_log(),
+    ) else {
         return;
     };
-    g.kp.hang(true);
+    g.rig.kp.hang(true);
     let changed = Instant::now();
     g.tell_api();
     let until = changed + Duration::from_secs(15);
@@ -429,14 +305,9 @@ fn a_kube_proxy_that_never_answers_does_not_hold_the_reactor() {
          kube-proxy's reads to time out"
     );
     eprintln!("ghosts removed {took:?} after the change (grace {grace:?}), kube-proxy hung");
-    let m = g.agent.metrics();
-    assert_eq!(
-        metric_sum(&m, "ghostbuster_flows_removed_total"),
-        2.0,
-        "{m}"
-    );
-    g.kp.hang(false);
-    g.finish();
+    g.rig.agent.expect_removed(2.0);
+    g.rig.kp.hang(false);
+    finish(g);
 }
 
 /// Issue #12 §3: the deletes-per-minute budget counts across passes. With a budget of 3, a
@@ -452,49 +323,35 @@ fn the_delete_budget_trips_across_passes_and_stays_open() {
     let c = s.backend("web-c", "shop", "web", &[]);
     let b = s.backend("web-b", "shop", "web", &[]);
     let vip = SocketAddr::from((vip_v4(54), 80));
-    s.lab.sync_services(&[svc("shop", 54, &a)]).unwrap();
-    let ghost_a = pool(&s.client, vip, 2);
-    expect_answers(&ghost_a, 2, "pool to web-a");
-    s.lab.sync_services(&[svc("shop", 54, &c)]).unwrap();
-    let ghost_c = pool(&s.client, vip, 2);
-    expect_answers(&ghost_c, 2, "pool to web-c");
-    let ac: Vec<Endpoint> = a.iter().chain(&c).cloned().collect();
-    s.lab.sync_services(&[svc("shop", 54, &ac)]).unwrap();
-    let api = FakeApiServer::start_in_thread().unwrap();
-    publish(&api, &s.lab.kubernetes_objects());
-    let kp = FakeKubeProxy::start("nftables");
-    let agent = LoggedAgent::start(
-        &api,
-        &s.node(),
-        &kp,
-        &["--max-deletes-per-minute", "3", "--resync-interval", "1s"],
-    );
+    let [ghost_a, ghost_c] = pin_pools(&mut s, 54, [("web-a", &a), ("web-c", &c)]);
+    let AgentRig { api, kp, agent, .. } = AgentRig::of(&s)
+        .args(&["--max-deletes-per-minute", "3", "--resync-interval", "1s"])
+        .capture_log()
+        .start();
     let (dead_a, dead_c) = (ip_of(&a, false), ip_of(&c, false));
     let node = s.node();
     let left = |ip| entries_to(&table(&node), ip).len();
 
     // web-a goes: 2 of the budget of 3.
-    s.lab.sync_services(&[svc("shop", 54, &c)]).unwrap();
+    s.lab.sync_services(&[web("shop", 54, &c)]).unwrap();
     s.lab.delete_pod_silently("web-a").unwrap();
-    publish(&api, &s.lab.kubernetes_objects());
-    api.delete("pods", "shop", "web-a");
-    sync_until(&kp, Duration::from_secs(20), || left(dead_a) == 0);
+    publish_pod_gone(&api, &s.lab.kubernetes_objects(), "shop", "web-a");
+    kp.sync_until(Duration::from_secs(20), || left(dead_a) == 0);
     assert_eq!(left(dead_a), 0, "web-a's ghosts were never removed");
     // Its clients reconnect (to web-c, the rules say so): those are web-c's flows now.
     drop(ghost_a);
 
     // web-c goes too, within the minute: 2 more would overspend it.
-    s.lab.sync_services(&[svc("shop", 54, &b)]).unwrap();
+    s.lab.sync_services(&[web("shop", 54, &b)]).unwrap();
     s.lab.delete_pod_silently("web-c").unwrap();
     let healthy = pool(&s.client, vip, 2);
     expect_answers(&healthy, 2, "healthy pool");
     let before = mark(&healthy);
     let ghosts_c = left(dead_c);
     assert!(ghosts_c >= 2, "{ghosts_c}");
-    publish(&api, &s.lab.kubernetes_objects());
-    api.delete("pods", "shop", "web-c");
+    publish_pod_gone(&api, &s.lab.kubernetes_objects(), "shop", "web-c");
     let tripped = || metric_sum(&agent.metrics(), "ghostbuster_circuit_breaker_trips_total") >= 1.0;
-    sync_until(&kp, Duration::from_secs(20), tripped);
+    kp.sync_until(Duration::from_secs(20), tripped);
     assert!(tripped(), "the breaker never tripped: {}", agent.metrics());
     // Later syncs and full passes (every second) keep it open.
     for _ in 0..8 {
@@ -502,11 +359,7 @@ fn the_delete_budget_trips_across_passes_and_stays_open() {
     }
     assert_eq!(left(dead_c), ghosts_c, "removed past the budget");
     let m = agent.metrics();
-    assert_eq!(
-        metric_sum(&m, "ghostbuster_flows_removed_total"),
-        2.0,
-        "{m}"
-    );
+    expect_removed(&m, 2.0);
     assert_eq!(metric_sum(&m, "ghostbuster_circuit_open"), 1.0, "{m}");
     assert!(agent.logged("circuit breaker tripped: reporting only until the agent restarts"));
     let warned = api
@@ -531,14 +384,7 @@ fn a_hanging_pod_get_neither_blocks_the_agent_nor_waits_for_a_full_pass() {
     let c = s.backend("web-c", "shop", "web", &[]);
     let b = s.backend("web-b", "shop", "web", &[]);
     let vip = SocketAddr::from((vip_v4(55), 80));
-    s.lab.sync_services(&[svc("shop", 55, &a)]).unwrap();
-    let ghost_a = pool(&s.client, vip, 2);
-    expect_answers(&ghost_a, 2, "pool to web-a");
-    s.lab.sync_services(&[svc("shop", 55, &c)]).unwrap();
-    let ghost_c = pool(&s.client, vip, 2);
-    expect_answers(&ghost_c, 2, "pool to web-c");
-    let ac: Vec<Endpoint> = a.iter().chain(&c).cloned().collect();
-    s.lab.sync_services(&[svc("shop", 55, &ac)]).unwrap();
+    let [ghost_a, ghost_c] = pin_pools(&mut s, 55, [("web-a", &a), ("web-c", &c)]);
     let (dead_a, dead_c) = (ip_of(&a, false), ip_of(&c, false));
     // web-a runs on another node: only a GET can tell the agent it is gone.
     let objects = |s: &Story| {
@@ -546,25 +392,24 @@ fn a_hanging_pod_get_neither_blocks_the_agent_nor_waits_for_a_full_pass() {
         on_another_node(&mut o, "web-a", dead_a);
         o
     };
-    let api = FakeApiServer::start_in_thread().unwrap();
-    publish(&api, &objects(&s));
-    let kp = FakeKubeProxy::start("nftables");
     // The default --pod-get-timeout (5 s).
-    let agent = LoggedAgent::start(&api, &s.node(), &kp, &[]);
+    let AgentRig { api, kp, agent, .. } = AgentRig::new(&s.node())
+        .objects(objects(&s))
+        .capture_log()
+        .start();
     let node = s.node();
     let left = |ip| entries_to(&table(&node), ip).len();
 
     api.hang_gets("pods", true);
-    s.lab.sync_services(&[svc("shop", 55, &b)]).unwrap();
+    s.lab.sync_services(&[web("shop", 55, &b)]).unwrap();
     s.lab.delete_pod_silently("web-a").unwrap();
     s.lab.delete_pod_silently("web-c").unwrap();
     let healthy = pool(&s.client, vip, 2);
     expect_answers(&healthy, 2, "healthy pool");
     let before = mark(&healthy);
-    publish(&api, &objects(&s));
-    api.delete("pods", "shop", "web-a");
+    publish_pod_gone(&api, &objects(&s), "shop", "web-a");
     api.delete("pods", "shop", "web-c");
-    let took = sync_until(&kp, Duration::from_secs(30), || left(dead_c) == 0);
+    let took = kp.sync_until(Duration::from_secs(30), || left(dead_c) == 0);
     assert_eq!(
         left(dead_c),
         0,
@@ -579,16 +424,13 @@ fn a_hanging_pod_get_neither_blocks_the_agent_nor_waits_for_a_full_pass() {
     // Two 5 s timeouts race (the agent's --pod-get-timeout and the pod client's own): either
     // says the lookup went unanswered and the flows are kept.
     let unanswered = || agent.logged("pod lookup timed out") || agent.logged("pod lookup failed");
-    let until = Instant::now() + Duration::from_secs(15);
-    while !unanswered() && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for(Duration::from_secs(15), &unanswered);
     assert!(unanswered(), "the hung pod lookup was never given up on");
     assert_eq!(left(dead_a), 2, "removed without an answer about web-a");
 
     // The API answers again: the retry (not the full pass, 60 s away) finds web-a gone.
     api.hang_gets("pods", false);
-    let took = sync_until(&kp, Duration::from_secs(30), || left(dead_a) == 0);
+    let took = kp.sync_until(Duration::from_secs(30), || left(dead_a) == 0);
     assert_eq!(
         left(dead_a),
         0,
@@ -598,12 +440,7 @@ fn a_hanging_pod_get_neither_blocks_the_agent_nor_waits_for_a_full_pass() {
     assert!(pod_gets(&api, "shop", "web-a")
         .iter()
         .any(|r| r.status == 404));
-    let m = agent.metrics();
-    assert_eq!(
-        metric_sum(&m, "ghostbuster_flows_removed_total"),
-        4.0,
-        "{m}"
-    );
+    agent.expect_removed(4.0);
     expect_untouched(healthy, &before, &["web-b"], "healthy pool");
     drop((ghost_a, ghost_c));
 }
@@ -630,7 +467,7 @@ fn a_hanging_pod_get_of_one_service_does_not_hold_back_anothers_deletes() {
         SocketAddr::from((vip_v4(58), 80)),
     );
     s.lab
-        .sync_services(&[svc("a", 57, &a), svc("b", 58, &b)])
+        .sync_services(&[web("a", 57, &a), web("b", 58, &b)])
         .unwrap();
     let ghost_a = pool(&s.client, a_vip, 2);
     let ghost_b = pool(&s.client, b_vip, 2);
@@ -642,10 +479,11 @@ fn a_hanging_pod_get_of_one_service_does_not_hold_back_anothers_deletes() {
         on_another_node(&mut o, "web-a", dead_a);
         o
     };
-    let api = FakeApiServer::start_in_thread().unwrap();
-    publish(&api, &objects(&s));
-    let kp = FakeKubeProxy::start("nftables");
-    let agent = LoggedAgent::start(&api, &s.node(), &kp, &["--pod-get-timeout", "60s"]);
+    let AgentRig { api, kp, agent, .. } = AgentRig::new(&s.node())
+        .objects(objects(&s))
+        .args(&["--pod-get-timeout", "60s"])
+        .capture_log()
+        .start();
     let node = s.node();
     let left = |ip| entries_to(&table(&node), ip).len();
     let given_up = || agent.logged("pod lookup timed out") || agent.logged("pod lookup failed");
@@ -653,16 +491,12 @@ fn a_hanging_pod_get_of_one_service_does_not_hold_back_anothers_deletes() {
     // a/web moves to web-a2; web-a vanishes on its node, and its GET hangs.
     api.hang_get("pods", "a", "web-a", true);
     s.lab
-        .sync_services(&[svc("a", 57, &a2), svc("b", 58, &b)])
+        .sync_services(&[web("a", 57, &a2), web("b", 58, &b)])
         .unwrap();
     s.lab.delete_pod_silently("web-a").unwrap();
-    publish(&api, &objects(&s));
-    api.delete("pods", "a", "web-a");
+    publish_pod_gone(&api, &objects(&s), "a", "web-a");
     let hanging = || pod_gets(&api, "a", "web-a").iter().any(|r| r.status == 0);
-    let until = Instant::now() + Duration::from_secs(20);
-    while !hanging() && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_every(Duration::from_millis(50), Duration::from_secs(20), &hanging);
     assert!(
         hanging(),
         "the agent never asked about web-a: {:#?}",
@@ -671,17 +505,14 @@ fn a_hanging_pod_get_of_one_service_does_not_hold_back_anothers_deletes() {
 
     // Then b/web moves to web-b2, and this node's watch sees web-b deleted.
     s.lab
-        .sync_services(&[svc("a", 57, &a2), svc("b", 58, &b2)])
+        .sync_services(&[web("a", 57, &a2), web("b", 58, &b2)])
         .unwrap();
     s.lab.delete_pod_silently("web-b").unwrap();
     let healthy = pool(&s.client, b_vip, 2);
     expect_answers(&healthy, 2, "healthy pool");
     let before = mark(&healthy);
-    publish(&api, &objects(&s));
-    api.delete("pods", "b", "web-b");
-    let took = sync_until(&kp, Duration::from_secs(30), || {
-        left(dead_b) == 0 || given_up()
-    });
+    publish_pod_gone(&api, &objects(&s), "b", "web-b");
+    let took = kp.sync_until(Duration::from_secs(30), || left(dead_b) == 0 || given_up());
     let (waited, b_left) = (given_up(), left(dead_b));
     assert!(
         b_left == 0 && !waited,
@@ -698,19 +529,14 @@ fn a_hanging_pod_get_of_one_service_does_not_hold_back_anothers_deletes() {
 
     // The API answers (404): that answer wakes the reactor, web-a's ghosts go.
     api.hang_get("pods", "a", "web-a", false);
-    let took = sync_until(&kp, Duration::from_secs(20), || left(dead_a) == 0);
+    let took = kp.sync_until(Duration::from_secs(20), || left(dead_a) == 0);
     assert_eq!(
         left(dead_a),
         0,
         "web-a's ghosts still there {took:?} after the API answered"
     );
     eprintln!("web-a's ghosts removed {took:?} after the API answered");
-    let m = agent.metrics();
-    assert_eq!(
-        metric_sum(&m, "ghostbuster_flows_removed_total"),
-        4.0,
-        "{m}"
-    );
+    agent.expect_removed(4.0);
     expect_untouched(healthy, &before, &["web-b2"], "healthy pool");
     drop((ghost_a, ghost_b));
 }
@@ -724,15 +550,9 @@ fn a_hanging_pod_get_of_one_service_does_not_hold_back_anothers_deletes() {
 /// not by itself `pod_gone`); this branch makes the agent ask.
 #[test]
 fn a_draining_pod_on_another_node_whose_labels_change_keeps_its_connections() {
-    let Some(mut s) = Story::start("agent_safety_draining", true) else {
+    let Some((mut s, a, b, vip, draining)) = two_backends("agent_safety_draining", true, 56) else {
         return;
     };
-    let a = s.backend("web-a", "shop", "web", &[]);
-    let b = s.backend("web-b", "shop", "web", &[]);
-    let vip = SocketAddr::from((vip_v4(56), 80));
-    s.lab.sync_services(&[svc("shop", 56, &a)]).unwrap();
-    let draining = pool(&s.client, vip, 2);
-    expect_answers(&draining, 2, "pool to web-a");
     let dead = ip_of(&a, false);
     let objects = |s: &Story, deleting: bool| {
         let mut o = s.lab.kubernetes_objects();
@@ -747,25 +567,25 @@ fn a_draining_pod_on_another_node_whose_labels_change_keeps_its_connections() {
     // Draining: terminating and serving, next to web-b.
     let terminating = v4(&a).into_iter().map(Endpoint::terminating);
     let mix: Vec<Endpoint> = b.iter().cloned().chain(terminating).collect();
-    s.lab.sync_services(&[svc("shop", 56, &mix)]).unwrap();
-    let api = FakeApiServer::start_in_thread().unwrap();
-    publish(&api, &objects(&s, true));
-    let kp = FakeKubeProxy::start("nftables");
-    let agent = LoggedAgent::start(&api, &s.node(), &kp, &["--resync-interval", "1s"]);
+    s.lab.sync_services(&[web("shop", 56, &mix)]).unwrap();
+    let AgentRig { api, kp, agent, .. } = AgentRig::new(&s.node())
+        .objects(objects(&s, true))
+        .args(&["--resync-interval", "1s"])
+        .capture_log()
+        .start();
     let healthy = pool(&s.client, vip, 2);
     expect_answers(&healthy, 2, "healthy pool");
 
     // Its labels change: it leaves the slice, still terminating, still running.
-    s.lab.sync_services(&[svc("shop", 56, &b)]).unwrap();
+    s.lab.sync_services(&[web("shop", 56, &b)]).unwrap();
     let mut o = objects(&s, true);
     object_mut(&mut o, "Pod", "web-a")["metadata"]["labels"]["app"] = Value::from("other");
     publish(&api, &o);
     let before = mark(&draining);
     let before_healthy = mark(&healthy);
-    let until = Instant::now() + Duration::from_secs(20);
-    while pod_gets(&api, "shop", "web-a").is_empty() && Instant::now() < until {
-        kp.synced_now();
-    }
+    kp.sync_until(Duration::from_secs(20), || {
+        !pod_gets(&api, "shop", "web-a").is_empty()
+    });
     assert!(
         pod_gets(&api, "shop", "web-a")
             .iter()
@@ -774,7 +594,7 @@ fn a_draining_pod_on_another_node_whose_labels_change_keeps_its_connections() {
         api.requests()
     );
     // Judged after the answer: kube-proxy synced and two full passes ran.
-    let scans = |agent: &LoggedAgent| {
+    let scans = |agent: &Agent| {
         agent
             .metrics()
             .lines()
@@ -786,10 +606,7 @@ fn a_draining_pod_on_another_node_whose_labels_change_keeps_its_connections() {
             .sum::<f64>()
     };
     let full = scans(&agent);
-    let until = Instant::now() + Duration::from_secs(20);
-    while scans(&agent) < full + 2.0 && Instant::now() < until {
-        kp.synced_now();
-    }
+    kp.sync_until(Duration::from_secs(20), || scans(&agent) >= full + 2.0);
     assert!(scans(&agent) >= full + 2.0, "no full passes");
     assert_eq!(
         entries_to(&table(&s.node()), dead).len(),
@@ -798,10 +615,5 @@ fn a_draining_pod_on_another_node_whose_labels_change_keeps_its_connections() {
     );
     expect_untouched(draining, &before, &["web-a"], "draining pool");
     expect_untouched(healthy, &before_healthy, &["web-b"], "healthy pool");
-    let m = agent.metrics();
-    assert_eq!(
-        metric_sum(&m, "ghostbuster_flows_removed_total"),
-        0.0,
-        "{m}"
-    );
+    agent.expect_removed(0.0);
 }

@@ -14,32 +14,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use agent_support::*;
-use fake_apiserver::FakeApiServer;
 use netlab::plan::vip_v4;
-use netlab::{Endpoint, Service, ServicePort};
 use scan_support::*;
 use serde_json::{json, Value};
-
-fn web(vip: u8, eps: &[Endpoint]) -> Service {
-    Service::new("shop", "web")
-        .cluster_ip(vip_v4(vip))
-        .port(ServicePort::tcp("http", 80, HTTP))
-        .endpoints(v4(eps))
-}
-
-/// Polls `f` every 100 ms until it holds or `within` passes; returns whether it held.
-fn wait_for(within: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let until = Instant::now() + within;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() > until {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// The EndpointSlice of Service `shop/web` among `objects`.
 fn web_slice(objects: &mut Value) -> Value {
@@ -171,31 +148,26 @@ fn a_deselected_host_network_backend_on_another_node_keeps_its_connection() {
     let a = s.backend("web-a", "shop", "web", &[]);
     let b = s.backend("web-b", "shop", "web", &[]);
     let c = s.backend("web-c", "shop", "web", &[]);
-    let vip = SocketAddr::from((vip_v4(38), 80));
     let a_ip = ip_of(&a, false);
     let c_ip = ip_of(&c, false);
     // Two connections to each of a and c.
-    s.lab.sync_services(&[web(38, &a)]).unwrap();
-    let live = pool(&s.client, vip, 2);
-    expect_answers(&live, 2, "pool to web-a");
-    s.lab.sync_services(&[web(38, &c)]).unwrap();
-    let ghost = pool(&s.client, vip, 2);
-    expect_answers(&ghost, 2, "pool to web-c");
-    let both: Vec<Endpoint> = a.iter().chain(c.iter()).cloned().collect();
-    s.lab.sync_services(&[web(38, &both)]).unwrap();
+    let [live, ghost] = pin_pools(&mut s, 38, [("web-a", &a), ("web-c", &c)]);
 
-    let api = FakeApiServer::start_in_thread().unwrap();
-    publish(&api, &with_node_b(s.lab.kubernetes_objects(), a_ip));
-    let kp = FakeKubeProxy::start("nftables");
-    let agent = Agent::start(&api, &s.node(), &kp, &["--resync-interval", "1s"]);
-    assert!(agent.wait_ready(Duration::from_secs(20)), "agent not ready");
+    let AgentRig { api, kp, agent, .. } = AgentRig::new(&s.node())
+        .objects(with_node_b(s.lab.kubernetes_objects(), a_ip))
+        .args(&["--resync-interval", "1s"])
+        .start();
 
     // web moves to b: a (alive, on node B) is deselected, c vanishes for real.
-    s.lab.sync_services(&[web(38, &b)]).unwrap();
+    s.lab.sync_services(&[web("shop", 38, &b)]).unwrap();
     s.lab.delete_pod_silently("web-c").unwrap();
     let before = mark(&live);
-    publish(&api, &with_node_b(s.lab.kubernetes_objects(), a_ip));
-    api.delete("pods", "shop", "web-c");
+    publish_pod_gone(
+        &api,
+        &with_node_b(s.lab.kubernetes_objects(), a_ip),
+        "shop",
+        "web-c",
+    );
     kp.synced_now();
 
     let swept = wait_for(Duration::from_secs(15), || {
@@ -228,32 +200,19 @@ fn a_deselected_host_network_backend_on_another_node_keeps_its_connection() {
 /// BOOKMARKs arrive.
 #[test]
 fn a_silent_watch_holds_removals_until_bookmarks_arrive() {
-    let Some(mut s) = Story::start("agent_e2e_watch_stale", false) else {
+    let Some((mut s, a, b, _, ghost)) = two_backends("agent_e2e_watch_stale", false, 40) else {
         return;
     };
-    let a = s.backend("web-a", "shop", "web", &[]);
-    let b = s.backend("web-b", "shop", "web", &[]);
-    let vip = SocketAddr::from((vip_v4(40), 80));
-    s.lab.sync_services(&[web(40, &a)]).unwrap();
-    let ghost = pool(&s.client, vip, 2);
-    expect_answers(&ghost, 2, "pool");
-    let api = FakeApiServer::start_in_thread().unwrap();
-    publish(&api, &s.lab.kubernetes_objects());
-    let kp = FakeKubeProxy::start("nftables");
-    let agent = Agent::start(
-        &api,
-        &s.node(),
-        &kp,
-        &["--resync-interval", "1s", "--watch-stale-after", "2s"],
-    );
-    assert!(agent.wait_ready(Duration::from_secs(20)), "agent not ready");
+    let AgentRig { api, kp, agent, .. } = AgentRig::of(&s)
+        .args(&["--resync-interval", "1s", "--watch-stale-after", "2s"])
+        .start();
     // No BOOKMARKs and no changes: after 2 s every watch is stale (the setup; the hold below is
     // the proof).
     std::thread::sleep(Duration::from_millis(2500));
 
     // The ghost: only the slice changes and the pod goes (Services, Nodes and Namespaces stay
     // silent).
-    s.lab.sync_services(&[web(40, &b)]).unwrap();
+    s.lab.sync_services(&[web("shop", 40, &b)]).unwrap();
     let dead = ip_of(&a, false);
     s.lab.delete_pod_silently("web-a").unwrap();
     let mut objects = s.lab.kubernetes_objects();
@@ -315,24 +274,19 @@ fn timed_get(addr: SocketAddr, path: &str) -> Option<(u16, String, Duration)> {
 /// once the GET answers again, the ghost goes.
 #[test]
 fn metrics_answer_while_the_api_hangs() {
-    let Some(mut s) = Story::start("agent_e2e_watch_hang", false) else {
+    let Some((mut s, a, b, _, ghost)) = two_backends("agent_e2e_watch_hang", false, 42) else {
         return;
     };
-    let a = s.backend("web-a", "shop", "web", &[]);
-    let b = s.backend("web-b", "shop", "web", &[]);
-    let vip = SocketAddr::from((vip_v4(42), 80));
-    s.lab.sync_services(&[web(42, &a)]).unwrap();
-    let ghost = pool(&s.client, vip, 2);
-    expect_answers(&ghost, 2, "pool");
-    let api = FakeApiServer::start_in_thread().unwrap();
     // web-a runs on another node as far as the API says: the agent's pod watch (this node's pods)
     // does not see it go, so only a GET can tell.
     let mut objects = s.lab.kubernetes_objects();
     object_mut(&mut objects, "Pod", "web-a")["spec"]["nodeName"] = json!("node-b");
-    publish(&api, &objects);
-    api.hang_lists("endpointslices", true);
-    let kp = FakeKubeProxy::start("nftables");
-    let agent = Agent::start(&api, &s.node(), &kp, &["--resync-interval", "1s"]);
+    let AgentRig { api, kp, agent, .. } = AgentRig::new(&s.node())
+        .objects(objects)
+        .api(|api| api.hang_lists("endpointslices", true))
+        .args(&["--resync-interval", "1s"])
+        .no_wait()
+        .start();
     let admin = SocketAddr::from(([127, 0, 0, 1], agent.port));
     assert!(
         wait_for(Duration::from_secs(10), || timed_get(admin, "/metrics")
@@ -357,11 +311,10 @@ fn metrics_answer_while_the_api_hangs() {
 
     // A ghost whose pod lookup hangs.
     api.hang_gets("pods", true);
-    s.lab.sync_services(&[web(42, &b)]).unwrap();
+    s.lab.sync_services(&[web("shop", 42, &b)]).unwrap();
     let dead = ip_of(&a, false);
     s.lab.delete_pod_silently("web-a").unwrap();
-    publish(&api, &s.lab.kubernetes_objects());
-    api.delete("pods", "shop", "web-a");
+    publish_pod_gone(&api, &s.lab.kubernetes_objects(), "shop", "web-a");
     kp.synced_now();
     let asked = wait_for(Duration::from_secs(10), || {
         api.requests()
@@ -403,39 +356,25 @@ fn metrics_answer_while_the_api_hangs() {
 /// reports only (`dataplane`), and a ghost with evidence is kept; back in nftables mode, it goes.
 #[test]
 fn a_kube_proxy_mode_change_is_seen_while_running() {
-    let Some(mut s) = Story::start("agent_e2e_watch_mode", false) else {
+    let Some((mut s, a, b, _, ghost)) = two_backends("agent_e2e_watch_mode", false, 43) else {
         return;
     };
-    let a = s.backend("web-a", "shop", "web", &[]);
-    let b = s.backend("web-b", "shop", "web", &[]);
-    let vip = SocketAddr::from((vip_v4(43), 80));
-    s.lab.sync_services(&[web(43, &a)]).unwrap();
-    let ghost = pool(&s.client, vip, 2);
-    expect_answers(&ghost, 2, "pool");
-    let api = FakeApiServer::start_in_thread().unwrap();
-    publish(&api, &s.lab.kubernetes_objects());
-    let kp = FakeKubeProxy::start("nftables");
-    let agent = Agent::start(
-        &api,
-        &s.node(),
-        &kp,
-        &[
+    let AgentRig { api, kp, agent, .. } = AgentRig::of(&s)
+        .args(&[
             "--resync-interval",
             "1s",
             "--kube-proxy-mode-interval",
             "300ms",
-        ],
-    );
-    assert!(agent.wait_ready(Duration::from_secs(20)), "agent not ready");
+        ])
+        .start();
     kp.set_mode("ipvs");
     // Several probe intervals (setup; the hold below is the proof).
     std::thread::sleep(Duration::from_millis(1500));
 
-    s.lab.sync_services(&[web(43, &b)]).unwrap();
+    s.lab.sync_services(&[web("shop", 43, &b)]).unwrap();
     let dead = ip_of(&a, false);
     s.lab.delete_pod_silently("web-a").unwrap();
-    publish(&api, &s.lab.kubernetes_objects());
-    api.delete("pods", "shop", "web-a");
+    publish_pod_gone(&api, &s.lab.kubernetes_objects(), "shop", "web-a");
     kp.synced_now();
     let mut m = String::new();
     let held = wait_for(Duration::from_secs(10), || {

@@ -54,10 +54,9 @@ mod soak_support;
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use agent_support::{Agent, Launch};
+use agent_support::{Agent, Launch, Log};
 use fake_apiserver::FakeApiServer;
 use netlab::sync_proxy::now_secs;
 use netlab::{Lab, PodSpec, ProxyConfig, SyncPlan, SyncingProxy};
@@ -237,24 +236,19 @@ fn start_agent(
     kp: &SyncingProxy,
     extra: &[String],
 ) -> RunningAgent {
-    let port = agent_support::free_port();
+    let log_path = std::env::temp_dir().join(format!("gb-soak-agent-{}.log", std::process::id()));
     let launch = Launch {
         kubeconfig: api.kubeconfig(),
         kube_proxy: kp.addr(),
         netns: Some(node.to_string()),
         wrapper: Vec::new(),
         scrape_ns: None,
-        port,
+        port: agent_support::free_port(),
+        log: Log::File(log_path.clone()),
     };
-    let log_path = std::env::temp_dir().join(format!("gb-soak-agent-{}.log", std::process::id()));
-    let kc = Agent::kubeconfig_file(&launch.kubeconfig);
     let args: Vec<&str> = extra.iter().map(String::as_str).collect();
-    let mut cmd = Agent::command(&launch, &kc.0, &args);
-    cmd.stdout(Stdio::null())
-        .stderr(File::create(&log_path).expect("agent log file"));
-    let child = cmd.spawn().expect("start the agent");
     RunningAgent {
-        agent: Agent::adopt(child, port, kc),
+        agent: Agent::launch(launch, &args),
         log_path,
     }
 }

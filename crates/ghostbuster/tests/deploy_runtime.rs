@@ -23,9 +23,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use agent_support::*;
-use fake_apiserver::FakeApiServer;
 use netlab::plan::vip_v4;
-use netlab::{Endpoint, Service, ServicePort};
 use scan_support::*;
 use serde_json::Value;
 
@@ -48,13 +46,6 @@ fn tool_available(test: &str, tool: &str) -> bool {
     }
     eprintln!("SKIP {reason}");
     false
-}
-
-fn web(vip: u8, eps: &[Endpoint]) -> Service {
-    Service::new("shop", "web")
-        .cluster_ip(vip_v4(vip))
-        .port(ServicePort::tcp("http", 80, HTTP))
-        .endpoints(v4(eps))
 }
 
 // --- least privilege ------------------------------------------------------------------------
@@ -187,32 +178,26 @@ fn the_agent_works_with_only_net_admin_and_a_read_only_filesystem() {
     {
         return;
     }
-    let Some(mut s) = Story::start(test, false) else {
+    let Some((mut s, a, b, _, ghost)) = two_backends(test, false, 40) else {
         return;
     };
     let node = s.node();
-    let a = s.backend("web-a", "shop", "web", &[]);
-    let b = s.backend("web-b", "shop", "web", &[]);
-    let vip = SocketAddr::from((vip_v4(40), 80));
-    s.lab.sync_services(&[web(40, &a)]).unwrap();
-    let ghost = pool(&s.client, vip, 2);
-    expect_answers(&ghost, 2, "ghost pool");
 
-    // The fakes listen on 127.0.0.1 of the node namespace, the only one the agent can reach.
-    let api = NsApiServer::start(&node);
-    publish(&api, &s.lab.kubernetes_objects());
-    let kp = FakeKubeProxy::start_in("nftables", Some(&node));
-    let launch = |caps: &str| Launch {
-        kubeconfig: api.kubeconfig(),
-        kube_proxy: kp.addr,
-        netns: None,
-        wrapper: confined(&node, caps),
-        scrape_ns: Some(node.clone()),
-        port: free_port_in(Some(&node)),
-    };
+    // The agent: ready, confined, and it removes the ghost. The fakes listen on 127.0.0.1 of the
+    // node namespace, the only one the agent can reach.
+    let mut rig = AgentRig::new(&node)
+        .confined(confined(&node, ONLY_NET_ADMIN))
+        .objects(s.lab.kubernetes_objects())
+        .args(&["--resync-interval", "1s"])
+        .start();
+    let (api, kp, agent) = (&rig.api, &rig.kp, &rig.agent);
+    assert_confined(agent.child.id());
 
     // Without CAP_NET_ADMIN: a clear message and exit 3 (environment), for the agent and the CLI.
-    let l = launch(NO_CAPS);
+    let l = Launch {
+        port: free_port_in(Some(&node)),
+        ..rig.launch(Some(confined(&node, NO_CAPS)))
+    };
     let kc = Agent::kubeconfig_file(&l.kubeconfig);
     let (code, _, err) = run_bounded(Agent::command(&l, &kc.0, &[]), Duration::from_secs(15));
     assert_eq!(code, Some(3), "agent without CAP_NET_ADMIN: {err}");
@@ -241,29 +226,17 @@ fn the_agent_works_with_only_net_admin_and_a_read_only_filesystem() {
         .unwrap_or_else(|| panic!("no count in {out:?}"));
     assert!(n >= 2, "list --count: {out}");
 
-    // The agent: ready, confined, and it removes the ghost.
-    let agent = Agent::launch(launch(ONLY_NET_ADMIN), &["--resync-interval", "1s"]);
-    assert!(
-        agent.wait_ready(Duration::from_secs(20)),
-        "agent with only CAP_NET_ADMIN never became ready"
-    );
-    assert_confined(agent.child.id());
-
-    s.lab.sync_services(&[web(40, &b)]).unwrap();
+    s.lab.sync_services(&[web("shop", 40, &b)]).unwrap();
     let dead = ip_of(&a, false);
     s.lab.delete_pod_silently("web-a").unwrap();
     let hung = expect_hang(&ghost, 2, Duration::from_secs(1));
-    publish(&api, &s.lab.kubernetes_objects());
-    api.delete("pods", "shop", "web-a");
+    publish_pod_gone(api, &s.lab.kubernetes_objects(), "shop", "web-a");
     eprintln!("published the removal at {}", jiff::Timestamp::now());
     // kube-proxy has not caught up: the gate holds (up to --kube-proxy-max-wait, 35 s), and a
     // full pass reports the ghost.
-    let until = Instant::now() + Duration::from_secs(10);
-    let mut held = agent.metrics();
-    while metric_sum(&held, "conntrack_stale_entries") < 2.0 && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(100));
-        held = agent.metrics();
-    }
+    let held = agent.metrics_until(Duration::from_secs(10), |m| {
+        metric_sum(m, "conntrack_stale_entries") >= 2.0
+    });
     assert!(
         metric_sum(&held, "conntrack_stale_entries") >= 2.0,
         "{held}"
@@ -310,7 +283,7 @@ fn the_agent_works_with_only_net_admin_and_a_read_only_filesystem() {
         missing.is_empty(),
         "the alert rules use metrics the agent does not export: {missing:?}\nexported: {exported:?}"
     );
-    let exit = agent.stop();
+    let exit = rig.agent.terminate();
     assert!(exit < Duration::from_secs(2), "SIGTERM took {exit:?}");
 }
 
@@ -746,38 +719,29 @@ fn a_real_prometheus_sees_the_ghost_the_alert_and_the_removal() {
     let a = s.backend("web-a", "shop", "web", &[]);
     let b = s.backend("web-b", "shop", "web", &[]);
     let vip = SocketAddr::from((vip_v4(41), 80));
-    s.lab.sync_services(&[web(41, &a)]).unwrap();
+    s.lab.sync_services(&[web("shop", 41, &a)]).unwrap();
     let ghost = pool(&s.client, vip, 2);
     expect_answers(&ghost, 2, "ghost pool");
 
-    let api = FakeApiServer::start_in_thread().unwrap();
-    publish(&api, &s.lab.kubernetes_objects());
-    let kp = FakeKubeProxy::start("nftables");
-    kp.synced_now();
     let port = free_port();
     let dir = TempDir::new("prometheus");
     let prom = Prometheus::start(&dir.0, port);
 
-    let report = Agent::start_on(
-        &api,
-        &node,
-        &kp,
-        port,
-        &["--dry-run", "--resync-interval", "1s"],
-    );
-    assert!(
-        report.wait_ready(Duration::from_secs(20)),
-        "report-only agent not ready"
-    );
+    // Report-only first.
+    let mut rig = AgentRig::new(&node)
+        .objects(s.lab.kubernetes_objects())
+        .kube_proxy_synced()
+        .port(port)
+        .args(&["--dry-run", "--resync-interval", "1s"])
+        .start();
     // What the API held while the backend was listed (for the sweeping agent below).
     let with_a = s.lab.kubernetes_objects();
     // The ghost: the backend leaves the Service and vanishes.
-    s.lab.sync_services(&[web(41, &b)]).unwrap();
+    s.lab.sync_services(&[web("shop", 41, &b)]).unwrap();
     let dead = ip_of(&a, false);
     s.lab.delete_pod_silently("web-a").unwrap();
-    publish(&api, &s.lab.kubernetes_objects());
-    api.delete("pods", "shop", "web-a");
-    kp.synced_now();
+    publish_pod_gone(&rig.api, &s.lab.kubernetes_objects(), "shop", "web-a");
+    rig.kp.synced_now();
 
     let stale = poll(deadline, || {
         let v = prom.sum("conntrack_stale_entries");
@@ -787,7 +751,7 @@ fn a_real_prometheus_sees_the_ghost_the_alert_and_the_removal() {
         stale.is_some(),
         "Prometheus never saw the ghost: {:?}\nagent: {}\nprometheus log:\n{}",
         prom.query("conntrack_stale_entries"),
-        report.metrics(),
+        rig.agent.metrics(),
         prom.log()
     );
     let up = prom.query(r#"up{job="ghostbuster"}"#);
@@ -814,23 +778,18 @@ fn a_real_prometheus_sees_the_ghost_the_alert_and_the_removal() {
     );
 
     // Sweep mode, same admin port: the ghost goes, and Prometheus sees the counter rise.
-    report.stop();
+    // The report-only agent stops (SIGTERM) and a sweeping one starts in its place, ready.
+    rig.restart_agent(&["--resync-interval", "1s"]);
     // The sweeping agent did not witness the removal (no tombstone, no pod to confirm gone): for
     // TCP it has only the snapshot's word, which keeps the flow (`no_evidence`; the agent has no
     // `--trust-snapshot`). So it is shown the removal: the slice lists the dead backend once
     // more and drops it again, and the pod GET answers 404.
-    let sweep = Agent::start_on(&api, &node, &kp, port, &["--resync-interval", "1s"]);
-    assert!(
-        sweep.wait_ready(Duration::from_secs(20)),
-        "sweeping agent not ready"
-    );
-    publish(&api, &with_a);
-    api.delete("pods", "shop", "web-a");
+    publish_pod_gone(&rig.api, &with_a, "shop", "web-a");
     // Watch events arrive in order: the agent sees the backend listed, then gone.
-    publish(&api, &s.lab.kubernetes_objects());
+    publish(&rig.api, &s.lab.kubernetes_objects());
     let removed = poll(deadline, || {
         if !entries_to(&table(&node), dead).is_empty() {
-            kp.synced_now();
+            rig.kp.synced_now();
         }
         let v = prom.sum("ghostbuster_flows_removed_total");
         (v > removed_before && v >= 2.0).then_some(v)
@@ -839,13 +798,13 @@ fn a_real_prometheus_sees_the_ghost_the_alert_and_the_removal() {
         removed.is_some(),
         "Prometheus never saw the removal: {:?}\nagent: {}\nprometheus log:\n{}",
         prom.query("ghostbuster_flows_removed_total"),
-        sweep.metrics(),
+        rig.agent.metrics(),
         prom.log()
     );
     assert!(entries_to(&table(&node), dead).is_empty());
     assert_eq!(prom.sum(r#"ghostbuster_mode{mode="sweep"}"#), 1.0);
     drop(ghost);
-    drop(sweep);
+    drop(rig);
     drop(prom);
     drop(dir);
 }

@@ -171,21 +171,36 @@ struct Agent {
     events: Vec<Event>,
 }
 
+/// `watch_cluster_with` for this node on `tuning` (ServiceCIDRs watched if `cidrs`): the task,
+/// its events and its health.
+fn spawn_watch(
+    server: &FakeApiServer,
+    cidrs: bool,
+    tuning: WatchTuning,
+) -> (
+    tokio::task::JoinHandle<()>,
+    mpsc::Receiver<Event>,
+    Arc<WatchHealth>,
+) {
+    let (tx, rx) = mpsc::channel(64);
+    let health = Arc::new(WatchHealth::new());
+    let cfg = WatchConfig {
+        node_name: NODE.into(),
+        watch_service_cidrs: cidrs,
+    };
+    let task = tokio::spawn(live::watch_cluster_with(
+        client(server),
+        cfg,
+        tuning,
+        tx,
+        Arc::clone(&health),
+    ));
+    (task, rx, health)
+}
+
 impl Agent {
     fn start(server: &FakeApiServer, cidrs: bool) -> Agent {
-        let (tx, rx) = mpsc::channel(64);
-        let health = Arc::new(WatchHealth::new());
-        let cfg = WatchConfig {
-            node_name: NODE.into(),
-            watch_service_cidrs: cidrs,
-        };
-        let task = tokio::spawn(live::watch_cluster_with(
-            client(server),
-            cfg,
-            fast(),
-            tx,
-            Arc::clone(&health),
-        ));
+        let (task, rx, health) = spawn_watch(server, cidrs, fast());
         Agent {
             index: Index::new(IndexConfig {
                 node_name: Some(NODE.into()),
@@ -262,6 +277,41 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// `watch_cluster_with` (this node, ServiceCIDRs watched) on `tuning`, its events drained and
+/// never applied: for the tests of the watches' health alone. Both tasks end on drop.
+struct Watching {
+    health: Arc<WatchHealth>,
+    task: tokio::task::JoinHandle<()>,
+    drain: tokio::task::JoinHandle<()>,
+}
+
+impl Watching {
+    fn start(server: &FakeApiServer, tuning: WatchTuning) -> Watching {
+        let (task, mut rx, health) = spawn_watch(server, true, tuning);
+        let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+        Watching {
+            health,
+            task,
+            drain,
+        }
+    }
+
+    /// Waits until every kind synced; panics past `deadline`.
+    async fn synced_by(&self, deadline: Instant) {
+        while !self.health.all_synced() {
+            assert!(Instant::now() < deadline, "never synced: {:?}", self.health);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.drain.abort();
     }
 }
 
@@ -536,29 +586,15 @@ async fn bookmarks_keep_the_view_fresh_and_silence_makes_it_stale() {
 async fn a_silent_watch_turns_stale_even_though_it_reconnects_and_a_bookmark_revives_it() {
     let server = FakeApiServer::start().await.unwrap();
     populate(&server);
-    let (tx, mut rx) = mpsc::channel(64);
-    let health = Arc::new(WatchHealth::new());
-    let tuning = WatchTuning {
-        idle_timeout: Duration::from_millis(150),
-        ..fast()
-    };
-    let cfg = WatchConfig {
-        node_name: NODE.into(),
-        watch_service_cidrs: true,
-    };
-    let task = tokio::spawn(live::watch_cluster_with(
-        client(&server),
-        cfg,
-        tuning,
-        tx,
-        Arc::clone(&health),
-    ));
-    let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
-    let deadline = Instant::now() + WAIT;
-    while !health.all_synced() {
-        assert!(Instant::now() < deadline, "never synced: {health:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let w = Watching::start(
+        &server,
+        WatchTuning {
+            idle_timeout: Duration::from_millis(150),
+            ..fast()
+        },
+    );
+    let health = &w.health;
+    w.synced_by(Instant::now() + WAIT).await;
     let watches_before = server.count("watch", "services");
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert!(
@@ -593,8 +629,6 @@ async fn a_silent_watch_turns_stale_even_though_it_reconnects_and_a_bookmark_rev
         }
     }
     assert!(fresh, "a BOOKMARK makes it fresh: {health:?}");
-    task.abort();
-    drain.abort();
 }
 
 #[tokio::test]
@@ -1041,24 +1075,14 @@ async fn lists_and_pod_gets_have_timeouts_and_list_bodies_a_cap() {
     let server = FakeApiServer::start().await.unwrap();
     populate(&server);
     server.hang_lists("endpointslices", true);
-    let (tx, mut rx) = mpsc::channel(64);
-    let health = Arc::new(WatchHealth::new());
-    let tuning = WatchTuning {
-        request_timeout: Duration::from_millis(300),
-        ..fast()
-    };
-    let cfg = WatchConfig {
-        node_name: NODE.into(),
-        watch_service_cidrs: true,
-    };
-    let task = tokio::spawn(live::watch_cluster_with(
-        client(&server),
-        cfg.clone(),
-        tuning,
-        tx,
-        Arc::clone(&health),
-    ));
-    let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    let w = Watching::start(
+        &server,
+        WatchTuning {
+            request_timeout: Duration::from_millis(300),
+            ..fast()
+        },
+    );
+    let health = &w.health;
     let deadline = Instant::now() + WAIT;
     loop {
         let st = &health.status()[1];
@@ -1080,28 +1104,19 @@ async fn lists_and_pod_gets_have_timeouts_and_list_bodies_a_cap() {
     }
     assert!(server.count("list", "endpointslices") >= 2, "retried");
     server.hang_lists("endpointslices", false);
-    while !health.all_synced() {
-        assert!(Instant::now() < deadline, "never synced: {health:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    task.abort();
-    drain.abort();
+    w.synced_by(deadline).await;
+    drop(w);
 
     // A list body larger than the cap: an error that says so, and the kind never syncs.
-    let (tx, mut rx) = mpsc::channel(64);
-    let health = Arc::new(WatchHealth::new());
-    let task = tokio::spawn(live::watch_cluster_with(
-        client(&server),
-        cfg,
+    let w = Watching::start(
+        &server,
         WatchTuning {
             max_list_bytes: 300,
             page_size: 500,
             ..fast()
         },
-        tx,
-        Arc::clone(&health),
-    ));
-    let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    );
+    let health = &w.health;
     let deadline = Instant::now() + WAIT;
     loop {
         let st = &health.status()[1];
@@ -1117,8 +1132,7 @@ async fn lists_and_pod_gets_have_timeouts_and_list_bodies_a_cap() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(!health.synced(Kind::EndpointSlice));
-    task.abort();
-    drain.abort();
+    drop(w);
 
     // A pod GET that hangs.
     server.hang_gets("pods", true);
@@ -1407,17 +1421,21 @@ fn cli_scan_and_sweep_read_the_live_api_end_to_end() {
             .collect()
     };
 
-    let run = ghostbuster(&[
-        "scan",
-        "--clock-skew",
-        "0s",
-        "--kubeconfig",
-        &kubeconfig,
-        "--netns",
-        &node,
-        "-o",
-        "json",
-    ]);
+    // `scan` or `sweep` of the lab node's table, judged by the live API.
+    let live = |cmd: &str| {
+        ghostbuster(&[
+            cmd,
+            "--clock-skew",
+            "0s",
+            "--kubeconfig",
+            &kubeconfig,
+            "--netns",
+            &node,
+            "-o",
+            "json",
+        ])
+    };
+    let run = live("scan");
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     let flows = to_backend(&run);
     assert_eq!(flows.len(), 1, "{}", run.stdout);
@@ -1440,31 +1458,11 @@ fn cli_scan_and_sweep_read_the_live_api_end_to_end() {
         );
     }
 
-    let run = ghostbuster(&[
-        "sweep",
-        "--clock-skew",
-        "0s",
-        "--kubeconfig",
-        &kubeconfig,
-        "--netns",
-        &node,
-        "-o",
-        "json",
-    ]);
+    let run = live("sweep");
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     let flows = to_backend(&run);
     assert_eq!(flows[0]["result"], "deleted", "{}", run.stdout);
-    let run = ghostbuster(&[
-        "scan",
-        "--clock-skew",
-        "0s",
-        "--kubeconfig",
-        &kubeconfig,
-        "--netns",
-        &node,
-        "-o",
-        "json",
-    ]);
+    let run = live("scan");
     assert!(
         to_backend(&run).is_empty(),
         "the ghost is gone: {}",

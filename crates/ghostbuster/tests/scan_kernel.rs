@@ -137,24 +137,9 @@ fn seed_001_udp_flow_to_a_scaled_down_backend_is_removed_and_queries_are_answere
     let Some(mut s) = Story::start("seed_001_udp", true) else {
         return;
     };
-    let a = s.backend(
-        "dns-a",
-        "kube-system",
-        "dns",
-        &[ServerSpec::udp_echo(5353, "dns-a")],
-    );
-    let b = s.backend(
-        "dns-b",
-        "kube-system",
-        "dns",
-        &[ServerSpec::udp_echo(5353, "dns-b")],
-    );
-    let dns = |eps: &[Endpoint]| {
-        Service::new("kube-system", "dns")
-            .cluster_ip(vip_v4(53))
-            .port(ServicePort::udp("dns", 53, 5353))
-            .endpoints(v4(eps))
-    };
+    let a = s.dns_backend("dns-a");
+    let b = s.dns_backend("dns-b");
+    let dns = |eps: &[Endpoint]| dns_service(53, eps);
     let vip = SocketAddr::from((vip_v4(53), 53));
     let config = UdpConfig {
         interval: Duration::from_millis(50),

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use netlab::plan::vip_v4;
-use netlab::{Endpoint, ServerSpec, Service, ServicePort, UdpClient, UdpConfig};
+use netlab::{Endpoint, UdpClient, UdpConfig};
 use scan_support::*;
 
 fn set_timestamps(netns: &str, on: bool) {
@@ -32,23 +32,13 @@ fn sweep_from_file_keeps_a_connection_of_unknown_age_to_a_pod_newer_than_the_exp
         return;
     };
     let node = s.node();
-    let udp = |n: &str| [ServerSpec::udp_echo(5353, n)];
-    let old = s.backend("dns-old", "kube-system", "dns", &udp("dns-old"));
-    let new = s.backend("dns-new", "kube-system", "dns", &udp("dns-new"));
+    let old = s.dns_backend("dns-old");
+    let new = s.dns_backend("dns-new");
     let a = s.backend("web-a", "shop", "web", &[]);
-    let dns = |eps: &[Endpoint]| {
-        Service::new("kube-system", "dns")
-            .cluster_ip(vip_v4(90))
-            .port(ServicePort::udp("dns", 53, 5353))
-            .endpoints(v4(eps))
-    };
-    let web = |eps: &[Endpoint]| {
-        Service::new("shop", "web")
-            .cluster_ip(vip_v4(91))
-            .port(ServicePort::tcp("http", 80, HTTP))
-            .endpoints(v4(eps))
-    };
-    s.lab.sync_services(&[dns(&old), web(&a)]).unwrap();
+    let dns = |eps: &[Endpoint]| dns_service(90, eps);
+    s.lab
+        .sync_services(&[dns(&old), web("shop", 91, &a)])
+        .unwrap();
 
     // The sibling ghost, with a start time: UDP to dns-old, which then vanishes.
     set_timestamps(&node, true);
@@ -69,7 +59,9 @@ fn sweep_from_file_keeps_a_connection_of_unknown_age_to_a_pod_newer_than_the_exp
     assert!(report.answers_from("dns-old") >= 3, "{report:#?}");
     set_timestamps(&node, false);
     s.lab.delete_pod_silently("dns-old").unwrap();
-    s.lab.sync_services(&[dns(&new), web(&a)]).unwrap();
+    s.lab
+        .sync_services(&[dns(&new), web("shop", 91, &a)])
+        .unwrap();
     let ip_old = ip_of(&old, false);
     let ghost = s
         .table()
@@ -92,11 +84,13 @@ fn sweep_from_file_keeps_a_connection_of_unknown_age_to_a_pod_newer_than_the_exp
 
     // After the export, without timestamps: web-b is created and a connection opened to it.
     let b = s.backend("web-b", "shop", "web", &[]);
-    s.lab.sync_services(&[dns(&new), web(&b)]).unwrap();
+    s.lab
+        .sync_services(&[dns(&new), web("shop", 91, &b)])
+        .unwrap();
     let mut conn = connect(&s.client, SocketAddr::from((vip_v4(91), 80)));
     assert_eq!(http_request(&mut conn, TIMEOUT).unwrap(), "web-b");
     s.lab
-        .sync_services(&[dns(&new), web(&[a, b.clone()].concat())])
+        .sync_services(&[dns(&new), web("shop", 91, &[a, b.clone()].concat())])
         .unwrap();
     let ip_b = ip_of(&b, false);
     let live = s

@@ -209,17 +209,8 @@ fn a_view_that_would_remove_most_of_the_table_trips_the_breaker() {
     let Some(mut s) = Story::start("export_breaker", true) else {
         return;
     };
-    let a = s.backend(
-        "dns-a",
-        "kube-system",
-        "dns",
-        &[ServerSpec::udp_echo(5353, "dns-a")],
-    );
-    let dns = Service::new("kube-system", "dns")
-        .cluster_ip(vip_v4(62))
-        .port(ServicePort::udp("dns", 53, 5353))
-        .endpoints(v4(&a));
-    s.lab.sync_services(&[dns]).unwrap();
+    let a = s.dns_backend("dns-a");
+    s.lab.sync_services(&[dns_service(62, &a)]).unwrap();
     // One socket per query: 60 conntrack entries, all answered.
     const FLOWS: u64 = 60;
     let burst = UdpClient::start(

@@ -1,22 +1,31 @@
-//! Shared by the tests that run the real `ghostbuster agent` binary (`agent_e2e.rs`,
-//! `deploy_runtime.rs`): a fake kube-proxy whose last sync time the test controls, the agent
-//! process (optionally behind a wrapper command, such as one dropping privileges), plain HTTP
-//! scrapes (optionally from inside a network namespace), and the fake API server listening inside
-//! a network namespace.
+//! Shared by the tests that run the real `ghostbuster agent` binary (`agent_e2e*.rs`,
+//! `deploy_runtime.rs`, `agent_soak.rs`): [`AgentRig`] (the fake API server, a fake kube-proxy
+//! whose syncs the test publishes, and the agent, started and ready), the pieces it is made of —
+//! [`FakeKubeProxy`], [`Agent`] (optionally behind a wrapper command, such as one dropping
+//! privileges, its stderr inherited, captured or sent to a file), the fake API server listening
+//! inside a network namespace ([`NsApiServer`]) — plain HTTP scrapes (optionally from inside a
+//! network namespace) and the bounded waits the tests share.
 //!
 //! Every wait here is bounded; every temporary file is removed on drop.
 
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::ops::Deref;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fake_apiserver::FakeApiServer;
+use netlab::plan::vip_v4;
+use netlab::{ClientReport, Endpoint, TcpPool};
 use serde_json::Value;
+
+use super::scan_support::{
+    entries_to, expect_answers, expect_hang, ip_of, mark, pool, table, web, Story,
+};
 
 /// A kube-proxy that only answers what the agent asks: its sync metrics (the end of its last
 /// successful sync, the duration histogram of every sync, the failure counter) and its mode.
@@ -180,6 +189,27 @@ impl FakeKubeProxy {
         }
         self.scrapes() >= since + n
     }
+
+    /// kube-proxy keeps syncing ([`FakeKubeProxy::synced_now`]: its timestamp moves on) until
+    /// `done`, at most `within`; returns how long it took.
+    pub fn sync_until(&self, within: Duration, done: impl Fn() -> bool) -> Duration {
+        self.sync_until_pausing(within, Duration::ZERO, done)
+    }
+
+    /// [`FakeKubeProxy::sync_until`] with `pause` more between two syncs.
+    pub fn sync_until_pausing(
+        &self,
+        within: Duration,
+        pause: Duration,
+        done: impl Fn() -> bool,
+    ) -> Duration {
+        let t = Instant::now();
+        while !done() && t.elapsed() < within {
+            self.synced_now();
+            std::thread::sleep(pause);
+        }
+        t.elapsed()
+    }
 }
 
 /// A non-blocking listener on 127.0.0.1:0 of `netns` (or of the test's own namespace).
@@ -289,6 +319,18 @@ pub mod tempfile_path {
     }
 }
 
+/// Where the agent's stderr goes.
+#[derive(Clone, Debug, Default)]
+pub enum Log {
+    /// The test's own stderr.
+    #[default]
+    Inherit,
+    /// Captured line by line (and echoed, prefixed `agent: `), for [`Agent::logged`].
+    Capture,
+    /// Written to this file.
+    File(PathBuf),
+}
+
 /// How to start an agent.
 pub struct Launch {
     /// The kubeconfig's text (written to a temporary file).
@@ -303,29 +345,24 @@ pub struct Launch {
     pub scrape_ns: Option<String>,
     /// The admin port (on 127.0.0.1).
     pub port: u16,
+    /// Its stderr.
+    pub log: Log,
 }
 
 pub struct Agent {
     pub child: Child,
     pub port: u16,
     scrape_ns: Option<String>,
+    /// Its stderr lines, with [`Log::Capture`].
+    log: Option<Arc<Mutex<Vec<String>>>>,
     _kubeconfig: tempfile_path::Path,
 }
 
 impl Agent {
-    /// The agent in the test's namespace, serving `node_ns` with `--netns`, admin on a free port.
+    /// The agent in the test's namespace serving `node_ns` (`--netns`), its fakes `api` and
+    /// `kp`, admin on a free port, stderr inherited; not waited for. [`AgentRig`] is the usual
+    /// way to start one; this is for callers with fakes of their own making (the agent bench).
     pub fn start(api: &FakeApiServer, node_ns: &str, kp: &FakeKubeProxy, extra: &[&str]) -> Agent {
-        Agent::start_on(api, node_ns, kp, free_port(), extra)
-    }
-
-    /// Like [`Agent::start`] with the admin port given.
-    pub fn start_on(
-        api: &FakeApiServer,
-        node_ns: &str,
-        kp: &FakeKubeProxy,
-        port: u16,
-        extra: &[&str],
-    ) -> Agent {
         Agent::launch(
             Launch {
                 kubeconfig: api.kubeconfig(),
@@ -333,7 +370,8 @@ impl Agent {
                 netns: Some(node_ns.to_string()),
                 wrapper: Vec::new(),
                 scrape_ns: None,
-                port,
+                port: free_port(),
+                log: Log::Inherit,
             },
             extra,
         )
@@ -390,12 +428,29 @@ impl Agent {
     pub fn launch(l: Launch, extra: &[&str]) -> Agent {
         let kc = Agent::kubeconfig_file(&l.kubeconfig);
         let mut cmd = Agent::command(&l, &kc.0, extra);
-        cmd.stdout(Stdio::null()).stderr(Stdio::inherit());
-        let child = cmd.spawn().expect("start the agent");
+        cmd.stdout(Stdio::null());
+        match &l.log {
+            Log::Inherit => cmd.stderr(Stdio::inherit()),
+            Log::Capture => cmd.stderr(Stdio::piped()),
+            Log::File(path) => cmd.stderr(std::fs::File::create(path).expect("agent log file")),
+        };
+        let mut child = cmd.spawn().expect("start the agent");
+        let log = child.stderr.take().map(|stderr| {
+            let log = Arc::new(Mutex::new(Vec::new()));
+            let sink = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    eprintln!("agent: {line}");
+                    sink.lock().unwrap().push(line);
+                }
+            });
+            log
+        });
         Agent {
             child,
             port: l.port,
             scrape_ns: l.scrape_ns,
+            log,
             _kubeconfig: kc,
         }
     }
@@ -406,22 +461,44 @@ impl Agent {
     }
 
     pub fn wait_ready(&self, within: Duration) -> bool {
-        let until = Instant::now() + within;
-        while Instant::now() < until {
-            if matches!(self.get("/readyz"), Some((200, _))) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        false
+        wait_for(within, || matches!(self.get("/readyz"), Some((200, _))))
     }
 
     pub fn metrics(&self) -> String {
         self.get("/metrics").map(|(_, b)| b).unwrap_or_default()
     }
 
-    /// SIGTERM; returns how long the agent took to exit.
-    pub fn stop(mut self) -> Duration {
+    /// Scrapes `/metrics` every 100 ms until `done` holds for the text, at most `within`;
+    /// returns the last scrape (for the caller to assert on).
+    pub fn metrics_until(&self, within: Duration, done: impl Fn(&str) -> bool) -> String {
+        let until = Instant::now() + within;
+        let mut m = self.metrics();
+        while !done(&m) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(100));
+            m = self.metrics();
+        }
+        m
+    }
+
+    /// [`expect_removed`] on a scrape taken now.
+    #[track_caller]
+    pub fn expect_removed(&self, n: f64) {
+        expect_removed(&self.metrics(), n);
+    }
+
+    /// Its stderr lines so far (started with [`Log::Capture`]).
+    pub fn log_lines(&self) -> Vec<String> {
+        let log = self.log.as_ref().expect("the agent's log is not captured");
+        log.lock().unwrap().clone()
+    }
+
+    /// Whether a captured stderr line contains `text`.
+    pub fn logged(&self, text: &str) -> bool {
+        self.log_lines().iter().any(|l| l.contains(text))
+    }
+
+    /// SIGTERM; returns how long the agent took to exit (killed after 10 s).
+    pub fn terminate(&mut self) -> Duration {
         let t = Instant::now();
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
@@ -436,18 +513,10 @@ impl Agent {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-}
 
-impl Agent {
-    /// An agent the caller spawned itself from [`Agent::command`] (e.g. with its stderr sent to
-    /// a file), admin port `port` in the test's own namespace.
-    pub fn adopt(child: Child, port: u16, kubeconfig: tempfile_path::Path) -> Agent {
-        Agent {
-            child,
-            port,
-            scrape_ns: None,
-            _kubeconfig: kubeconfig,
-        }
+    /// [`Agent::terminate`], and the agent is gone.
+    pub fn stop(mut self) -> Duration {
+        self.terminate()
     }
 }
 
@@ -462,5 +531,352 @@ impl Drop for Agent {
 pub fn publish(api: &FakeApiServer, objects: &Value) {
     for item in objects["items"].as_array().unwrap() {
         api.apply(item.clone());
+    }
+}
+
+/// The API learns of a change: `objects` as they are now, and pod `namespace/name` deleted.
+pub fn publish_pod_gone(api: &FakeApiServer, objects: &Value, namespace: &str, name: &str) {
+    publish(api, objects);
+    api.delete("pods", namespace, name);
+}
+
+/// Asserts `ghostbuster_flows_removed_total` in the scrape `metrics` is exactly `n` (the whole
+/// scrape in the message).
+#[track_caller]
+pub fn expect_removed(metrics: &str, n: f64) {
+    assert_eq!(
+        metric_sum(metrics, "ghostbuster_flows_removed_total"),
+        n,
+        "{metrics}"
+    );
+}
+
+/// Polls `f` every 100 ms until it holds or `within` passes; returns whether it held.
+pub fn wait_for(within: Duration, f: impl FnMut() -> bool) -> bool {
+    wait_for_every(Duration::from_millis(100), within, f)
+}
+
+/// Polls `f` every `every` until it holds or `within` passes; returns whether it held.
+pub fn wait_for_every(every: Duration, within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + within;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > until {
+            return false;
+        }
+        std::thread::sleep(every);
+    }
+}
+
+/// The fake API server of an [`AgentRig`]: on a thread of its own in the test's namespace, or
+/// inside the node's namespace ([`RigBuilder::confined`]).
+pub enum RigApi {
+    Own(FakeApiServer),
+    InNetns(NsApiServer),
+}
+
+impl Deref for RigApi {
+    type Target = FakeApiServer;
+    fn deref(&self) -> &FakeApiServer {
+        match self {
+            RigApi::Own(api) => api,
+            RigApi::InNetns(api) => api,
+        }
+    }
+}
+
+/// One agent test's world: the fake API server holding the cluster's objects, a fake
+/// kube-proxy (nftables mode) whose syncs the test publishes, and the real agent serving the
+/// node's namespace, ready (unless [`RigBuilder::no_wait`]). Built by [`AgentRig::new`].
+///
+/// A test keeps it whole or destructures it binding all three (`let AgentRig { api, kp, agent,
+/// .. } = ...`; `_agent` for one it does not use): a field left unbound is dropped at once.
+pub struct AgentRig {
+    // Field order is drop order: the agent before the servers it talks to.
+    pub agent: Agent,
+    pub kp: FakeKubeProxy,
+    pub api: RigApi,
+    node: String,
+    wrapper: Option<Vec<String>>,
+    log: Log,
+    ready: Option<Duration>,
+}
+
+/// [`RigBuilder::api`]'s preparation of the API server.
+type ApiSetup = Box<dyn FnOnce(&FakeApiServer)>;
+
+/// What an [`AgentRig`] starts with; [`RigBuilder::start`] starts it.
+pub struct RigBuilder {
+    node: String,
+    objects: Option<Value>,
+    api_setup: Option<ApiSetup>,
+    kp_synced: bool,
+    args: Vec<String>,
+    log: Log,
+    ready: Option<Duration>,
+    port: Option<u16>,
+    wrapper: Option<Vec<String>>,
+}
+
+impl AgentRig {
+    /// A rig for the node namespace `node`.
+    #[allow(clippy::new_ret_no_self)]
+    pub fn new(node: &str) -> RigBuilder {
+        RigBuilder {
+            node: node.to_string(),
+            objects: None,
+            api_setup: None,
+            kp_synced: false,
+            args: Vec::new(),
+            log: Log::Inherit,
+            ready: Some(Duration::from_secs(20)),
+            port: None,
+            wrapper: None,
+        }
+    }
+
+    /// A rig for `story`'s node, with its lab's objects.
+    pub fn of(story: &Story) -> RigBuilder {
+        AgentRig::new(&story.node()).objects(story.lab.kubernetes_objects())
+    }
+
+    /// How to start another agent against this rig's servers (same admin port unless the caller
+    /// changes it), under `wrapper` when confined.
+    pub fn launch(&self, wrapper: Option<Vec<String>>) -> Launch {
+        let confined = self.wrapper.is_some();
+        Launch {
+            kubeconfig: self.api.kubeconfig(),
+            kube_proxy: self.kp.addr,
+            netns: (!confined).then(|| self.node.clone()),
+            wrapper: wrapper.unwrap_or_default(),
+            scrape_ns: confined.then(|| self.node.clone()),
+            port: self.agent.port,
+            log: self.log.clone(),
+        }
+    }
+
+    /// The agent stops (SIGTERM) and another starts in its place with `args` (same admin port,
+    /// wrapper and log), and gets ready as the first did.
+    pub fn restart_agent(&mut self, args: &[&str]) {
+        self.agent.terminate();
+        let l = self.launch(self.wrapper.clone());
+        self.agent = Agent::launch(l, args);
+        self.expect_ready();
+    }
+
+    fn expect_ready(&self) {
+        if let Some(within) = self.ready {
+            assert!(
+                self.agent.wait_ready(within),
+                "the agent never became ready within {within:?}: /readyz {:?}",
+                self.agent.get("/readyz")
+            );
+        }
+    }
+}
+
+impl RigBuilder {
+    /// The cluster's objects, published before the agent starts.
+    pub fn objects(mut self, objects: Value) -> Self {
+        self.objects = Some(objects);
+        self
+    }
+
+    /// Prepares the API server (faults, RBAC, extra objects) before the objects are published.
+    pub fn api(mut self, setup: impl FnOnce(&FakeApiServer) + 'static) -> Self {
+        self.api_setup = Some(Box::new(setup));
+        self
+    }
+
+    /// kube-proxy publishes a sync ([`FakeKubeProxy::synced_now`]) before the agent starts.
+    pub fn kube_proxy_synced(mut self) -> Self {
+        self.kp_synced = true;
+        self
+    }
+
+    /// Extra agent flags.
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.args = args.iter().map(|a| a.to_string()).collect();
+        self
+    }
+
+    /// The agent's stderr captured ([`Agent::logged`]).
+    pub fn capture_log(mut self) -> Self {
+        self.log = Log::Capture;
+        self
+    }
+
+    /// Starts the agent without waiting for it to be ready (the test waits, or proves it never
+    /// gets ready).
+    pub fn no_wait(mut self) -> Self {
+        self.ready = None;
+        self
+    }
+
+    /// The admin port (on 127.0.0.1); default: a free one.
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = Some(port);
+        self
+    }
+
+    /// The agent runs inside the node's namespace under `wrapper` (as the DaemonSet runs it:
+    /// hostNetwork, no `--netns`); the fakes listen on 127.0.0.1 there, the only place it can
+    /// reach, and its admin port is scraped from there.
+    pub fn confined(mut self, wrapper: Vec<String>) -> Self {
+        self.wrapper = Some(wrapper);
+        self
+    }
+
+    /// Starts the fakes, publishes the objects, starts the agent and (unless
+    /// [`RigBuilder::no_wait`]) asserts it ready within 20 s.
+    pub fn start(self) -> AgentRig {
+        let node = self.node;
+        let confined = self.wrapper.is_some();
+        let api = if confined {
+            RigApi::InNetns(NsApiServer::start(&node))
+        } else {
+            RigApi::Own(FakeApiServer::start_in_thread().expect("start the fake API server"))
+        };
+        if let Some(setup) = self.api_setup {
+            setup(&api);
+        }
+        if let Some(objects) = &self.objects {
+            publish(&api, objects);
+        }
+        let kp = FakeKubeProxy::start_in("nftables", confined.then_some(node.as_str()));
+        if self.kp_synced {
+            kp.synced_now();
+        }
+        let l = Launch {
+            kubeconfig: api.kubeconfig(),
+            kube_proxy: kp.addr,
+            netns: (!confined).then(|| node.clone()),
+            wrapper: self.wrapper.clone().unwrap_or_default(),
+            scrape_ns: confined.then(|| node.clone()),
+            port: self
+                .port
+                .unwrap_or_else(|| free_port_in(confined.then_some(node.as_str()))),
+            log: self.log.clone(),
+        };
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let agent = Agent::launch(l, &args);
+        let rig = AgentRig {
+            agent,
+            kp,
+            api,
+            node,
+            wrapper: self.wrapper,
+            log: self.log,
+            ready: self.ready,
+        };
+        rig.expect_ready();
+        rig
+    }
+}
+
+/// [`two_backends`]: the story, web-a's endpoints, web-b's, the VIP, the pool to web-a.
+pub type TwoBackends = (Story, Vec<Endpoint>, Vec<Endpoint>, SocketAddr, TcpPool);
+
+/// The lab most agent tests start from: Service `shop/web` at `vip_v4(vip)`:80 served by
+/// `web-a`, `web-b` made but not serving yet, and two pooled connections to web-a that
+/// answered. Returns `(story, web-a's endpoints, web-b's, the VIP, the pool)`; `None`: no lab
+/// here (skipped outside CI).
+pub fn two_backends(test: &str, timestamps: bool, vip: u8) -> Option<TwoBackends> {
+    let mut s = Story::start(test, timestamps)?;
+    let a = s.backend("web-a", "shop", "web", &[]);
+    let b = s.backend("web-b", "shop", "web", &[]);
+    let addr = SocketAddr::from((vip_v4(vip), 80));
+    s.lab.sync_services(&[web("shop", vip, &a)]).unwrap();
+    let ghost = pool(&s.client, addr, 2);
+    expect_answers(&ghost, 2, "pool to web-a");
+    Some((s, a, b, addr, ghost))
+}
+
+/// Two pooled connections pinned to each of `backends` in turn (Service `shop/web` at
+/// `vip_v4(vip)`:80 served by that one alone while they connect and answer), then the Service
+/// served by all of them.
+pub fn pin_pools<const N: usize>(
+    s: &mut Story,
+    vip: u8,
+    backends: [(&str, &[Endpoint]); N],
+) -> [TcpPool; N] {
+    let addr = SocketAddr::from((vip_v4(vip), 80));
+    let all: Vec<Endpoint> = backends.iter().flat_map(|(_, eps)| eps.to_vec()).collect();
+    let pools = backends.map(|(name, eps)| {
+        s.lab.sync_services(&[web("shop", vip, eps)]).unwrap();
+        let p = pool(&s.client, addr, 2);
+        expect_answers(&p, 2, &format!("pool to {name}"));
+        p
+    });
+    s.lab.sync_services(&[web("shop", vip, &all)]).unwrap();
+    pools
+}
+
+/// The ghost story most agent tests tell: [`two_backends`] (the pool to web-a: the ghosts to
+/// be); the rig starts (its objects: the
+/// lab's, then whatever `rig` adds); then a rolling update moves the node's rules to `web-b`,
+/// `web-a` vanishes without a RST (its connections hang, observed for `hang_for`), and two
+/// healthy connections to `web-b` answer. The API is not told yet ([`GhostStory::tell_api`]).
+pub struct GhostStory {
+    // Field order is drop order: the healthy pool, the agent, the ghost pool (its connections
+    // hang until the ghosts go), the lab.
+    /// The connections to `web-b` and their mark once they answered.
+    pub healthy: TcpPool,
+    pub before: ClientReport,
+    pub rig: AgentRig,
+    /// The ghosts' connections, and what they had answered when they hung.
+    pub ghost: TcpPool,
+    pub hung: ClientReport,
+    /// `web-a`'s IP.
+    pub dead: IpAddr,
+    pub vip: SocketAddr,
+    pub s: Story,
+}
+
+impl GhostStory {
+    /// `None`: no lab here (skipped outside CI).
+    pub fn start(
+        test: &str,
+        vip: u8,
+        hang_for: Duration,
+        rig: impl FnOnce(RigBuilder) -> RigBuilder,
+    ) -> Option<GhostStory> {
+        let (mut s, a, b, addr, ghost) = two_backends(test, true, vip)?;
+        let rig = rig(AgentRig::of(&s)).start();
+        // Rolling update: kube-proxy's rules move to B, A vanishes silently.
+        s.lab.sync_services(&[web("shop", vip, &b)]).unwrap();
+        let dead = ip_of(&a, false);
+        s.lab.delete_pod_silently("web-a").unwrap();
+        let healthy = pool(&s.client, addr, 2);
+        expect_answers(&healthy, 2, "healthy pool");
+        let hung = expect_hang(&ghost, 2, hang_for);
+        let before = mark(&healthy);
+        Some(GhostStory {
+            healthy,
+            before,
+            rig,
+            ghost,
+            hung,
+            dead,
+            vip: addr,
+            s,
+        })
+    }
+
+    /// The API learns of the change: web-a left the slice, its pod is deleted.
+    pub fn tell_api(&self) {
+        publish_pod_gone(
+            &self.rig.api,
+            &self.s.lab.kubernetes_objects(),
+            "shop",
+            "web-a",
+        );
+    }
+
+    /// Entries to `web-a` left in the node's table.
+    pub fn ghosts_left(&self) -> usize {
+        entries_to(&table(&self.s.node()), self.dead).len()
     }
 }

@@ -19,8 +19,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use netlab::plan::vip_v4;
 use netlab::{
-    ClientReport, Endpoint, Lab, PodSpec, ProxyConfig, ServerSpec, TcpPool, TcpPoolConfig,
+    ClientReport, Endpoint, Lab, PodSpec, ProxyConfig, ServerSpec, Service, ServicePort, TcpPool,
+    TcpPoolConfig,
 };
 use serde_json::{json, Value};
 
@@ -133,6 +135,17 @@ impl Story {
             spec = spec.serve(s.clone());
         }
         self.lab.add_pod(spec).expect("backend pod").endpoints()
+    }
+
+    /// A backend pod `name` of `kube-system/dns` (`app: dns`): [`Story::backend`] plus a UDP
+    /// echo on 5353 that answers with its name.
+    pub fn dns_backend(&mut self, name: &str) -> Vec<Endpoint> {
+        self.backend(
+            name,
+            "kube-system",
+            "dns",
+            &[ServerSpec::udp_echo(5353, name)],
+        )
     }
 
     /// Writes `objects` as `name` in the scratch directory; returns the path.
@@ -543,6 +556,29 @@ pub fn slices_mut<'a>(list: &'a mut Value, name: &str) -> Vec<&'a mut Value> {
 // --- endpoints -----------------------------------------------------------------------------------
 
 /// The IPv4 endpoints (for single-stack IPv4 Services: the controller renders no IPv6 slice).
+/// Service `ns/name` at ClusterIP `vip_v4(vip)` port 80 (TCP, to the backends' [`HTTP`] port),
+/// with the IPv4 endpoints of `eps`.
+pub fn http_service(ns: &str, name: &str, vip: u8, eps: &[Endpoint]) -> Service {
+    Service::new(ns, name)
+        .cluster_ip(vip_v4(vip))
+        .port(ServicePort::tcp("http", 80, HTTP))
+        .endpoints(v4(eps))
+}
+
+/// [`http_service`] `ns/web`.
+pub fn web(ns: &str, vip: u8, eps: &[Endpoint]) -> Service {
+    http_service(ns, "web", vip, eps)
+}
+
+/// Service `kube-system/dns` at ClusterIP `vip_v4(vip)` port 53 (UDP, to the backends' 5353),
+/// with the IPv4 endpoints of `eps`.
+pub fn dns_service(vip: u8, eps: &[Endpoint]) -> Service {
+    Service::new("kube-system", "dns")
+        .cluster_ip(vip_v4(vip))
+        .port(ServicePort::udp("dns", 53, 5353))
+        .endpoints(v4(eps))
+}
+
 pub fn v4(eps: &[Endpoint]) -> Vec<Endpoint> {
     eps.iter().filter(|e| e.ip.is_ipv4()).cloned().collect()
 }

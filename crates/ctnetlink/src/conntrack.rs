@@ -10,7 +10,7 @@ use crate::attr::MsgWriter;
 use crate::consts::*;
 use crate::error::{Error, ParseError, Result};
 use crate::filter::Filter;
-use crate::flow::{parse_flow, Flow};
+use crate::flow::{parse_flow, Flow, Tuple};
 use crate::nl::*;
 use crate::request::{self, DeleteKey, FlowUpdate, NewFlow};
 use crate::socket::Socket;
@@ -357,6 +357,21 @@ impl Conntrack {
     /// before a delete. The kernel does not compare ids on a read: a `Found` entry may be a newer
     /// one with the same tuple, and the caller compares `id` itself.
     pub fn get(&mut self, keys: &[DeleteKey]) -> Result<Vec<Lookup>> {
+        self.read_each(keys, request::get)
+    }
+
+    /// Reads the entries whose *original* tuple (in `zone`) is each of `keys`, now: whatever
+    /// entry holds that tuple, old or new (a new connection from the same client port, or the
+    /// same client re-routed to another backend). Which entry it is shows in its reply tuple.
+    pub fn get_original(&mut self, keys: &[(Tuple, u16)]) -> Result<Vec<Lookup>> {
+        self.read_each(keys, request::get_original)
+    }
+
+    fn read_each<K>(
+        &mut self,
+        keys: &[K],
+        build: impl FnMut(&mut MsgWriter, u32, &K) -> Result<()>,
+    ) -> Result<Vec<Lookup>> {
         const OP: &str = "read conntrack entries";
         // Until an answer arrives an item counts as failed: every request is answered (with the
         // entry or an error), so one left unanswered means the kernel dropped the answer.
@@ -368,7 +383,7 @@ impl Conntrack {
             OP,
             keys,
             per_batch,
-            request::get,
+            build,
             |i, errno| {
                 out[i] = if errno == libc::ENOENT {
                     Lookup::Gone

@@ -339,6 +339,29 @@ pub(crate) fn get(w: &mut MsgWriter, seq: u32, key: &DeleteKey) -> Result<()> {
     Ok(())
 }
 
+/// Appends one read by *original* tuple and zone ([`Conntrack::get_original`]).
+///
+/// [`Conntrack::get_original`]: crate::Conntrack::get_original
+pub(crate) fn get_original(w: &mut MsgWriter, seq: u32, key: &(Tuple, u16)) -> Result<()> {
+    let (orig, zone) = key;
+    let family = Family::of(&orig.src);
+    if Family::of(&orig.dst) != family {
+        return Err(Error::Refused("a GET whose tuple mixes families"));
+    }
+    let m = w.begin_msg(
+        msg_type(IPCTNL_MSG_CT_GET),
+        NLM_F_REQUEST,
+        seq,
+        family.af(),
+        NFNETLINK_V0,
+        0,
+    );
+    put_tuple(w, CTA_TUPLE_ORIG, orig);
+    w.put_be16(CTA_ZONE, *zone);
+    w.end_msg(m);
+    Ok(())
+}
+
 /// Appends one create (no ACK request; see [`delete`]).
 pub(crate) fn create(w: &mut MsgWriter, seq: u32, nf: &NewFlow) -> Result<()> {
     let family = Family::of(&nf.orig.src);

@@ -20,6 +20,7 @@ pub mod local_addrs;
 pub mod policy;
 pub mod render;
 pub mod scan;
+pub mod sockets;
 pub mod stats;
 pub mod sweep;
 pub mod sweep_budget;

@@ -15,6 +15,7 @@ use serde::ser::{Serialize, SerializeMap, Serializer};
 
 use crate::render::flow_fields;
 use crate::scan::Finding;
+use crate::sockets::Ended;
 use crate::sweep::Outcome;
 use crate::verdict::Verdict;
 
@@ -27,6 +28,7 @@ pub struct FlowRecord<'a> {
     time: Option<Timestamp>,
     result: Option<Outcome>,
     errno: Option<i32>,
+    socket: Option<Ended>,
     trace: bool,
 }
 
@@ -38,6 +40,7 @@ impl<'a> FlowRecord<'a> {
             time: None,
             result: None,
             errno: None,
+            socket: None,
             trace: false,
         }
     }
@@ -53,6 +56,12 @@ impl<'a> FlowRecord<'a> {
         self.time = Some(time);
         self.result = Some(result);
         self.errno = errno;
+        self
+    }
+
+    /// What ending the client's socket came to (`agent --terminate-sockets`).
+    pub fn socket(mut self, ended: Option<Ended>) -> Self {
+        self.socket = ended;
         self
     }
 
@@ -101,6 +110,9 @@ impl Serialize for FlowRecord<'_> {
         }
         if let Some(e) = self.errno {
             m.serialize_entry("errno", &e)?;
+        }
+        if let Some(e) = self.socket {
+            m.serialize_entry("socket", e.label())?;
         }
         if self.trace {
             m.serialize_entry("trace", &TraceJson(v))?;
@@ -203,6 +215,12 @@ mod tests {
         let outcomes = every!(Outcome: Deleted, AlreadyGone, Failed, Kept, Changed, StaleVerdict);
         assert_eq!(outcomes, Outcome::ALL);
         assert_eq!(p["result"]["enum"], json!(names(outcomes)));
+
+        let ended = every!(Ended: Destroyed, NoSocket, Unconnected, NoNamespace, Ambiguous,
+            Recovered, NotApplicable, Failed);
+        assert_eq!(ended, Ended::ALL);
+        let labels: Vec<Value> = ended.iter().map(|e| json!(e.label())).collect();
+        assert_eq!(p["socket"]["enum"], json!(labels));
 
         let svc = &s["$defs"]["service"]["properties"];
         let protocols = every!(Protocol: Tcp, Udp, Sctp);
@@ -391,6 +409,15 @@ mod tests {
             assert_valid(&recent);
             assert_eq!(recent["time"], "2024-05-06T01:03:20Z");
             assert_eq!(recent["errno"], libc::ENOENT);
+            assert!(
+                recent.get("socket").is_none(),
+                "no socket result until one is known"
+            );
+            let mut ended = RemovedFlow::new(f, Outcome::Deleted, None, t);
+            ended.socket = Some(Ended::Destroyed);
+            let ended = serde_json::to_value(&ended).unwrap();
+            assert_valid(&ended);
+            assert_eq!(ended["socket"], "destroyed");
             let line = log_line(&removed);
             assert_eq!(line["fields"]["message"], "removed flow");
             let logged: Value =

@@ -14,8 +14,6 @@ mod scan_support;
 use std::io::{self, Read};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::ops::ControlFlow;
-use std::sync::mpsc;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use ctnetlink::{Conntrack, DeleteKey, Filter, Flow};
@@ -23,11 +21,6 @@ use ghostbuster::sockets::{Ended, Terminator};
 use netlab::plan::vip_v4;
 use netlab::{Endpoint, ServerSpec, Service, ServicePort};
 use scan_support::*;
-
-/// How long a blocked reader is given to return after its socket was ended.
-const ENDED_WITHIN: Duration = Duration::from_secs(1);
-/// Upper bound on every blocked read of this file (no test waits forever).
-const READ_BOUND: Duration = Duration::from_secs(10);
 
 /// The node's conntrack entry whose original source is `client` (the client socket's address).
 fn flow_from(node: &str, client: SocketAddr) -> Flow {
@@ -47,50 +40,6 @@ fn flow_from(node: &str, client: SocketAddr) -> Flow {
 fn delete(node: &str, f: &Flow) {
     let mut ct = Conntrack::open_in(Some(node)).expect("conntrack");
     ct.delete(&[DeleteKey::from(f)]).expect("delete");
-}
-
-/// A reader blocked on `read` in its own thread: the result and when it came.
-struct BlockedReader {
-    done: mpsc::Receiver<(io::Result<usize>, Instant)>,
-}
-
-impl BlockedReader {
-    fn tcp(mut s: TcpStream) -> BlockedReader {
-        s.set_read_timeout(Some(READ_BOUND)).unwrap();
-        Self::start(move || s.read(&mut [0u8; 64]))
-    }
-
-    fn udp(s: UdpSocket) -> BlockedReader {
-        s.set_read_timeout(Some(READ_BOUND)).unwrap();
-        Self::start(move || s.recv(&mut [0u8; 64]))
-    }
-
-    fn start(read: impl FnOnce() -> io::Result<usize> + Send + 'static) -> BlockedReader {
-        let (tx, done) = mpsc::channel();
-        thread::spawn(move || {
-            let r = read();
-            let _ = tx.send((r, Instant::now()));
-        });
-        BlockedReader { done }
-    }
-
-    /// The read's result, when it returns within `within`; `None` while it is still blocked.
-    fn returned_within(&self, within: Duration) -> Option<(io::Result<usize>, Instant)> {
-        self.done.recv_timeout(within).ok()
-    }
-}
-
-fn expect_aborted(reader: &BlockedReader, ended_at: Instant, what: &str) {
-    let (r, at) = reader
-        .returned_within(ENDED_WITHIN)
-        .unwrap_or_else(|| panic!("{what}: still blocked {ENDED_WITHIN:?} after the ending"));
-    let e = r.expect_err(&format!("{what}: the read returned data"));
-    assert_eq!(
-        e.raw_os_error(),
-        Some(libc::ECONNABORTED),
-        "{what}: {e} (want ECONNABORTED)"
-    );
-    assert!(at.duration_since(ended_at) < ENDED_WITHIN, "{what}");
 }
 
 fn web(eps: &[Endpoint]) -> Service {

@@ -36,6 +36,8 @@ pub struct Config {
     pub events: bool,
     /// Log one line per removed flow.
     pub log_removed_flows: bool,
+    /// End the client socket of each deleted flow when it is on this node ([`crate::sockets`]).
+    pub terminate_sockets: bool,
     /// Where kube-proxy's metrics, health and mode are read.
     pub kube_proxy: KubeProxyConfig,
     /// How often kube-proxy's mode is read again.

@@ -25,6 +25,7 @@ pub mod memory;
 pub mod prefetch;
 pub mod reactor;
 pub mod run;
+pub mod socket_ender;
 pub mod supervisor;
 pub mod table_alarm;
 pub mod table_sampler;

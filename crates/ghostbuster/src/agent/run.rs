@@ -205,6 +205,25 @@ pub async fn run(
     );
     actors.add(reader);
 
+    // The socket ender (--terminate-sockets): the client sockets of deleted flows.
+    let end_sockets = if a.terminate_sockets {
+        let (tx, rx) = std::sync::mpsc::channel();
+        actors.add(
+            super::socket_ender::spawn(
+                netns.clone(),
+                metrics.clone(),
+                admin_state.recent.clone(),
+                a.log_removed_flows,
+                rx,
+                actors.shutdown(),
+            )
+            .context("start the socket ender")?,
+        );
+        Some(tx)
+    } else {
+        None
+    };
+
     // The reactor.
     let top_services: Arc<Mutex<Vec<(String, u64)>>> = Arc::new(Mutex::new(Vec::new()));
     let world = AgentWorld {
@@ -239,6 +258,7 @@ pub async fn run(
         admin: admin_state.clone(),
         events: poster,
         log_removed_flows: a.log_removed_flows,
+        end_sockets,
         first_full_pass: Arc::new(AtomicBool::new(false)),
         top_services: top_services.clone(),
     };

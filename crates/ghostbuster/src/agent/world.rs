@@ -52,6 +52,8 @@ pub struct AgentWorld {
     pub admin: AdminState,
     pub events: Option<Arc<tokio::sync::Mutex<EventPoster>>>,
     pub log_removed_flows: bool,
+    /// Where deleted flows go to have their client sockets ended (`--terminate-sockets`).
+    pub end_sockets: Option<super::socket_ender::Requests>,
     /// A full pass over a whole view of the cluster has finished (readiness waits for it).
     pub first_full_pass: Arc<AtomicBool>,
     /// The biggest services by entries at the last full pass, for table-full warnings.
@@ -222,6 +224,11 @@ impl World for AgentWorld {
                 self.admin.recent.push(removed);
             }
             if *o == Outcome::Deleted {
+                // Only a flow the sweep deleted, never a kept one; the ender re-checks the
+                // table itself before it ends anything.
+                if let Some(ender) = &self.end_sockets {
+                    let _ = ender.send(f.flow);
+                }
                 if let (Some(ev), Some(s)) = (&self.events, &f.verdict.service) {
                     let backend = f
                         .verdict

@@ -85,6 +85,13 @@ pub struct AgentArgs {
     /// Log one line per removed flow (forensics: "did you kill my connection?").
     #[arg(long)]
     pub log_removed_flows: bool,
+    /// Also end the client's socket of each flow the agent deleted, when the client is on this
+    /// node (a pod's network namespace or the host's): a reader blocked on a dead backend gets
+    /// ECONNABORTED at once instead of waiting for its keepalive. TCP and connected UDP only,
+    /// never an unconnected UDP socket. Needs CAP_SYS_ADMIN (to enter pod network namespaces)
+    /// and the node's /run/netns and /proc (hostPID). Off by default.
+    #[arg(long)]
+    pub terminate_sockets: bool,
     /// kube-proxy's metrics endpoint (its last sync time).
     #[arg(long, default_value = kube_proxy::DEFAULT_METRICS_URL)]
     pub kube_proxy_metrics_url: String,
@@ -208,6 +215,7 @@ impl AgentArgs {
             max_service_series: self.max_service_series,
             events: self.events,
             log_removed_flows: self.log_removed_flows,
+            terminate_sockets: self.terminate_sockets,
             kube_proxy: KubeProxyConfig {
                 metrics_url: self.kube_proxy_metrics_url.clone(),
                 healthz_url: self.kube_proxy_healthz_url.clone(),

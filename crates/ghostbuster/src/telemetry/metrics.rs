@@ -193,6 +193,7 @@ pub struct Metrics {
     removed: Family<Labels, Counter>,
     removed_admission: Mutex<Admission>,
     removal_failures: Family<Labels, Counter>,
+    sockets_ended: Family<Labels, Counter>,
     failure_reasons: Mutex<BTreeSet<String>>,
     recreated: Counter,
     ghost_age: Histogram,
@@ -242,6 +243,14 @@ impl Metrics {
             "ghostbuster_flow_removal_failures",
             "Conntrack deletes that failed (an entry already gone is not a failure), by reason",
             removal_failures.clone(),
+        );
+        let sockets_ended = Family::<Labels, Counter>::default();
+        r.register(
+            "ghostbuster_sockets_terminated",
+            "With --terminate-sockets: what ending the client socket of each deleted flow came to \
+             (destroyed, no_socket, unconnected, no_namespace, ambiguous, recovered, \
+             not_applicable, failed)",
+            sockets_ended.clone(),
         );
         let recreated = Counter::default();
         r.register(
@@ -417,6 +426,7 @@ impl Metrics {
             removed,
             removed_admission: Mutex::new(admission),
             removal_failures,
+            sockets_ended,
             failure_reasons: Mutex::new(BTreeSet::new()),
             recreated,
             ghost_age,
@@ -525,6 +535,13 @@ impl Metrics {
         };
         self.removal_failures
             .get_or_create(&vec![("reason", reason.to_string())])
+            .inc();
+    }
+
+    /// One client socket of a deleted flow looked for and, maybe, ended.
+    pub fn socket_ended(&self, e: crate::sockets::Ended) {
+        self.sockets_ended
+            .get_or_create(&vec![("result", e.label().to_string())])
             .inc();
     }
 

@@ -15,6 +15,7 @@ use serde::{Serialize, Serializer};
 use super::series::lock;
 use crate::flow_json::FlowRecord;
 use crate::scan::Finding;
+use crate::sockets::Ended;
 use crate::sweep::Outcome;
 
 /// Entries `/debug/recent` keeps by default.
@@ -30,6 +31,8 @@ pub struct RemovedFlow {
     pub result: Outcome,
     /// The kernel's errno when `failed`.
     pub errno: Option<i32>,
+    /// What ending the client's socket came to (`--terminate-sockets`), once it is known.
+    pub socket: Option<Ended>,
 }
 
 impl RemovedFlow {
@@ -39,12 +42,15 @@ impl RemovedFlow {
             finding: f.clone(),
             result,
             errno,
+            socket: None,
         }
     }
 
     /// The shared flow object with this removal's fields.
     pub fn record(&self) -> FlowRecord<'_> {
-        FlowRecord::new(&self.finding).removal(self.time, self.result, self.errno)
+        FlowRecord::new(&self.finding)
+            .removal(self.time, self.result, self.errno)
+            .socket(self.socket)
     }
 
     /// The `--log-removed-flows` line: its `flow` field is the same JSON object `/debug/recent`
@@ -101,6 +107,19 @@ impl Recent {
                 r.pop_front();
             }
             r.push_back(f);
+        }
+    }
+
+    /// Records what ending the client socket of the deleted flow `flow` came to, on its entry
+    /// (the newest deletion of that entry: same original tuple and id), if it is still kept.
+    pub fn note_socket(&self, flow: &ctnetlink::Flow, ended: Ended) {
+        let mut r = lock(&self.ring);
+        if let Some(e) = r.iter_mut().rev().find(|e| {
+            e.result == Outcome::Deleted
+                && e.finding.flow.orig == flow.orig
+                && e.finding.flow.id == flow.id
+        }) {
+            e.socket = Some(ended);
         }
     }
 
@@ -186,6 +205,26 @@ mod tests {
         let none = Recent::new(0);
         none.push(removed(1));
         assert!(none.is_empty());
+    }
+
+    /// The socket ender's result lands on the newest deletion of the same entry only.
+    #[test]
+    fn a_socket_result_is_noted_on_its_flows_entry() {
+        let r = Recent::new(8);
+        r.extend((1..=3).map(removed));
+        r.note_socket(&flow(2), Ended::Destroyed);
+        let mut other_id = flow(3);
+        other_id.id = Some(7);
+        r.note_socket(&other_id, Ended::Destroyed);
+        let by_port: Vec<(u16, Option<Ended>)> = r
+            .latest(8)
+            .iter()
+            .map(|e| (e.finding.flow.orig.sport().unwrap(), e.socket))
+            .collect();
+        assert_eq!(
+            by_port,
+            vec![(3, None), (2, Some(Ended::Destroyed)), (1, None)]
+        );
     }
 
     #[test]

@@ -12,10 +12,11 @@ pub mod flow_schema;
 
 use std::collections::BTreeSet;
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -866,4 +867,53 @@ impl Scratch {
         std::fs::write(&path, serde_json::to_vec_pretty(objects).unwrap()).expect("write file");
         path.to_string_lossy().into_owned()
     }
+}
+
+/// How long a blocked reader is given to return after its socket was ended.
+pub const ENDED_WITHIN: Duration = Duration::from_secs(1);
+/// Upper bound on every blocked read of a [`BlockedReader`] (no test waits forever).
+const READ_BOUND: Duration = Duration::from_secs(10);
+
+/// A reader blocked on `read` in its own thread: the result and when it came.
+pub struct BlockedReader {
+    done: mpsc::Receiver<(io::Result<usize>, Instant)>,
+}
+
+impl BlockedReader {
+    pub fn tcp(mut s: TcpStream) -> BlockedReader {
+        s.set_read_timeout(Some(READ_BOUND)).unwrap();
+        Self::start(move || s.read(&mut [0u8; 64]))
+    }
+
+    pub fn udp(s: UdpSocket) -> BlockedReader {
+        s.set_read_timeout(Some(READ_BOUND)).unwrap();
+        Self::start(move || s.recv(&mut [0u8; 64]))
+    }
+
+    fn start(read: impl FnOnce() -> io::Result<usize> + Send + 'static) -> BlockedReader {
+        let (tx, done) = mpsc::channel();
+        thread::spawn(move || {
+            let r = read();
+            let _ = tx.send((r, Instant::now()));
+        });
+        BlockedReader { done }
+    }
+
+    /// The read's result, when it returns within `within`; `None` while it is still blocked.
+    pub fn returned_within(&self, within: Duration) -> Option<(io::Result<usize>, Instant)> {
+        self.done.recv_timeout(within).ok()
+    }
+}
+
+pub fn expect_aborted(reader: &BlockedReader, ended_at: Instant, what: &str) {
+    let (r, at) = reader
+        .returned_within(ENDED_WITHIN)
+        .unwrap_or_else(|| panic!("{what}: still blocked {ENDED_WITHIN:?} after the ending"));
+    let e = r.expect_err(&format!("{what}: the read returned data"));
+    assert_eq!(
+        e.raw_os_error(),
+        Some(libc::ECONNABORTED),
+        "{what}: {e} (want ECONNABORTED)"
+    );
+    assert!(at.duration_since(ended_at) < ENDED_WITHIN, "{what}");
 }

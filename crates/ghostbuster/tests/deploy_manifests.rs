@@ -492,7 +492,12 @@ fn base_and_every_component_render_and_round_trip() {
     let all = components();
     assert_eq!(
         all,
-        ["prometheus-operator", "report-only", "sysctl-tuning"],
+        [
+            "prometheus-operator",
+            "report-only",
+            "sysctl-tuning",
+            "terminate-sockets"
+        ],
         "the components (a new one needs its assertions here)"
     );
     let mut sets: Vec<Vec<String>> = all.iter().map(|c| vec![c.clone()]).collect();
@@ -507,7 +512,8 @@ fn base_and_every_component_render_and_round_trip() {
             "{set:?} removes objects of the base"
         );
         // Whatever else a component changes, the agent keeps its least privilege.
-        check_daemonset(&one(&objs, "DaemonSet"), &objs);
+        let sockets = set.iter().any(|c| c == "terminate-sockets");
+        check_daemonset(&one(&objs, "DaemonSet"), &objs, sockets);
         check_cluster_role(&one(&objs, "ClusterRole"));
         let dry_runs = agent(&one(&objs, "DaemonSet"))
             .args
@@ -547,7 +553,8 @@ fn agent(ds: &DaemonSet) -> Container {
 }
 
 /// Everything the issue says about the DaemonSet.
-fn check_daemonset(ds: &DaemonSet, objs: &[Value]) {
+/// `terminate_sockets`: the terminate-sockets component is in (SYS_ADMIN, /run/netns, the flag).
+fn check_daemonset(ds: &DaemonSet, objs: &[Value], terminate_sockets: bool) {
     let spec = ds.spec.as_ref().expect("DaemonSet.spec");
     let update = spec.update_strategy.as_ref().expect("updateStrategy");
     assert_eq!(update.type_.as_deref(), Some("RollingUpdate"));
@@ -602,7 +609,11 @@ fn check_daemonset(ds: &DaemonSet, objs: &[Value]) {
         pod.host_pid != Some(true) && pod.host_ipc != Some(true),
         "no host PID or IPC"
     );
-    assert!(pod.volumes.is_none(), "no volumes (nothing from the host)");
+    if terminate_sockets {
+        check_netns_mount(pod, &agent(ds));
+    } else {
+        assert!(pod.volumes.is_none(), "no volumes (nothing from the host)");
+    }
 
     // The ServiceAccount it runs as is the one bound to the ClusterRole.
     let sa: ServiceAccount = one(objs, "ServiceAccount");
@@ -661,7 +672,17 @@ fn check_daemonset(ds: &DaemonSet, objs: &[Value]) {
         "root: a non-root user gets no effective capability from `add`"
     );
     let caps = sc.capabilities.clone().expect("capabilities");
-    assert_eq!(caps.add, Some(vec!["NET_ADMIN".to_string()]));
+    let mut want = vec!["NET_ADMIN".to_string()];
+    if terminate_sockets {
+        want.push("SYS_ADMIN".to_string());
+    }
+    assert_eq!(caps.add, Some(want), "the capabilities");
+    let flags = c.args.clone().unwrap_or_default();
+    assert_eq!(
+        flags.iter().filter(|a| *a == "--terminate-sockets").count(),
+        usize::from(terminate_sockets),
+        "--terminate-sockets only with its component"
+    );
     assert_eq!(caps.drop, Some(vec!["ALL".to_string()]));
     let seccomp = sc
         .seccomp_profile
@@ -1338,4 +1359,22 @@ fn install_and_runbook_links_resolve() {
             }
         }
     }
+}
+
+/// The terminate-sockets component's one volume: the host's /run/netns (where containerd and
+/// CRI-O pin pod sandboxes' namespaces), read-only, with new pins propagated.
+fn check_netns_mount(pod: &k8s_openapi::api::core::v1::PodSpec, c: &Container) {
+    let volumes = pod.volumes.clone().unwrap_or_default();
+    assert_eq!(volumes.len(), 1, "one volume: {volumes:?}");
+    let host = volumes[0].host_path.as_ref().expect("a hostPath volume");
+    assert_eq!(host.path, "/run/netns");
+    let mounts = c.volume_mounts.clone().unwrap_or_default();
+    assert_eq!(mounts.len(), 1, "{mounts:?}");
+    let m = &mounts[0];
+    assert_eq!(
+        (m.name.as_str(), m.mount_path.as_str()),
+        ("netns", "/run/netns")
+    );
+    assert_eq!(m.read_only, Some(true), "read-only");
+    assert_eq!(m.mount_propagation.as_deref(), Some("HostToContainer"));
 }

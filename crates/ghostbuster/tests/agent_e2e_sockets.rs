@@ -12,7 +12,7 @@ mod agent_support;
 mod scan_support;
 
 use std::io::Write;
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use agent_support::*;
@@ -28,8 +28,10 @@ struct Idle {
     neighbour: BlockedReader,
     neighbour_writer: TcpStream,
     removed_at: Instant,
+    /// The ghost's client address and the Service address it connected to.
+    ghost_tuple: (SocketAddr, SocketAddr),
     _pool: netlab::TcpPool,
-    _s: Story,
+    s: Story,
 }
 
 fn idle_story(test: &str, vip: u8, args: &[&str]) -> Option<Idle> {
@@ -51,6 +53,7 @@ fn idle_story(test: &str, vip: u8, args: &[&str]) -> Option<Idle> {
         "web-b"
     );
     let neighbour_writer = neighbour.try_clone().unwrap();
+    let ghost_tuple = (ghost.local_addr().unwrap(), addr);
     let ghost = BlockedReader::tcp(ghost);
     let neighbour = BlockedReader::tcp(neighbour);
 
@@ -68,8 +71,9 @@ fn idle_story(test: &str, vip: u8, args: &[&str]) -> Option<Idle> {
         neighbour,
         neighbour_writer,
         removed_at: Instant::now(),
+        ghost_tuple,
         _pool: pool,
-        _s: s,
+        s,
     })
 }
 
@@ -124,6 +128,42 @@ fn with_terminate_sockets_a_reader_blocked_on_a_ghost_returns_at_once() {
         assert_eq!(f["result"], "deleted", "{f:#}");
         assert_eq!(f["socket"], "destroyed", "{f:#}");
     }
+
+    // explain --agent tells the removed flow's story: gone from the table, removed by the agent,
+    // its socket destroyed.
+    let export = idle.s.write("cluster.json", &idle.s.export());
+    let agent_url = format!("http://127.0.0.1:{}", idle.rig.agent.port);
+    let (client, vip) = idle.ghost_tuple;
+    let flow = format!("tcp {client} -> {vip}");
+    let explained = idle
+        .s
+        .explain(&export, &["--agent", &agent_url, &flow])
+        .ok(0);
+    assert_eq!(explained.flows().len(), 0, "{}", explained.pretty());
+    let removed = explained.json["removed_by_agent"]
+        .as_array()
+        .expect("removed_by_agent");
+    assert_eq!(removed.len(), 1, "{}", explained.pretty());
+    assert_eq!(removed[0]["socket"], "destroyed");
+    assert_eq!(removed[0]["original"]["sport"], client.port());
+    let node = idle.s.node();
+    let text = Run::of(&[
+        "explain",
+        "--netns",
+        &node,
+        "--from-file",
+        &export,
+        "--agent",
+        &agent_url,
+        &flow,
+    ]);
+    assert_eq!(text.code, 0, "{}", text.stderr);
+    assert!(
+        text.stdout.contains("the agent removed 1 matching flow")
+            && text.stdout.contains("client socket: destroyed"),
+        "{}",
+        text.stdout
+    );
     expect_neighbour_untouched(&mut idle);
 }
 

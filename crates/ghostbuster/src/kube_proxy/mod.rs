@@ -17,7 +17,8 @@
 //!
 //! The HTTP client ([`http`]) is a few lines over `tokio::net::TcpStream` (HTTP/1.1,
 //! `Connection: close`, chunked bodies decoded, a size cap and one timeout around everything):
-//! three loopback GETs do not justify an HTTP client stack. Every URL is configurable; `https` is
+//! three loopback GETs do not justify an HTTP client stack (`explain --agent` reads the agent's own
+//! `/debug/recent` with the same GET). Every URL is configurable; `https` is
 //! not supported (kube-proxy serves these over plain HTTP).
 
 use std::time::Duration;

@@ -767,12 +767,23 @@ fn check_daemonset(ds: &DaemonSet, objs: &[Value], terminate_sockets: bool) {
     assert_eq!(svc_ports[0].port, AGENT_PORT);
     assert_eq!(svc_ports[0].name.as_deref(), Some("metrics"));
 
-    // The image follows the crate's version.
+    // The image follows the crate's version and is pinned by a digest: the all-zero placeholder
+    // until scripts/image.sh writes the built image's.
     let image = c.image.clone().unwrap_or_default();
+    let (tag, digest) = image
+        .split_once('@')
+        .unwrap_or_else(|| panic!("{image}: not pinned by a digest"));
     assert_eq!(
-        image,
+        tag,
         format!("ghostbuster:{}", env!("CARGO_PKG_VERSION")),
         "deploy/kustomization.yaml's images: newTag must be the crate version"
+    );
+    let hex = digest
+        .strip_prefix("sha256:")
+        .unwrap_or_else(|| panic!("{digest}: not a sha256 digest"));
+    assert!(
+        hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
+        "{digest}: not a sha256 digest"
     );
 }
 

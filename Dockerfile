@@ -18,7 +18,9 @@
 # debian12) so the binary's glibc matches. crates/ghostbuster/tests/build_features.rs checks that
 # every FROM carries a digest.
 #
-# Not built in this project's CI: its machines have no container engine (docs/install.md).
+# Not built in this project's CI (its machines reach no registry): CI builds the amd64 image from
+# scratch with scripts/image.sh (umoci, an OCI archive) and runs it with podman
+# (crates/ghostbuster/tests/image_runtime.rs). This file is for multi-arch builds with buildx.
 
 # rust:1.95-bookworm (rustc 1.95.0, the toolchain the project is tested with).
 FROM rust:1.95-bookworm@sha256:6258907abe69656e41cd992e0b705cdcfabcbbe3db374f92ed2d47121282d4a1 AS build

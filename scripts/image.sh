@@ -11,6 +11,7 @@
 # Needs root for apt-get only when umoci is missing. Environment:
 #   GB_IMAGE_OUT   where the archive goes (default target/image)
 #   GB_IMAGE_SKIP_BUILD=1  use target/release/ghostbuster as it is (already built without `demo`)
+#   GB_IMAGE_PIN=0 leave deploy/kustomization.yaml's digest alone (scripts/test.sh)
 #   CARGO_PROFILE_RELEASE_LTO, CARGO_TARGET_DIR: passed to cargo as usual.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -80,8 +81,13 @@ archive=$out/ghostbuster-$version.oci.tar
 rm -f "$archive"
 tar -C "$layout" -cf "$archive" .
 # The image's digest: that of its manifest, as a registry will show it after a push.
-digest=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["manifests"][0]["digest"])' "$layout/index.json")
-sed -i "s/^\(    digest: \)sha256:[0-9a-f]\{64\}/\1$digest/" deploy/kustomization.yaml
+digest=$(grep -o '"digest":"sha256:[0-9a-f]\{64\}"' "$layout/index.json" | head -1 | cut -d'"' -f4)
+[ -n "$digest" ] || { echo "no manifest digest in $layout/index.json" >&2; exit 1; }
+pinned="deploy/kustomization.yaml keeps its digest"
+if [ "${GB_IMAGE_PIN:-1}" != 0 ]; then
+  sed -i "s/^\(    digest: \)sha256:[0-9a-f]\{64\}/\1$digest/" deploy/kustomization.yaml
+  pinned="deploy/kustomization.yaml now pins it"
+fi
 size=$(stat -c %s "$archive")
-echo "image ghostbuster:$version $digest: $((size / 1024)) KiB archive ($(du -k "$rootfs/usr/local/bin/ghostbuster" | cut -f1) KiB binary); deploy/kustomization.yaml now pins it" >&2
+echo "image ghostbuster:$version $digest: $((size / 1024)) KiB archive ($(du -k "$rootfs/usr/local/bin/ghostbuster" | cut -f1) KiB binary); $pinned" >&2
 echo "$archive"

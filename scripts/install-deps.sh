@@ -12,6 +12,11 @@ command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
 command -v kmod >/dev/null 2>&1 || need+=(kmod)
 [ -x /usr/bin/time ] || need+=(time)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+# The image: built with umoci (scripts/image.sh), run with podman on runc (tests/image_runtime.rs).
+command -v umoci >/dev/null 2>&1 || need+=(umoci)
+command -v podman >/dev/null 2>&1 || need+=(podman)
+command -v runc >/dev/null 2>&1 || need+=(runc)
+[ -s /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "missing: ${need[*]} — install them as root: apt-get install -y ${need[*]}" >&2

@@ -15,5 +15,9 @@ cargo clippy -p ghostbuster --no-default-features --all-targets -- -D warnings
 # build of all test targets took 9 min without it, 13.5 min *warm* with it, on 2 cores). No test
 # depends on LTO; the shipped binary (`cargo build --release`, the image) keeps the profile's LTO.
 export CARGO_PROFILE_RELEASE_LTO=false
+# The agent's image (no `demo` feature), for tests/image_runtime.rs: built first, from the same
+# dependency builds the tests use; the manifests keep their digest placeholder (GB_IMAGE_PIN=0).
+GB_IMAGE_ARCHIVE=$(GB_IMAGE_PIN=0 scripts/image.sh | tail -1)
+export GB_IMAGE_ARCHIVE
 # --nocapture so that a skipped kernel test's reason is visible.
 cargo test --workspace --release -- --nocapture

@@ -1,10 +1,14 @@
 //! The benchmark: fill a namespace's conntrack table with N cluster-shaped DNAT entries
 //! (netlab::bulk, ~2 % pointing at deleted backends over ~200 services), then time, in the same
-//! run and on the same table, ghostbuster's commands against `conntrack -L` / `conntrack -C`.
-//! Prints wall time (median of the runs), peak RSS and the ratio to `conntrack -L`.
+//! run and on the same table, ghostbuster's commands against the physical limit — `ctdump`
+//! (../shared/bench/ctdump.c: one dump request and a receive loop, nothing else; compiled here with
+//! `cc -O2`) — and against `conntrack -L` / `conntrack -C`, the anchor users know. The commands
+//! take turns (round r runs each once), so a noisy machine hurts them alike. Prints wall time
+//! (median of the rounds), peak RSS, and the ratios: this / ctdump's bare dump (lower is better,
+//! 1.00× = the kernel's own speed) and `conntrack -L` / this.
 //!
-//! `cargo bench -p ghostbuster --bench conntrack -- [--runs R] [N ...]` (default N: 262144 and
-//! 1000000). Needs root. When N exceeds the machine-wide `nf_conntrack_max`, the limit is raised
+//! `cargo bench -p ghostbuster --bench conntrack -- [--runs R] [N ...]` (default R 5, N: 262144
+//! and 1000000); `scripts/bench.sh` runs it with the agent benchmark. Needs root. When N exceeds the machine-wide `nf_conntrack_max`, the limit is raised
 //! for the run and restored at the end (printed), since a child namespace cannot hold more.
 //! Performance figures live here and in docs/performance.md, never in timed tests.
 
@@ -66,20 +70,81 @@ struct Row {
     rss_kib: u64,
 }
 
-fn bench(name: &str, runs: usize, mut make: impl FnMut() -> Command) -> Row {
-    let mut walls = Vec::new();
-    let mut rss = 0;
+/// One measured command: how to make it, and a preparation run before each timing (outside it).
+struct Case<'a> {
+    name: String,
+    make: Box<dyn Fn() -> Command + 'a>,
+    prepare: Option<Box<dyn Fn() + 'a>>,
+    walls: Vec<Duration>,
+    rss_kib: u64,
+}
+
+impl<'a> Case<'a> {
+    fn new(name: &str, make: impl Fn() -> Command + 'a) -> Self {
+        Case {
+            name: name.to_string(),
+            make: Box::new(make),
+            prepare: None,
+            walls: Vec::new(),
+            rss_kib: 0,
+        }
+    }
+
+    fn prepared(mut self, prepare: impl Fn() + 'a) -> Self {
+        self.prepare = Some(Box::new(prepare));
+        self
+    }
+}
+
+/// `runs` rounds; in each, every case once, in order.
+fn bench_rounds(cases: &mut [Case<'_>], runs: usize) -> Vec<Row> {
     for _ in 0..runs {
-        let s = run(&make());
-        assert!(s.ok, "{name} failed");
-        walls.push(s.wall);
-        rss = rss.max(s.rss_kib);
+        for c in cases.iter_mut() {
+            if let Some(p) = &c.prepare {
+                p();
+            }
+            let s = run(&(c.make)());
+            assert!(s.ok, "{} failed", c.name);
+            c.walls.push(s.wall);
+            c.rss_kib = c.rss_kib.max(s.rss_kib);
+        }
     }
-    Row {
-        name: name.to_string(),
-        wall: median(walls),
-        rss_kib: rss,
+    cases
+        .iter()
+        .map(|c| Row {
+            name: c.name.clone(),
+            wall: median(c.walls.clone()),
+            rss_kib: c.rss_kib,
+        })
+        .collect()
+}
+
+/// ctdump built from ../shared/bench (None, with the reason printed, when it cannot be).
+fn ctdump() -> Option<PathBuf> {
+    let src = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/bench/ctdump.c"
+    ));
+    if !src.is_file() {
+        eprintln!(
+            "no ctdump: {} not found (../shared beside the repository)",
+            src.display()
+        );
+        return None;
     }
+    let out = PathBuf::from(std::env::var("CARGO_TARGET_TMPDIR").unwrap_or_else(|_| "/tmp".into()))
+        .join("ctdump");
+    let ok = Command::new("cc")
+        .args(["-O2", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("no ctdump: cc -O2 {} failed", src.display());
+        return None;
+    }
+    Some(out)
 }
 
 fn gb(ns: &str, args: &[&str]) -> Command {
@@ -96,12 +161,12 @@ fn in_ns<S: AsRef<OsStr>>(ns: &str, args: &[S]) -> Command {
 
 fn main() {
     let mut sizes = Vec::new();
-    let mut runs = 3;
+    let mut runs = 5;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--bench" => {}
-            "--runs" => runs = args.next().and_then(|v| v.parse().ok()).unwrap_or(3),
+            "--runs" => runs = args.next().and_then(|v| v.parse().ok()).unwrap_or(5),
             other => match other.parse::<usize>() {
                 Ok(n) => sizes.push(n),
                 Err(_) => {
@@ -139,6 +204,18 @@ fn one_size(n: usize, runs: usize) {
         stale_fraction: 0.02,
         ..BulkSpec::default()
     };
+    // Entries carry their start time (docs/install.md recommends it): without it a flow's age is
+    // unknown and a sweep from an export keeps it (`unknown_age`).
+    let on = in_ns(
+        ns.name(),
+        &["sysctl", "-qw", "net.netfilter.nf_conntrack_timestamp=1"],
+    )
+    .status()
+    .is_ok_and(|s| s.success());
+    assert!(
+        on,
+        "turn nf_conntrack_timestamp on in the bench's namespace"
+    );
     let t = Instant::now();
     let (cluster, truth) = bulk::fill(Some(ns.name()), &spec).expect("fill");
     let fill = t.elapsed();
@@ -161,58 +238,137 @@ fn one_size(n: usize, runs: usize) {
             stale.push(p.flow);
         }
     });
-    let mut rows = vec![
-        bench("conntrack -L > /dev/null", runs, || {
-            in_ns(&name, &["conntrack", "-L"])
+    let ips = dir.join("stale-ips.txt");
+    let ip_list: String = cluster
+        .deleted
+        .iter()
+        .map(|d| format!("{}\n", d.ip))
+        .collect();
+    std::fs::write(&ips, ip_list).expect("write stale IPs");
+    let ips = ips.to_string_lossy().to_string();
+    // Sweeps delete: their stale entries are re-created before each run, outside the timing.
+    let ct = std::cell::RefCell::new(Conntrack::open_in(Some(&name)).expect("open"));
+    let recreate = &|| {
+        ct.borrow_mut()
+            .create(&stale)
+            .expect("re-create stale entries");
+    };
+    let ctdump = ctdump();
+    let mut cases = Vec::new();
+    if let Some(bin) = &ctdump {
+        cases.push(Case::new("ctdump (the bare kernel dump)", || {
+            in_ns(&name, &[bin.as_os_str()])
+        }));
+        cases.push(Case::new("ctdump --parse", || {
+            in_ns(&name, &[bin.as_os_str(), OsStr::new("--parse")])
+        }));
+    }
+    cases.push(Case::new("conntrack -L > /dev/null", || {
+        in_ns(&name, &["conntrack", "-L"])
+    }));
+    cases.push(Case::new("ghostbuster list --count", || {
+        gb(&name, &["list", "--count"])
+    }));
+    cases.push(Case::new("ghostbuster list -o ndjson", || {
+        gb(&name, &["list", "-o", "ndjson"])
+    }));
+    cases.push(Case::new("ghostbuster stats", || gb(&name, &["stats"])));
+    cases.push(Case::new("conntrack -C", || {
+        in_ns(&name, &["conntrack", "-C"])
+    }));
+    cases.push(Case::new("ghostbuster scan", || {
+        gb(&name, &["scan", "--from-file", &f])
+    }));
+    cases.push(Case::new("ghostbuster scan -o json", || {
+        gb(&name, &["scan", "--from-file", &f, "-o", "json"])
+    }));
+    if let Some(bin) = &ctdump {
+        cases.push(
+            Case::new("ctdump --stale-ips --delete", || {
+                in_ns(
+                    &name,
+                    &[
+                        bin.as_os_str(),
+                        OsStr::new("--stale-ips"),
+                        OsStr::new(&ips),
+                        OsStr::new("--delete"),
+                    ],
+                )
+            })
+            .prepared(recreate),
+        );
+    }
+    cases.push(
+        Case::new(
+            &format!("ghostbuster sweep --trust-snapshot ({} stale)", stale.len()),
+            || {
+                gb(
+                    &name,
+                    // The bulk export holds no Namespaces (nothing is opted out).
+                    &[
+                        "sweep",
+                        "--trust-snapshot",
+                        "--ignore-namespace-modes",
+                        "--clock-skew",
+                        "0s",
+                        "--from-file",
+                        &f,
+                    ],
+                )
+            },
+        )
+        // The re-created entries are new: absence from an export counts only for flows older
+        // than it, so the export is taken again (its modification time) after they are.
+        .prepared(|| {
+            recreate();
+            std::thread::sleep(Duration::from_millis(20));
+            std::fs::File::options()
+                .write(true)
+                .open(&f)
+                .and_then(|file| file.set_modified(std::time::SystemTime::now()))
+                .expect("touch the export");
         }),
-        bench("ghostbuster list --count", runs, || {
-            gb(&name, &["list", "--count"])
-        }),
-        bench("ghostbuster list -o ndjson", runs, || {
-            gb(&name, &["list", "-o", "ndjson"])
-        }),
-        bench("ghostbuster stats", runs, || gb(&name, &["stats"])),
-        bench("conntrack -C", runs, || in_ns(&name, &["conntrack", "-C"])),
-        bench("ghostbuster scan", runs, || {
-            gb(&name, &["scan", "--from-file", &f])
-        }),
-        bench("ghostbuster scan -o json", runs, || {
-            gb(&name, &["scan", "--from-file", &f, "-o", "json"])
-        }),
-    ];
-    // Sweep: the stale entries are re-created before each run, outside the timing.
-    let mut ct = Conntrack::open_in(Some(&name)).expect("open");
-    let mut walls = Vec::new();
-    let mut rss = 0;
-    for _ in 0..runs {
-        ct.create(&stale).expect("re-create stale entries");
-        let s = run(&gb(
+    );
+    let rows = bench_rounds(&mut cases, runs);
+    drop(cases);
+    let left = ct
+        .borrow_mut()
+        .dump_vec(&Filter::default())
+        .expect("dump")
+        .len();
+    if left as u64 != truth.created - truth.stale {
+        // Why: the same sweep's JSON report (what it kept, and why).
+        let out = gb(
             &name,
-            // The bulk export holds no Namespaces (nothing is opted out).
             &[
                 "sweep",
                 "--trust-snapshot",
                 "--ignore-namespace-modes",
+                "--clock-skew",
+                "0s",
+                "--dry-run",
+                "-o",
+                "json",
                 "--from-file",
                 &f,
             ],
-        ));
-        assert!(s.ok, "sweep failed");
-        walls.push(s.wall);
-        rss = rss.max(s.rss_kib);
+        )
+        .output()
+        .expect("run sweep");
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let mut why = std::collections::BTreeMap::<String, usize>::new();
+        for flow in report["flows"].as_array().into_iter().flatten() {
+            *why.entry(format!("{} {}", flow["verdict"], flow["kept_because"]))
+                .or_default() += 1;
+        }
+        panic!(
+            "sweep left {left} entries, expected {}: {why:?} {}",
+            truth.created - truth.stale,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
-    let left = ct.dump_vec(&Filter::default()).expect("dump").len();
-    assert_eq!(
-        left as u64,
-        truth.created - truth.stale,
-        "sweep removed exactly the stale entries"
-    );
-    rows.push(Row {
-        name: format!("ghostbuster sweep --trust-snapshot ({} stale)", stale.len()),
-        wall: median(walls),
-        rss_kib: rss,
-    });
-    print_rows(&rows);
+    print_rows(&rows, ctdump.is_some());
+    let mut ct = ct.into_inner();
 
     // Delete phase alone (in process): exact deletes of the stale entries.
     ct.create(&stale).expect("re-create stale entries");
@@ -241,17 +397,27 @@ fn one_size(n: usize, runs: usize) {
     );
 }
 
-fn print_rows(rows: &[Row]) {
-    let base = rows[0].wall.as_secs_f64();
-    println!("| command | wall (median) | peak RSS | conntrack -L time / this |");
-    println!("|---|---:|---:|---:|");
+/// The table: ratios first (this / ctdump's bare dump, `conntrack -L` / this), then the figures.
+fn print_rows(rows: &[Row], with_ctdump: bool) {
+    let secs = |name: &str| {
+        rows.iter()
+            .find(|r| r.name.starts_with(name))
+            .map(|r| r.wall.as_secs_f64())
+    };
+    let floor = if with_ctdump { secs("ctdump (") } else { None };
+    let anchor = secs("conntrack -L").expect("conntrack -L row");
+    println!("| command | this / ctdump | conntrack -L / this | wall (median) | peak RSS |");
+    println!("|---|---:|---:|---:|---:|");
     for r in rows {
+        let w = r.wall.as_secs_f64();
+        let to_floor = floor.map_or("–".to_string(), |f| format!("{:.2}×", w / f));
         println!(
-            "| `{}` | {:.3} s | {:.1} MiB | {:.2}× |",
+            "| `{}` | {} | {:.2}× | {:.3} s | {:.1} MiB |",
             r.name,
-            r.wall.as_secs_f64(),
-            r.rss_kib as f64 / 1024.0,
-            base / r.wall.as_secs_f64()
+            to_floor,
+            anchor / w,
+            w,
+            r.rss_kib as f64 / 1024.0
         );
     }
 }

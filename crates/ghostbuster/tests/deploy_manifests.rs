@@ -36,6 +36,7 @@ const METRICS: &[&str] = &[
     "ghostbuster_flows_removed_total",
     "ghostbuster_flow_removal_failures_total",
     "ghostbuster_flows_recreated_total",
+    "ghostbuster_sockets_terminated_total",
     "ghostbuster_ghost_age_seconds",
     "ghostbuster_reaction_seconds",
     "ghostbuster_gate_wait_seconds",
@@ -782,7 +783,10 @@ fn check_daemonset(ds: &DaemonSet, objs: &[Value], terminate_sockets: bool) {
         .strip_prefix("sha256:")
         .unwrap_or_else(|| panic!("{digest}: not a sha256 digest"));
     assert!(
-        hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
+        hex.len() == 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
         "{digest}: not a sha256 digest"
     );
 }

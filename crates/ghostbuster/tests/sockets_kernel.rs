@@ -261,3 +261,42 @@ fn a_socket_whose_tuple_found_a_live_backend_again_is_left_alone() {
     let n = sock.recv(&mut buf).expect("the socket still works");
     assert!(buf[..n].starts_with(b"dns-b"));
 }
+
+/// A client on the host itself (the node's namespace, as with hostNetwork): its socket is found
+/// in the node's namespace and ended.
+#[test]
+fn a_host_client_is_ended_in_the_nodes_namespace() {
+    let Some(mut s) = Story::start("sockets_host", false) else {
+        return;
+    };
+    let a = s.backend("web-a", "shop", "web", &[]);
+    s.lab.sync_services(&[web(&a)]).unwrap();
+    let vip = SocketAddr::from((vip_v4(30), 80));
+    let node = s.node();
+    // The node needs a route for the Service address (a real node's default route): the output
+    // path routes before kube-proxy's DNAT, then again to the pod.
+    let out = std::process::Command::new("ip")
+        .args([
+            "-n",
+            &node,
+            "route",
+            "replace",
+            "198.51.100.30/32",
+            "dev",
+            "sink0",
+        ])
+        .output()
+        .expect("run ip");
+    assert!(out.status.success(), "{out:?}");
+    let mut host = connect(&node, vip);
+    assert_eq!(http_request(&mut host, TIMEOUT).expect("answered"), "web-a");
+    let ghost_flow = flow_from(&node, host.local_addr().unwrap());
+    assert!(ghost_flow.is_dnat(), "{ghost_flow:?}");
+    s.lab.delete_pod_silently("web-a").unwrap();
+    let reader = BlockedReader::tcp(host);
+    delete(&node, &ghost_flow);
+    let mut terminator = Terminator::new(Some(node.clone()));
+    let ended_at = Instant::now();
+    assert_eq!(terminator.end(&ghost_flow), Ended::Destroyed);
+    expect_aborted(&reader, ended_at, "the host client's reader");
+}

@@ -8,8 +8,9 @@
 //! - `metrics`: the registry and every metric (names, types, labels: README "Metrics");
 //! - `cardinality`: the per-service series cap; `series`: replaceable gauge sets and the per-CPU
 //!   counters; `wrap`: 32-bit counter wrap-around; `forecast`: the least-squares ETA;
-//! - `health`: readiness latch and liveness; `recent`: the removed-flow ring; `admin`: the server;
-//! - `kube_proxy`: kube-proxy's last sync, health and mode over loopback HTTP, `kube-ipvs0`.
+//! - `health`: readiness latch and liveness; `recent`: the removed-flow ring; `admin`: the server.
+//!
+//! kube-proxy's last sync, health and mode are read by `crate::kube_proxy`.
 
 pub mod admin;
 pub mod cardinality;

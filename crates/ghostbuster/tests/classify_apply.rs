@@ -5,33 +5,12 @@ mod classify_support;
 
 use classify_support::*;
 use ghostbuster::classify::classify;
-use ghostbuster::cluster::{Event, Index, Kind, Object, ObjectKey};
+use ghostbuster::cluster::{Event, Index, Kind, ObjectKey};
 use ghostbuster::policy::Policy;
 use ghostbuster::verdict::{Evidence, KeepReason, VerdictKind};
 use serde_json::json;
 
-const VIP: &str = "10.96.1.1";
-
-fn web_service() -> Object {
-    service(
-        "ns",
-        "web",
-        &[VIP],
-        json!([{"name": "http", "port": 80, "targetPort": "http"}]),
-    )
-    .into()
-}
-
-fn web_slice(name: &str, endpoints: Vec<serde_json::Value>) -> Object {
-    slice(
-        "ns",
-        "web",
-        name,
-        endpoints,
-        json!([{"name": "http", "port": 8080}]),
-    )
-    .into()
-}
+const VIP: &str = WEB_VIP;
 
 fn apply(index: &mut Index, e: Event) -> ghostbuster::cluster::Changes {
     index.apply(e, t(NOW)).unwrap()

@@ -11,29 +11,8 @@ use ghostbuster::policy::Policy;
 use ghostbuster::verdict::{Evidence, Verdict, VerdictKind};
 use serde_json::json;
 
-const VIP: &str = "10.96.1.1";
+const VIP: &str = WEB_VIP;
 const CLIENT: &str = "10.244.9.9";
-
-fn web_service() -> Object {
-    service(
-        "ns",
-        "web",
-        &[VIP],
-        json!([{"name": "http", "port": 80, "targetPort": "http"}]),
-    )
-    .into()
-}
-
-fn web_slice(endpoints: Vec<serde_json::Value>) -> Object {
-    slice(
-        "ns",
-        "web",
-        "web-1",
-        endpoints,
-        json!([{"name": "http", "port": 8080}]),
-    )
-    .into()
-}
 
 fn apply(index: &mut Index, o: Object) {
     index.apply(Event::Apply(o), t(NOW)).unwrap();
@@ -88,12 +67,15 @@ fn a_deselected_host_network_backend_on_another_node_is_not_ip_reused() {
     let node_b = "10.0.0.2";
     let mut index = index_of(
         [
-            vec![web_service(), web_slice(vec![ready(node_b, "agent-b")])],
+            vec![
+                web_service(),
+                web_slice("web-1", vec![ready(node_b, "agent-b")]),
+            ],
             exporter_at(node_b, "exporter-b"),
         ]
         .concat(),
     );
-    apply(&mut index, web_slice(vec![]));
+    apply(&mut index, web_slice("web-1", vec![]));
     let tomb = index.tombstones().at(&ip(node_b));
     assert_eq!(tomb.len(), 1, "web's endpoint left: a tombstone");
     assert!(!tomb[0].pod_gone, "the GET found the pod alive");
@@ -115,13 +97,16 @@ fn a_host_network_holder_is_a_node_address() {
     let node_b = "10.0.0.2";
     let mut index = index_of(
         [
-            vec![web_service(), web_slice(vec![ready(node_b, "agent-b")])],
+            vec![
+                web_service(),
+                web_slice("web-1", vec![ready(node_b, "agent-b")]),
+            ],
             exporter_at(node_b, "exporter-b"),
             vec![pod_at("exporter-b", node_b, "2025-06-01T11:59:00Z", true)],
         ]
         .concat(),
     );
-    apply(&mut index, web_slice(vec![]));
+    apply(&mut index, web_slice("web-1", vec![]));
     // Even when the web pod is confirmed gone and the holder is newer than the flow.
     index
         .tombstones_mut()
@@ -161,12 +146,15 @@ fn service_gone_to_a_node_address_is_not_backend_gone() {
 fn ip_reused_needs_the_old_pod_confirmed_gone() {
     let mut index = index_of(
         [
-            vec![web_service(), web_slice(vec![ready("10.244.0.5", "db-0")])],
+            vec![
+                web_service(),
+                web_slice("web-1", vec![ready("10.244.0.5", "db-0")]),
+            ],
             exporter_at("10.244.0.5", "other-0"),
         ]
         .concat(),
     );
-    apply(&mut index, web_slice(vec![]));
+    apply(&mut index, web_slice("web-1", vec![]));
     let f = tcp(CLIENT, 40000, VIP, 80).dnat("10.244.0.5", 8080);
     let v = judge(&index, f);
     assert!(
@@ -192,9 +180,9 @@ fn ip_reused_needs_the_old_pod_confirmed_gone() {
 fn slice_watch_lagging_the_pod_watch_is_not_ip_reused() {
     let mut index = index_of(vec![
         web_service(),
-        web_slice(vec![ready("10.244.0.7", "web-0")]),
+        web_slice("web-1", vec![ready("10.244.0.7", "web-0")]),
     ]);
-    apply(&mut index, web_slice(vec![]));
+    apply(&mut index, web_slice("web-1", vec![]));
     index
         .tombstones_mut()
         .mark_pod_gone(&ip("10.244.0.7"), &ObjectKey::new("ns", "web-0"), None);
@@ -223,13 +211,19 @@ fn slice_watch_lagging_the_pod_watch_is_not_ip_reused() {
 fn terminating_when_it_left_the_slice_is_not_gone() {
     let mut index = index_of(vec![
         web_service(),
-        web_slice(vec![
-            ready("10.244.0.1", "a"),
-            endpoint("10.244.0.2", "b", false, true, true),
-        ]),
+        web_slice(
+            "web-1",
+            vec![
+                ready("10.244.0.1", "a"),
+                endpoint("10.244.0.2", "b", false, true, true),
+            ],
+        ),
     ]);
     // b's labels changed while it drained: it left the slice, alive.
-    apply(&mut index, web_slice(vec![ready("10.244.0.1", "a")]));
+    apply(
+        &mut index,
+        web_slice("web-1", vec![ready("10.244.0.1", "a")]),
+    );
     let f = tcp(CLIENT, 40000, VIP, 80).dnat("10.244.0.2", 8080);
     let v = judge(&index, f);
     assert!(
@@ -255,7 +249,7 @@ fn terminating_when_it_left_the_slice_is_not_gone() {
 fn unknown_age_is_not_older_than_the_snapshot() {
     let mut index = index_of(vec![
         web_service(),
-        web_slice(vec![ready("10.244.0.1", "a")]),
+        web_slice("web-1", vec![ready("10.244.0.1", "a")]),
         pod_at("a", "10.244.0.1", "2025-06-01T10:00:00Z", false),
     ]);
     index.set_snapshot_time(Some(t(SNAPSHOT)));
@@ -297,10 +291,13 @@ fn unknown_age_is_not_older_than_the_snapshot() {
 fn half_open_needs_a_known_age() {
     let index = index_of(vec![
         web_service(),
-        web_slice(vec![
-            ready("10.244.0.1", "a"),
-            endpoint("10.244.0.2", "b", false, false, true),
-        ]),
+        web_slice(
+            "web-1",
+            vec![
+                ready("10.244.0.1", "a"),
+                endpoint("10.244.0.2", "b", false, false, true),
+            ],
+        ),
     ]);
     // Row 2: a SYN never DNAT'd.
     let v = judge(&index, tcp(CLIENT, 40000, VIP, 80).syn_sent());
@@ -340,9 +337,15 @@ fn half_open_needs_a_known_age() {
 fn the_agents_tombstone_evidence_needs_no_age() {
     let mut index = index_of(vec![
         web_service(),
-        web_slice(vec![ready("10.244.0.1", "a"), ready("10.244.0.2", "b")]),
+        web_slice(
+            "web-1",
+            vec![ready("10.244.0.1", "a"), ready("10.244.0.2", "b")],
+        ),
     ]);
-    apply(&mut index, web_slice(vec![ready("10.244.0.1", "a")]));
+    apply(
+        &mut index,
+        web_slice("web-1", vec![ready("10.244.0.1", "a")]),
+    );
     index
         .tombstones_mut()
         .mark_pod_gone(&ip("10.244.0.2"), &ObjectKey::new("ns", "b"), None);
@@ -390,7 +393,10 @@ fn services_kube_proxy_does_not_program_are_never_service_gone() {
 fn timestamps_are_compared_with_a_clock_skew_margin() {
     let mut index = index_of(
         [
-            vec![web_service(), web_slice(vec![ready("10.244.0.5", "db-0")])],
+            vec![
+                web_service(),
+                web_slice("web-1", vec![ready("10.244.0.5", "db-0")]),
+            ],
             exporter_at("10.244.0.5", "other-0"),
             vec![pod_at(
                 "other-0",
@@ -401,7 +407,7 @@ fn timestamps_are_compared_with_a_clock_skew_margin() {
         ]
         .concat(),
     );
-    apply(&mut index, web_slice(vec![]));
+    apply(&mut index, web_slice("web-1", vec![]));
     let f = tcp(CLIENT, 40000, VIP, 80).dnat("10.244.0.5", 8080);
     let v = judge(&index, f.started("2025-06-01T12:00:00Z"));
     assert!(
@@ -427,7 +433,7 @@ fn timestamps_are_compared_with_a_clock_skew_margin() {
 
     // The snapshot alike: a flow that began a second before the export may be to a pod the
     // export missed.
-    let mut index = index_of(vec![web_service(), web_slice(vec![])]);
+    let mut index = index_of(vec![web_service(), web_slice("web-1", vec![])]);
     index.set_snapshot_time(Some(t(SNAPSHOT)));
     index.set_pods_complete(true);
     let f = tcp(CLIENT, 40000, VIP, 80).dnat("10.244.0.9", 8080);

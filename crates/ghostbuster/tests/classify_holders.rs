@@ -12,7 +12,7 @@ use ghostbuster::policy::Policy;
 use ghostbuster::verdict::{Evidence, KeepReason, Step, Verdict, VerdictKind};
 use serde_json::json;
 
-const VIP: &str = "10.96.1.1";
+const VIP: &str = WEB_VIP;
 /// The ghost's backend: nobody's endpoint, no pod in the agent's view (a live index).
 const GHOST: &str = "10.244.0.2";
 /// When the API server was asked (NOW is 12:01:00).
@@ -20,21 +20,8 @@ const ASKED: &str = "2025-06-01T12:00:30Z";
 
 fn web() -> Index {
     index_of(vec![
-        service(
-            "ns",
-            "web",
-            &[VIP],
-            json!([{"name": "http", "port": 80, "targetPort": "http"}]),
-        )
-        .into(),
-        slice(
-            "ns",
-            "web",
-            "web-1",
-            vec![ready("10.244.0.1", "a")],
-            json!([{"name": "http", "port": 8080}]),
-        )
-        .into(),
+        web_service(),
+        web_slice("web-1", vec![ready("10.244.0.1", "a")]),
     ])
 }
 
@@ -137,34 +124,12 @@ fn anything_in_the_index_at_the_ip_outweighs_the_answer() {
 
     // A tombstone at the IP: its pod GET is the evidence, not the list.
     let mut index = index_of(vec![
-        service(
-            "ns",
-            "web",
-            &[VIP],
-            json!([{"name": "http", "port": 80, "targetPort": "http"}]),
-        )
-        .into(),
-        slice(
-            "ns",
-            "web",
-            "web-1",
-            vec![ready("10.244.0.1", "a"), ready(GHOST, "b")],
-            json!([{"name": "http", "port": 8080}]),
-        )
-        .into(),
+        web_service(),
+        web_slice("web-1", vec![ready("10.244.0.1", "a"), ready(GHOST, "b")]),
     ]);
     index
         .apply(
-            Event::Apply(
-                slice(
-                    "ns",
-                    "web",
-                    "web-1",
-                    vec![ready("10.244.0.1", "a")],
-                    json!([{"name": "http", "port": 8080}]),
-                )
-                .into(),
-            ),
+            Event::Apply(web_slice("web-1", vec![ready("10.244.0.1", "a")])),
             t(NOW),
         )
         .unwrap();

@@ -48,12 +48,7 @@ fn seed_000_pooled_connection_to_a_deleted_backend_hangs_until_the_sweep_then_fa
     };
     let a = s.backend("web-a", "shop", "web", &[]);
     let b = s.backend("web-b", "shop", "web", &[]);
-    let web = |eps: &[Endpoint]| {
-        Service::new("shop", "web")
-            .cluster_ip(vip_v4(20))
-            .port(ServicePort::tcp("http", 80, HTTP))
-            .endpoints(v4(eps))
-    };
+    let web = |eps: &[Endpoint]| http_service("shop", "web", 20, eps);
     let vip = SocketAddr::from((vip_v4(20), 80));
     s.lab.sync_services(&[web(&a)]).unwrap();
     let ghost = pool(&s.client, vip, 2);

@@ -133,12 +133,7 @@ fn endpoint_moved_between_slices_is_kept() {
     };
     let a = s.backend("web-a", "shop", "web", &[]);
     let b = s.backend("web-b", "shop", "web", &[]);
-    let web = |eps: &[Endpoint]| {
-        Service::new("shop", "web")
-            .cluster_ip(vip_v4(51))
-            .port(ServicePort::tcp("http", 80, HTTP))
-            .endpoints(v4(eps))
-    };
+    let web = |eps: &[Endpoint]| http_service("shop", "web", 51, eps);
     let vip = SocketAddr::from((vip_v4(51), 80));
     s.lab.sync_services(&[web(&a)]).unwrap();
     let to_a = pool(&s.client, vip, 2);
@@ -430,12 +425,7 @@ fn pod_created_after_the_snapshot_is_never_touched() {
     };
     let a = s.backend("web-a", "shop", "web", &[]);
     let b = s.backend("web-b", "shop", "web", &[]);
-    let web = |eps: &[Endpoint]| {
-        Service::new("shop", "web")
-            .cluster_ip(vip_v4(56))
-            .port(ServicePort::tcp("http", 80, HTTP))
-            .endpoints(v4(eps))
-    };
+    let web = |eps: &[Endpoint]| http_service("shop", "web", 56, eps);
     let vip = SocketAddr::from((vip_v4(56), 80));
     s.lab.sync_services(&[web(&a)]).unwrap();
     let ghost = pool(&s.client, vip, 1);
@@ -490,12 +480,7 @@ fn ip_reused_without_evidence_is_kept_as_deselected() {
     };
     let a = s.backend("web-a", "shop", "web", &[]);
     let b = s.backend("web-b", "shop", "web", &[]);
-    let web = |eps: &[Endpoint]| {
-        Service::new("shop", "web")
-            .cluster_ip(vip_v4(57))
-            .port(ServicePort::tcp("http", 80, HTTP))
-            .endpoints(v4(eps))
-    };
+    let web = |eps: &[Endpoint]| http_service("shop", "web", 57, eps);
     let vip = SocketAddr::from((vip_v4(57), 80));
     s.lab.sync_services(&[web(&a)]).unwrap();
     // An idle keep-alive connection to A.

@@ -65,12 +65,7 @@ fn seed_003_ip_reused_by_a_newer_pod_is_removed_and_the_syn_reaches_the_right_se
         return;
     };
     let a = s.backend("web-a", "shop", "web", &[]);
-    let web = |eps: &[Endpoint]| {
-        Service::new("shop", "web")
-            .cluster_ip(vip_v4(60))
-            .port(ServicePort::tcp("http", 80, HTTP))
-            .endpoints(v4(eps))
-    };
+    let web = |eps: &[Endpoint]| http_service("shop", "web", 60, eps);
     let vip = SocketAddr::from((vip_v4(60), 80));
     s.lab.sync_services(&[web(&a)]).unwrap();
     let mut idle = connect(&s.client, vip);

@@ -238,6 +238,32 @@ pub fn node(name: &str, addresses: &[&str]) -> Node {
     .unwrap()
 }
 
+/// The ClusterIP of [`web_service`].
+pub const WEB_VIP: &str = "10.96.1.1";
+
+/// Service `ns/web` at [`WEB_VIP`]: port `http` 80 to the container port named `http`.
+pub fn web_service() -> Object {
+    service(
+        "ns",
+        "web",
+        &[WEB_VIP],
+        json!([{"name": "http", "port": 80, "targetPort": "http"}]),
+    )
+    .into()
+}
+
+/// EndpointSlice `name` of `ns/web` with `endpoints` on its port `http` (8080).
+pub fn web_slice(name: &str, endpoints: Vec<Value>) -> Object {
+    slice(
+        "ns",
+        "web",
+        name,
+        endpoints,
+        json!([{"name": "http", "port": 8080}]),
+    )
+    .into()
+}
+
 /// An index with `objects` applied at [`NOW`] and service CIDR 10.96.0.0/16.
 pub fn index_of(objects: Vec<Object>) -> Index {
     let mut index = Index::new(IndexConfig {

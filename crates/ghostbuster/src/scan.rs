@@ -45,6 +45,10 @@ pub struct ScanReport {
 pub struct ScanOptions {
     /// Count entries per protocol state and service flows per Service.
     pub tally: bool,
+    /// Decode and classify on a second thread while the kernel fills the next batch
+    /// ([`Table::dump_pipelined`]): the CLI's scans and sweeps. Not the agent's reactor, whose
+    /// full-pass stretch counts the CPU time of its own thread.
+    pub pipelined: bool,
 }
 
 impl ScanReport {
@@ -85,7 +89,7 @@ pub fn scan_into(
     policy: &Policy,
     filter: &Filter,
     opts: ScanOptions,
-    mut keep: impl FnMut(Finding) -> Option<Finding>,
+    mut keep: impl FnMut(Finding) -> Option<Finding> + Send,
 ) -> ctnetlink::Result<ScanReport> {
     let start = Instant::now();
     let now = Timestamp::now();
@@ -95,7 +99,7 @@ pub fn scan_into(
     let mut removable = 0u64;
     let mut by_state: BTreeMap<(u8, &'static str), u64> = BTreeMap::new();
     let mut by_service: HashMap<(Name, Name), u64> = HashMap::new();
-    let dump = ct.dump(filter, |flow| {
+    let each = |flow: &Flow| {
         scanned += 1;
         let v = classify(flow, index, policy, now);
         *counts.entry(v.kind).or_insert(0) += 1;
@@ -117,7 +121,12 @@ pub fn scan_into(
             }));
         }
         ControlFlow::Continue(())
-    })?;
+    };
+    let dump = if opts.pipelined {
+        ct.dump_pipelined(filter, each)?
+    } else {
+        ct.dump(filter, each)?
+    };
     Ok(ScanReport {
         scanned,
         counts,

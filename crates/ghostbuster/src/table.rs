@@ -13,6 +13,15 @@ pub trait Table {
     fn dump<F>(&mut self, filter: &Filter, f: F) -> ctnetlink::Result<DumpSummary>
     where
         F: FnMut(&Flow) -> ControlFlow<()>;
+    /// [`Table::dump`] where the table may decode on a second thread while it reads the next
+    /// batch (the kernel's [`Conntrack::dump_pipelined`]); `f` must be `Send` for that. The same
+    /// entries, in the same order.
+    fn dump_pipelined<F>(&mut self, filter: &Filter, f: F) -> ctnetlink::Result<DumpSummary>
+    where
+        F: FnMut(&Flow) -> ControlFlow<()> + Send,
+    {
+        self.dump(filter, f)
+    }
     /// Reads the entries that hold the keys' reply tuples now, one answer per key.
     fn get(&mut self, keys: &[DeleteKey]) -> ctnetlink::Result<Vec<Lookup>>;
     /// Deletes exactly the keys' entries (reply tuple, zone and, when given, id), one outcome per
@@ -26,6 +35,13 @@ impl Table for Conntrack {
         F: FnMut(&Flow) -> ControlFlow<()>,
     {
         Conntrack::dump(self, filter, f)
+    }
+
+    fn dump_pipelined<F>(&mut self, filter: &Filter, f: F) -> ctnetlink::Result<DumpSummary>
+    where
+        F: FnMut(&Flow) -> ControlFlow<()> + Send,
+    {
+        Conntrack::dump_pipelined(self, filter, f)
     }
 
     fn get(&mut self, keys: &[DeleteKey]) -> ctnetlink::Result<Vec<Lookup>> {

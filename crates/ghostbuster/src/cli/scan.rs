@@ -19,7 +19,7 @@ use super::Output;
 use crate::exit::{input_error, CodedError, ExitCode};
 use crate::flow_json::FlowRecord;
 use crate::render;
-use crate::scan::{scan, Finding, ScanReport};
+use crate::scan::{scan_with, Finding, ScanOptions, ScanReport};
 use crate::sweep::{sweep, Outcome, SweepTotals};
 use crate::sweep_budget::{self, SweepBudget, Tripped};
 use crate::verdict::{Evidence, VerdictKind};
@@ -129,7 +129,12 @@ fn run(a: ScanArgs, mode: Option<SweepMode>) -> anyhow::Result<ExitCode> {
     let loaded = a.cluster.load_for(need)?;
     let mut ct = Conntrack::open_in(a.cluster.netns.as_deref()).context("open conntrack")?;
     let dumped_at = std::time::Instant::now();
-    let report = scan(&mut ct, &loaded.index, &policy, &Filter::default())
+    // With a spare core, decoding and classifying overlap the kernel's walk of its table.
+    let opts = ScanOptions {
+        tally: false,
+        pipelined: std::thread::available_parallelism().is_ok_and(|n| n.get() > 1),
+    };
+    let report = scan_with(&mut ct, &loaded.index, &policy, &Filter::default(), opts)
         .context("scan the conntrack table")?;
     if report.dump.malformed > 0 {
         tracing::warn!(malformed = report.dump.malformed, first = ?report.dump.first_error, "entries that did not parse were skipped");

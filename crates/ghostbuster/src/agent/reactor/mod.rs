@@ -456,7 +456,10 @@ impl<T: Table, W: World> Reactor<T, W> {
                 &ix,
                 &self.cfg.policy,
                 &Filter::default(),
-                ScanOptions { tally: true },
+                ScanOptions {
+                    tally: true,
+                    pipelined: false,
+                },
                 |f| {
                     if is_settled(&f, &ix) {
                         settled.take(f);

@@ -955,9 +955,14 @@ impl GhostStory {
 /// kube-proxy` nftables table in nftables mode — so a test named after a mode runs in it.
 #[track_caller]
 pub fn expect_rules_of_mode(story: &Story) {
-    let node = story.node();
+    expect_node_rules_of(&story.node(), story.mode());
+}
+
+/// [`expect_rules_of_mode`] for the node namespace `node` and `mode`.
+#[track_caller]
+pub fn expect_node_rules_of(node: &str, mode: ProxyMode) {
     let out = |program: &str, args: &[&str]| -> String {
-        let mut full = vec!["netns", "exec", node.as_str(), program];
+        let mut full = vec!["netns", "exec", node, program];
         full.extend_from_slice(args);
         let o = std::process::Command::new("ip")
             .args(&full)
@@ -971,7 +976,7 @@ pub fn expect_rules_of_mode(story: &Story) {
     let has_nft = nft_tables
         .lines()
         .any(|l| l.trim() == "table ip kube-proxy");
-    match story.mode() {
+    match mode {
         ProxyMode::Iptables => assert!(
             has_iptables && !has_nft,
             "iptables mode: the node's nat table\n{iptables}\nnft tables\n{nft_tables}"

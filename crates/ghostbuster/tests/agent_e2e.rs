@@ -2,8 +2,14 @@
 //! that vanishes silently), the in-process fake API server (real list/watch protocol, enforcing
 //! the rendered ClusterRole), and a fake kube-proxy whose last sync time the test controls.
 //!
+//! The ghost story and the kept flows run in both of kube-proxy's modes (test names end in
+//! `_nftables` / `_iptables`): the node's rules are netlab's rendering of kube-proxy's nftables
+//! proxier (one `nft -f`) or its iptables proxier (`KUBE-SVC-*`/`KUBE-SEP-*` chains, one
+//! `iptables-restore`), and the fake kube-proxy's `/proxyMode` answers the same mode. The other
+//! tests run in the lab's default mode (`GB_LAB_PROXY_MODE`, nftables when unset).
+//!
 //! What this does NOT cover: a real kube-apiserver (none can run on these machines), real
-//! kube-proxy (its rules are netlab's rendering of kube-proxy's nftables proxier).
+//! kube-proxy (its rules are netlab's rendering of kube-proxy's proxiers).
 
 mod agent_support;
 mod scan_support;
@@ -15,7 +21,7 @@ use std::time::{Duration, Instant};
 use agent_support::*;
 use fake_apiserver::Rbac;
 use netlab::plan::vip_v4;
-use netlab::Endpoint;
+use netlab::{Endpoint, ProxyMode};
 use scan_support::*;
 use serde_json::Value;
 
@@ -36,21 +42,38 @@ fn rendered_rbac() -> Option<Rbac> {
 /// waits for kube-proxy to catch up, then removes the ghosts; the pooled connections fail fast
 /// and recover; a healthy connection to the live backend keeps working; metrics, /debug/recent and
 /// an Event tell about it; the API server never refused a request of the rendered ClusterRole.
+/// In kube-proxy's nftables mode.
 #[test]
-fn an_endpoint_removed_by_a_watch_event_is_swept_once_kube_proxy_caught_up() {
+fn an_endpoint_removed_by_a_watch_event_is_swept_once_kube_proxy_caught_up_nftables() {
+    watch_event_story(ProxyMode::Nftables, "agent_e2e_main", 30);
+}
+
+/// The same story on a node whose rules are kube-proxy's iptables mode's (`KUBE-SVC-*` picking
+/// a `KUBE-SEP-*` with `statistic --mode random`), its `/proxyMode` answering `iptables`.
+#[test]
+fn an_endpoint_removed_by_a_watch_event_is_swept_once_kube_proxy_caught_up_iptables() {
+    watch_event_story(ProxyMode::Iptables, "agent_e2e_main_ipt", 37);
+}
+
+fn watch_event_story(mode: ProxyMode, test: &str, vip: u8) {
     let rbac = rendered_rbac();
     if rbac.is_none() && std::env::var_os("CI").is_some() {
         panic!("kubectl kustomize deploy/ failed: CI must prove the ClusterRole sufficient");
     }
     let role = rbac.clone();
     // Rolling update: kube-proxy's rules move to B, A vanishes silently, the API says so.
-    let Some(g) = GhostStory::start("agent_e2e_main", 30, Duration::from_secs(1), |r| {
+    let Some(g) = GhostStory::start_in(mode, test, vip, Duration::from_secs(1), |r| {
         r.api(move |api| api.set_rbac(role))
     }) else {
         return;
     };
+    expect_rules_of_mode(&g.s);
+    assert_eq!(g.rig.mode(), mode);
     g.tell_api();
     let (api, kp, agent) = (&g.rig.api, &g.rig.kp, &g.rig.agent);
+    // The agent asked kube-proxy its mode (it starts with that probe) and got this one.
+    assert!(kp.mode_reads() >= 1, "the agent never read /proxyMode");
+    assert_eq!(kp.mode(), mode.name());
 
     // kube-proxy has not synced since the removal: the gate holds, the ghosts stay.
     std::thread::sleep(Duration::from_millis(1500));
@@ -64,7 +87,7 @@ fn an_endpoint_removed_by_a_watch_event_is_swept_once_kube_proxy_caught_up() {
     }
     let took = t.elapsed();
     assert!(g.ghosts_left() == 0, "ghosts still there after {took:?}");
-    eprintln!("ghosts removed {took:?} after kube-proxy's sync became visible");
+    eprintln!("{mode}: ghosts removed {took:?} after kube-proxy's sync became visible");
 
     expect_fail_fast_and_recover(g.ghost, &g.hung, Some("web-b"), Duration::from_secs(8));
     expect_untouched(g.healthy, &g.before, &["web-b"], "healthy pool");
@@ -83,6 +106,12 @@ fn an_endpoint_removed_by_a_watch_event_is_swept_once_kube_proxy_caught_up() {
         "{m}"
     );
     assert_eq!(metric_sum(&m, "ghostbuster_cluster_synced"), 1.0, "{m}");
+    // The mode is one the agent acts on: no report-only hold for the dataplane.
+    assert_eq!(
+        metric_sum(&m, r#"ghostbuster_report_only{reason="dataplane"}"#),
+        0.0,
+        "{m}"
+    );
     let (code, recent) = http_get(agent.port, "/debug/recent").unwrap();
     assert_eq!(code, 200);
     let recent: Value = serde_json::from_str(&recent).unwrap();
@@ -216,40 +245,87 @@ fn nothing_is_deleted_before_every_watch_synced() {
 }
 
 /// A pod that left the Service but is alive (the GET answers the same uid and IP) keeps its TCP
-/// flows (`deselected`), and so does a Service annotated `ghostbuster.io/mode: report`.
+/// flows (`deselected`), and so does a Service annotated `ghostbuster.io/mode: report` — judged
+/// after the agent proved it processed the same change: a sibling Service's ghosts (its pod
+/// deleted in the same update) are removed, and a full pass after that counted the kept flows
+/// stale. In kube-proxy's nftables mode.
 #[test]
-fn a_deselected_live_pod_and_an_annotated_service_keep_their_flows() {
-    let Some(mut s) = Story::start("agent_e2e_keep", false) else {
+fn a_deselected_live_pod_and_an_annotated_service_keep_their_flows_nftables() {
+    deselected_and_annotated_keep(ProxyMode::Nftables, "agent_e2e_keep", [33, 34, 38]);
+}
+
+/// The same in kube-proxy's iptables mode.
+#[test]
+fn a_deselected_live_pod_and_an_annotated_service_keep_their_flows_iptables() {
+    deselected_and_annotated_keep(ProxyMode::Iptables, "agent_e2e_keep_ipt", [39, 40, 41]);
+}
+
+fn deselected_and_annotated_keep(mode: ProxyMode, test: &str, [v_web, v_api, v_cart]: [u8; 3]) {
+    let Some(mut s) = Story::in_mode(test, false, mode) else {
         return;
     };
     let a = s.backend("web-a", "shop", "web", &[]);
     let b = s.backend("web-b", "shop", "web", &[]);
     let c = s.backend("api-a", "shop", "api", &[]);
     let d = s.backend("api-b", "shop", "api", &[]);
-    let web33 = |eps: &[Endpoint]| web("shop", 33, eps);
-    let api34 = |eps: &[Endpoint]| http_service("shop", "api", 34, eps);
-    s.lab.sync_services(&[web33(&a), api34(&c)]).unwrap();
-    let blue = pool(&s.client, SocketAddr::from((vip_v4(33), 80)), 2);
-    let annotated = pool(&s.client, SocketAddr::from((vip_v4(34), 80)), 2);
+    let e = s.backend("cart-a", "shop", "cart", &[]);
+    let f = s.backend("cart-b", "shop", "cart", &[]);
+    let web_ = |eps: &[Endpoint]| web("shop", v_web, eps);
+    let api_ = |eps: &[Endpoint]| http_service("shop", "api", v_api, eps);
+    let cart_ = |eps: &[Endpoint]| http_service("shop", "cart", v_cart, eps);
+    s.lab
+        .sync_services(&[web_(&a), api_(&c), cart_(&e)])
+        .unwrap();
+    expect_rules_of_mode(&s);
+    let blue = pool(&s.client, SocketAddr::from((vip_v4(v_web), 80)), 2);
+    let annotated = pool(&s.client, SocketAddr::from((vip_v4(v_api), 80)), 2);
+    let sibling = pool(&s.client, SocketAddr::from((vip_v4(v_cart), 80)), 2);
     expect_answers(&blue, 2, "blue");
     expect_answers(&annotated, 2, "annotated");
+    expect_answers(&sibling, 2, "sibling");
+    let annotate = |objects: &mut Value| {
+        object_mut(objects, "Service", "api")["metadata"]["annotations"] =
+            serde_json::json!({"ghostbuster.io/mode": "report"});
+    };
     let mut objects = s.lab.kubernetes_objects();
-    object_mut(&mut objects, "Service", "api")["metadata"]["annotations"] =
-        serde_json::json!({"ghostbuster.io/mode": "report"});
+    annotate(&mut objects);
     let AgentRig { api, kp, agent, .. } = AgentRig::new(&s.node())
         .objects(objects)
+        .proxy_mode(mode)
         .args(&["--resync-interval", "1s"])
         .start();
-    // Blue/green: web moves to b while a stays alive; api's a is deleted for real.
-    s.lab.sync_services(&[web33(&b), api34(&d)]).unwrap();
+    // Blue/green: web moves to b while a stays alive; api's a and cart's a are deleted for real.
+    s.lab
+        .sync_services(&[web_(&b), api_(&d), cart_(&f)])
+        .unwrap();
     s.lab.delete_pod_silently("api-a").unwrap();
+    s.lab.delete_pod_silently("cart-a").unwrap();
     let mut objects = s.lab.kubernetes_objects();
-    object_mut(&mut objects, "Service", "api")["metadata"]["annotations"] =
-        serde_json::json!({"ghostbuster.io/mode": "report"});
+    annotate(&mut objects);
     publish_pod_gone(&api, &objects, "shop", "api-a");
+    api.delete("pods", "shop", "cart-a");
     kp.synced_now();
     let before_blue = mark(&blue);
-    std::thread::sleep(Duration::from_secs(3));
+
+    // The agent processed the update with its gate open: the sibling's ghosts went...
+    let gone = ip_of(&e, false);
+    let removed = wait_for(Duration::from_secs(10), || {
+        entries_to(&table(&s.node()), gone).is_empty()
+    });
+    assert!(removed, "the sibling's ghosts stayed: {}", agent.metrics());
+    // ...and a full pass that began after that (the second to end after it) judged the kept
+    // flows stale and left them.
+    let full = |m: &str| metric_sum(m, r#"ghostbuster_scan_duration_seconds_count{kind="full"}"#);
+    let passes = full(&agent.metrics());
+    let m = agent.metrics_until(Duration::from_secs(8), |m| {
+        full(m) >= passes + 2.0 && metric_sum(m, "conntrack_stale_entries") >= 4.0
+    });
+    assert!(
+        full(&m) >= passes + 2.0,
+        "no full pass after the removal: {m}"
+    );
+    assert!(metric_sum(&m, "conntrack_stale_entries") >= 4.0, "{m}");
+    expect_removed(&m, 2.0);
     assert_eq!(
         entries_to(&table(&s.node()), ip_of(&a, false)).len(),
         2,
@@ -261,12 +337,8 @@ fn a_deselected_live_pod_and_an_annotated_service_keep_their_flows() {
         "annotated service's flows removed"
     );
     expect_untouched(blue, &before_blue, &["web-a"], "blue pool");
-    let m = agent.metrics_until(Duration::from_secs(8), |m| {
-        metric_sum(m, "conntrack_stale_entries") >= 4.0
-    });
-    assert!(metric_sum(&m, "conntrack_stale_entries") >= 4.0, "{m}");
-    expect_removed(&m, 0.0);
     drop(annotated);
+    drop(sibling);
 }
 
 /// The circuit breaker: a pass that would remove more than `--max-deletes-per-pass` reports only

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use netlab::NetNs;
+use netlab::{plan, Lab, NetNs, PodSpec, ProxyConfig, ProxyMode, ServerSpec, Service, ServicePort};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ghostbuster");
@@ -48,7 +48,12 @@ fn sh(program: &str, args: &[&str]) -> String {
 
 /// `sysctl -w` inside the namespace (never on the host).
 fn set(ns: &NetNs, values: &[(&str, u64)]) {
-    let mut args = vec!["netns", "exec", ns.name(), "sysctl", "-q", "-w"];
+    set_in(ns.name(), values);
+}
+
+/// `sysctl -w` inside the namespace named `netns` (never on the host).
+fn set_in(netns: &str, values: &[(&str, u64)]) {
+    let mut args = vec!["netns", "exec", netns, "sysctl", "-q", "-w"];
     let kv: Vec<String> = values
         .iter()
         .map(|(k, v)| format!("net.netfilter.{k}={v}"))
@@ -513,4 +518,168 @@ fn emit_into_an_unwritable_place_is_an_environment_error() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("write sysctl files"));
     let _ = std::fs::remove_file(&blocker);
     assert!(!Path::new(&blocker).join("sub").exists());
+}
+
+// --- kube-proxy's mode, in both of its modes ------------------------------------------------
+
+/// `audit` of a lab node whose Service rules kube-proxy's `mode` proxier programmed (netlab's
+/// syncing kube-proxy: one `nft -f` or one `iptables-restore` per sync), with a DNAT'd flow in
+/// its table and the good values set, asking that kube-proxy's `/proxyMode`. Returns the JSON
+/// report and the table output.
+fn audit_lab(mode: ProxyMode) -> (Value, String) {
+    let config = ProxyConfig {
+        mode,
+        ..ProxyConfig::default()
+    };
+    let mut lab = Lab::with_config(config.clone()).expect("lab");
+    let node = lab.node_netns().to_string();
+    let eps = lab
+        .add_pod(
+            PodSpec::backend("web-a")
+                .in_namespace("shop")
+                .serve(ServerSpec::http(8080, 200, "web-a")),
+        )
+        .expect("backend")
+        .endpoints();
+    let client = lab
+        .add_pod(PodSpec::client("client"))
+        .expect("client")
+        .netns()
+        .to_string();
+    let kp = netlab::SyncingProxy::start(&node, config).expect("kube-proxy");
+    let web = Service::new("shop", "web")
+        .cluster_ip(plan::vip_v4(50))
+        .port(ServicePort::tcp("http", 80, 8080))
+        .endpoints(eps);
+    let seq = kp.change(vec![web]);
+    assert!(
+        kp.wait_synced(seq, Duration::from_secs(10)),
+        "kube-proxy ({mode}) never synced: {:?}",
+        kp.error()
+    );
+    // The node holds that mode's rules, and they DNAT: a request through the VIP is answered.
+    let rules = lab.kube_proxy().list().expect("list the node's rules");
+    let marker = match mode {
+        ProxyMode::Iptables => "-j KUBE-SVC-",
+        ProxyMode::Nftables => "table ip kube-proxy",
+    };
+    assert!(rules.contains(marker), "{mode}: no {marker:?} in\n{rules}");
+    let vip = std::net::SocketAddr::from((plan::vip_v4(50), 80));
+    let answer = netlab::http_get(&client, vip, Duration::from_secs(2)).expect("request via VIP");
+    assert_eq!(
+        (answer.status, answer.backend.as_str()),
+        (200, "web-a"),
+        "{mode}"
+    );
+    set_in(&node, GOOD);
+
+    let url = format!("http://{}/proxyMode", kp.addr());
+    let args = [
+        "audit",
+        "--netns",
+        &node,
+        "--kube-proxy-url",
+        &url,
+        "--exit-code",
+    ];
+    let out = Command::new(BIN)
+        .args(args)
+        .args(["-o", "json"])
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "audit: not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let worst = report["summary"]["worst"].as_str().unwrap();
+    let code = if worst == "warn" || worst == "critical" {
+        1
+    } else {
+        0
+    };
+    assert_eq!(out.status.code(), Some(code), "worst {worst}: {report:#}");
+    let text = Command::new(BIN).args(args).output().unwrap();
+    let text = String::from_utf8(text.stdout).unwrap();
+    (report, text)
+}
+
+/// What the checks of a report found: (check, severity), in order.
+fn severities(report: &Value) -> Vec<(String, String)> {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["check"].as_str().unwrap().to_string(),
+                c["severity"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The mode audit read from `/proxyMode` is reported and judged one ghostbuster acts on; the
+/// namespace's checks pass; the flow through the VIP is counted.
+fn expect_mode_detected(mode: ProxyMode, report: &Value, text: &str) {
+    let k = check(report, "kube_proxy_mode");
+    assert_eq!(k["current"], mode.name(), "{k}");
+    assert_eq!(k["severity"], "ok", "{k}");
+    assert!(
+        k["reason"]
+            .as_str()
+            .unwrap()
+            .contains("iptables/nftables rules"),
+        "{k}"
+    );
+    assert_eq!(
+        report["facts"]["kube_proxy_mode"],
+        mode.name(),
+        "{report:#}"
+    );
+    for (name, value) in GOOD {
+        let c = check(report, name);
+        assert_eq!(c["severity"], "ok", "{mode}: {name}: {c}");
+        assert_eq!(c["current"], *value, "{mode}: {name}");
+    }
+    assert!(
+        report["facts"]["entries"].as_u64().unwrap() >= 1,
+        "{mode}: the flow through the VIP is not counted: {report:#}"
+    );
+    let line = text
+        .lines()
+        .find(|l| l.contains("kube_proxy_mode"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        line.starts_with("ok ") && line.contains(mode.name()),
+        "{line}"
+    );
+    assert!(
+        text.contains(&format!("kube-proxy {})", mode.name())),
+        "{text}"
+    );
+}
+
+#[test]
+fn audit_detects_kube_proxys_nftables_mode_from_proxy_mode() {
+    if !root_or_skip("audit_detects_kube_proxys_nftables_mode_from_proxy_mode") {
+        return;
+    }
+    let (report, text) = audit_lab(ProxyMode::Nftables);
+    expect_mode_detected(ProxyMode::Nftables, &report, &text);
+}
+
+/// In iptables mode, and every check judges as it does on the same node in nftables mode.
+#[test]
+fn audit_detects_kube_proxys_iptables_mode_from_proxy_mode_and_judges_as_in_nftables_mode() {
+    if !root_or_skip(
+        "audit_detects_kube_proxys_iptables_mode_from_proxy_mode_and_judges_as_in_nftables_mode",
+    ) {
+        return;
+    }
+    let (report, text) = audit_lab(ProxyMode::Iptables);
+    expect_mode_detected(ProxyMode::Iptables, &report, &text);
+    let (nft, _) = audit_lab(ProxyMode::Nftables);
+    assert_eq!(severities(&report), severities(&nft));
 }

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use fake_apiserver::FakeApiServer;
 use netlab::plan::vip_v4;
-use netlab::{ClientReport, Endpoint, TcpPool};
+use netlab::{ClientReport, Endpoint, ProxyMode, TcpPool};
 use serde_json::Value;
 
 use super::scan_support::{
@@ -37,6 +37,8 @@ pub struct FakeKubeProxy {
     /// The duration histogram `(sum, count)` and the restore failures.
     syncs: Arc<Mutex<(f64, f64, f64)>>,
     scrapes: Arc<std::sync::atomic::AtomicU64>,
+    /// How many times `/proxyMode` was read.
+    mode_reads: Arc<std::sync::atomic::AtomicU64>,
     /// `/metrics` and `/healthz` accept and never answer ([`FakeKubeProxy::hang`]).
     hung: Arc<std::sync::atomic::AtomicBool>,
     _rt: tokio::runtime::Runtime,
@@ -62,6 +64,8 @@ impl FakeKubeProxy {
         // Ten syncs of 0.1 s each before the test looks.
         let syncs = Arc::new(Mutex::new((1.0, 10.0, 0.0)));
         let scrapes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mode_reads = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let r2 = mode_reads.clone();
         let hung = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (s2, h2, c2) = (sync.clone(), syncs.clone(), scrapes.clone());
         let (hung_m, hung_h) = (hung.clone(), hung.clone());
@@ -117,6 +121,7 @@ impl FakeKubeProxy {
                     "/proxyMode",
                     axum::routing::get(move || {
                         let m = m2.lock().unwrap().clone();
+                        r2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                         async move { m }
                     }),
                 );
@@ -131,6 +136,7 @@ impl FakeKubeProxy {
             mode,
             syncs,
             scrapes,
+            mode_reads,
             hung,
             _rt: rt,
         }
@@ -179,6 +185,16 @@ impl FakeKubeProxy {
     /// How many times `/metrics` was read.
     pub fn scrapes(&self) -> u64 {
         self.scrapes.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// How many times `/proxyMode` was read.
+    pub fn mode_reads(&self) -> u64 {
+        self.mode_reads.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// What `/proxyMode` answers now.
+    pub fn mode(&self) -> String {
+        self.mode.lock().unwrap().clone()
     }
 
     /// Waits until `/metrics` was read `n` more times than `since`, at most `within`.
@@ -588,7 +604,8 @@ impl Deref for RigApi {
 }
 
 /// One agent test's world: the fake API server holding the cluster's objects, a fake
-/// kube-proxy (nftables mode) whose syncs the test publishes, and the real agent serving the
+/// kube-proxy whose syncs the test publishes (its `/proxyMode` answers the mode of the node's
+/// rules: [`RigBuilder::proxy_mode`]; [`AgentRig::of`] takes the story's), and the real agent serving the
 /// node's namespace, ready (unless [`RigBuilder::no_wait`]). Built by [`AgentRig::new`].
 ///
 /// A test keeps it whole or destructures it binding all three (`let AgentRig { api, kp, agent,
@@ -602,6 +619,7 @@ pub struct AgentRig {
     wrapper: Option<Vec<String>>,
     log: Log,
     ready: Option<Duration>,
+    mode: ProxyMode,
 }
 
 /// [`RigBuilder::api`]'s preparation of the API server.
@@ -618,6 +636,7 @@ pub struct RigBuilder {
     ready: Option<Duration>,
     port: Option<u16>,
     wrapper: Option<Vec<String>>,
+    mode: ProxyMode,
 }
 
 impl AgentRig {
@@ -634,12 +653,21 @@ impl AgentRig {
             ready: Some(Duration::from_secs(20)),
             port: None,
             wrapper: None,
+            mode: ProxyMode::from_env().unwrap_or_else(|e| panic!("{e}")),
         }
     }
 
-    /// A rig for `story`'s node, with its lab's objects.
+    /// A rig for `story`'s node, with its lab's objects; its kube-proxy reports the mode whose
+    /// rules the lab's node holds.
     pub fn of(story: &Story) -> RigBuilder {
-        AgentRig::new(&story.node()).objects(story.lab.kubernetes_objects())
+        AgentRig::new(&story.node())
+            .objects(story.lab.kubernetes_objects())
+            .proxy_mode(story.mode())
+    }
+
+    /// The mode the fake kube-proxy's `/proxyMode` answered at the start.
+    pub fn mode(&self) -> ProxyMode {
+        self.mode
     }
 
     /// How to start another agent against this rig's servers (same admin port unless the caller
@@ -715,6 +743,13 @@ impl RigBuilder {
         self
     }
 
+    /// What the fake kube-proxy's `/proxyMode` answers; default: the lab's default mode
+    /// ([`netlab::kube_proxy::PROXY_MODE_ENV`], nftables when unset).
+    pub fn proxy_mode(mut self, mode: ProxyMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
     /// The admin port (on 127.0.0.1); default: a free one.
     pub fn port(mut self, port: u16) -> Self {
         self.port = Some(port);
@@ -745,7 +780,7 @@ impl RigBuilder {
         if let Some(objects) = &self.objects {
             publish(&api, objects);
         }
-        let kp = FakeKubeProxy::start_in("nftables", confined.then_some(node.as_str()));
+        let kp = FakeKubeProxy::start_in(self.mode.name(), confined.then_some(node.as_str()));
         if self.kp_synced {
             kp.synced_now();
         }
@@ -770,6 +805,7 @@ impl RigBuilder {
             wrapper: self.wrapper,
             log: self.log,
             ready: self.ready,
+            mode: self.mode,
         };
         rig.expect_ready();
         rig
@@ -784,7 +820,20 @@ pub type TwoBackends = (Story, Vec<Endpoint>, Vec<Endpoint>, SocketAddr, TcpPool
 /// answered. Returns `(story, web-a's endpoints, web-b's, the VIP, the pool)`; `None`: no lab
 /// here (skipped outside CI).
 pub fn two_backends(test: &str, timestamps: bool, vip: u8) -> Option<TwoBackends> {
-    let mut s = Story::start(test, timestamps)?;
+    two_backends_story(Story::start(test, timestamps)?, vip)
+}
+
+/// [`two_backends`] on a node whose rules kube-proxy's `mode` proxier rendered.
+pub fn two_backends_in(
+    mode: ProxyMode,
+    test: &str,
+    timestamps: bool,
+    vip: u8,
+) -> Option<TwoBackends> {
+    two_backends_story(Story::in_mode(test, timestamps, mode)?, vip)
+}
+
+fn two_backends_story(mut s: Story, vip: u8) -> Option<TwoBackends> {
     let a = s.backend("web-a", "shop", "web", &[]);
     let b = s.backend("web-b", "shop", "web", &[]);
     let addr = SocketAddr::from((vip_v4(vip), 80));
@@ -843,7 +892,27 @@ impl GhostStory {
         hang_for: Duration,
         rig: impl FnOnce(RigBuilder) -> RigBuilder,
     ) -> Option<GhostStory> {
-        let (mut s, a, b, addr, ghost) = two_backends(test, true, vip)?;
+        Self::tell(two_backends(test, true, vip)?, vip, hang_for, rig)
+    }
+
+    /// [`GhostStory::start`] on a node whose rules kube-proxy's `mode` proxier rendered (and
+    /// whose fake kube-proxy says so on `/proxyMode`).
+    pub fn start_in(
+        mode: ProxyMode,
+        test: &str,
+        vip: u8,
+        hang_for: Duration,
+        rig: impl FnOnce(RigBuilder) -> RigBuilder,
+    ) -> Option<GhostStory> {
+        Self::tell(two_backends_in(mode, test, true, vip)?, vip, hang_for, rig)
+    }
+
+    fn tell(
+        (mut s, a, b, addr, ghost): TwoBackends,
+        vip: u8,
+        hang_for: Duration,
+        rig: impl FnOnce(RigBuilder) -> RigBuilder,
+    ) -> Option<GhostStory> {
         let rig = rig(AgentRig::of(&s)).start();
         // Rolling update: kube-proxy's rules move to B, A vanishes silently.
         s.lab.sync_services(&[web("shop", vip, &b)]).unwrap();
@@ -878,5 +947,43 @@ impl GhostStory {
     /// Entries to `web-a` left in the node's table.
     pub fn ghosts_left(&self) -> usize {
         entries_to(&table(&self.s.node()), self.dead).len()
+    }
+}
+
+/// Asserts that the node of `story` holds kube-proxy's rules in its mode's form, and none of the
+/// other mode's: `iptables-save`'s `KUBE-SERVICES`/`KUBE-SVC-*` chains in iptables mode, the `ip
+/// kube-proxy` nftables table in nftables mode — so a test named after a mode runs in it.
+#[track_caller]
+pub fn expect_rules_of_mode(story: &Story) {
+    expect_node_rules_of(&story.node(), story.mode());
+}
+
+/// [`expect_rules_of_mode`] for the node namespace `node` and `mode`.
+#[track_caller]
+pub fn expect_node_rules_of(node: &str, mode: ProxyMode) {
+    let out = |program: &str, args: &[&str]| -> String {
+        let mut full = vec!["netns", "exec", node, program];
+        full.extend_from_slice(args);
+        let o = std::process::Command::new("ip")
+            .args(&full)
+            .output()
+            .unwrap_or_else(|e| panic!("ip {full:?}: {e}"));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let iptables = out("iptables-save", &["-t", "nat"]);
+    let nft_tables = out("nft", &["list", "tables"]);
+    let has_iptables = iptables.contains(":KUBE-SERVICES") && iptables.contains("-j KUBE-SVC-");
+    let has_nft = nft_tables
+        .lines()
+        .any(|l| l.trim() == "table ip kube-proxy");
+    match mode {
+        ProxyMode::Iptables => assert!(
+            has_iptables && !has_nft,
+            "iptables mode: the node's nat table\n{iptables}\nnft tables\n{nft_tables}"
+        ),
+        ProxyMode::Nftables => assert!(
+            has_nft && !has_iptables,
+            "nftables mode: the node's nat table\n{iptables}\nnft tables\n{nft_tables}"
+        ),
     }
 }

@@ -88,6 +88,24 @@ impl Story {
         Self::with_config(test, timestamps, ProxyConfig::default())
     }
 
+    /// Like [`Story::start`] with the node's rules rendered by kube-proxy's `mode` proxier
+    /// (whatever [`netlab::kube_proxy::PROXY_MODE_ENV`] says).
+    pub fn in_mode(test: &str, timestamps: bool, mode: netlab::ProxyMode) -> Option<Story> {
+        Self::with_config(
+            test,
+            timestamps,
+            ProxyConfig {
+                mode,
+                ..ProxyConfig::default()
+            },
+        )
+    }
+
+    /// The proxier whose rules the node holds.
+    pub fn mode(&self) -> netlab::ProxyMode {
+        self.lab.kube_proxy().mode()
+    }
+
     /// Like [`Story::start`] with explicit kube-proxy settings.
     pub fn with_config(test: &str, timestamps: bool, config: ProxyConfig) -> Option<Story> {
         if !lab_available(test) {

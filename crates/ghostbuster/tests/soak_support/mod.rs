@@ -77,6 +77,9 @@ pub struct Config {
     pub scenarios: BTreeSet<String>,
     /// `SOAK_AGENT_ARGS`: extra agent flags, whitespace-separated.
     pub agent_args: Vec<String>,
+    /// `SOAK_PROXY_MODES=nftables,iptables` (the default: both): the kube-proxy modes whose
+    /// soak runs.
+    pub proxy_modes: Vec<netlab::ProxyMode>,
 }
 
 impl Config {
@@ -100,6 +103,17 @@ impl Config {
         for s in env_list("SOAK_DISABLE") {
             scenarios.remove(&s);
         }
+        let mut proxy_modes: Vec<netlab::ProxyMode> = env_list("SOAK_PROXY_MODES")
+            .iter()
+            .map(|m| {
+                netlab::ProxyMode::parse(m).unwrap_or_else(|| {
+                    panic!("SOAK_PROXY_MODES: unknown mode {m:?}; known: nftables, iptables")
+                })
+            })
+            .collect();
+        if proxy_modes.is_empty() {
+            proxy_modes = vec![netlab::ProxyMode::Nftables, netlab::ProxyMode::Iptables];
+        }
         Config {
             connections: env_num("SOAK_CONNECTIONS", 200) as usize,
             udp_clients: env_num("SOAK_UDP_CLIENTS", 24) as usize,
@@ -118,6 +132,7 @@ impl Config {
                 .split_whitespace()
                 .map(str::to_string)
                 .collect(),
+            proxy_modes,
         }
     }
 

@@ -716,8 +716,7 @@ fn a_real_prometheus_sees_the_ghost_the_alert_and_the_removal() {
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     let node = s.node();
-    let a = s.backend("web-a", "shop", "web", &[]);
-    let b = s.backend("web-b", "shop", "web", &[]);
+    let (a, b) = s.web_pair();
     let vip = SocketAddr::from((vip_v4(41), 80));
     s.lab.sync_services(&[web("shop", 41, &a)]).unwrap();
     let ghost = pool(&s.client, vip, 2);

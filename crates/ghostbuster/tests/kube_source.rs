@@ -5,6 +5,8 @@
 //! Every wait is bounded. The CLI test with a real conntrack table needs root (network
 //! namespaces): outside CI it skips with a printed reason, in CI (`CI` set) it fails.
 
+mod scan_support;
+
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,6 +21,7 @@ use ghostbuster::cluster::{
     Changes, Event, Index, IndexConfig, Kind, ModeSource, Name, Object, ObjectKey, SweepMode,
 };
 use jiff::Timestamp;
+use scan_support::lab_available;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
@@ -1307,21 +1310,6 @@ fn cli_errors_reading_the_api_are_environment_errors_and_bad_kubeconfigs_input_e
     assert_eq!(run.code, 2, "{}", run.stderr);
 }
 
-/// True when network namespaces can be made; otherwise skip (outside CI) or fail (in CI).
-fn lab_available(test: &str) -> bool {
-    if netlab::is_root() {
-        return true;
-    }
-    let reason =
-        format!("{test} needs root (CAP_NET_ADMIN + CAP_SYS_ADMIN) for network namespaces");
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{reason}; in CI this is a failure, not a skip"
-    );
-    eprintln!("SKIP {reason}");
-    false
-}
-
 /// `ghostbuster scan` and `sweep` with `--kubeconfig` only: a UDP ghost in a lab node's table is
 /// judged and removed from what the live API says.
 #[test]
@@ -1335,12 +1323,7 @@ fn cli_scan_and_sweep_read_the_live_api_end_to_end() {
     let mut lab = Lab::new().expect("lab");
     // Flow start times: absence from the API's answer is evidence only against a flow proven
     // older than it (issue #12), and only the kernel's timestamp proves that.
-    let on = std::process::Command::new("ip")
-        .args(["netns", "exec", lab.node_netns()])
-        .args(["sysctl", "-qw", "net.netfilter.nf_conntrack_timestamp=1"])
-        .status()
-        .expect("sysctl");
-    assert!(on.success(), "could not turn on nf_conntrack_timestamp");
+    scan_support::enable_timestamps(lab.node_netns());
     let dns = lab
         .add_pod(
             PodSpec::backend("dns-a")

@@ -536,21 +536,7 @@ mod tests {
         IpAddr::V4(Ipv4Addr::new(n[0], n[1], n[2], (i % 256) as u8))
     }
 
-    fn fixture(name: &str) -> Vec<u8> {
-        let p = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
-        std::fs::read(p).unwrap()
-    }
-
-    const FIXTURES: [&str; 8] = [
-        "ipv4-icmp-echo.bin",
-        "ipv4-sctp-established.bin",
-        "ipv4-tcp-dnat-established.bin",
-        "ipv4-tcp-syn-sent.bin",
-        "ipv4-udp-zone5-unreplied.bin",
-        "ipv6-icmpv6-echo.bin",
-        "ipv6-tcp-dnat-established.bin",
-        "ipv6-udp-unreplied.bin",
-    ];
+    use crate::test_fixtures::{fixture, ALL as FIXTURES};
 
     fn reply_src(pkt: &[u8]) -> IpAddr {
         crate::parse_message(pkt).unwrap().unwrap().reply.src

@@ -31,6 +31,8 @@ mod nl;
 mod request;
 mod socket;
 mod stats;
+#[cfg(test)]
+mod test_fixtures;
 
 pub use conntrack::{Conntrack, CreateSummary, DeleteOutcome, DumpSummary, Lookup};
 pub use consts::{

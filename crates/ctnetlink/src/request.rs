@@ -489,33 +489,7 @@ pub(crate) fn stats_cpu(w: &mut MsgWriter, seq: u32) {
 mod tests {
     use super::*;
     use crate::attr::Attrs;
-    use crate::parse_message;
-
-    fn fixture(name: &str) -> Vec<u8> {
-        let p = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
-        std::fs::read(&p).unwrap_or_else(|e| panic!("read {p}: {e}"))
-    }
-
-    fn flow(name: &str) -> Flow {
-        parse_message(&fixture(name))
-            .expect("parses")
-            .expect("is an entry")
-    }
-
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
-    }
-
-    const ALL: [&str; 8] = [
-        "ipv4-icmp-echo.bin",
-        "ipv4-sctp-established.bin",
-        "ipv4-tcp-dnat-established.bin",
-        "ipv4-tcp-syn-sent.bin",
-        "ipv4-udp-zone5-unreplied.bin",
-        "ipv6-icmpv6-echo.bin",
-        "ipv6-tcp-dnat-established.bin",
-        "ipv6-udp-unreplied.bin",
-    ];
+    use crate::test_fixtures::{fixture, flow, ip, ALL};
 
     /// Emit: the tuple we encode for a DELETE is byte-identical to the kernel's own tuple nest.
     #[test]

@@ -2,38 +2,15 @@
 //! bytes (it must never panic), through the public API. The encoders are checked against the
 //! same captures by the unit tests in `src/request.rs`.
 
-use std::net::IpAddr;
-
 use ctnetlink::{
     parse_message, Family, Filter, Flow, Status, TcpState, Tuple, TupleMatch, IPPROTO_TCP, L4,
 };
 use proptest::prelude::*;
 
-fn fixture(name: &str) -> Vec<u8> {
-    let p = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
-    std::fs::read(&p).unwrap_or_else(|e| panic!("read {p}: {e}"))
-}
+#[path = "../src/test_fixtures.rs"]
+mod test_fixtures;
 
-fn flow(name: &str) -> Flow {
-    parse_message(&fixture(name))
-        .expect("parses")
-        .expect("is an entry")
-}
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
-
-const ALL: [&str; 8] = [
-    "ipv4-icmp-echo.bin",
-    "ipv4-sctp-established.bin",
-    "ipv4-tcp-dnat-established.bin",
-    "ipv4-tcp-syn-sent.bin",
-    "ipv4-udp-zone5-unreplied.bin",
-    "ipv6-icmpv6-echo.bin",
-    "ipv6-tcp-dnat-established.bin",
-    "ipv6-udp-unreplied.bin",
-];
+use test_fixtures::{fixture, flow, ip, ALL};
 
 #[test]
 fn ipv4_dnat_entry_has_every_field() {

@@ -90,16 +90,7 @@ fn endpoint_leaving_every_slice_leaves_a_tombstone() {
 /// (alive): only the API's confirmation makes its pod gone.
 #[test]
 fn endpoint_last_seen_terminating_is_gone_only_once_confirmed() {
-    let mut index = index_of(vec![
-        web_service(),
-        web_slice(
-            "web-1",
-            vec![
-                ready("10.244.0.1", "a"),
-                endpoint("10.244.0.2", "b", false, false, true),
-            ],
-        ),
-    ]);
+    let mut index = web_with_b_terminating(false);
     apply(
         &mut index,
         Event::Apply(web_slice("web-1", vec![ready("10.244.0.1", "a")])),

@@ -57,6 +57,21 @@ fn exporter_at(ip: &str, pod: &str) -> Vec<Object> {
     ]
 }
 
+/// web's one endpoint `ip` (pod `pod`) left its slice `web-1` while the exporter Service lists
+/// `ip` too (pod `holder`); `others` are in the index as well.
+fn left_while_exporter_holds(ip: &str, pod: &str, holder: &str, others: Vec<Object>) -> Index {
+    let mut index = index_of(
+        [
+            vec![web_service(), web_slice("web-1", vec![ready(ip, pod)])],
+            exporter_at(ip, holder),
+            others,
+        ]
+        .concat(),
+    );
+    apply(&mut index, web_slice("web-1", vec![]));
+    index
+}
+
 // --- 1. "someone else holds the IP" is not proof -----------------------------------------------
 
 /// The agent's view: it watches only its own Node, so node-b's address is not known as one. web
@@ -65,17 +80,7 @@ fn exporter_at(ip: &str, pod: &str) -> Vec<Object> {
 #[test]
 fn a_deselected_host_network_backend_on_another_node_is_not_ip_reused() {
     let node_b = "10.0.0.2";
-    let mut index = index_of(
-        [
-            vec![
-                web_service(),
-                web_slice("web-1", vec![ready(node_b, "agent-b")]),
-            ],
-            exporter_at(node_b, "exporter-b"),
-        ]
-        .concat(),
-    );
-    apply(&mut index, web_slice("web-1", vec![]));
+    let index = left_while_exporter_holds(node_b, "agent-b", "exporter-b", vec![]);
     let tomb = index.tombstones().at(&ip(node_b));
     assert_eq!(tomb.len(), 1, "web's endpoint left: a tombstone");
     assert!(!tomb[0].pod_gone, "the GET found the pod alive");
@@ -95,18 +100,12 @@ fn a_deselected_host_network_backend_on_another_node_is_not_ip_reused() {
 #[test]
 fn a_host_network_holder_is_a_node_address() {
     let node_b = "10.0.0.2";
-    let mut index = index_of(
-        [
-            vec![
-                web_service(),
-                web_slice("web-1", vec![ready(node_b, "agent-b")]),
-            ],
-            exporter_at(node_b, "exporter-b"),
-            vec![pod_at("exporter-b", node_b, "2025-06-01T11:59:00Z", true)],
-        ]
-        .concat(),
+    let mut index = left_while_exporter_holds(
+        node_b,
+        "agent-b",
+        "exporter-b",
+        vec![pod_at("exporter-b", node_b, "2025-06-01T11:59:00Z", true)],
     );
-    apply(&mut index, web_slice("web-1", vec![]));
     // Even when the web pod is confirmed gone and the holder is newer than the flow.
     index
         .tombstones_mut()
@@ -144,17 +143,7 @@ fn service_gone_to_a_node_address_is_not_backend_gone() {
 /// uid, same IP). Another Service's endpoint at the IP is no proof of reuse.
 #[test]
 fn ip_reused_needs_the_old_pod_confirmed_gone() {
-    let mut index = index_of(
-        [
-            vec![
-                web_service(),
-                web_slice("web-1", vec![ready("10.244.0.5", "db-0")]),
-            ],
-            exporter_at("10.244.0.5", "other-0"),
-        ]
-        .concat(),
-    );
-    apply(&mut index, web_slice("web-1", vec![]));
+    let mut index = left_while_exporter_holds("10.244.0.5", "db-0", "other-0", vec![]);
     let f = tcp(CLIENT, 40000, VIP, 80).dnat("10.244.0.5", 8080);
     let v = judge(&index, f);
     assert!(
@@ -209,16 +198,7 @@ fn slice_watch_lagging_the_pod_watch_is_not_ip_reused() {
 
 #[test]
 fn terminating_when_it_left_the_slice_is_not_gone() {
-    let mut index = index_of(vec![
-        web_service(),
-        web_slice(
-            "web-1",
-            vec![
-                ready("10.244.0.1", "a"),
-                endpoint("10.244.0.2", "b", false, true, true),
-            ],
-        ),
-    ]);
+    let mut index = web_with_b_terminating(true);
     // b's labels changed while it drained: it left the slice, alive.
     apply(
         &mut index,
@@ -289,16 +269,7 @@ fn unknown_age_is_not_older_than_the_snapshot() {
 
 #[test]
 fn half_open_needs_a_known_age() {
-    let index = index_of(vec![
-        web_service(),
-        web_slice(
-            "web-1",
-            vec![
-                ready("10.244.0.1", "a"),
-                endpoint("10.244.0.2", "b", false, false, true),
-            ],
-        ),
-    ]);
+    let index = web_with_b_terminating(false);
     // Row 2: a SYN never DNAT'd.
     let v = judge(&index, tcp(CLIENT, 40000, VIP, 80).syn_sent());
     assert!(!v.removable, "a SYN of unknown age judged {}", v.kind);

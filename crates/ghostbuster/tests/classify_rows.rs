@@ -16,6 +16,7 @@ use ghostbuster::flow_json::FlowRecord;
 use ghostbuster::policy::Policy;
 use ghostbuster::scan::Finding;
 use ghostbuster::verdict::{Evidence, KeepReason, Step, Verdict, VerdictKind};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 fn loaded() -> &'static Loaded {
     static L: OnceLock<Loaded> = OnceLock::new();
@@ -59,6 +60,36 @@ const CLIENT: &str = "10.244.1.77";
 const WEB: &str = "10.96.10.10";
 /// A start well before the export ([`SNAPSHOT`]): what the snapshot's absence can judge.
 const BEFORE_EXPORT: &str = "2025-06-01T11:00:00Z";
+
+/// A TCP flow from `CLIENT:40000` to `dst:dport`, DNAT'd to `backend:bport`, that started
+/// before the export.
+fn old_tcp(dst: &str, dport: u16, backend: &str, bport: u16) -> FlowBuilder {
+    tcp(CLIENT, 40000, dst, dport)
+        .dnat(backend, bport)
+        .started(BEFORE_EXPORT)
+}
+
+/// [`old_tcp`] for UDP.
+fn old_udp(dst: &str, dport: u16, backend: &str, bport: u16) -> FlowBuilder {
+    udp(CLIENT, 40000, dst, dport)
+        .dnat(backend, bport)
+        .started(BEFORE_EXPORT)
+}
+
+/// `f` is an `endpoint_gone` flow kept for `reason` by default, and removable under `allowed`.
+fn expect_gone_kept_unless(f: FlowBuilder, reason: KeepReason, allowed: Policy) {
+    let v = judge(f);
+    assert_eq!(v.kind, VerdictKind::EndpointGone);
+    assert_eq!(v.kept_because, Some(reason));
+    assert!(judge_with(f, &allowed).removable);
+}
+
+/// The default policy with one change.
+fn policy(set: impl FnOnce(&mut Policy)) -> Policy {
+    let mut policy = Policy::default();
+    set(&mut policy);
+    policy
+}
 
 // --- row 1: not_service --------------------------------------------------------------------------
 
@@ -132,13 +163,7 @@ fn row2_missed_dnat_only_after_min_age() {
     let v = judge(f);
     assert_eq!(v.kind, VerdictKind::Healthy, "5 s old, min-age 10 s");
     assert!(!v.removable);
-    let v = judge_with(
-        f,
-        &Policy {
-            min_age: Duration::from_secs(3),
-            ..Policy::default()
-        },
-    );
+    let v = judge_with(f, &policy(|p| p.min_age = Duration::from_secs(3)));
     assert_eq!(v.kind, VerdictKind::MissedDnat);
 }
 
@@ -346,25 +371,10 @@ fn row5_port_changed_kept_for_tcp_removed_for_udp() {
     let owner = v.now_owned_by.unwrap();
     assert_eq!(owner.pod.as_deref(), Some("web-6b7f9c8d5-x2x7q"));
 
-    let policy = Policy {
-        include_deselected: true,
-        ..Policy::default()
-    };
-    assert!(
-        judge_with(
-            tcp(CLIENT, 40000, WEB, 80)
-                .dnat("10.244.1.10", 8081)
-                .started(BEFORE_EXPORT),
-            &policy
-        )
-        .removable
-    );
+    let policy = policy(|p| p.include_deselected = true);
+    assert!(judge_with(old_tcp(WEB, 80, "10.244.1.10", 8081), &policy).removable);
 
-    let v = judge(
-        udp(CLIENT, 40000, "10.96.0.10", 53)
-            .dnat("10.244.0.5", 5353)
-            .started(BEFORE_EXPORT),
-    );
+    let v = judge(old_udp("10.96.0.10", 53, "10.244.0.5", 5353));
     assert_eq!(v.kind, VerdictKind::PortChanged);
     assert!(v.removable);
     assert_eq!(evidence(&v), [Evidence::Udp]);
@@ -410,9 +420,7 @@ fn row7_same_case_without_evidence_is_deselected() {
 #[test]
 fn row7_blue_green_switch_keeps_tcp_to_the_live_pod() {
     // search selects track=blue; the green pod is alive and no longer (or not yet) selected.
-    let f = tcp(CLIENT, 40000, "10.96.40.40", 80)
-        .dnat("10.244.1.51", 8080)
-        .started(BEFORE_EXPORT);
+    let f = old_tcp("10.96.40.40", 80, "10.244.1.51", 8080);
     let v = judge(f);
     assert_eq!(v.kind, VerdictKind::Deselected);
     assert!(!v.removable);
@@ -420,10 +428,7 @@ fn row7_blue_green_switch_keeps_tcp_to_the_live_pod() {
         v.now_owned_by.unwrap().pod.as_deref(),
         Some("search-green-6f8b5d4c3-t4r6p")
     );
-    let policy = Policy {
-        include_deselected: true,
-        ..Policy::default()
-    };
+    let policy = policy(|p| p.include_deselected = true);
     assert!(judge_with(f, &policy).removable);
     // Half-open: no connection to break.
     let v = judge(f.syn_sent());
@@ -443,20 +448,12 @@ fn row7_node_addresses_are_deselected() {
 
 #[test]
 fn row8_endpoint_gone_with_pods_is_removable() {
-    let v = judge(
-        tcp(CLIENT, 40000, "10.96.20.20", 5432)
-            .dnat("10.244.2.31", 5432)
-            .started(BEFORE_EXPORT),
-    );
+    let v = judge(old_tcp("10.96.20.20", 5432, "10.244.2.31", 5432));
     assert_eq!(v.kind, VerdictKind::EndpointGone);
     assert_eq!(evidence(&v), [Evidence::PodAbsent]);
     assert!(v.removable && v.kept_because.is_none());
     // The IP's last pod Succeeded: its containers are gone.
-    let v = judge(
-        tcp(CLIENT, 40000, "10.96.20.20", 5432)
-            .dnat("10.244.1.60", 5432)
-            .started(BEFORE_EXPORT),
-    );
+    let v = judge(old_tcp("10.96.20.20", 5432, "10.244.1.60", 5432));
     assert_eq!(v.kind, VerdictKind::EndpointGone);
     assert!(v.removable);
 }
@@ -464,19 +461,13 @@ fn row8_endpoint_gone_with_pods_is_removable() {
 #[test]
 fn row8_snapshot_only_keeps_tcp_unless_trusted() {
     let index = &no_pods().index;
-    let f = tcp(CLIENT, 40000, "10.96.20.20", 5432)
-        .dnat("10.244.2.31", 5432)
-        .started(BEFORE_EXPORT)
-        .build();
+    let f = old_tcp("10.96.20.20", 5432, "10.244.2.31", 5432).build();
     let v = judge_in(index, f, &Policy::default());
     assert_eq!(v.kind, VerdictKind::EndpointGone);
     assert_eq!(evidence(&v), [Evidence::SnapshotOnly]);
     assert_eq!(v.kept_because, Some(KeepReason::NoEvidence));
     assert!(v.reason().contains("--trust-snapshot"), "{}", v.reason());
-    let trusting = Policy {
-        trust_snapshot: true,
-        ..Policy::default()
-    };
+    let trusting = policy(|p| p.trust_snapshot = true);
     assert!(judge_in(index, f, &trusting).removable);
     // Half-open: removable without Pods.
     let f = tcp(CLIENT, 40001, "10.96.20.20", 5432)
@@ -491,9 +482,7 @@ fn row8_snapshot_only_keeps_tcp_unless_trusted() {
 #[test]
 fn row8_udp_after_scale_down_is_removable() {
     let index = &no_pods().index;
-    let f = udp(CLIENT, 40000, "10.96.30.30", 8125)
-        .dnat("10.244.1.41", 8125)
-        .started(BEFORE_EXPORT);
+    let f = old_udp("10.96.30.30", 8125, "10.244.1.41", 8125);
     let v = judge_in(index, f.build(), &Policy::default());
     assert_eq!(v.kind, VerdictKind::EndpointGone);
     assert_eq!(evidence(&v), [Evidence::Udp]);
@@ -523,37 +512,26 @@ fn trap_pod_created_after_the_snapshot_is_untouched() {
 #[test]
 fn row9_service_gone_udp_removed_tcp_kept_without_evidence() {
     let index = &no_pods().index;
-    let f = udp(CLIENT, 40000, "10.96.77.77", 53)
-        .dnat("10.244.5.5", 53)
-        .started(BEFORE_EXPORT);
+    let f = old_udp("10.96.77.77", 53, "10.244.5.5", 53);
     let v = judge_in(index, f.build(), &Policy::default());
     assert_eq!(v.kind, VerdictKind::ServiceGone);
     assert!(v.removable && v.service.is_none());
     assert_eq!(v.backend.unwrap().ip, ip("10.244.5.5"));
 
-    let f = tcp(CLIENT, 40000, "10.96.77.77", 80)
-        .dnat("10.244.5.5", 8080)
-        .started(BEFORE_EXPORT);
+    let f = old_tcp("10.96.77.77", 80, "10.244.5.5", 8080);
     let v = judge_in(index, f.build(), &Policy::default());
     assert_eq!(v.kind, VerdictKind::ServiceGone);
     assert!(!v.removable);
     assert_eq!(evidence(&v), [Evidence::SnapshotOnly]);
     // --trust-snapshot does not apply: a deleted Service's pods are in no slice, alive or not.
-    let trusting = Policy {
-        trust_snapshot: true,
-        ..Policy::default()
-    };
+    let trusting = policy(|p| p.trust_snapshot = true);
     assert!(!judge_in(index, f.build(), &trusting).removable);
 }
 
 #[test]
 fn row9_service_gone_tcp_with_backend_evidence() {
     // Pods given, nobody has the IP: the backend is gone too.
-    let v = judge(
-        tcp(CLIENT, 40000, "10.96.77.77", 80)
-            .dnat("10.244.5.5", 8080)
-            .started(BEFORE_EXPORT),
-    );
+    let v = judge(old_tcp("10.96.77.77", 80, "10.244.5.5", 8080));
     assert_eq!(v.kind, VerdictKind::ServiceGone);
     assert_eq!(evidence(&v), [Evidence::PodAbsent]);
     assert!(v.removable);
@@ -567,129 +545,81 @@ fn row9_service_gone_tcp_with_backend_evidence() {
 
 #[test]
 fn other_zones_are_reported_never_removed() {
-    let f = tcp(CLIENT, 40000, "10.96.20.20", 5432)
-        .dnat("10.244.2.31", 5432)
-        .started(BEFORE_EXPORT)
-        .zone(7);
-    let v = judge(f);
-    assert_eq!(v.kind, VerdictKind::EndpointGone);
-    assert_eq!(v.kept_because, Some(KeepReason::Zone));
-    let policy = Policy {
-        all_zones: true,
-        ..Policy::default()
-    };
-    assert!(judge_with(f, &policy).removable);
+    let f = old_tcp("10.96.20.20", 5432, "10.244.2.31", 5432).zone(7);
+    expect_gone_kept_unless(f, KeepReason::Zone, policy(|p| p.all_zones = true));
 }
 
 #[test]
 fn protocol_and_namespace_policy() {
-    let gone = tcp(CLIENT, 40000, "10.96.20.20", 5432)
-        .dnat("10.244.2.31", 5432)
-        .started(BEFORE_EXPORT);
-    let udp_only = Policy {
-        protocols: [Protocol::Udp].into_iter().collect(),
-        ..Policy::default()
-    };
+    let gone = old_tcp("10.96.20.20", 5432, "10.244.2.31", 5432);
+    let udp_only = policy(|p| p.protocols = [Protocol::Udp].into_iter().collect());
     assert_eq!(
         judge_with(gone, &udp_only).kept_because,
         Some(KeepReason::Protocol)
     );
-    let exclude = Policy {
-        exclude_namespaces: vec!["db".into()],
-        ..Policy::default()
-    };
+    let exclude = policy(|p| p.exclude_namespaces = vec!["db".into()]);
     assert_eq!(
         judge_with(gone, &exclude).kept_because,
         Some(KeepReason::Namespace)
     );
-    let only_shop = Policy {
-        namespaces: vec!["shop".into()],
-        ..Policy::default()
-    };
+    let only_shop = policy(|p| p.namespaces = vec!["shop".into()]);
     assert_eq!(
         judge_with(gone, &only_shop).kept_because,
         Some(KeepReason::Namespace)
     );
     // A deleted Service has no namespace: only removable without --namespace.
-    let gone_svc = udp(CLIENT, 40000, "10.96.77.77", 53)
-        .dnat("10.244.5.5", 53)
-        .started(BEFORE_EXPORT);
+    let gone_svc = old_udp("10.96.77.77", 53, "10.244.5.5", 53);
     assert!(!judge_with(gone_svc, &only_shop).removable);
     assert!(judge_with(gone_svc, &exclude).removable);
 }
 
 #[test]
 fn api_server_service_is_never_removed_by_default() {
-    let f = tcp(CLIENT, 40000, "10.96.0.1", 443)
-        .dnat("192.168.49.9", 6443)
-        .started(BEFORE_EXPORT);
-    let v = judge(f);
-    assert_eq!(v.kind, VerdictKind::EndpointGone);
-    assert_eq!(v.kept_because, Some(KeepReason::ApiServer));
-    let policy = Policy {
-        include_unmanaged: true,
-        ..Policy::default()
-    };
-    assert!(judge_with(f, &policy).removable);
+    let f = old_tcp("10.96.0.1", 443, "192.168.49.9", 6443);
+    let unmanaged = policy(|p| p.include_unmanaged = true);
+    expect_gone_kept_unless(f, KeepReason::ApiServer, unmanaged);
 }
 
-#[test]
-fn endpoints_without_pods_or_from_other_controllers_prove_nothing() {
-    let mut manual = slice(
+/// Service `ns/ext` (10.96.1.3, UDP 5432) and its one slice `ext-1` listing 10.244.0.9 (pod `x`),
+/// as `edit` leaves it.
+fn ext_index(edit: impl FnOnce(&mut EndpointSlice)) -> Index {
+    let ports = serde_json::json!([{"name": "", "port": 5432, "protocol": "UDP"}]);
+    let mut ext = slice(
         "ns",
         "ext",
         "ext-1",
         vec![ready("10.244.0.9", "x")],
-        serde_json::json!([{"name": "", "port": 5432, "protocol": "UDP"}]),
+        ports.clone(),
     );
-    manual.metadata.labels.as_mut().unwrap().insert(
-        "endpointslice.kubernetes.io/managed-by".into(),
-        "endpointslicemirroring-controller.k8s.io".into(),
-    );
-    let index = index_of(vec![
-        service(
-            "ns",
-            "ext",
-            &["10.96.1.3"],
-            serde_json::json!([{"name": "", "port": 5432, "protocol": "UDP"}]),
-        )
-        .into(),
-        manual.into(),
-    ]);
+    edit(&mut ext);
+    index_of(vec![
+        service("ns", "ext", &["10.96.1.3"], ports).into(),
+        ext.into(),
+    ])
+}
+
+#[test]
+fn endpoints_without_pods_or_from_other_controllers_prove_nothing() {
+    let index = ext_index(|manual| {
+        manual.metadata.labels.as_mut().unwrap().insert(
+            "endpointslice.kubernetes.io/managed-by".into(),
+            "endpointslicemirroring-controller.k8s.io".into(),
+        );
+    });
     let f = udp(CLIENT, 1, "10.96.1.3", 5432).dnat("10.244.0.8", 5432);
     let v = judge_in(&index, f.build(), &Policy::default());
     assert_eq!(v.kind, VerdictKind::EndpointGone);
     assert_eq!(v.kept_because, Some(KeepReason::Unmanaged));
 
     // An endpoint without targetRef in a controller slice.
-    let mut bare = slice(
-        "ns",
-        "ext",
-        "ext-1",
-        vec![ready("10.244.0.9", "x")],
-        serde_json::json!([{"name": "", "port": 5432, "protocol": "UDP"}]),
-    );
-    bare.endpoints[0].target_ref = None;
-    let index = index_of(vec![
-        service(
-            "ns",
-            "ext",
-            &["10.96.1.3"],
-            serde_json::json!([{"name": "", "port": 5432, "protocol": "UDP"}]),
-        )
-        .into(),
-        bare.into(),
-    ]);
+    let index = ext_index(|bare| bare.endpoints[0].target_ref = None);
     let v = judge_in(&index, f.build(), &Policy::default());
     assert_eq!(v.kept_because, Some(KeepReason::Unmanaged));
 }
 
 #[test]
 fn verdict_json_has_the_interface_fields() {
-    let flow = tcp(CLIENT, 40000, WEB, 80)
-        .dnat("10.244.1.200", 8080)
-        .started(BEFORE_EXPORT)
-        .build();
+    let flow = old_tcp(WEB, 80, "10.244.1.200", 8080).build();
     let verdict = judge_in(&loaded().index, flow, &Policy::default());
     let j = record(&Finding { flow, verdict });
     assert_eq!(j["verdict"], "endpoint_gone");

@@ -1,23 +1,15 @@
 //! `list` and `stats` against the real kernel on a bulk-filled namespace, compared with
 //! conntrack-tools on the same table.
 
+mod scan_support;
+
 use std::collections::BTreeMap;
 use std::process::Command;
 
 use netlab::bulk::{self, BulkSpec};
 use netlab::NetNs;
+use scan_support::lab_available;
 use serde_json::Value;
-
-fn root_or_skip(test: &str) -> bool {
-    if netlab::is_root() {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("{test}: needs root, and CI must run kernel tests");
-    }
-    eprintln!("SKIP {test}: needs root to create network namespaces");
-    false
-}
 
 fn gb(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_ghostbuster"))
@@ -43,7 +35,7 @@ fn conntrack(ns: &str, args: &[&str]) -> String {
 /// One filled table serves all checks (bulk fills share the machine's conntrack hash).
 #[test]
 fn list_and_stats_agree_with_conntrack_tools_on_a_filled_table() {
-    if !root_or_skip("list_and_stats_agree_with_conntrack_tools_on_a_filled_table") {
+    if !lab_available("list_and_stats_agree_with_conntrack_tools_on_a_filled_table") {
         return;
     }
     let ns = NetNs::create("cli").unwrap();

@@ -269,25 +269,28 @@ fn the_agent_works_with_only_net_admin_and_a_read_only_filesystem() {
     let mut exported = exported_names(&held);
     exported.extend(exported_names(&m));
     exported.extend(only_after_rare_events(&exported));
-    let dashboard = dashboard_metric_names();
-    assert!(dashboard.len() >= 20, "too few names found: {dashboard:?}");
-    let missing: Vec<_> = dashboard.difference(&exported).collect();
-    assert!(
-        missing.is_empty(),
-        "the dashboard uses metrics the agent does not export: {missing:?}\nexported: {exported:?}"
+    expect_exported(
+        "the dashboard uses",
+        &dashboard_metric_names(),
+        20,
+        &exported,
     );
-    let rules = rules_metric_names();
-    assert!(rules.len() >= 10, "too few names found: {rules:?}");
-    let missing: Vec<_> = rules.difference(&exported).collect();
-    assert!(
-        missing.is_empty(),
-        "the alert rules use metrics the agent does not export: {missing:?}\nexported: {exported:?}"
-    );
+    expect_exported("the alert rules use", &rules_metric_names(), 10, &exported);
     let exit = rig.agent.terminate();
     assert!(exit < Duration::from_secs(2), "SIGTERM took {exit:?}");
 }
 
 // --- metric names -----------------------------------------------------------------------------
+
+/// Whoever `user` names ("the dashboard uses") uses at least `min` metrics, each one `exported`.
+fn expect_exported(user: &str, used: &BTreeSet<String>, min: usize, exported: &BTreeSet<String>) {
+    assert!(used.len() >= min, "too few names found: {used:?}");
+    let missing: Vec<_> = used.difference(exported).collect();
+    assert!(
+        missing.is_empty(),
+        "{user} metrics the agent does not export: {missing:?}\nexported: {exported:?}"
+    );
+}
 
 /// Every name a scrape exposes: sample names, plus, from `# TYPE` lines, the family's sample
 /// names (counter `_total`, histogram/summary `_bucket`/`_sum`/`_count`, info `_info`), so a
@@ -433,12 +436,7 @@ fn promql_metric_names(expr: &str) -> BTreeSet<String> {
         "offset",
         "inf",
         "nan",
-        "by",
-        "without",
-        "on",
-        "ignoring",
-        "group_left",
-        "group_right",
+        // (The label-list words, `by` ... `group_right`, are LABEL_LISTS below.)
         "atan2",
         // Aggregation operators, which may be followed by `by (...)` rather than `(`.
         "sum",
@@ -716,8 +714,7 @@ fn a_real_prometheus_sees_the_ghost_the_alert_and_the_removal() {
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     let node = s.node();
-    let a = s.backend("web-a", "shop", "web", &[]);
-    let b = s.backend("web-b", "shop", "web", &[]);
+    let (a, b) = s.web_pair();
     let vip = SocketAddr::from((vip_v4(41), 80));
     s.lab.sync_services(&[web("shop", 41, &a)]).unwrap();
     let ghost = pool(&s.client, vip, 2);

@@ -5,6 +5,8 @@
 //! Every wait is bounded. The CLI test with a real conntrack table needs root (network
 //! namespaces): outside CI it skips with a printed reason, in CI (`CI` set) it fails.
 
+mod scan_support;
+
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,6 +21,7 @@ use ghostbuster::cluster::{
     Changes, Event, Index, IndexConfig, Kind, ModeSource, Name, Object, ObjectKey, SweepMode,
 };
 use jiff::Timestamp;
+use scan_support::lab_available;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
@@ -131,6 +134,23 @@ fn populate(server: &FakeApiServer) {
     server.create(service_cidr("10.96.0.0/16"));
 }
 
+/// A fake API server holding [`populate`]'s cluster.
+async fn populated() -> FakeApiServer {
+    let server = FakeApiServer::start().await.unwrap();
+    populate(&server);
+    server
+}
+
+/// Every kind the agent lists and watches, in the order it starts them.
+const RESOURCES: [&str; 6] = [
+    "services",
+    "endpointslices",
+    "nodes",
+    "servicecidrs",
+    "pods",
+    "namespaces",
+];
+
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
@@ -199,6 +219,13 @@ fn spawn_watch(
 }
 
 impl Agent {
+    /// [`Agent::start`], once its view is synced.
+    async fn synced_on(server: &FakeApiServer, cidrs: bool) -> Agent {
+        let mut agent = Agent::start(server, cidrs);
+        agent.synced().await;
+        agent
+    }
+
     fn start(server: &FakeApiServer, cidrs: bool) -> Agent {
         let (task, rx, health) = spawn_watch(server, cidrs, fast());
         Agent {
@@ -319,11 +346,9 @@ impl Drop for Watching {
 
 #[tokio::test]
 async fn the_initial_list_fills_the_index_from_the_watch_cache_with_this_nodes_objects_only() {
-    let server = FakeApiServer::start().await.unwrap();
-    populate(&server);
+    let server = populated().await;
     server.create(service("shop", "cache", "10.96.0.12"));
-    let mut agent = Agent::start(&server, true);
-    agent.synced().await;
+    let agent = Agent::synced_on(&server, true).await;
 
     let ix = &agent.index;
     assert_eq!(ix.counts().services, 3, "listed over two pages");
@@ -375,14 +400,7 @@ async fn the_initial_list_fills_the_index_from_the_watch_cache_with_this_nodes_o
 
     // What was asked: watch-cache lists in pages, then watches; Pods and Node by selector only.
     let reqs = server.requests();
-    for resource in [
-        "services",
-        "endpointslices",
-        "nodes",
-        "servicecidrs",
-        "pods",
-        "namespaces",
-    ] {
+    for resource in RESOURCES {
         let first = reqs
             .iter()
             .find(|r| r.resource == resource && r.verb == "list")
@@ -429,10 +447,8 @@ async fn the_initial_list_fills_the_index_from_the_watch_cache_with_this_nodes_o
 
 #[tokio::test]
 async fn added_modified_and_deleted_events_update_the_index_and_report_removed_endpoints() {
-    let server = FakeApiServer::start().await.unwrap();
-    populate(&server);
-    let mut agent = Agent::start(&server, true);
-    agent.synced().await;
+    let server = populated().await;
+    let mut agent = Agent::synced_on(&server, true).await;
     let web = key("shop", "web");
 
     server.create(service("shop", "cache", "10.96.0.12"));
@@ -488,10 +504,8 @@ async fn added_modified_and_deleted_events_update_the_index_and_report_removed_e
 
 #[tokio::test]
 async fn a_relist_after_410_that_drops_an_endpoint_reports_the_removal_exactly_once() {
-    let server = FakeApiServer::start().await.unwrap();
-    populate(&server);
-    let mut agent = Agent::start(&server, true);
-    agent.synced().await;
+    let server = populated().await;
+    let mut agent = Agent::synced_on(&server, true).await;
     assert!(server.wait_for_watches("endpointslices", 1, WAIT).await);
     let web = key("shop", "web");
     let lists_before = server.count("list", "endpointslices");
@@ -536,18 +550,9 @@ async fn a_relist_after_410_that_drops_an_endpoint_reports_the_removal_exactly_o
 
 #[tokio::test]
 async fn bookmarks_keep_the_view_fresh_and_silence_makes_it_stale() {
-    let server = FakeApiServer::start().await.unwrap();
-    populate(&server);
-    let mut agent = Agent::start(&server, true);
-    agent.synced().await;
-    for r in [
-        "services",
-        "endpointslices",
-        "nodes",
-        "servicecidrs",
-        "pods",
-        "namespaces",
-    ] {
+    let server = populated().await;
+    let mut agent = Agent::synced_on(&server, true).await;
+    for r in RESOURCES {
         assert!(server.wait_for_watches(r, 1, WAIT).await);
     }
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -584,8 +589,7 @@ async fn bookmarks_keep_the_view_fresh_and_silence_makes_it_stale() {
 /// forever; here the idle timeout is 150 ms and the threshold 600 ms.
 #[tokio::test]
 async fn a_silent_watch_turns_stale_even_though_it_reconnects_and_a_bookmark_revives_it() {
-    let server = FakeApiServer::start().await.unwrap();
-    populate(&server);
+    let server = populated().await;
     let w = Watching::start(
         &server,
         WatchTuning {
@@ -633,8 +637,7 @@ async fn a_silent_watch_turns_stale_even_though_it_reconnects_and_a_bookmark_rev
 
 #[tokio::test]
 async fn a_list_that_never_finishes_never_syncs() {
-    let server = FakeApiServer::start().await.unwrap();
-    populate(&server);
+    let server = populated().await;
     server.hang_lists("endpointslices", true);
     let mut agent = Agent::start(&server, true);
     agent
@@ -668,10 +671,8 @@ async fn a_list_that_never_finishes_never_syncs() {
 
 #[tokio::test]
 async fn dropped_connections_resume_from_the_last_version_without_a_relist() {
-    let server = FakeApiServer::start().await.unwrap();
-    populate(&server);
-    let mut agent = Agent::start(&server, true);
-    agent.synced().await;
+    let server = populated().await;
+    let mut agent = Agent::synced_on(&server, true).await;
     assert!(server.wait_for_watches("services", 1, WAIT).await);
     let lists = server.count("list", "services");
     server.drop_watches();
@@ -697,11 +698,9 @@ async fn dropped_connections_resume_from_the_last_version_without_a_relist() {
 
 #[tokio::test]
 async fn without_servicecidrs_the_api_answers_404_and_the_watch_stops() {
-    let server = FakeApiServer::start().await.unwrap();
-    populate(&server);
+    let server = populated().await;
     server.disable("servicecidrs");
-    let mut agent = Agent::start(&server, true);
-    agent.synced().await;
+    let mut agent = Agent::synced_on(&server, true).await;
     assert!(agent.health.service_cidrs_unavailable());
     assert_eq!(
         agent.health.state(Kind::ServiceCidr),
@@ -716,10 +715,8 @@ async fn without_servicecidrs_the_api_answers_404_and_the_watch_stops() {
     assert_eq!(server.count("watch", "servicecidrs"), 0);
 
     // Off by configuration: never asked.
-    let server = FakeApiServer::start().await.unwrap();
-    populate(&server);
-    let mut agent = Agent::start(&server, false);
-    agent.synced().await;
+    let server = populated().await;
+    let agent = Agent::synced_on(&server, false).await;
     assert_eq!(agent.health.state(Kind::ServiceCidr), KindState::Off);
     assert_eq!(server.count("list", "servicecidrs"), 0);
 }
@@ -761,11 +758,9 @@ fn shipped_roles() -> Vec<(String, Rbac)> {
 #[tokio::test]
 async fn the_least_privilege_role_suffices_and_a_missing_permission_holds_the_view_back() {
     for (name, role) in shipped_roles() {
-        let server = FakeApiServer::start().await.unwrap();
-        populate(&server);
+        let server = populated().await;
         server.set_rbac(Some(role));
-        let mut agent = Agent::start(&server, true);
-        agent.synced().await;
+        let _agent = Agent::synced_on(&server, true).await;
         let checker = PodChecker::new(client(&server), Duration::from_secs(5));
         checker
             .check("shop", "web-0", None, ip("10.244.0.5"))
@@ -784,8 +779,7 @@ async fn the_least_privilege_role_suffices_and_a_missing_permission_holds_the_vi
     }
 
     // Without endpointslices the view never completes, and says why.
-    let server = FakeApiServer::start().await.unwrap();
-    populate(&server);
+    let server = populated().await;
     let mut role = agent_role();
     role.rules.remove(1);
     server.set_rbac(Some(role));
@@ -819,16 +813,14 @@ fn mode_in(agent: &Agent, name: &str) -> Option<ghostbuster::cluster::EffectiveM
 /// the one-shot read agrees.
 #[tokio::test]
 async fn a_namespace_annotated_after_start_changes_the_mode_of_its_services() {
-    let server = FakeApiServer::start().await.unwrap();
-    populate(&server);
+    let server = populated().await;
     let mut plain = service("shop", "plain", "10.96.0.30");
     plain["metadata"]
         .as_object_mut()
         .unwrap()
         .remove("annotations");
     server.create(plain);
-    let mut agent = Agent::start(&server, true);
-    agent.synced().await;
+    let mut agent = Agent::synced_on(&server, true).await;
     assert_eq!(mode_in(&agent, "plain"), None, "no annotation anywhere yet");
     assert_eq!(
         mode_in(&agent, "web").map(|m| (m.mode, m.from)),
@@ -913,8 +905,7 @@ async fn a_namespace_annotated_after_start_changes_the_mode_of_its_services() {
 /// without them.
 #[tokio::test]
 async fn without_namespaces_the_view_is_incomplete_and_the_one_shot_read_fails() {
-    let server = FakeApiServer::start().await.unwrap();
-    populate(&server);
+    let server = populated().await;
     let mut role = agent_role();
     let last = role.rules.pop().unwrap();
     assert_eq!(last.resources, ["namespaces"]);
@@ -952,8 +943,7 @@ async fn without_namespaces_the_view_is_incomplete_and_the_one_shot_read_fails()
 
 #[tokio::test]
 async fn read_once_lists_everything_consistently_in_pages() {
-    let server = FakeApiServer::start().await.unwrap();
-    populate(&server);
+    let server = populated().await;
     let mut cfg = ReadConfig::new(IndexConfig {
         node_name: Some(NODE.into()),
         ..Default::default()
@@ -1011,10 +1001,9 @@ async fn pod_checks_answer_from_one_cached_get() {
     server.create(pod("shop", "db-0", NODE, "10.244.0.7"));
     let pods = PodChecker::new(client(&server), Duration::from_millis(300));
     let (uid, at) = (Some("uid-db-0"), ip("10.244.0.7"));
-    assert_eq!(
-        pods.check("shop", "db-0", uid, at).await.unwrap(),
-        PodCheck::Same
-    );
+    // What the checker says of db-0 as first seen (uid, address).
+    let db_0 = || async { pods.check("shop", "db-0", uid, at).await.unwrap() };
+    assert_eq!(db_0().await, PodCheck::Same);
     assert_eq!(
         pods.check("shop", "db-0", uid, ip("10.244.0.8"))
             .await
@@ -1043,19 +1032,13 @@ async fn pod_checks_answer_from_one_cached_get() {
     terminating["metadata"]["deletionTimestamp"] = json!("2025-01-01T00:00:00Z");
     server.update(terminating);
     tokio::time::sleep(Duration::from_millis(350)).await;
-    assert_eq!(
-        pods.check("shop", "db-0", uid, at).await.unwrap(),
-        PodCheck::Terminating
-    );
+    assert_eq!(db_0().await, PodCheck::Terminating);
     server.delete("pods", "shop", "db-0");
     let mut again = pod("shop", "db-0", NODE, "10.244.0.8");
     again["metadata"]["uid"] = json!("uid-db-0-new");
     server.create(again);
     tokio::time::sleep(Duration::from_millis(350)).await;
-    assert_eq!(
-        pods.check("shop", "db-0", uid, at).await.unwrap(),
-        PodCheck::Replaced
-    );
+    assert_eq!(db_0().await, PodCheck::Replaced);
     assert_eq!(server.count("get", "pods"), 4);
 
     // Errors are errors, not answers (and not cached).
@@ -1072,8 +1055,7 @@ async fn pod_checks_answer_from_one_cached_get() {
 /// after the checker's timeout (the caller keeps its flows) instead of holding the reactor.
 #[tokio::test]
 async fn lists_and_pod_gets_have_timeouts_and_list_bodies_a_cap() {
-    let server = FakeApiServer::start().await.unwrap();
-    populate(&server);
+    let server = populated().await;
     server.hang_lists("endpointslices", true);
     let w = Watching::start(
         &server,
@@ -1160,8 +1142,7 @@ async fn lists_and_pod_gets_have_timeouts_and_list_bodies_a_cap() {
 /// answers "nobody" for a free IP, stamped with when it asked.
 #[tokio::test]
 async fn ip_holders_finds_the_pods_at_an_ip_cluster_wide() {
-    let server = FakeApiServer::start().await.unwrap();
-    populate(&server);
+    let server = populated().await;
     let mut exporter = pod("monitoring", "node-exporter-x", "node-2", "192.0.2.11");
     exporter["spec"]["hostNetwork"] = json!(true);
     server.create(exporter);
@@ -1201,8 +1182,7 @@ async fn ip_holders_finds_the_pods_at_an_ip_cluster_wide() {
 /// and questions over the rate are refused at once without a request.
 #[tokio::test]
 async fn ip_holders_times_out_and_is_rate_limited() {
-    let server = FakeApiServer::start().await.unwrap();
-    populate(&server);
+    let server = populated().await;
     let holders = live::IpHolders::new(
         client(&server),
         live::HoldersConfig {
@@ -1330,21 +1310,6 @@ fn cli_errors_reading_the_api_are_environment_errors_and_bad_kubeconfigs_input_e
     assert_eq!(run.code, 2, "{}", run.stderr);
 }
 
-/// True when network namespaces can be made; otherwise skip (outside CI) or fail (in CI).
-fn lab_available(test: &str) -> bool {
-    if netlab::is_root() {
-        return true;
-    }
-    let reason =
-        format!("{test} needs root (CAP_NET_ADMIN + CAP_SYS_ADMIN) for network namespaces");
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{reason}; in CI this is a failure, not a skip"
-    );
-    eprintln!("SKIP {reason}");
-    false
-}
-
 /// `ghostbuster scan` and `sweep` with `--kubeconfig` only: a UDP ghost in a lab node's table is
 /// judged and removed from what the live API says.
 #[test]
@@ -1358,12 +1323,7 @@ fn cli_scan_and_sweep_read_the_live_api_end_to_end() {
     let mut lab = Lab::new().expect("lab");
     // Flow start times: absence from the API's answer is evidence only against a flow proven
     // older than it (issue #12), and only the kernel's timestamp proves that.
-    let on = std::process::Command::new("ip")
-        .args(["netns", "exec", lab.node_netns()])
-        .args(["sysctl", "-qw", "net.netfilter.nf_conntrack_timestamp=1"])
-        .status()
-        .expect("sysctl");
-    assert!(on.success(), "could not turn on nf_conntrack_timestamp");
+    scan_support::enable_timestamps(lab.node_netns());
     let dns = lab
         .add_pod(
             PodSpec::backend("dns-a")

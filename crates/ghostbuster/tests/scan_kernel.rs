@@ -18,9 +18,8 @@ use std::time::Duration;
 use ctnetlink::IPPROTO_SCTP;
 use ctnetlink::{Conntrack, NewFlow, Tuple};
 use netlab::plan::{external_ipv4, vip_v4, vip_v6, NODE_IPV4};
-use netlab::{
-    AppProtocol, Endpoint, ServerSpec, Service, ServicePort, TcpPoolConfig, UdpClient, UdpConfig,
-};
+use netlab::{AppProtocol, Endpoint, ServerSpec, Service, ServicePort, TcpPoolConfig};
+use scan_support::setups::*;
 use scan_support::*;
 use serde_json::Value;
 
@@ -46,24 +45,14 @@ fn seed_000_pooled_connection_to_a_deleted_backend_hangs_until_the_sweep_then_fa
     let Some(mut s) = Story::start("seed_000_control", true) else {
         return;
     };
-    let a = s.backend("web-a", "shop", "web", &[]);
-    let b = s.backend("web-b", "shop", "web", &[]);
+    let (a, b) = s.web_pair();
     let web = |eps: &[Endpoint]| http_service("shop", "web", 20, eps);
     let vip = SocketAddr::from((vip_v4(20), 80));
-    s.lab.sync_services(&[web(&a)]).unwrap();
-    let ghost = pool(&s.client, vip, 2);
-    expect_answers(&ghost, 2, "ghost pool");
-
     // Rolling update: the endpoints move to B; then A's node dies and A vanishes without a RST.
-    s.lab.sync_services(&[web(&b)]).unwrap();
-    let dead = ip_of(&a, false);
-    s.lab.delete_pod_silently("web-a").unwrap();
-    let healthy = pool(&s.client, vip, 2);
-    expect_answers(&healthy, 2, "healthy pool");
-
     // The failure first: the pooled connections hang (seed 000: for ~15 min in production).
-    let hung = expect_hang(&ghost, 2, Duration::from_secs(2));
-    let before = mark(&healthy);
+    let (ghost, hung, healthy, before) =
+        s.ghost([&web(&a), &web(&b)], vip, 2, Duration::from_secs(2));
+    let dead = ip_of(&a, false);
 
     // The export, as kubectl prints it: A is gone from the slices and from the Pods.
     let objects = s.export();
@@ -136,20 +125,12 @@ fn seed_001_udp_flow_to_a_scaled_down_backend_is_removed_and_queries_are_answere
     let b = s.dns_backend("dns-b");
     let dns = |eps: &[Endpoint]| dns_service(53, eps);
     let vip = SocketAddr::from((vip_v4(53), 53));
-    let config = UdpConfig {
-        interval: Duration::from_millis(50),
-        timeout: Duration::from_millis(200),
-        run_for: Duration::from_secs(30),
-        ..UdpConfig::default()
-    };
     // Two replicas, one resolver socket pinned to each (syncing one endpoint at a time pins them;
     // kube-proxy would pick at random): the table is that of a two-replica Service.
     s.lab.sync_services(&[dns(&b)]).unwrap();
-    let healthy = UdpClient::start(&s.client, vip, config.clone()).unwrap();
-    assert!(healthy.wait_answers(3, TIMEOUT), "{:#?}", healthy.report());
+    let healthy = s.querier(vip);
     s.lab.sync_services(&[dns(&a)]).unwrap();
-    let stale = UdpClient::start(&s.client, vip, config).unwrap();
-    assert!(stale.wait_answers(3, TIMEOUT), "{:#?}", stale.report());
+    let stale = s.querier(vip);
 
     // Scale down to one replica: A leaves the slices, its pod vanishes.
     s.lab.sync_services(&[dns(&b)]).unwrap();
@@ -285,8 +266,7 @@ fn ipv6_ghost_is_kept_on_the_snapshot_alone_and_removed_with_trust_snapshot() {
     let Some(mut s) = Story::start("ipv6_trust_snapshot", true) else {
         return;
     };
-    let a = s.backend("web-a", "shop", "web", &[]);
-    let b = s.backend("web-b", "shop", "web", &[]);
+    let (a, b) = s.web_pair();
     let web = |eps: &[Endpoint]| {
         Service::new("shop", "web6")
             .cluster_ip(vip_v6(40))
@@ -294,16 +274,9 @@ fn ipv6_ghost_is_kept_on_the_snapshot_alone_and_removed_with_trust_snapshot() {
             .endpoints(v6(eps))
     };
     let vip = SocketAddr::from((vip_v6(40), 80));
-    s.lab.sync_services(&[web(&a)]).unwrap();
-    let ghost = pool(&s.client, vip, 1);
-    expect_answers(&ghost, 2, "ghost pool");
-    s.lab.sync_services(&[web(&b)]).unwrap();
+    let (ghost, hung, healthy, before) =
+        s.ghost([&web(&a), &web(&b)], vip, 1, Duration::from_millis(800));
     let dead = ip_of(&a, true);
-    s.lab.delete_pod_silently("web-a").unwrap();
-    let healthy = pool(&s.client, vip, 1);
-    expect_answers(&healthy, 2, "healthy pool");
-    let hung = expect_hang(&ghost, 1, Duration::from_millis(800));
-    let before = mark(&healthy);
 
     let file = s.write("no-pods.json", &without_kind(s.export(), "Pod"));
     let kept = s.sweep(&file, &[]).ok(0);
@@ -335,8 +308,7 @@ fn dual_stack_service_ghosts_of_both_families_are_removed() {
     let Some(mut s) = Story::start("dual_stack", true) else {
         return;
     };
-    let a = s.backend("web-a", "shop", "web", &[]);
-    let b = s.backend("web-b", "shop", "web", &[]);
+    let (a, b) = s.web_pair();
     let web = |eps: &[Endpoint]| {
         Service::new("shop", "web")
             .cluster_ip(vip_v4(41))
@@ -348,22 +320,13 @@ fn dual_stack_service_ghosts_of_both_families_are_removed() {
         SocketAddr::from((vip_v4(41), 80)),
         SocketAddr::from((vip_v6(41), 80)),
     ];
-    s.lab.sync_services(&[web(&a)]).unwrap();
-    let ghosts: Vec<_> = vips.iter().map(|v| pool(&s.client, *v, 1)).collect();
-    for g in &ghosts {
-        expect_answers(g, 2, "ghost pool");
-    }
-    s.lab.sync_services(&[web(&b)]).unwrap();
-    s.lab.delete_pod_silently("web-a").unwrap();
-    let healthy: Vec<_> = vips.iter().map(|v| pool(&s.client, *v, 1)).collect();
-    for h in &healthy {
-        expect_answers(h, 2, "healthy pool");
-    }
-    let hung: Vec<_> = ghosts
-        .iter()
-        .map(|g| expect_hang(g, 1, Duration::from_millis(600)))
-        .collect();
-    let before: Vec<_> = healthy.iter().map(mark).collect();
+    let story = s.ghosts_with(
+        [&web(&a), &web(&b)],
+        |c| vips.iter().map(|v| pool(c, *v, 1)).collect(),
+        1,
+        delete("web-a"),
+        Duration::from_millis(600),
+    );
 
     let file = s.write("cluster.json", &s.export());
     let swept = s.sweep(&file, &[]).ok(0);
@@ -378,10 +341,10 @@ fn dual_stack_service_ghosts_of_both_families_are_removed() {
     }
     assert_eq!(swept.deleted(), 2, "{}", swept.pretty());
 
-    for (g, h) in ghosts.into_iter().zip(&hung) {
+    for (g, h) in story.ghosts.into_iter().zip(&story.hung) {
         expect_fail_fast_and_recover(g, h, Some("web-b"), Duration::from_secs(8));
     }
-    for (h, b) in healthy.into_iter().zip(&before) {
+    for (h, b) in story.healthy.into_iter().zip(&story.before) {
         expect_untouched(h, b, &["web-b"], "healthy pool");
     }
 }
@@ -394,12 +357,7 @@ fn frontend_story(
     target: SocketAddr,
 ) -> Option<(Run, IpAddr)> {
     let mut s = Story::start(test, true)?;
-    let a = s.backend("web-a", "shop", "web", &[]);
-    let b = s.backend("web-b", "shop", "web", &[]);
-    s.lab.sync_services(&[svc(&a)]).unwrap();
-    let ghost = pool(&s.client, target, 1);
-    expect_answers(&ghost, 2, "ghost pool");
-    s.lab.sync_services(&[svc(&b)]).unwrap();
+    let (a, b) = s.web_pair();
     let dead = ip_of(&a, false);
     // These frontends are masqueraded, and the kernel kills a masqueraded entry whose packets
     // leave by another interface (nf_nat_oif_changed), or whose interface goes down: deleting the
@@ -407,11 +365,15 @@ fn frontend_story(
     // never does. So A dies like a pod behind a dead node: every packet to or from it is dropped
     // inside its namespace, the node's routes stay, and the node lifecycle controller has deleted
     // its Pod object (below).
-    silence_pod(&s.lab, "web-a");
-    let healthy = pool(&s.client, target, 1);
-    expect_answers(&healthy, 2, "healthy pool");
-    let hung = expect_hang(&ghost, 1, Duration::from_millis(600));
-    let before = mark(&healthy);
+    let (ghost, hung, healthy, before) = s
+        .ghosts_with(
+            [&svc(&a), &svc(&b)],
+            |c| vec![pool(c, target, 1)],
+            1,
+            |lab| silence_pod(lab, "web-a"),
+            Duration::from_millis(600),
+        )
+        .single();
 
     let mut objects = s.export();
     items(&mut objects).retain(|o| !(o["kind"] == "Pod" && o["metadata"]["name"] == "web-a"));
@@ -485,13 +447,7 @@ fn named_ports_are_matched_by_the_service_port_name() {
     let echo = |name: &str| [ServerSpec::tcp_echo(9000, name)];
     let d = s.backend("web-d", "shop", "web", &echo("web-d"));
     let a = s.backend("web-a", "shop", "web", &echo("web-a"));
-    let web = |eps: &[Endpoint]| {
-        Service::new("shop", "web")
-            .cluster_ip(vip_v4(44))
-            .port(ServicePort::tcp("http", 80, HTTP))
-            .port(ServicePort::tcp("admin", 81, 9000))
-            .endpoints(v4(eps))
-    };
+    let web = |eps: &[Endpoint]| web("shop", 44, eps).port(ServicePort::tcp("admin", 81, 9000));
     let http = SocketAddr::from((vip_v4(44), 80));
     let admin = SocketAddr::from((vip_v4(44), 81));
     let echo_pool = |ns: &str| {
@@ -509,23 +465,14 @@ fn named_ports_are_matched_by_the_service_port_name() {
             },
         )
     };
-    s.lab.sync_services(&[web(&d)]).unwrap();
-    let ghosts = [pool(&s.client, http, 1), echo_pool(&s.client)];
-    for g in &ghosts {
-        expect_answers(g, 2, "ghost pool");
-    }
-    s.lab.sync_services(&[web(&a)]).unwrap();
+    let story = s.ghosts_with(
+        [&web(&d), &web(&a)],
+        |c| vec![pool(c, http, 1), echo_pool(c)],
+        1,
+        delete("web-d"),
+        Duration::from_millis(600),
+    );
     let dead = ip_of(&d, false);
-    s.lab.delete_pod_silently("web-d").unwrap();
-    let healthy = [pool(&s.client, http, 1), echo_pool(&s.client)];
-    for h in &healthy {
-        expect_answers(h, 2, "healthy pool");
-    }
-    let hung: Vec<_> = ghosts
-        .iter()
-        .map(|g| expect_hang(g, 1, Duration::from_millis(600)))
-        .collect();
-    let before: Vec<_> = healthy.iter().map(mark).collect();
 
     let mut objects = s.export();
     let svc = object_mut(&mut objects, "Service", "web");
@@ -553,10 +500,19 @@ fn named_ports_are_matched_by_the_service_port_name() {
     );
     assert_eq!(swept.deleted(), 2);
 
-    let [g_http, g_admin] = ghosts;
-    expect_fail_fast_and_recover(g_http, &hung[0], Some("web-a"), Duration::from_secs(8));
-    expect_fail_fast_and_recover(g_admin, &hung[1], None, Duration::from_secs(8));
-    let [h_http, h_admin] = healthy;
-    expect_untouched(h_http, &before[0], &["web-a"], "healthy http pool");
-    expect_untouched(h_admin, &before[1], &[], "healthy admin pool");
+    let Ok([g_http, g_admin]) = <[_; 2]>::try_from(story.ghosts) else {
+        unreachable!("two ghost pools")
+    };
+    expect_fail_fast_and_recover(
+        g_http,
+        &story.hung[0],
+        Some("web-a"),
+        Duration::from_secs(8),
+    );
+    expect_fail_fast_and_recover(g_admin, &story.hung[1], None, Duration::from_secs(8));
+    let Ok([h_http, h_admin]) = <[_; 2]>::try_from(story.healthy) else {
+        unreachable!("two healthy pools")
+    };
+    expect_untouched(h_http, &story.before[0], &["web-a"], "healthy http pool");
+    expect_untouched(h_admin, &story.before[1], &[], "healthy admin pool");
 }

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use netlab::plan::vip_v4;
-use netlab::{Endpoint, UdpClient, UdpConfig};
+use netlab::Endpoint;
 use scan_support::*;
 
 fn set_timestamps(netns: &str, on: bool) {
@@ -42,18 +42,7 @@ fn sweep_from_file_keeps_a_connection_of_unknown_age_to_a_pod_newer_than_the_exp
 
     // The sibling ghost, with a start time: UDP to dns-old, which then vanishes.
     set_timestamps(&node, true);
-    let dns_client = UdpClient::start(
-        &s.client,
-        SocketAddr::from((vip_v4(90), 53)),
-        UdpConfig {
-            interval: Duration::from_millis(50),
-            timeout: Duration::from_millis(200),
-            run_for: Duration::from_secs(30),
-            ..UdpConfig::default()
-        },
-    )
-    .unwrap();
-    assert!(dns_client.wait_answers(3, TIMEOUT), "dns-old answers");
+    let dns_client = s.querier(SocketAddr::from((vip_v4(90), 53)));
     let ghost_began = Instant::now();
     let report = dns_client.stop();
     assert!(report.answers_from("dns-old") >= 3, "{report:#?}");

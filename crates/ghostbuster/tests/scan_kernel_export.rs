@@ -12,22 +12,13 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use netlab::plan::vip_v4;
-use netlab::{Endpoint, ServerSpec, Service, ServicePort, UdpClient, UdpConfig};
+use netlab::{Endpoint, ServicePort, UdpClient, UdpConfig};
+use scan_support::setups::*;
 use scan_support::*;
 use serde_json::json;
 
 /// The export the refusals name.
 const KUBECTL: &str = "kubectl get services,endpointslices,pods,nodes,namespaces -A -o json";
-
-/// One query every 50 ms on one socket (one conntrack entry), for as long as a test runs.
-fn querier_config() -> UdpConfig {
-    UdpConfig {
-        interval: Duration::from_millis(50),
-        timeout: Duration::from_millis(200),
-        run_for: Duration::from_secs(30),
-        ..UdpConfig::default()
-    }
-}
 
 /// Asserts a refusal: exit 2, every `words` in the message, nothing printed on stdout.
 fn expect_refused(run: &Run, words: &[&str]) {
@@ -54,27 +45,12 @@ fn an_export_without_endpointslices_is_refused_and_nothing_changes() {
     let Some(mut s) = Story::start("export_no_slices", true) else {
         return;
     };
-    let a = s.backend(
-        "web-a",
-        "shop",
-        "web",
-        &[ServerSpec::udp_echo(5353, "web-a")],
-    );
-    let web = Service::new("shop", "web")
-        .cluster_ip(vip_v4(60))
-        .port(ServicePort::tcp("http", 80, HTTP))
-        .port(ServicePort::udp("dns", 53, 5353))
-        .endpoints(v4(&a));
+    let a = s.udp_backend("web-a", "shop", "web", 5353);
+    let web = web("shop", 60, &a).port(ServicePort::udp("dns", 53, 5353));
     s.lab.sync_services(&[web]).unwrap();
     let tcp = pool(&s.client, SocketAddr::from((vip_v4(60), 80)), 2);
     expect_answers(&tcp, 2, "pool to web-a");
-    let querier = UdpClient::start(
-        &s.client,
-        SocketAddr::from((vip_v4(60), 53)),
-        querier_config(),
-    )
-    .unwrap();
-    assert!(querier.wait_answers(3, TIMEOUT), "{:#?}", querier.report());
+    let querier = s.querier(SocketAddr::from((vip_v4(60), 53)));
     let before_tcp = mark(&tcp);
 
     // With the whole export every flow is healthy: nothing is listed.
@@ -101,12 +77,7 @@ fn an_export_without_endpointslices_is_refused_and_nothing_changes() {
         "a refused run changed the table"
     );
 
-    let q = querier.report();
-    assert!(
-        querier.wait_answers(q.answers + 3, TIMEOUT),
-        "{:#?}",
-        querier.report()
-    );
+    expect_more_answers(&querier);
     let q = querier.stop();
     assert_eq!(q.answers_from("web-a"), q.answers, "{q:#?}");
     expect_untouched(tcp, &before_tcp, &["web-a"], "healthy connections");
@@ -120,23 +91,11 @@ fn an_export_without_namespaces_sweeps_only_when_told_to_ignore_namespace_modes(
     let Some(mut s) = Story::start("export_no_namespaces", true) else {
         return;
     };
-    let udp = |n: &str| [ServerSpec::udp_echo(5353, n)];
-    let blue = s.backend("web-blue", "shop", "web", &udp("web-blue"));
-    let green = s.backend("web-green", "shop", "web", &udp("web-green"));
-    let web = |eps: &[Endpoint]| {
-        Service::new("shop", "web")
-            .cluster_ip(vip_v4(61))
-            .port(ServicePort::udp("dns", 53, 5353))
-            .endpoints(v4(eps))
-    };
+    let blue = s.udp_backend("web-blue", "shop", "web", 5353);
+    let green = s.udp_backend("web-green", "shop", "web", 5353);
+    let web = |eps: &[Endpoint]| service("shop", "web", 61, ServicePort::udp("dns", 53, 5353), eps);
     s.lab.sync_services(&[web(&blue)]).unwrap();
-    let querier = UdpClient::start(
-        &s.client,
-        SocketAddr::from((vip_v4(61), 53)),
-        querier_config(),
-    )
-    .unwrap();
-    assert!(querier.wait_answers(3, TIMEOUT), "{:#?}", querier.report());
+    let querier = s.querier(SocketAddr::from((vip_v4(61), 53)));
     // Blue/green switch: blue lives on, its UDP flow is removable (`deselected`, udp).
     s.lab.sync_services(&[web(&green)]).unwrap();
     let ip_blue = ip_of(&blue, false);
@@ -189,12 +148,7 @@ fn an_export_without_namespaces_sweeps_only_when_told_to_ignore_namespace_modes(
     let flows = run.to_backend(ip_blue);
     assert_eq!(flows.len(), 1, "{}", run.pretty());
     assert_eq!(flows[0]["result"], "deleted", "{}", run.pretty());
-    let before = querier.report();
-    assert!(
-        querier.wait_answers(before.answers + 3, TIMEOUT),
-        "{:#?}",
-        querier.report()
-    );
+    expect_more_answers(&querier);
     let q = querier.stop();
     assert!(q.answers_from("web-green") >= 3, "{q:#?}");
 }

@@ -12,7 +12,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use netlab::plan::vip_v4;
-use netlab::{Endpoint, PodSpec, ServerSpec, Service, ServicePort, UdpClient, UdpConfig};
+use netlab::{Endpoint, ServerSpec, Service, ServicePort};
+use scan_support::setups::*;
 use scan_support::*;
 use serde_json::{json, Value};
 
@@ -25,15 +26,6 @@ const PERMISSIVE: &[&str] = &[
     "--min-age",
     "0s",
 ];
-
-fn udp_config() -> UdpConfig {
-    UdpConfig {
-        interval: Duration::from_millis(50),
-        timeout: Duration::from_millis(200),
-        run_for: Duration::from_secs(30),
-        ..UdpConfig::default()
-    }
-}
 
 /// Marks a Pod object as terminating (as the API server does on delete, until the kubelet is done).
 fn terminating_pod(objects: &mut Value, name: &str) {
@@ -51,12 +43,7 @@ fn terminating_endpoints_are_kept_serving_or_not() {
     let a = s.backend("web-a", "shop", "web", &[]);
     let c = s.backend("web-c", "shop", "web", &[]);
     let b = s.backend("web-b", "shop", "web", &[]);
-    let web = |eps: Vec<Endpoint>| {
-        Service::new("shop", "web")
-            .cluster_ip(vip_v4(50))
-            .port(ServicePort::tcp("http", 80, HTTP))
-            .endpoints(v4(&eps))
-    };
+    let web = |eps: Vec<Endpoint>| web("shop", 50, &eps);
     let vip = SocketAddr::from((vip_v4(50), 80));
     s.lab.sync_services(&[web(a.clone())]).unwrap();
     let to_a = pool(&s.client, vip, 1);
@@ -131,8 +118,7 @@ fn endpoint_moved_between_slices_is_kept() {
     let Some(mut s) = Story::start("moved_between_slices", true) else {
         return;
     };
-    let a = s.backend("web-a", "shop", "web", &[]);
-    let b = s.backend("web-b", "shop", "web", &[]);
+    let (a, b) = s.web_pair();
     let web = |eps: &[Endpoint]| http_service("shop", "web", 51, eps);
     let vip = SocketAddr::from((vip_v4(51), 80));
     s.lab.sync_services(&[web(&a)]).unwrap();
@@ -180,23 +166,17 @@ fn deselected_blue_green_tcp_is_kept_and_udp_is_removed() {
     let Some(mut s) = Story::start("deselected_blue_green", true) else {
         return;
     };
-    let udp = |n: &str| [ServerSpec::udp_echo(5353, n)];
-    let blue = s.backend("web-blue", "shop", "web", &udp("web-blue"));
-    let green = s.backend("web-green", "shop", "web", &udp("web-green"));
+    let blue = s.udp_backend("web-blue", "shop", "web", 5353);
+    let green = s.udp_backend("web-green", "shop", "web", 5353);
     let web = |eps: &[Endpoint]| {
-        Service::new("shop", "web")
-            .cluster_ip(vip_v4(52))
-            .port(ServicePort::tcp("http", 80, HTTP))
-            .port(ServicePort::udp("dns", 53, 5353))
-            .endpoints(v4(eps))
+        http_service("shop", "web", 52, eps).port(ServicePort::udp("dns", 53, 5353))
     };
     let http = SocketAddr::from((vip_v4(52), 80));
     let dns = SocketAddr::from((vip_v4(52), 53));
     s.lab.sync_services(&[web(&blue)]).unwrap();
     let to_blue = pool(&s.client, http, 1);
     expect_answers(&to_blue, 2, "pool to blue");
-    let querier = UdpClient::start(&s.client, dns, udp_config()).unwrap();
-    assert!(querier.wait_answers(3, TIMEOUT), "{:#?}", querier.report());
+    let querier = s.querier(dns);
 
     // The switch: the selector now picks green; blue keeps running.
     s.lab.sync_services(&[web(&green)]).unwrap();
@@ -259,12 +239,7 @@ fn deselected_blue_green_tcp_is_kept_and_udp_is_removed() {
         explained.pretty()
     );
 
-    let before = querier.report();
-    assert!(
-        querier.wait_answers(before.answers + 3, TIMEOUT),
-        "{:#?}",
-        querier.report()
-    );
+    expect_more_answers(&querier);
     let q = querier.stop();
     assert!(q.answers_from("web-green") >= 3, "{q:#?}");
     let [m_blue, m_green] = marks;
@@ -306,9 +281,7 @@ fn port_changed_tcp_is_kept_and_udp_is_removed() {
     s.lab.sync_services(&[web(HTTP, 5353)]).unwrap();
     let old_port = pool(&s.client, http, 1);
     expect_answers(&old_port, 2, "pool to the old port");
-    let querier =
-        UdpClient::start(&s.client, SocketAddr::from((vip_v4(54), 53)), udp_config()).unwrap();
-    assert!(querier.wait_answers(3, TIMEOUT), "{:#?}", querier.report());
+    let querier = s.querier(SocketAddr::from((vip_v4(54), 53)));
 
     s.lab.sync_services(&[web(8081, 5354)]).unwrap();
     let new_port = pool(&s.client, http, 1);
@@ -335,12 +308,7 @@ fn port_changed_tcp_is_kept_and_udp_is_removed() {
     }
     assert_eq!(run.deleted(), 1);
 
-    let before = querier.report();
-    assert!(
-        querier.wait_answers(before.answers + 3, TIMEOUT),
-        "{:#?}",
-        querier.report()
-    );
+    expect_more_answers(&querier);
     drop(querier);
     let udp_now = s
         .table()
@@ -361,25 +329,16 @@ fn non_service_traffic_is_never_touched() {
     let Some(mut s) = Story::start("non_service", true) else {
         return;
     };
-    let a = s.backend(
-        "web-a",
-        "shop",
-        "web",
-        &[ServerSpec::udp_echo(5353, "web-a")],
-    );
+    let a = s.udp_backend("web-a", "shop", "web", 5353);
     let d = s.backend("web-d", "shop", "web", &[]);
-    let web = Service::new("shop", "web")
-        .cluster_ip(vip_v4(55))
-        .port(ServicePort::tcp("http", 80, HTTP))
-        .endpoints(v4(&a));
+    let web = web("shop", 55, &a);
     s.lab.sync_services(&[web]).unwrap();
     let (ip_a, ip_d) = (ip_of(&a, false), ip_of(&d, false));
     let direct = pool(&s.client, SocketAddr::new(ip_a, HTTP), 1);
     let ghost = pool(&s.client, SocketAddr::new(ip_d, HTTP), 1);
     expect_answers(&direct, 2, "direct pool");
     expect_answers(&ghost, 2, "direct pool to D");
-    let querier = UdpClient::start(&s.client, SocketAddr::new(ip_a, 5353), udp_config()).unwrap();
-    assert!(querier.wait_answers(3, TIMEOUT));
+    let querier = s.querier(SocketAddr::new(ip_a, 5353));
     // D vanishes: a direct connection to it hangs, and is still none of ghostbuster's business.
     s.lab.delete_pod_silently("web-d").unwrap();
     expect_hang(&ghost, 1, Duration::from_millis(500));
@@ -423,8 +382,7 @@ fn pod_created_after_the_snapshot_is_never_touched() {
     let Some(mut s) = Story::start("newer_than_snapshot", true) else {
         return;
     };
-    let a = s.backend("web-a", "shop", "web", &[]);
-    let b = s.backend("web-b", "shop", "web", &[]);
+    let (a, b) = s.web_pair();
     let web = |eps: &[Endpoint]| http_service("shop", "web", 56, eps);
     let vip = SocketAddr::from((vip_v4(56), 80));
     s.lab.sync_services(&[web(&a)]).unwrap();
@@ -478,8 +436,7 @@ fn ip_reused_without_evidence_is_kept_as_deselected() {
     let Some(mut s) = Story::start("ip_reused_no_evidence", false) else {
         return;
     };
-    let a = s.backend("web-a", "shop", "web", &[]);
-    let b = s.backend("web-b", "shop", "web", &[]);
+    let (a, b) = s.web_pair();
     let web = |eps: &[Endpoint]| http_service("shop", "web", 57, eps);
     let vip = SocketAddr::from((vip_v4(57), 80));
     s.lab.sync_services(&[web(&a)]).unwrap();
@@ -488,24 +445,8 @@ fn ip_reused_without_evidence_is_kept_as_deselected() {
     assert_eq!(http_request(&mut idle, TIMEOUT).unwrap(), "web-a");
     s.lab.sync_services(&[web(&b)]).unwrap();
     let dead = s.lab.delete_pod_silently("web-a").unwrap();
-    let std::net::IpAddr::V4(dead_v4) = dead.ips[0] else {
-        panic!("IPv4 first")
-    };
-    let billing = s
-        .lab
-        .add_pod(
-            PodSpec::backend("billing-0")
-                .in_namespace("billing")
-                .label("app", "billing")
-                .with_ipv4(dead_v4)
-                .serve(ServerSpec::http(HTTP, 404, "billing-0")),
-        )
-        .unwrap()
-        .endpoints();
-    let billing_svc = Service::new("billing", "billing")
-        .cluster_ip(vip_v4(58))
-        .port(ServicePort::tcp("http", 80, HTTP))
-        .endpoints(v4(&billing));
+    let billing = s.takes_over(&dead);
+    let billing_svc = http_service("billing", "billing", 58, &billing);
     s.lab.sync_services(&[web(&b), billing_svc]).unwrap();
     let healthy = pool(&s.client, vip, 1);
     expect_answers(&healthy, 2, "healthy pool");

@@ -16,10 +16,7 @@ use std::time::{Duration, Instant};
 
 use netlab::kube_proxy::ProxyConfig;
 use netlab::plan::{vip_v4, SERVICE_CIDR_V4};
-use netlab::{
-    Endpoint, PodSpec, ServerSpec, Service, ServicePort, TcpPool, TcpPoolConfig, UdpClient,
-    UdpConfig,
-};
+use netlab::{Endpoint, Service, ServicePort, TcpPool, TcpPoolConfig, UdpClient, UdpConfig};
 use scan_support::*;
 use serde_json::{json, Value};
 
@@ -73,9 +70,6 @@ fn seed_003_ip_reused_by_a_newer_pod_is_removed_and_the_syn_reaches_the_right_se
 
     // A's node dies while kube-proxy still routes to A: a new connection's SYN is DNAT'd to A.
     let dead = s.lab.delete_pod_silently("web-a").unwrap();
-    let IpAddr::V4(dead_v4) = dead.ips[0] else {
-        panic!("IPv4 first")
-    };
     let node = s.node();
     let syn = connecting_pool(&s.client, vip);
     let (_, seen) = syn_sent_to(&node, dead.ips[0]);
@@ -89,17 +83,7 @@ fn seed_003_ip_reused_by_a_newer_pod_is_removed_and_the_syn_reaches_the_right_se
     // After the SYN's second retransmission, A's IP goes to a pod of another Service. Pod
     // creation times are whole seconds: created > 1 s after the SYN, it is after the flow start.
     sleep_until(seen + Duration::from_millis(3300));
-    let billing = s
-        .lab
-        .add_pod(
-            PodSpec::backend("billing-0")
-                .in_namespace("billing")
-                .label("app", "billing")
-                .with_ipv4(dead_v4)
-                .serve(ServerSpec::http(HTTP, 404, "billing-0")),
-        )
-        .unwrap()
-        .endpoints();
+    let billing = s.takes_over(&dead);
     let billing_svc = Service::new("billing", "billing")
         .cluster_ip(vip_v4(61))
         .port(ServicePort::tcp("http", 80, HTTP))
@@ -160,8 +144,7 @@ fn unanswered_syn_to_a_not_serving_endpoint_is_removed_after_min_age() {
     let Some(mut s) = Story::start("unanswered", true) else {
         return;
     };
-    let a = s.backend("web-a", "shop", "web", &[]);
-    let b = s.backend("web-b", "shop", "web", &[]);
+    let (a, b) = s.web_pair();
     let web = |eps: Vec<Endpoint>| {
         Service::new("shop", "web")
             .cluster_ip(vip_v4(62))
@@ -295,15 +278,10 @@ fn service_gone_udp_is_removed_tcp_is_kept_unless_the_pod_is_gone_too() {
     let Some(mut s) = Story::start("service_gone", true) else {
         return;
     };
-    let udp = |n: &str| [ServerSpec::udp_echo(8125, n)];
-    let alive = s.backend("legacy-0", "shop", "legacy", &udp("legacy-0"));
-    let gone = s.backend("legacy-1", "shop", "legacy", &udp("legacy-1"));
+    let alive = s.udp_backend("legacy-0", "shop", "legacy", 8125);
+    let gone = s.udp_backend("legacy-1", "shop", "legacy", 8125);
     let legacy = |eps: &[Endpoint]| {
-        Service::new("shop", "legacy")
-            .cluster_ip(vip_v4(80))
-            .port(ServicePort::tcp("http", 80, HTTP))
-            .port(ServicePort::udp("statsd", 8125, 8125))
-            .endpoints(v4(eps))
+        http_service("shop", "legacy", 80, eps).port(ServicePort::udp("statsd", 8125, 8125))
     };
     let http = SocketAddr::from((vip_v4(80), 80));
     s.lab.sync_services(&[legacy(&gone)]).unwrap();
@@ -312,18 +290,7 @@ fn service_gone_udp_is_removed_tcp_is_kept_unless_the_pod_is_gone_too() {
     s.lab.sync_services(&[legacy(&alive)]).unwrap();
     let to_alive = pool(&s.client, http, 1);
     expect_answers(&to_alive, 2, "pool to legacy-0");
-    let statsd = UdpClient::start(
-        &s.client,
-        SocketAddr::from((vip_v4(80), 8125)),
-        UdpConfig {
-            interval: Duration::from_millis(50),
-            timeout: Duration::from_millis(200),
-            run_for: Duration::from_secs(30),
-            ..UdpConfig::default()
-        },
-    )
-    .unwrap();
-    assert!(statsd.wait_answers(3, TIMEOUT));
+    let statsd = s.querier(SocketAddr::from((vip_v4(80), 8125)));
 
     // The Service is deleted; legacy-0 lives on, legacy-1's node dies.
     s.lab.sync_services(&[]).unwrap();
@@ -390,16 +357,9 @@ fn bad_inputs_exit_2_and_leave_the_table_unchanged() {
     let Some(mut s) = Story::start("bad_inputs", true) else {
         return;
     };
-    let udp = |n: &str| [ServerSpec::udp_echo(5353, n)];
-    let a = s.backend("dns-a", "kube-system", "dns", &udp("dns-a"));
-    let b = s.backend("dns-b", "kube-system", "dns", &udp("dns-b"));
-    let dns = |eps: &[Endpoint]| {
-        Service::new("kube-system", "dns")
-            .cluster_ip(vip_v4(90))
-            .port(ServicePort::udp("dns", 53, 5353))
-            .port(ServicePort::tcp("http", 80, HTTP))
-            .endpoints(v4(eps))
-    };
+    let a = s.dns_backend("dns-a");
+    let b = s.dns_backend("dns-b");
+    let dns = |eps: &[Endpoint]| dns_service(90, eps).port(ServicePort::tcp("http", 80, HTTP));
     s.lab.sync_services(&[dns(&a)]).unwrap();
     let querier = UdpClient::start(
         &s.client,

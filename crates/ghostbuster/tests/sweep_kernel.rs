@@ -3,6 +3,8 @@
 //! throwaway namespace, judged as a scan would judge them (a dead backend, half-open), then changed
 //! the way a packet would change them before the sweep runs.
 
+mod scan_support;
+
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -12,17 +14,7 @@ use ghostbuster::scan::Finding;
 use ghostbuster::sweep::{sweep, sweep_with, Outcome, SweepOptions};
 use ghostbuster::verdict::{Backend, Evidence, Trace, Verdict, VerdictKind};
 use netlab::NetNs;
-
-fn root_or_skip(test: &str) -> bool {
-    if netlab::is_root() {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("{test}: needs root (CAP_NET_ADMIN), and CI must run kernel tests");
-    }
-    eprintln!("SKIP {test}: needs root to create network namespaces (run as root, or CI=true)");
-    false
-}
+use scan_support::lab_available;
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -69,6 +61,28 @@ fn table(ct: &mut Conntrack) -> Vec<Flow> {
     t
 }
 
+/// A throwaway namespace's conntrack table. Field order is drop order: the socket, then the
+/// namespace.
+struct Table {
+    ct: Conntrack,
+    _ns: NetNs,
+}
+
+impl Table {
+    /// A new namespace holding two [`half_open`] flows, from ports 40001 and 40002.
+    fn with_two_half_open() -> Table {
+        let ns = NetNs::create("swp").unwrap();
+        let mut ct = Conntrack::open_in(Some(ns.name())).unwrap();
+        assert_eq!(
+            ct.create(&[half_open(40001), half_open(40002)])
+                .unwrap()
+                .created,
+            2
+        );
+        Table { ct, _ns: ns }
+    }
+}
+
 /// The packet that answers a SYN: the entry sees a reply and becomes ESTABLISHED (same entry,
 /// same id).
 fn gets_its_reply(ct: &mut Conntrack, f: &Flow) {
@@ -85,25 +99,19 @@ fn gets_its_reply(ct: &mut Conntrack, f: &Flow) {
 /// pod GETs ran, say) is not deleted; its sibling, still half-open, is (proof that the sweep ran).
 #[test]
 fn a_half_open_flow_answered_after_the_scan_is_not_deleted() {
-    if !root_or_skip("a_half_open_flow_answered_after_the_scan_is_not_deleted") {
+    if !lab_available("a_half_open_flow_answered_after_the_scan_is_not_deleted") {
         return;
     }
-    let ns = NetNs::create("swp").unwrap();
-    let mut ct = Conntrack::open_in(Some(ns.name())).unwrap();
-    assert_eq!(
-        ct.create(&[half_open(40001), half_open(40002)])
-            .unwrap()
-            .created,
-        2
-    );
+    let mut t = Table::with_two_half_open();
+    let ct = &mut t.ct;
     let dumped_at = Instant::now();
-    let dumped = table(&mut ct);
+    let dumped = table(ct);
     assert_eq!(dumped.len(), 2);
     let findings: Vec<Finding> = dumped.iter().copied().map(judged_half_open).collect();
 
-    gets_its_reply(&mut ct, &dumped[0]);
+    gets_its_reply(ct, &dumped[0]);
 
-    let (outcomes, totals, _) = sweep(&mut ct, &findings, false, dumped_at).unwrap();
+    let (outcomes, totals, _) = sweep(ct, &findings, false, dumped_at).unwrap();
     assert_eq!(outcomes[1], Outcome::Deleted, "the still half-open sibling");
     assert_eq!(totals.deleted, 1);
     assert_eq!(
@@ -112,7 +120,7 @@ fn a_half_open_flow_answered_after_the_scan_is_not_deleted() {
         "a flow that got its reply after the scan must be kept as changed"
     );
     assert_eq!(totals.changed, 1);
-    let left = table(&mut ct);
+    let left = table(ct);
     assert_eq!(left.len(), 1, "the answered flow must survive");
     assert_eq!(left[0].id, dumped[0].id);
     assert_eq!(left[0].tcp_state, Some(TcpState::ESTABLISHED));
@@ -122,18 +130,12 @@ fn a_half_open_flow_answered_after_the_scan_is_not_deleted() {
 /// `stale_verdict`, nothing is deleted; a fresh dump judged again is swept as usual.
 #[test]
 fn a_verdict_older_than_max_verdict_age_is_returned_for_a_re_dump() {
-    if !root_or_skip("a_verdict_older_than_max_verdict_age_is_returned_for_a_re_dump") {
+    if !lab_available("a_verdict_older_than_max_verdict_age_is_returned_for_a_re_dump") {
         return;
     }
-    let ns = NetNs::create("swp").unwrap();
-    let mut ct = Conntrack::open_in(Some(ns.name())).unwrap();
-    assert_eq!(
-        ct.create(&[half_open(40001), half_open(40002)])
-            .unwrap()
-            .created,
-        2
-    );
-    let old: Vec<Finding> = table(&mut ct).into_iter().map(judged_half_open).collect();
+    let mut t = Table::with_two_half_open();
+    let ct = &mut t.ct;
+    let old: Vec<Finding> = table(ct).into_iter().map(judged_half_open).collect();
     let opts = SweepOptions {
         dry_run: false,
         // Dumped six seconds ago (no sleep: the dump time is what the sweep compares).
@@ -142,16 +144,16 @@ fn a_verdict_older_than_max_verdict_age_is_returned_for_a_re_dump() {
             .expect("an uptime of six seconds"),
         max_verdict_age: Duration::from_secs(5),
     };
-    let (outcomes, totals, _) = sweep_with(&mut ct, &old, &opts).unwrap();
+    let (outcomes, totals, _) = sweep_with(ct, &old, &opts).unwrap();
     assert_eq!(outcomes, vec![Outcome::StaleVerdict; 2]);
     assert_eq!((totals.stale_verdict, totals.deleted), (2, 0));
-    assert_eq!(table(&mut ct).len(), 2, "a stale verdict deleted a flow");
+    assert_eq!(table(ct).len(), 2, "a stale verdict deleted a flow");
 
     // The caller re-dumps and judges again: now they go.
     let dumped_at = Instant::now();
-    let fresh: Vec<Finding> = table(&mut ct).into_iter().map(judged_half_open).collect();
-    let (outcomes, totals, _) = sweep(&mut ct, &fresh, false, dumped_at).unwrap();
+    let fresh: Vec<Finding> = table(ct).into_iter().map(judged_half_open).collect();
+    let (outcomes, totals, _) = sweep(ct, &fresh, false, dumped_at).unwrap();
     assert_eq!(outcomes, vec![Outcome::Deleted; 2]);
     assert_eq!(totals.deleted, 2);
-    assert!(table(&mut ct).is_empty());
+    assert!(table(ct).is_empty());
 }

@@ -264,6 +264,21 @@ pub fn web_slice(name: &str, endpoints: Vec<Value>) -> Object {
     .into()
 }
 
+/// `web` whose slice `web-1` lists `a` (10.244.0.1) ready and `b` (10.244.0.2) terminating, not
+/// ready, and serving as `b_serving` says.
+pub fn web_with_b_terminating(b_serving: bool) -> Index {
+    index_of(vec![
+        web_service(),
+        web_slice(
+            "web-1",
+            vec![
+                ready("10.244.0.1", "a"),
+                endpoint("10.244.0.2", "b", false, b_serving, true),
+            ],
+        ),
+    ])
+}
+
 /// An index with `objects` applied at [`NOW`] and service CIDR 10.96.0.0/16.
 pub fn index_of(objects: Vec<Object>) -> Index {
     let mut index = Index::new(IndexConfig {

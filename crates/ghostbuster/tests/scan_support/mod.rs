@@ -9,6 +9,7 @@
 
 #[path = "../flow_schema/mod.rs"]
 pub mod flow_schema;
+pub mod setups;
 
 use std::collections::BTreeSet;
 use std::io::{self, Read, Write};

@@ -84,29 +84,20 @@ fn only_kept_findings_nothing_in_the_pass_can_change_are_settled() {
         f.flow.start_ns = Some(1);
         f
     };
-    for why in [
-        KeepReason::Zone,
-        KeepReason::Protocol,
-        KeepReason::Namespace,
-        KeepReason::ApiServer,
-        KeepReason::Unmanaged,
-        KeepReason::Annotation,
-        KeepReason::UnknownAge,
-        KeepReason::NoEvidence,
-    ] {
-        assert!(is_settled(&kept(Some(why)), &ix), "{why:?}");
+    // Every reason but these three (which an API answer or the next pass may change) settles.
+    let carried = [
+        KeepReason::NewerThanApiAnswer,
+        KeepReason::LivePod,
+        KeepReason::NewerThanSnapshot,
+    ];
+    for why in KeepReason::ALL {
+        let settled = !carried.contains(&why);
+        assert_eq!(is_settled(&kept(Some(why)), &ix), settled, "{why:?}");
     }
     // Of known age, the API server may be asked about it: carried.
     assert!(!is_settled(&known_age(KeepReason::NoEvidence), &ix));
     assert!(is_settled(&known_age(KeepReason::Annotation), &ix));
-    for why in [
-        None,
-        Some(KeepReason::NewerThanApiAnswer),
-        Some(KeepReason::LivePod),
-        Some(KeepReason::NewerThanSnapshot),
-    ] {
-        assert!(!is_settled(&kept(why), &ix), "{why:?}");
-    }
+    assert!(!is_settled(&kept(None), &ix));
     let mut removable = kept(Some(KeepReason::Annotation));
     removable.verdict.removable = true;
     assert!(!is_settled(&removable, &ix));
@@ -313,19 +304,6 @@ impl World for Proxy {
     fn report(&mut self, _: &PassReport) {}
 }
 
-fn test_config() -> ReactorConfig {
-    ReactorConfig {
-        policy: Policy::default(),
-        grace: Duration::from_secs(5),
-        kube_proxy_max_wait: Duration::from_secs(60),
-        resync_interval: Duration::from_secs(60),
-        resync_cpu_percent: 0.0,
-        breaker: Breaker::default(),
-        tombstone_ttl: Duration::from_secs(600),
-        ip_lookup_every: Duration::from_secs(30),
-    }
-}
-
 /// The soak in CI (a pod made and deleted while the slice watch was silent, so without a
 /// tombstone): the API server's "no pod at this IP" came 0.15 s after the deletion, and the
 /// agent deleted the flows at once — the gate had compared kube-proxy's last sync with the
@@ -336,7 +314,7 @@ fn test_config() -> ReactorConfig {
 fn an_answer_that_no_pod_holds_the_ip_waits_for_a_sync_that_began_after_it() {
     let ip = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7));
     let shared = Shared::new(index_with_services(&[&["10.96.0.10"]]));
-    let cfg = test_config();
+    let cfg = super::scenario::config();
     let secs = |s: i64| {
         Timestamp::now()
             .checked_add(jiff::SignedDuration::from_secs(s))
@@ -369,7 +347,7 @@ fn an_answer_that_no_pod_holds_the_ip_waits_for_a_sync_that_began_after_it() {
 fn a_pod_seen_gone_without_a_tombstone_waits_for_a_sync_that_began_after_it() {
     let ip = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7));
     let shared = Shared::new(index_with_services(&[&["10.96.0.10"]]));
-    let cfg = test_config();
+    let cfg = super::scenario::config();
     let t0 = Timestamp::now();
     let secs = |s: i64| t0.checked_add(jiff::SignedDuration::from_secs(s)).unwrap();
     let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({

@@ -53,9 +53,7 @@ fn parse_act(s: &str) -> Result<u8, String> {
         "agent" => Ok(0),
         n => match n.parse::<u8>() {
             Ok(n) if n <= 4 => Ok(n),
-            _ => Err(format!(
-                "{s:?}: the acts are agent (or 0), 1, 2, 3 and 4"
-            )),
+            _ => Err(format!("{s:?}: the acts are agent (or 0), 1, 2, 3 and 4")),
         },
     }
 }

@@ -164,6 +164,8 @@ struct Run<'a> {
     agent: Option<(AgentProcess, Scraper)>,
     /// Unix seconds when the run began.
     t0: f64,
+    /// Addresses of pods that went: since when (Unix seconds) and until another pod got them.
+    dead: Vec<(IpAddr, f64, Option<f64>)>,
 }
 
 impl Run<'_> {
@@ -171,8 +173,28 @@ impl Run<'_> {
         &self.stage.ctx.narrator
     }
 
+    /// Pod `name` vanishes (see [`netlab::Lab::delete_pod_silently`]); its addresses are dead
+    /// from now on.
+    fn vanish(&mut self, name: &str) -> Result<netlab::DeletedPod, Error> {
+        let gone = self.stage.lab.delete_pod_silently(name)?;
+        let now = now_secs();
+        self.dead.extend(gone.ips.iter().map(|ip| (*ip, now, None)));
+        Ok(gone)
+    }
+
+    /// The removal's backend was a gone pod's address when it was removed.
+    fn was_dead(&self, r: &super::agent_rig::Removal) -> bool {
+        let Some(ip) = r.backend else {
+            return false;
+        };
+        self.dead
+            .iter()
+            .any(|(d, from, until)| *d == ip && r.at >= *from && until.is_none_or(|u| r.at < u))
+    }
+
     fn publish(&mut self) -> Change {
-        self.cluster.publish(&self.stage.lab, &self.world.services())
+        self.cluster
+            .publish(&self.stage.lab, &self.world.services())
     }
 
     /// kube-proxy installs `change`; an error when it does not within 10 s.
@@ -254,14 +276,17 @@ impl Run<'_> {
                 }
             }
         }
-        let verdicts: Vec<String> = ev.verdicts.iter().map(|(k, v)| format!("{v} × {k}")).collect();
+        let verdicts: Vec<String> = ev
+            .verdicts
+            .iter()
+            .map(|(k, v)| format!("{v} × {k}"))
+            .collect();
         match ev.removed_ms_after_sync {
             Some([a, b]) => n.at(&format!(
-                "agent removed {} to {} {}–{} ms after kube-proxy's sync ended (its delete gate): {}, evidence {}",
+                "agent removed {} to {} {} ms after kube-proxy's sync ended (its delete gate): {}, evidence {}",
                 flows(ev.removed),
                 dead.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", "),
-                a,
-                b,
+                if a == b { format!("{a}") } else { format!("{a}–{b}") },
                 verdicts.join(", "),
                 ev.evidence.join(",")
             )),
@@ -272,13 +297,15 @@ impl Run<'_> {
 
         // The gauge: what the full scans (every 500 ms) saw between the change and the first
         // full scan after the last removal.
+        // A full scan that ended 100 ms after the removal began after it (a scan of the lab's
+        // table takes a few ms): one that ended just after may have dumped the table before.
         let after = last.unwrap_or(f64::MAX);
         let mut fell_at = None;
         wait_until(Duration::from_secs(5), || {
             fell_at = scraper
                 .samples()
                 .into_iter()
-                .find(|s| s.last_full_scan > after && s.at > after);
+                .find(|s| s.last_full_scan > after + 0.1);
             fell_at.is_some()
         })?;
         let samples = scraper.samples();
@@ -286,13 +313,16 @@ impl Run<'_> {
             .iter()
             .filter(|s| s.at >= change.at && s.at <= after)
             .map(|s| (s.stale_of(&service), s.at))
-            .fold((0.0, None), |(max, at), (v, t)| {
-                if v > max {
-                    (v, Some(t))
-                } else {
-                    (max, at)
-                }
-            });
+            .fold(
+                (0.0, None),
+                |(max, at), (v, t)| {
+                    if v > max {
+                        (v, Some(t))
+                    } else {
+                        (max, at)
+                    }
+                },
+            );
         ev.gauge_max = rise.0;
         ev.gauge_rose = rise.0 > 0.0;
         ev.gauge_end = fell_at.as_ref().map(|s| s.stale_of(&service));
@@ -316,9 +346,7 @@ impl Run<'_> {
             !posted.is_empty()
         })?;
         if let Some((reason, note)) = posted.into_iter().next() {
-            n.more(&format!(
-                "Event on Service {service}: {reason} \"{note}\""
-            ));
+            n.more(&format!("Event on Service {service}: {reason} \"{note}\""));
             ev.event_posted = true;
             ev.event_reason = Some(reason);
             ev.event_note = Some(note);
@@ -334,7 +362,9 @@ fn story(ctx: &Context, mode: Mode) -> Result<RunReport, Error> {
     let started = Instant::now();
     n.run(match mode {
         Mode::Control => "control — without ghostbuster",
-        Mode::Fixed => "with the agent — `ghostbuster agent` runs on the node; nobody types a command",
+        Mode::Fixed => {
+            "with the agent — `ghostbuster agent` runs on the node; nobody types a command"
+        }
     });
     let mut stage = Stage::new(ctx, INFO.0, mode)?;
     let web = stage.backend(
@@ -371,6 +401,7 @@ fn story(ctx: &Context, mode: Mode) -> Result<RunReport, Error> {
         client,
         agent: None,
         t0: now_secs() - started.elapsed().as_secs_f64(),
+        dead: Vec::new(),
     };
     let first = run.publish();
     run.synced(first)?;
@@ -386,11 +417,8 @@ fn story(ctx: &Context, mode: Mode) -> Result<RunReport, Error> {
     healthy.tcp(&run.client, Stage::cart_vip(), "shop/cart")?;
 
     if mode == Mode::Fixed {
-        let mut agent = AgentProcess::start(
-            run.stage.node(),
-            &run.cluster.api,
-            run.cluster.kp.addr(),
-        )?;
+        let mut agent =
+            AgentProcess::start(run.stage.node(), &run.cluster.api, run.cluster.kp.addr())?;
         agent.wait_ready(Duration::from_secs(30))?;
         n.at(&format!(
             "the agent is ready (/readyz 200): {}",
@@ -412,12 +440,12 @@ fn story(ctx: &Context, mode: Mode) -> Result<RunReport, Error> {
 
     let mut report = RunReport::default();
     if let Some((agent, _)) = &run.agent {
-        // A removed flow whose backend is a live pod would be a healthy connection broken.
-        let live: Vec<IpAddr> = run.stage.lab.pods().flat_map(|p| p.ips()).collect();
+        // A removed flow whose backend was not a gone pod's address at the time would be a
+        // healthy connection broken.
         let recent = agent.recent();
         healthy.swept_live = recent
             .iter()
-            .filter(|r| r.gone() && r.backend.is_some_and(|b| live.contains(&b)))
+            .filter(|r| r.gone() && !run.was_dead(r))
             .count() as u64;
         report.removed = recent.iter().filter(|r| r.gone()).count() as u64;
     }
@@ -530,7 +558,7 @@ fn rolling_update(run: &mut Run<'_>, ctx: &Context) -> Result<EventReport, Error
         "web",
         ServerSpec::http(HTTP_PORT, 200, "web-b"),
     )?;
-    let gone = run.stage.lab.delete_pod_silently("web-a")?;
+    let gone = run.vanish("web-a")?;
     run.world.web = b.clone();
     let change = run.publish();
     let at_change = pool.report();
@@ -549,14 +577,17 @@ fn rolling_update(run: &mut Run<'_>, ctx: &Context) -> Result<EventReport, Error
     let removed_at = run.after_change(&mut ev, change, target, &gone.ips)?;
     match removed_at {
         None => {
-            pause(ctx.window)?;
+            // The window counts from the change, as with the agent.
+            pause(Duration::from_secs_f64(
+                (change.at + ctx.window.as_secs_f64() - now_secs()).max(0.0),
+            ))?;
             let r = pool.report();
             let since = r.answers - at_change.answers;
             ev.failed = r.stuck_connections() == WEB_CONNECTIONS
                 && since == 0
                 && r.answers_from("web-b") == 0;
             n.at(&format!(
-                "{}/{WEB_CONNECTIONS} pooled connections are stuck {:.0} s after the update: {since} answers, {} — and would be for about 15 minutes of TCP retransmissions",
+                "{}/{WEB_CONNECTIONS} pooled connections are stuck {:.0} s after the change: {since} answers, {} — and would be for about 15 minutes of TCP retransmissions",
                 r.stuck_connections(),
                 ctx.window.as_secs_f64(),
                 error_kinds(&r, at_change.errors.len())
@@ -571,7 +602,8 @@ fn rolling_update(run: &mut Run<'_>, ctx: &Context) -> Result<EventReport, Error
                     .all(|c| c.last_backend.as_deref() == Some("web-b") && !c.stuck)
             })?;
             let r = pool.report();
-            ev.client_recovered = recovered && r.answers_from("web-a") == at_change.answers_from("web-a");
+            ev.client_recovered =
+                recovered && r.answers_from("web-a") == at_change.answers_from("web-a");
             ev.recovery_seconds = Some(now_secs() - removed);
             n.at(&format!(
                 "client: {}/{WEB_CONNECTIONS} pooled connections failed fast ({}), reconnected and are answered by web-b, {:.2} s after the removal",
@@ -610,7 +642,7 @@ fn scale_to_zero(run: &mut Run<'_>, ctx: &Context) -> Result<EventReport, Error>
     n.at(&format!(
         "client: keeps one UDP socket to shop/cache {target} (one conntrack tuple), a request every 100 ms, answered by cache-0"
     ));
-    let gone = run.stage.lab.delete_pod_silently("cache-0")?;
+    let gone = run.vanish("cache-0")?;
     run.world.cache = Vec::new();
     let change = run.publish();
     let mut ev = EventReport {
@@ -631,16 +663,8 @@ fn scale_to_zero(run: &mut Run<'_>, ctx: &Context) -> Result<EventReport, Error>
         flows(ev.ghosts)
     ));
     let removed_at = run.after_change(&mut ev, change, target, &gone.ips)?;
-    let before_up = querier.report();
     if removed_at.is_some() {
-        n.at(&format!(
-            "client: while shop/cache has no pod its requests are refused at once by kube-proxy's reject rule ({}) instead of vanishing",
-            error_kinds(&before_up, 0)
-                .split(", ")
-                .filter(|k| !k.starts_with("timeout"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
+        n.at("client: while shop/cache has no pod, its requests meet kube-proxy's reject rule for Services without endpoints instead of a NAT binding to cache-0");
     }
     let up_at = change.at + SCALE_UP_AFTER.as_secs_f64();
     pause(Duration::from_secs_f64((up_at - now_secs()).max(0.0)))?;
@@ -661,7 +685,8 @@ fn scale_to_zero(run: &mut Run<'_>, ctx: &Context) -> Result<EventReport, Error>
     let window = if removed_at.is_some() {
         AGENT_WAIT
     } else {
-        ctx.window
+        // From the scale-up, as with the agent.
+        Duration::from_secs_f64((up.at + ctx.window.as_secs_f64() - now_secs()).max(0.0))
     };
     let answered = wait_until(window, || querier.report().answers_from("cache-1") >= 3)?;
     let r = querier.report();
@@ -682,7 +707,7 @@ fn scale_to_zero(run: &mut Run<'_>, ctx: &Context) -> Result<EventReport, Error>
         n.at(&format!(
             "client: {} answers from cache-1 in the {:.0} s after it came up: the socket's entry is still DNAT'd to cache-0 and every request refreshes it ({} since the scale-down)",
             r.answers_from("cache-1"),
-            window.as_secs_f64(),
+            ctx.window.as_secs_f64(),
             error_kinds(&r, 0)
         ));
     }
@@ -709,7 +734,7 @@ fn ip_reuse(run: &mut Run<'_>, ctx: &Context) -> Result<EventReport, Error> {
     let n = &ctx.narrator;
     n.line("\n   3. IP reuse: a pod of shop/api dies, a pod of billing/billing gets its IP");
     let target = vip(API_VIP, 80);
-    let gone = run.stage.lab.delete_pod_silently("api-a")?;
+    let gone = run.vanish("api-a")?;
     let IpAddr::V4(a_ip) = gone.ips[0] else {
         return Err(Error::Lab("api-a has no IPv4 address".into()));
     };
@@ -767,6 +792,10 @@ fn ip_reuse(run: &mut Run<'_>, ctx: &Context) -> Result<EventReport, Error> {
     let removed_at = run.after_change(&mut ev, change, target, &gone.ips)?;
     let reuse_at = change.at + REUSE_AFTER.as_secs_f64();
     pause(Duration::from_secs_f64((reuse_at - now_secs()).max(0.0)))?;
+    let reused = now_secs();
+    for d in run.dead.iter_mut().filter(|d| d.0 == IpAddr::V4(a_ip)) {
+        d.2 = Some(reused);
+    }
     let billing = run.stage.backend_at(
         "billing-0",
         "billing",

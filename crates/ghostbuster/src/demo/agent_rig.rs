@@ -96,7 +96,11 @@ impl Cluster {
             want.insert(key, item.clone());
         }
         let at = now_secs();
-        for (k, _) in self.published.iter().filter(|(k, _)| !want.contains_key(*k)) {
+        for (k, _) in self
+            .published
+            .iter()
+            .filter(|(k, _)| !want.contains_key(*k))
+        {
             let resource = match k.0.as_str() {
                 "Service" => "services",
                 "EndpointSlice" => "endpointslices",
@@ -221,7 +225,9 @@ impl AgentProcess {
                 Ok(())
             });
         }
-        let child = cmd.spawn().map_err(|e| io("starting `ghostbuster agent`", e))?;
+        let child = cmd
+            .spawn()
+            .map_err(|e| io("starting `ghostbuster agent`", e))?;
         let shown: Vec<String> = args
             .iter()
             .map(|a| {
@@ -355,9 +361,9 @@ impl Removal {
                 .filter_map(|e| e.as_str().map(str::to_string))
                 .collect(),
             backend: v["backend"]["ip"].as_str().and_then(|s| s.parse().ok()),
-            service: v["service"]["name"].as_str().map(|n| {
-                format!("{}/{n}", v["service"]["namespace"].as_str().unwrap_or(""))
-            }),
+            service: v["service"]["name"]
+                .as_str()
+                .map(|n| format!("{}/{n}", v["service"]["namespace"].as_str().unwrap_or(""))),
         })
     }
 

@@ -320,7 +320,7 @@ fn intro(n: &Narrator, opts: &Options, removed: usize) {
     n.line("  each act runs twice in a fresh lab: CONTROL without ghostbuster (it must show the failure),");
     n.line("  then with ghostbuster: act 0 the agent on its own, acts 1-4 scan + sweep fed with the lab's objects");
     n.line(&format!(
-        "  control runs of acts 1 and 3 watch the failure for {:.0} s (--window)",
+        "  control runs of acts 0, 1 and 3 watch the failure for {:.0} s (--window)",
         opts.window.as_secs_f64()
     ));
     if removed > 0 {

@@ -113,8 +113,14 @@ pub fn lab_config(mode: ProxyMode) -> ProxyConfig {
     ProxyConfig {
         mode,
         masquerade_mark: netlab::kube_proxy::MASQUERADE_MARK,
-        cluster_cidrs_v4: plan::CLUSTER_CIDRS_V4.iter().map(|s| s.to_string()).collect(),
-        cluster_cidrs_v6: plan::CLUSTER_CIDRS_V6.iter().map(|s| s.to_string()).collect(),
+        cluster_cidrs_v4: plan::CLUSTER_CIDRS_V4
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        cluster_cidrs_v6: plan::CLUSTER_CIDRS_V6
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
         service_cidr_v4: Some(plan::SERVICE_CIDR_V4.to_string()),
         service_cidr_v6: Some(plan::SERVICE_CIDR_V6.to_string()),
         node_ips: vec![plan::NODE_IPV4.into(), plan::NODE_IPV6.into()],

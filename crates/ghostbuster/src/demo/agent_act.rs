@@ -142,16 +142,39 @@ pub struct EventReport {
 }
 
 impl EventReport {
+    /// What the agent should have done and did not (empty: it did everything).
+    fn agent_missed(&self) -> Vec<&'static str> {
+        [
+            (
+                self.ghosts >= 1,
+                "no ghost to remove: the lab did not reproduce the seed",
+            ),
+            (self.ghosts_left == 0, "ghosts left in the node's table"),
+            (
+                self.removed >= self.ghosts,
+                "fewer removals in /debug/recent than ghosts",
+            ),
+            (
+                self.removed_before_sync == 0,
+                "a flow removed before kube-proxy's sync",
+            ),
+            (self.client_recovered, "the client did not recover"),
+            (
+                self.gauge_rose,
+                "conntrack_stale_entries never showed the ghosts",
+            ),
+            (self.gauge_fell, "conntrack_stale_entries did not fall to 0"),
+            (self.event_posted, "no Event posted"),
+        ]
+        .into_iter()
+        .filter(|(ok, _)| !ok)
+        .map(|(_, what)| what)
+        .collect()
+    }
+
     /// Everything the agent should have done, it did.
     fn agent_passed(&self) -> bool {
-        self.ghosts >= 1
-            && self.ghosts_left == 0
-            && self.removed >= self.ghosts
-            && self.removed_before_sync == 0
-            && self.client_recovered
-            && self.gauge_rose
-            && self.gauge_fell
-            && self.event_posted
+        self.agent_missed().is_empty()
     }
 }
 
@@ -437,6 +460,14 @@ fn story(ctx: &Context, mode: Mode) -> Result<RunReport, Error> {
         scale_to_zero(&mut run, ctx)?,
         ip_reuse(&mut run, ctx)?,
     ];
+    if mode == Mode::Fixed {
+        for e in &events {
+            let missed = e.agent_missed();
+            if !missed.is_empty() {
+                n.line(&format!("   {}: {}", e.event, missed.join("; ")));
+            }
+        }
+    }
 
     let mut report = RunReport::default();
     if let Some((agent, _)) = &run.agent {

@@ -724,7 +724,7 @@ fn scale_to_zero(run: &mut Run<'_>, ctx: &Context) -> Result<EventReport, Error>
     ev.client_recovered = answered;
     ev.failed = if removed_at.is_some() {
         // The ghost showed: requests were lost between the scale-down and the removal.
-        r.errors.len() > 0
+        !r.errors.is_empty()
     } else {
         !answered
     };
@@ -859,7 +859,7 @@ fn ip_reuse(run: &mut Run<'_>, ctx: &Context) -> Result<EventReport, Error> {
         let first_b = r
             .connections
             .iter()
-            .all(|c| c.backends.get("api-b").is_some());
+            .all(|c| c.backends.contains_key("api-b"));
         if first_b {
             ev.recovery_seconds = Some(now_secs() - removed);
         }

@@ -14,10 +14,13 @@ use crate::exit::{CodedError, ExitCode};
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Run only this act (repeatable): 1 the ghost pod, 2 the wrong backend, 3 the UDP blackhole,
-    /// 4 who fills the table.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=4))]
+    /// Run only this act (repeatable): agent (or 0) the real agent at work, 1 the ghost pod, 2
+    /// the wrong backend, 3 the UDP blackhole, 4 who fills the table. Default: all, agent first.
+    #[arg(long, value_name = "agent|N", value_parser = parse_act)]
     pub act: Vec<u8>,
+    /// The rules the lab's kube-proxy renders: its nftables or its iptables proxier's.
+    #[arg(long, value_enum, default_value = "nftables")]
+    pub proxy_mode: ProxyModeArg,
     /// Leave the labs' namespaces in place and print how to explore them.
     #[arg(long)]
     pub keep: bool,
@@ -27,6 +30,32 @@ pub struct DemoArgs {
     /// table: the narrated story; json: the results on stdout (the story goes to stderr).
     #[arg(long, short = 'o', value_enum, default_value = "table")]
     pub output: DemoOutput,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProxyModeArg {
+    Nftables,
+    Iptables,
+}
+
+impl From<ProxyModeArg> for demo::ProxyMode {
+    fn from(m: ProxyModeArg) -> Self {
+        match m {
+            ProxyModeArg::Nftables => demo::ProxyMode::Nftables,
+            ProxyModeArg::Iptables => demo::ProxyMode::Iptables,
+        }
+    }
+}
+
+/// `agent` or `0` to `4`.
+fn parse_act(s: &str) -> Result<u8, String> {
+    match s.trim() {
+        "agent" => Ok(0),
+        n => match n.parse::<u8>() {
+            Ok(n) if n <= 4 => Ok(n),
+            _ => Err(format!("{s:?}: the acts are agent (or 0), 1, 2, 3 and 4")),
+        },
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -49,6 +78,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
         keep: a.keep,
         window: a.window,
         narrate_to_stderr: a.output == DemoOutput::Json,
+        proxy_mode: a.proxy_mode.into(),
     };
     let report = match demo::run(&opts) {
         Ok(r) => r,

@@ -9,6 +9,11 @@
 //! only thing the demo knows about the lab beyond what a user could see is the ground truth it
 //! checks the results against (which pods are alive, what the clients saw).
 //!
+//! Act 0, the agent ([`agent_act`]), runs the real `ghostbuster agent` against the in-process API
+//! server and the lab's kube-proxy instead: a rolling update, a scale-to-zero and an IP reuse
+//! happen, and nobody types a command. Every lab runs kube-proxy's rules in `--proxy-mode`
+//! (nftables or iptables).
+//!
 //! Acts: 1 the ghost pod ([`ghost_pod`], seed 000), 2 the wrong backend ([`wrong_backend`],
 //! seed 003), 3 the UDP blackhole ([`udp_blackhole`], seed 001), 4 who fills the table
 //! ([`table_fill`], seed 004). Everything the labs create is removed at the end, on failure and on
@@ -16,6 +21,8 @@
 //! Only the labs' own namespaces are changed (flow timestamps on the lab node); never a
 //! machine-wide sysctl.
 
+mod agent_act;
+mod agent_rig;
 mod ghost_pod;
 mod interrupt;
 mod narrator;
@@ -34,6 +41,7 @@ use serde::Serialize;
 
 pub use interrupt::{interrupted, reraise};
 pub use narrator::Narrator;
+pub use netlab::ProxyMode;
 
 /// What can stop the demo.
 #[derive(Debug, thiserror::Error)]
@@ -191,6 +199,8 @@ pub struct DemoReport {
     /// Every act that ran passed.
     pub passed: bool,
     pub acts: Vec<ActReport>,
+    /// The lab's kube-proxy mode (`--proxy-mode`).
+    pub proxy_mode: ProxyMode,
     /// Acts 1 to 3 with their control runs (present when all three ran).
     pub acts_1_to_3_seconds: Option<f64>,
     pub total_seconds: f64,
@@ -208,23 +218,26 @@ pub struct Options {
     pub window: Duration,
     /// Narrate on stderr (stdout carries JSON).
     pub narrate_to_stderr: bool,
+    /// The rules the lab's kube-proxy renders.
+    pub proxy_mode: ProxyMode,
 }
 
 /// Shared by the acts.
 pub struct Context {
     pub narrator: Narrator,
     pub window: Duration,
+    pub proxy_mode: ProxyMode,
     /// Where `--keep` writes the labs' objects.
     keep_dir: Option<PathBuf>,
     kept: Mutex<Vec<KeptLab>>,
 }
 
-/// Every act, in order.
-pub const ACTS: [u8; 4] = [1, 2, 3, 4];
+/// Every act, in order: 0 is the agent act.
+pub const ACTS: [u8; 5] = [0, 1, 2, 3, 4];
 
 /// Runs the demo. Labs are removed when this returns, whatever happened, unless `--keep`.
 pub fn run(opts: &Options) -> Result<DemoReport, Error> {
-    check_environment()?;
+    check_environment(opts.proxy_mode)?;
     interrupt::install();
     let result = run_acts(opts);
     if interrupt::interrupted() || (result.is_err() && !opts.keep) {
@@ -261,28 +274,34 @@ fn run_acts(opts: &Options) -> Result<DemoReport, Error> {
     let ctx = Context {
         narrator,
         window: opts.window,
+        proxy_mode: opts.proxy_mode,
         keep_dir,
         kept: Mutex::new(Vec::new()),
     };
     let mut reports = Vec::new();
     for act in acts {
         let report = match act {
+            0 => agent_act::run(&ctx)?,
             1 => ghost_pod::run(&ctx)?,
             2 => wrong_backend::run(&ctx)?,
             3 => udp_blackhole::run(&ctx)?,
             4 => table_fill::run(&ctx)?,
-            n => return Err(Error::Lab(format!("there is no act {n} (1 to 4)"))),
+            n => return Err(Error::Lab(format!("there is no act {n} (agent or 0 to 4)"))),
         };
         verdict_line(&ctx.narrator, &report);
         reports.push(report);
     }
-    let first_three: Vec<&ActReport> = reports.iter().filter(|r| r.act <= 3).collect();
+    let first_three: Vec<&ActReport> = reports
+        .iter()
+        .filter(|r| (1..=3).contains(&r.act))
+        .collect();
     let acts_1_to_3_seconds =
         (first_three.len() == 3).then(|| first_three.iter().map(|r| r.seconds).sum::<f64>());
     let kept = ctx.kept.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let report = DemoReport {
         passed: reports.iter().all(|r| r.passed),
         acts: reports,
+        proxy_mode: opts.proxy_mode,
         acts_1_to_3_seconds,
         total_seconds: started.elapsed().as_secs_f64(),
         window_seconds: opts.window.as_secs_f64(),
@@ -294,11 +313,14 @@ fn run_acts(opts: &Options) -> Result<DemoReport, Error> {
 
 fn intro(n: &Narrator, opts: &Options, removed: usize) {
     n.line("ghostbuster demo — the ghost-pod failures of the field reports, reproduced in throwaway network namespaces");
-    n.line("  lab: a \"node\" namespace with kube-proxy-shaped nftables DNAT and \"pods\" attached by veths;");
-    n.line("  each act runs twice in a fresh lab: CONTROL without ghostbuster (it must show the failure),");
-    n.line("  then FIXED with ghostbuster scan + sweep fed with the lab's Services, EndpointSlices and Pods");
     n.line(&format!(
-        "  control runs of acts 1 and 3 watch the failure for {:.0} s (--window)",
+        "  lab: a \"node\" namespace with kube-proxy-shaped {} DNAT and \"pods\" attached by veths;",
+        opts.proxy_mode
+    ));
+    n.line("  each act runs twice in a fresh lab: CONTROL without ghostbuster (it must show the failure),");
+    n.line("  then with ghostbuster: act 0 the agent on its own, acts 1-4 scan + sweep fed with the lab's objects");
+    n.line(&format!(
+        "  control runs of acts 0, 1 and 3 watch the failure for {:.0} s (--window)",
         opts.window.as_secs_f64()
     ));
     if removed > 0 {
@@ -424,9 +446,13 @@ pub fn environment_problem(root: bool, missing: &[(&str, &str)]) -> Option<Strin
     (!parts.is_empty()).then(|| parts.join("; "))
 }
 
-/// Root and the lab's tools, checked before anything is created.
-fn check_environment() -> Result<(), Error> {
-    let missing: Vec<(&str, &str)> = [("ip", "iproute2", "-V"), ("nft", "nftables", "--version")]
+/// Root and the lab's tools (for `mode`), checked before anything is created.
+fn check_environment(mode: ProxyMode) -> Result<(), Error> {
+    let mut tools = vec![("ip", "iproute2", "-V"), ("nft", "nftables", "--version")];
+    if mode == ProxyMode::Iptables {
+        tools.push(("iptables-restore", "iptables", "--version"));
+    }
+    let missing: Vec<(&str, &str)> = tools
         .into_iter()
         .filter(|(tool, _, flag)| Command::new(tool).arg(flag).output().is_err())
         .map(|(tool, pkg, _)| (tool, pkg))

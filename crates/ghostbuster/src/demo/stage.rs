@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use ctnetlink::{Conntrack, Filter};
 use jiff::Timestamp;
 use netlab::{
-    plan, Endpoint, Lab, PodSpec, ServerSpec, Service, ServicePort, TcpPool, TcpPoolConfig,
-    UdpClient, UdpConfig,
+    plan, Endpoint, Lab, PodSpec, ProxyConfig, ProxyMode, ServerSpec, Service, ServicePort,
+    TcpPool, TcpPoolConfig, UdpClient, UdpConfig,
 };
 
 use super::interrupt;
@@ -106,6 +106,27 @@ pub fn flows(n: u64) -> String {
     }
 }
 
+/// kube-proxy's settings on a lab node, in `mode` (`--proxy-mode`). Spelled out rather than
+/// `ProxyConfig::default()`, which reads the tests' `GB_LAB_PROXY_MODE`: the demo's mode is its
+/// flag's.
+pub fn lab_config(mode: ProxyMode) -> ProxyConfig {
+    ProxyConfig {
+        mode,
+        masquerade_mark: netlab::kube_proxy::MASQUERADE_MARK,
+        cluster_cidrs_v4: plan::CLUSTER_CIDRS_V4
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        cluster_cidrs_v6: plan::CLUSTER_CIDRS_V6
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        service_cidr_v4: Some(plan::SERVICE_CIDR_V4.to_string()),
+        service_cidr_v6: Some(plan::SERVICE_CIDR_V6.to_string()),
+        node_ips: vec![plan::NODE_IPV4.into(), plan::NODE_IPV6.into()],
+    }
+}
+
 /// A fresh lab for one run of one act.
 pub struct Stage<'c> {
     pub ctx: &'c Context,
@@ -119,7 +140,7 @@ pub struct Stage<'c> {
 impl<'c> Stage<'c> {
     pub fn new(ctx: &'c Context, act: u8, mode: Mode) -> Result<Stage<'c>, Error> {
         interrupt::check()?;
-        let lab = Lab::new()?;
+        let lab = Lab::with_config(lab_config(ctx.proxy_mode))?;
         Ok(Stage {
             ctx,
             lab,
@@ -225,7 +246,7 @@ impl<'c> Stage<'c> {
     /// recommends: flow start times are the evidence for `ip_reused` (a pod created after the
     /// flow began). Set after the first sync because the sysctl appears only once the rules have
     /// loaded nf_conntrack, and before any traffic, so every lab flow carries its start time.
-    fn enable_timestamps(&self) -> Result<(), Error> {
+    pub fn enable_timestamps(&self) -> Result<(), Error> {
         const PATH: &str = "/proc/sys/net/netfilter/nf_conntrack_timestamp";
         let node = self.node().to_string();
         netlab::in_netns(&node, || std::fs::write(PATH, "1"))?.map_err(|e| {
@@ -238,7 +259,12 @@ impl<'c> Stage<'c> {
     /// The lab as Kubernetes objects, read by the same loader as `--from-file`, as seen from the
     /// node: its local addresses serve NodePorts, the lab's service CIDRs as `--service-cidr`.
     pub fn cluster_view(&self) -> Result<Loaded, Error> {
-        let text = serde_json::to_string(&self.lab.kubernetes_objects())
+        self.view_of(&self.lab.kubernetes_objects())
+    }
+
+    /// [`Stage::cluster_view`] of `objects` (a `kind: List`) rather than of the lab's own sync.
+    pub fn view_of(&self, objects: &serde_json::Value) -> Result<Loaded, Error> {
+        let text = serde_json::to_string(objects)
             .map_err(|e| Error::Lab(format!("rendering the lab's objects: {e}")))?;
         let local = crate::local_addrs::of(Some(self.node()))?;
         let service_cidrs = [plan::SERVICE_CIDR_V4, plan::SERVICE_CIDR_V6]

@@ -9,7 +9,7 @@ use std::ops::ControlFlow;
 
 use anyhow::Context;
 use clap::Args;
-use ctnetlink::Conntrack;
+use ctnetlink::{Conntrack, Flow};
 
 use super::filter_args::FilterArgs;
 use super::Output;
@@ -34,8 +34,8 @@ pub struct ListArgs {
 pub fn run(a: ListArgs) -> anyhow::Result<ExitCode> {
     let (filter, state) = a.filter.build().map_err(input_error)?;
     let mut ct = Conntrack::open_in(a.netns.as_deref()).context("open conntrack")?;
-    let stdout = std::io::stdout();
-    let mut out = BufWriter::with_capacity(256 * 1024, stdout.lock());
+    // Not the locked handle: the rows are written from the dump's decoding thread.
+    let mut out = BufWriter::with_capacity(256 * 1024, std::io::stdout());
     let mut n: u64 = 0;
     let mut write_err: Option<std::io::Error> = None;
     let mut first = true;
@@ -48,7 +48,7 @@ pub fn run(a: ListArgs) -> anyhow::Result<ExitCode> {
             Output::Ndjson => {}
         }
     }
-    let summary = ct.dump(&filter, |f| {
+    let each = |f: &Flow| {
         if !state.matches(f) {
             return ControlFlow::Continue(());
         }
@@ -78,7 +78,13 @@ pub fn run(a: ListArgs) -> anyhow::Result<ExitCode> {
                 ControlFlow::Break(())
             }
         }
-    })?;
+    };
+    // With a spare core, decoding and writing overlap the kernel's walk of its table.
+    let summary = if std::thread::available_parallelism().is_ok_and(|n| n.get() > 1) {
+        ct.dump_pipelined(&filter, each)?
+    } else {
+        ct.dump(&filter, each)?
+    };
     if let Some(e) = write_err {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
             return Ok(ExitCode::Ok);

@@ -53,6 +53,38 @@ pub struct PodRec {
     pub scenario: String,
 }
 
+impl PodRec {
+    /// A pod born now, labelled `app: <app>`, on `node`, with no network of its own yet
+    /// (`lab` unset) and not hostNetwork; nothing has happened to it.
+    fn new(
+        ns: &str,
+        name: &str,
+        app: &str,
+        uid: String,
+        ip: IpAddr,
+        node: &str,
+        scenario: &str,
+    ) -> PodRec {
+        PodRec {
+            ns: ns.into(),
+            name: name.into(),
+            lab: None,
+            uid,
+            ip,
+            node: node.into(),
+            host_network: false,
+            labels: [("app".to_string(), app.to_string())].into(),
+            created: k8s::rfc3339_now(),
+            born: now_secs(),
+            gone: None,
+            api_deleted: None,
+            del_seq: None,
+            terminating: None,
+            scenario: scenario.into(),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct SvcRec {
     pub ns: String,
@@ -175,24 +207,11 @@ impl World {
         let ip = ip.unwrap_or_else(|| self.next_ip());
         spec = spec.with_ipv4(ip);
         let pod = lab.add_pod(spec).expect("add a pod");
-        let rec = PodRec {
-            ns: ns.into(),
-            name: name.into(),
+        let (uid, ip) = (pod.uid().to_string(), pod.ips()[0]);
+        self.pods.push(PodRec {
             lab: Some(lab_name.clone()),
-            uid: pod.uid().to_string(),
-            ip: pod.ips()[0],
-            node: node.into(),
-            host_network: false,
-            labels: [("app".to_string(), app.to_string())].into(),
-            created: k8s::rfc3339_now(),
-            born: now_secs(),
-            gone: None,
-            api_deleted: None,
-            del_seq: None,
-            terminating: None,
-            scenario: scenario.into(),
-        };
-        self.pods.push(rec);
+            ..PodRec::new(ns, name, app, uid, ip, node, scenario)
+        });
         let i = self.pods.len() - 1;
         if let Some(s) = svc {
             self.add_endpoint(s, i);
@@ -230,22 +249,10 @@ impl World {
         ip: IpAddr,
         host_network: bool,
     ) -> usize {
+        let uid = k8s::uid(&["Pod", ns, name, "api-only"]);
         self.pods.push(PodRec {
-            ns: ns.into(),
-            name: name.into(),
-            lab: None,
-            uid: k8s::uid(&["Pod", ns, name, "api-only"]),
-            ip,
-            node: OTHER_NODE.into(),
             host_network,
-            labels: [("app".to_string(), app.to_string())].into(),
-            created: k8s::rfc3339_now(),
-            born: now_secs(),
-            gone: None,
-            api_deleted: None,
-            del_seq: None,
-            terminating: None,
-            scenario: "api-only".into(),
+            ..PodRec::new(ns, name, app, uid, ip, OTHER_NODE, "api-only")
         });
         self.pods.len() - 1
     }

@@ -11,14 +11,14 @@ use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
 use std::time::Duration;
 
+use common::{web, HTTP};
 use netlab::kube_proxy::example_services;
 use netlab::kube_proxy_iptables::{endpoint_chain_name, service_chain_name};
 use netlab::{
-    http_get, plan, Endpoint, Lab, PodSpec, ProxyConfig, ProxyMode, ServerSpec, Service,
-    ServicePort, TcpPool, TcpPoolConfig,
+    http_get, plan, Endpoint, Lab, PodSpec, ProxyConfig, ProxyMode, ServerSpec, TcpPool,
+    TcpPoolConfig,
 };
 
-const HTTP: u16 = 8080;
 const TIMEOUT: Duration = Duration::from_secs(2);
 
 fn lab(mode: ProxyMode) -> Lab {
@@ -27,14 +27,6 @@ fn lab(mode: ProxyMode) -> Lab {
         ..ProxyConfig::default()
     })
     .expect("lab")
-}
-
-fn web(vip: u8, endpoints: Vec<Endpoint>) -> Service {
-    Service::new("shop", "web")
-        .cluster_ip(plan::vip_v4(vip))
-        .cluster_ip(plan::vip_v6(vip))
-        .port(ServicePort::tcp("http", 80, HTTP).with_node_port(30080))
-        .endpoints(endpoints)
 }
 
 fn backend(lab: &mut Lab, name: &str) -> Vec<Endpoint> {

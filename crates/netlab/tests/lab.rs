@@ -5,21 +5,13 @@ mod common;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use common::{web, HTTP};
 use netlab::{
     http_get, plan, udp_query, Endpoint, Lab, PodSpec, ServerSpec, Service, ServicePort, TcpPool,
     TcpPoolConfig, UdpClient, UdpConfig,
 };
 
-const HTTP: u16 = 8080;
 const TIMEOUT: Duration = Duration::from_secs(2);
-
-fn web(vip: u8, endpoints: Vec<Endpoint>) -> Service {
-    Service::new("shop", "web")
-        .cluster_ip(plan::vip_v4(vip))
-        .cluster_ip(plan::vip_v6(vip))
-        .port(ServicePort::tcp("http", 80, HTTP).with_node_port(30080))
-        .endpoints(endpoints)
-}
 
 fn backend(lab: &mut Lab, name: &str) -> Vec<Endpoint> {
     lab.add_pod(

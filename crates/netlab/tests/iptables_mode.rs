@@ -11,13 +11,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{web, HTTP};
+use common::{watched_pool, web, HTTP};
 use netlab::kube_proxy::example_services;
 use netlab::kube_proxy_iptables::{endpoint_chain_name, service_chain_name};
-use netlab::{
-    http_get, plan, Endpoint, Lab, PodSpec, ProxyConfig, ProxyMode, ServerSpec, TcpPool,
-    TcpPoolConfig,
-};
+use netlab::{http_get, plan, Endpoint, Lab, PodSpec, ProxyConfig, ProxyMode, ServerSpec};
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -232,18 +229,7 @@ fn ghost_story(mode: ProxyMode) -> (usize, usize, usize, String) {
     let client = client(&mut lab);
     lab.sync_services(&[web(11, a)]).expect("sync");
     let vip = SocketAddr::from((plan::vip_v4(11), 80));
-    let pool = TcpPool::start(
-        &client,
-        vip,
-        TcpPoolConfig {
-            connections: 3,
-            interval: Duration::from_millis(100),
-            request_timeout: Duration::from_millis(300),
-            run_for: Duration::from_secs(10),
-            ..TcpPoolConfig::default()
-        },
-    )
-    .expect("pool");
+    let pool = watched_pool(&client, vip, 3, Duration::from_secs(10));
     assert!(pool.wait_answers(3, TIMEOUT), "{:#?}", pool.report());
     let b = backend(&mut lab, "web-b");
     lab.sync_services(&[web(11, b)]).expect("sync to B");

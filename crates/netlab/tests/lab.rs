@@ -5,7 +5,7 @@ mod common;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use common::{web, HTTP};
+use common::{watched_pool, web, HTTP};
 use netlab::{
     http_get, plan, udp_query, Endpoint, Lab, PodSpec, ServerSpec, Service, ServicePort, TcpPool,
     TcpPoolConfig, UdpClient, UdpConfig,
@@ -97,18 +97,7 @@ fn rolling_update_new_connections_move_while_pooled_ones_to_a_silent_pod_hang() 
     lab.sync_services(&[web(11, a)]).expect("sync");
     let vip = SocketAddr::from((plan::vip_v4(11), 80));
 
-    let pool = TcpPool::start(
-        &client,
-        vip,
-        TcpPoolConfig {
-            connections: 3,
-            interval: Duration::from_millis(100),
-            request_timeout: Duration::from_millis(300),
-            run_for: Duration::from_secs(20),
-            ..TcpPoolConfig::default()
-        },
-    )
-    .expect("pool");
+    let pool = watched_pool(&client, vip, 3, Duration::from_secs(20));
     assert!(
         pool.wait_answers(2, TIMEOUT),
         "pool never got answers: {:?}",
@@ -279,18 +268,7 @@ fn ipv6_service_and_nodeports_in_both_families() {
     }
 
     // A pooled IPv6 connection to a silently deleted pod hangs too (no NDP failure, no ICMPv6).
-    let pool = TcpPool::start(
-        &client,
-        v6,
-        TcpPoolConfig {
-            connections: 1,
-            interval: Duration::from_millis(100),
-            request_timeout: Duration::from_millis(300),
-            run_for: Duration::from_secs(10),
-            ..TcpPoolConfig::default()
-        },
-    )
-    .expect("pool");
+    let pool = watched_pool(&client, v6, 1, Duration::from_secs(10));
     assert!(pool.wait_answers(1, TIMEOUT));
     lab.delete_pod_silently("web-a").expect("silent delete");
     std::thread::sleep(Duration::from_millis(1500));

@@ -160,6 +160,17 @@ fn state_at(p: &PodRec, served_now: bool, t: f64) -> &'static str {
     }
 }
 
+/// How a violation names a client's failure: `12.3s tcp pool-a conn 4`, its time since the start.
+fn failure_of(f: &Failure, started: f64) -> String {
+    format!(
+        "{:.1}s {} {} conn {}",
+        f.t - started,
+        f.proto,
+        f.group,
+        f.conn
+    )
+}
+
 /// How a violation names a delete: `12.3s tcp 203.0.113.7:80 -> <to>`, its time since the start.
 fn delete_of(d: &AgentDelete, started: f64, to: impl std::fmt::Display) -> String {
     format!("{:.1}s {} {} -> {to}", d.t - started, d.proto, d.vip)
@@ -223,11 +234,8 @@ pub fn judge(i: &Inputs<'_>) -> Verdict {
                 broken.violation(
                     &label(&pod.scenario, f.t),
                     format!(
-                        "{:.1}s {} {} conn {} to {}/{} ({st}): {}",
-                        f.t - i.started,
-                        f.proto,
-                        f.group,
-                        f.conn,
+                        "{} to {}/{} ({st}): {}",
+                        failure_of(f, i.started),
                         pod.ns,
                         pod.name,
                         f.kind
@@ -242,14 +250,7 @@ pub fn judge(i: &Inputs<'_>) -> Verdict {
                 n_broken += 1;
                 broken.violation(
                     &label(&svc.scenario, f.t),
-                    format!(
-                        "{:.1}s {} {} conn {} (no answer yet): {}",
-                        f.t - i.started,
-                        f.proto,
-                        f.group,
-                        f.conn,
-                        f.kind
-                    ),
+                    format!("{} (no answer yet): {}", failure_of(f, i.started), f.kind),
                 );
             }
         }

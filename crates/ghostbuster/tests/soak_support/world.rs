@@ -83,6 +83,20 @@ impl PodRec {
             scenario: scenario.into(),
         }
     }
+
+    /// netlab's description of it, serving `ports`.
+    fn object(&self, ports: Vec<(u16, Protocol)>) -> PodObject {
+        PodObject {
+            namespace: self.ns.clone(),
+            name: self.name.clone(),
+            uid: self.uid.clone(),
+            ips: vec![self.ip],
+            node_name: self.node.clone(),
+            labels: self.labels.clone(),
+            creation_timestamp: self.created.clone(),
+            ports,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -380,16 +394,7 @@ impl World {
     fn pod_object(&self, p: &PodRec) -> Value {
         let mut ports = vec![(TCP_PORT, Protocol::Tcp)];
         ports.push((UDP_PORT, Protocol::Udp));
-        let mut v = k8s::pod_object(&PodObject {
-            namespace: p.ns.clone(),
-            name: p.name.clone(),
-            uid: p.uid.clone(),
-            ips: vec![p.ip],
-            node_name: p.node.clone(),
-            labels: p.labels.clone(),
-            creation_timestamp: p.created.clone(),
-            ports,
-        });
+        let mut v = k8s::pod_object(&p.object(ports));
         if p.host_network {
             v["spec"]["hostNetwork"] = json!(true);
         }
@@ -413,19 +418,7 @@ impl World {
             .iter()
             .filter(|p| p.api_deleted.is_none())
             .collect();
-        let pod_objects: Vec<PodObject> = pods
-            .iter()
-            .map(|p| PodObject {
-                namespace: p.ns.clone(),
-                name: p.name.clone(),
-                uid: p.uid.clone(),
-                ips: vec![p.ip],
-                node_name: p.node.clone(),
-                labels: p.labels.clone(),
-                creation_timestamp: p.created.clone(),
-                ports: Vec::new(),
-            })
-            .collect();
+        let pod_objects: Vec<PodObject> = pods.iter().map(|p| p.object(Vec::new())).collect();
         for s in self.svcs.iter().filter(|s| s.deleted.is_none()) {
             let svc = self.netlab_service(s);
             out.insert(

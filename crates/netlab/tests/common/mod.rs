@@ -3,10 +3,11 @@
 
 #![allow(dead_code)]
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
+use std::time::Duration;
 
-use netlab::{plan, Endpoint, Service, ServicePort};
+use netlab::{plan, Endpoint, Service, ServicePort, TcpPool, TcpPoolConfig};
 
 /// True when the test may run. Outside CI a missing privilege or tool is a skip with a printed
 /// reason; in CI (`CI` set) it is a failure, so a green CI run always means the tests ran.
@@ -136,4 +137,27 @@ pub fn web(vip: u8, endpoints: Vec<Endpoint>) -> Service {
         .cluster_ip(plan::vip_v6(vip))
         .port(ServicePort::tcp("http", 80, HTTP).with_node_port(30080))
         .endpoints(endpoints)
+}
+
+/// A pool of `connections` long-lived HTTP connections from `client` to `target`, a request on
+/// each every 100 ms (each given 300 ms), for `run_for`: watched closely enough that a stuck
+/// connection shows within a second.
+pub fn watched_pool(
+    client: &str,
+    target: SocketAddr,
+    connections: usize,
+    run_for: Duration,
+) -> TcpPool {
+    TcpPool::start(
+        client,
+        target,
+        TcpPoolConfig {
+            connections,
+            interval: Duration::from_millis(100),
+            request_timeout: Duration::from_millis(300),
+            run_for,
+            ..TcpPoolConfig::default()
+        },
+    )
+    .expect("pool")
 }

@@ -11,10 +11,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{watched_pool, web, HTTP};
+use common::{backend, client, watched_pool, web, HTTP};
 use netlab::kube_proxy::example_services;
 use netlab::kube_proxy_iptables::{endpoint_chain_name, service_chain_name};
-use netlab::{http_get, plan, Endpoint, Lab, PodSpec, ProxyConfig, ProxyMode, ServerSpec};
+use netlab::{http_get, plan, Lab, ProxyConfig, ProxyMode};
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -24,23 +24,6 @@ fn lab(mode: ProxyMode) -> Lab {
         ..ProxyConfig::default()
     })
     .expect("lab")
-}
-
-fn backend(lab: &mut Lab, name: &str) -> Vec<Endpoint> {
-    lab.add_pod(
-        PodSpec::backend(name)
-            .in_namespace("shop")
-            .serve(ServerSpec::http(HTTP, 200, name)),
-    )
-    .expect("backend pod")
-    .endpoints()
-}
-
-fn client(lab: &mut Lab) -> String {
-    lab.add_pod(PodSpec::client("client"))
-        .expect("client pod")
-        .netns()
-        .to_string()
 }
 
 /// `nft list ruleset` of the node: what iptables-nft created there.

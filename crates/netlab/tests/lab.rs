@@ -5,32 +5,13 @@ mod common;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use common::{watched_pool, web, HTTP};
+use common::{backend, client, watched_pool, web, HTTP};
 use netlab::{
     http_get, plan, udp_query, Endpoint, Lab, PodSpec, ServerSpec, Service, ServicePort, TcpPool,
     TcpPoolConfig, UdpClient, UdpConfig,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(2);
-
-fn backend(lab: &mut Lab, name: &str) -> Vec<Endpoint> {
-    lab.add_pod(
-        PodSpec::backend(name)
-            .in_namespace("shop")
-            .label("app", "web")
-            .serve(ServerSpec::http(HTTP, 200, name))
-            .serve(ServerSpec::udp_echo(5353, name)),
-    )
-    .expect("backend pod")
-    .endpoints()
-}
-
-fn client(lab: &mut Lab) -> String {
-    lab.add_pod(PodSpec::client("client"))
-        .expect("client pod")
-        .netns()
-        .to_string()
-}
 
 #[test]
 fn tcp_through_vip_reaches_a_backend_and_is_dnatted() {

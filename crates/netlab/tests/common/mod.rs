@@ -7,7 +7,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
 use std::time::Duration;
 
-use netlab::{plan, Endpoint, Service, ServicePort, TcpPool, TcpPoolConfig};
+use netlab::{
+    plan, Endpoint, Lab, PodSpec, ServerSpec, Service, ServicePort, TcpPool, TcpPoolConfig,
+};
 
 /// True when the test may run. Outside CI a missing privilege or tool is a skip with a printed
 /// reason; in CI (`CI` set) it is a failure, so a green CI run always means the tests ran.
@@ -160,4 +162,26 @@ pub fn watched_pool(
         },
     )
     .expect("pool")
+}
+
+/// A backend pod `name` of shop/web (labelled `app: web`): HTTP on [`HTTP`] and a UDP echo on
+/// 5353, both answering with its name; its endpoints.
+pub fn backend(lab: &mut Lab, name: &str) -> Vec<Endpoint> {
+    lab.add_pod(
+        PodSpec::backend(name)
+            .in_namespace("shop")
+            .label("app", "web")
+            .serve(ServerSpec::http(HTTP, 200, name))
+            .serve(ServerSpec::udp_echo(5353, name)),
+    )
+    .expect("backend pod")
+    .endpoints()
+}
+
+/// The lab's client pod; its namespace.
+pub fn client(lab: &mut Lab) -> String {
+    lab.add_pod(PodSpec::client("client"))
+        .expect("client pod")
+        .netns()
+        .to_string()
 }

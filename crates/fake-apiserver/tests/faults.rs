@@ -2,6 +2,8 @@
 //! until released, and a watch that stays connected but silent (no events, no BOOKMARKs) until
 //! the silence ends, when what changed meanwhile arrives. Every wait is bounded.
 
+mod support;
+
 use std::time::Duration;
 
 use fake_apiserver::FakeApiServer;
@@ -9,12 +11,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, WatchEvent, WatchParams};
 use serde_json::json;
-
-const WAIT: Duration = Duration::from_secs(5);
-
-fn client(server: &FakeApiServer) -> kube::Client {
-    kube::Client::try_from(kube::Config::new(server.url().parse().expect("url"))).expect("client")
-}
+use support::{client, list_then_watch, WAIT};
 
 fn pod(name: &str) -> serde_json::Value {
     json!({
@@ -54,16 +51,14 @@ async fn a_hung_get_answers_only_when_released_and_lists_still_answer() {
 async fn a_silent_watch_sends_nothing_until_the_silence_ends() {
     let server = FakeApiServer::start().await.unwrap();
     let pods: Api<Pod> = Api::namespaced(client(&server), "shop");
-    let rv = pods
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .metadata
-        .resource_version
-        .unwrap();
-    let params = WatchParams::default();
-    let mut w = pods.watch(&params, &rv).await.unwrap().boxed();
-    assert!(server.wait_for_watches("pods", 1, WAIT).await);
+    let (_, mut w) = list_then_watch(
+        &server,
+        &pods,
+        "pods",
+        &ListParams::default(),
+        &WatchParams::default(),
+    )
+    .await;
     server.silence_watches("pods", true);
     server.create(pod("web-1"));
     server.bookmark();

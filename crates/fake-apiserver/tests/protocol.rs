@@ -1,6 +1,8 @@
 //! The fake against a real `kube::Client`: what a client sees must be what a real API server
 //! sends. Every wait is bounded.
 
+mod support;
+
 use std::time::Duration;
 
 use fake_apiserver::{FakeApiServer, PolicyRule, Rbac};
@@ -10,13 +12,7 @@ use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::networking::v1::ServiceCIDR;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use serde_json::{json, Value};
-
-const WAIT: Duration = Duration::from_secs(5);
-
-fn client(server: &FakeApiServer) -> kube::Client {
-    let config = kube::Config::new(server.url().parse().expect("url"));
-    kube::Client::try_from(config).expect("client")
-}
+use support::{client, list_then_watch, WAIT};
 
 fn service(ns: &str, name: &str, ip: &str) -> Value {
     json!({
@@ -150,14 +146,14 @@ async fn watches_stream_changes_bookmarks_and_410() {
     let server = FakeApiServer::start().await.unwrap();
     server.create(service("shop", "web", "10.96.0.10"));
     let api: Api<Service> = Api::all(client(&server));
-    let list = api.list(&ListParams::default()).await.unwrap();
-    let rv = list.metadata.resource_version.unwrap();
-    let mut w = api
-        .watch(&WatchParams::default(), &rv)
-        .await
-        .unwrap()
-        .boxed();
-    assert!(server.wait_for_watches("services", 1, WAIT).await);
+    let (rv, mut w) = list_then_watch(
+        &server,
+        &api,
+        "services",
+        &ListParams::default(),
+        &WatchParams::default(),
+    )
+    .await;
 
     server.create(service("shop", "db", "10.96.0.11"));
     match next(&mut w).await.unwrap() {
@@ -237,19 +233,14 @@ async fn lost_events_are_only_seen_by_a_relist() {
     let server = FakeApiServer::start().await.unwrap();
     server.create(service("shop", "web", "10.96.0.10"));
     let api: Api<Service> = Api::all(client(&server));
-    let rv = api
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .metadata
-        .resource_version
-        .unwrap();
-    let mut w = api
-        .watch(&WatchParams::default(), &rv)
-        .await
-        .unwrap()
-        .boxed();
-    assert!(server.wait_for_watches("services", 1, WAIT).await);
+    let (_, mut w) = list_then_watch(
+        &server,
+        &api,
+        "services",
+        &ListParams::default(),
+        &WatchParams::default(),
+    )
+    .await;
     server.lose_events(|s| s.delete("services", "shop", "web"));
     assert!(matches!(next(&mut w).await.unwrap(), WatchEvent::Error(s) if s.code == 410));
     assert!(api
@@ -295,16 +286,8 @@ async fn field_and_label_selectors_filter_lists_and_watches() {
     assert_eq!(api_code(err).0, 400);
 
     // A pod moving off the node leaves the watch as DELETED; one moving on arrives as ADDED.
-    let rv = pods
-        .list(&on_n1)
-        .await
-        .unwrap()
-        .metadata
-        .resource_version
-        .unwrap();
     let wp = WatchParams::default().fields("spec.nodeName=n1");
-    let mut w = pods.watch(&wp, &rv).await.unwrap().boxed();
-    assert!(server.wait_for_watches("pods", 1, WAIT).await);
+    let (_, mut w) = list_then_watch(&server, &pods, "pods", &on_n1, &wp).await;
     server.update(pod("a", "p1", "n2", "10.0.1.1"));
     assert!(
         matches!(next(&mut w).await.unwrap(), WatchEvent::Deleted(p) if p.metadata.name.as_deref() == Some("p1"))

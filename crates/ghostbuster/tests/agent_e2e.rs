@@ -380,11 +380,7 @@ fn a_filling_table_warns_on_the_node() {
     let Some(s) = Story::start("agent_e2e_table_full", false) else {
         return;
     };
-    let max: u64 = std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_max")
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let max = conntrack_max();
     let want = max * 76 / 100 + 1;
     if want > 800_000 {
         eprintln!("SKIP a_filling_table_warns_on_the_node: nf_conntrack_max is {max}; filling 76 % of it would take too long here");

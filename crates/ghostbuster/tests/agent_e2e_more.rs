@@ -284,11 +284,7 @@ fn an_event_overflow_becomes_one_full_scan() {
     let Some(mut s) = Story::start("agent_more_enobufs", false) else {
         return;
     };
-    let max: u64 = std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_max")
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let max = conntrack_max();
     let b = s.backend("web-b", "shop", "web", &[]);
     let x = s.backend("web-x", "shop", "web", &[]);
     let vip = SocketAddr::from((vip_v4(41), 80));

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use agent_support::*;
 use fake_apiserver::FakeApiServer;
 use netlab::plan::vip_v4;
-use netlab::Endpoint;
+use netlab::{Endpoint, TcpPool};
 use scan_support::*;
 use serde_json::Value;
 
@@ -310,20 +310,56 @@ fn a_kube_proxy_that_never_answers_does_not_hold_the_reactor() {
     finish(g);
 }
 
+/// shop/web's backends web-a, web-c and web-b (with timestamps), and a pool of clients pinned
+/// through VIP number `vip` to each of web-a and web-c: for the stories in which first web-a
+/// goes, then web-c, while web-b stays.
+struct OneThenAnother {
+    s: Story,
+    a: Vec<Endpoint>,
+    c: Vec<Endpoint>,
+    b: Vec<Endpoint>,
+    vip: SocketAddr,
+    ghost_a: TcpPool,
+    ghost_c: TcpPool,
+}
+
+impl OneThenAnother {
+    fn start(test: &str, vip: u8) -> Option<OneThenAnother> {
+        let mut s = Story::start(test, true)?;
+        let a = s.backend("web-a", "shop", "web", &[]);
+        let c = s.backend("web-c", "shop", "web", &[]);
+        let b = s.backend("web-b", "shop", "web", &[]);
+        let [ghost_a, ghost_c] = pin_pools(&mut s, vip, [("web-a", &a), ("web-c", &c)]);
+        Some(OneThenAnother {
+            s,
+            a,
+            c,
+            b,
+            vip: SocketAddr::from((vip_v4(vip), 80)),
+            ghost_a,
+            ghost_c,
+        })
+    }
+}
+
 /// Issue #12 §3: the deletes-per-minute budget counts across passes. With a budget of 3, a
 /// first backend's 2 ghosts go; a second backend's 2 would make 4 within the minute: the
 /// breaker trips, removes nothing, says so (metric, Warning Event, a log line on how to reset)
 /// and stays open through later syncs and passes.
 #[test]
 fn the_delete_budget_trips_across_passes_and_stays_open() {
-    let Some(mut s) = Story::start("agent_safety_budget", true) else {
+    let Some(OneThenAnother {
+        mut s,
+        a,
+        c,
+        b,
+        vip,
+        ghost_a,
+        ghost_c,
+    }) = OneThenAnother::start("agent_safety_budget", 54)
+    else {
         return;
     };
-    let a = s.backend("web-a", "shop", "web", &[]);
-    let c = s.backend("web-c", "shop", "web", &[]);
-    let b = s.backend("web-b", "shop", "web", &[]);
-    let vip = SocketAddr::from((vip_v4(54), 80));
-    let [ghost_a, ghost_c] = pin_pools(&mut s, 54, [("web-a", &a), ("web-c", &c)]);
     let AgentRig { api, kp, agent, .. } = AgentRig::of(&s)
         .args(&["--max-deletes-per-minute", "3", "--resync-interval", "1s"])
         .capture_log()
@@ -377,14 +413,18 @@ fn the_delete_budget_trips_across_passes_and_stays_open() {
 /// answers, the flows go, long before the next full pass.
 #[test]
 fn a_hanging_pod_get_neither_blocks_the_agent_nor_waits_for_a_full_pass() {
-    let Some(mut s) = Story::start("agent_safety_hang", true) else {
+    let Some(OneThenAnother {
+        mut s,
+        a,
+        c,
+        b,
+        vip,
+        ghost_a,
+        ghost_c,
+    }) = OneThenAnother::start("agent_safety_hang", 55)
+    else {
         return;
     };
-    let a = s.backend("web-a", "shop", "web", &[]);
-    let c = s.backend("web-c", "shop", "web", &[]);
-    let b = s.backend("web-b", "shop", "web", &[]);
-    let vip = SocketAddr::from((vip_v4(55), 80));
-    let [ghost_a, ghost_c] = pin_pools(&mut s, 55, [("web-a", &a), ("web-c", &c)]);
     let (dead_a, dead_c) = (ip_of(&a, false), ip_of(&c, false));
     // web-a runs on another node: only a GET can tell the agent it is gone.
     let objects = |s: &Story| {

@@ -143,29 +143,36 @@ fn ensure_conntrack(ns: &NetNs) {
         .unwrap()
         .success();
     if !present {
-        sh(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                ns.name(),
-                "conntrack",
-                "-I",
-                "-p",
-                "udp",
-                "-s",
-                "192.0.2.1",
-                "-d",
-                "192.0.2.2",
-                "--sport",
-                "1",
-                "--dport",
-                "2",
-                "-t",
-                "10",
-            ],
-        );
+        insert_udp_entry(ns, 1, 2, 10);
     }
+}
+
+/// `conntrack -I` in the namespace: a UDP entry 192.0.2.1:`sport` -> 192.0.2.2:`dport` that
+/// expires in `timeout` seconds.
+fn insert_udp_entry(ns: &NetNs, sport: u16, dport: u16, timeout: u32) {
+    let (sport, dport, timeout) = (sport.to_string(), dport.to_string(), timeout.to_string());
+    sh(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            ns.name(),
+            "conntrack",
+            "-I",
+            "-p",
+            "udp",
+            "-s",
+            "192.0.2.1",
+            "-d",
+            "192.0.2.2",
+            "--sport",
+            &sport,
+            "--dport",
+            &dport,
+            "-t",
+            &timeout,
+        ],
+    );
 }
 
 /// The host's own values of every key the tests write in child namespaces.
@@ -344,28 +351,7 @@ fn utilization_counts_the_namespace_table() {
     let ns = NetNs::create("aud").unwrap();
     ensure_conntrack(&ns);
     for port in 1..=3u16 {
-        sh(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                ns.name(),
-                "conntrack",
-                "-I",
-                "-p",
-                "udp",
-                "-s",
-                "192.0.2.1",
-                "-d",
-                "192.0.2.2",
-                "--sport",
-                &port.to_string(),
-                "--dport",
-                "53",
-                "-t",
-                "60",
-            ],
-        );
+        insert_udp_entry(&ns, port, 53, 60);
     }
     let (_, report) = audit(&ns, &[]);
     let n = report["facts"]["entries"].as_u64().unwrap();

@@ -16,6 +16,8 @@
 //! kubectl and promtool are external tools: in CI (`CI` set) a missing one fails the test (CI
 //! installs promtool through scripts/install-deps.sh); elsewhere the test says why it skips.
 
+mod promql_support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path, PathBuf};
 use std::process::Command;
@@ -1031,7 +1033,7 @@ fn every_alert_is_documented_and_uses_known_metrics() {
             anchors.contains(anchor),
             "{a}: docs/runbook.md has no `## {a}` section"
         );
-        for m in metric_names(&r.expr) {
+        for m in promql_support::metric_names(&r.expr) {
             assert!(
                 is_exported(&m) || PROMETHEUS_SERIES.contains(&m.as_str()),
                 "{a}: `{m}` is not a metric the agent exports"
@@ -1170,7 +1172,7 @@ fn dashboard_queries_only_exported_metrics() {
             q.contains("instance=~\"$instance\""),
             "query does not follow the node selection: {q}"
         );
-        for m in metric_names(q) {
+        for m in promql_support::metric_names(q) {
             assert!(
                 is_exported(&m),
                 "dashboard query uses `{m}`, not an agent metric: {q}"
@@ -1218,114 +1220,16 @@ fn is_exported(name: &str) -> bool {
     METRICS.contains(&base_metric(name))
 }
 
-/// The metric names a PromQL expression selects. A small lexer, enough for our queries: strings,
-/// label matchers `{...}`, ranges `[...]`, numbers/durations and `$variables` are skipped; an
-/// identifier followed by `(` is a function or aggregation; `by (...)` and friends take a label
-/// list; what is left is a metric name.
-fn metric_names(expr: &str) -> BTreeSet<String> {
-    // Operators, and aggregations (which may be followed by `by (...)` instead of `(`).
-    const KEYWORDS: &[&str] = &[
-        "and",
-        "or",
-        "unless",
-        "bool",
-        "offset",
-        "inf",
-        "nan",
-        "sum",
-        "min",
-        "max",
-        "avg",
-        "group",
-        "stddev",
-        "stdvar",
-        "count",
-        "count_values",
-        "bottomk",
-        "topk",
-        "quantile",
-    ];
-    const LABEL_LISTS: &[&str] = &[
-        "by",
-        "without",
-        "on",
-        "ignoring",
-        "group_left",
-        "group_right",
-    ];
-    let chars: Vec<char> = expr.chars().collect();
-    let mut names = BTreeSet::new();
-    let mut i = 0;
-    let skip_to = |i: usize, close: char| -> usize {
-        let mut j = i;
-        while j < chars.len() && chars[j] != close {
-            j += 1;
-        }
-        j + 1
-    };
-    while i < chars.len() {
-        let c = chars[i];
-        match c {
-            '"' | '\'' | '`' => {
-                let mut j = i + 1;
-                while j < chars.len() && chars[j] != c {
-                    if chars[j] == '\\' {
-                        j += 1;
-                    }
-                    j += 1;
-                }
-                i = j + 1;
-            }
-            '{' => i = skip_to(i, '}'),
-            '[' => i = skip_to(i, ']'),
-            '$' => {
-                i += 1;
-                while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_') {
-                    i += 1;
-                }
-            }
-            c if c.is_ascii_digit() || c == '.' => {
-                while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '.') {
-                    i += 1;
-                }
-            }
-            c if c.is_alphabetic() || c == '_' || c == ':' => {
-                let start = i;
-                while i < chars.len()
-                    && (chars[i].is_alphanumeric() || chars[i] == '_' || chars[i] == ':')
-                {
-                    i += 1;
-                }
-                let word: String = chars[start..i].iter().collect();
-                let mut j = i;
-                while j < chars.len() && chars[j].is_whitespace() {
-                    j += 1;
-                }
-                let call = j < chars.len() && chars[j] == '(';
-                if LABEL_LISTS.contains(&word.as_str()) {
-                    if call {
-                        i = skip_to(j, ')');
-                    }
-                } else if !call && !KEYWORDS.contains(&word.to_lowercase().as_str()) {
-                    names.insert(word);
-                }
-            }
-            _ => i += 1,
-        }
-    }
-    names
-}
-
 #[test]
 fn metric_names_finds_metrics_and_nothing_else() {
     let q = r#"histogram_quantile(0.99, sum by (le, kind) (rate(ghostbuster_scan_duration_seconds_bucket{instance=~"$instance", kind!="x"}[$__rate_interval])))"#;
     assert_eq!(
-        metric_names(q),
+        promql_support::metric_names(q),
         BTreeSet::from(["ghostbuster_scan_duration_seconds_bucket".to_string()])
     );
     let q = "sum(a_total) by (x) / on (instance) group_left (node) b > 5 * c offset 1d and d or vector(0)";
     let want: BTreeSet<String> = ["a_total", "b", "c", "d"].map(String::from).into();
-    assert_eq!(metric_names(q), want);
+    assert_eq!(promql_support::metric_names(q), want);
     assert!(is_exported("ghostbuster_gate_wait_seconds_count"));
     assert!(!is_exported("ghostbuster_mode_bucket"));
     assert!(!is_exported("ghostbuster_flows_removed"));

@@ -13,6 +13,7 @@
 //! namespace), a real kube-apiserver or kube-proxy (fakes, as in agent_e2e.rs), Grafana itself.
 
 mod agent_support;
+mod promql_support;
 mod scan_support;
 
 use std::collections::BTreeSet;
@@ -371,136 +372,6 @@ fn only_after_rare_events(live: &BTreeSet<String>) -> BTreeSet<String> {
     out
 }
 
-/// Metric names in a PromQL expression: identifiers that are not functions, keywords, label
-/// names (inside `{}` or after by/without/on/ignoring/group_*), durations, strings or Grafana
-/// variables. `label_values(METRIC, LABEL)` (a Grafana variable query) names METRIC.
-fn promql_metric_names(expr: &str) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    let e = expr.trim();
-    if let Some(args) = e.strip_prefix("label_values(") {
-        let metric = args.split([',', ')']).next().unwrap_or_default();
-        if metric.contains(['(', '{']) || metric.chars().all(|c| c.is_alphanumeric() || c == '_') {
-            return promql_metric_names(metric);
-        }
-        return out;
-    }
-    // Strip strings, label matchers, ranges and Grafana variables.
-    let mut clean = String::new();
-    let mut chars = e.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' | '\'' | '`' => {
-                let mut esc = false;
-                for d in chars.by_ref() {
-                    if esc {
-                        esc = false;
-                    } else if d == '\\' {
-                        esc = true;
-                    } else if d == c {
-                        break;
-                    }
-                }
-                clean.push(' ');
-            }
-            '{' | '[' => {
-                let close = if c == '{' { '}' } else { ']' };
-                let mut in_str = None;
-                for d in chars.by_ref() {
-                    match in_str {
-                        Some(q) if d == q => in_str = None,
-                        Some(_) => {}
-                        None if d == '"' || d == '\'' => in_str = Some(d),
-                        None if d == close => break,
-                        None => {}
-                    }
-                }
-                clean.push(' ');
-            }
-            '$' => {
-                while chars
-                    .peek()
-                    .is_some_and(|d| d.is_alphanumeric() || *d == '_')
-                {
-                    chars.next();
-                }
-                clean.push(' ');
-            }
-            _ => clean.push(c),
-        }
-    }
-    const KEYWORDS: &[&str] = &[
-        "and",
-        "or",
-        "unless",
-        "bool",
-        "offset",
-        "inf",
-        "nan",
-        // (The label-list words, `by` ... `group_right`, are LABEL_LISTS below.)
-        "atan2",
-        // Aggregation operators, which may be followed by `by (...)` rather than `(`.
-        "sum",
-        "min",
-        "max",
-        "avg",
-        "group",
-        "stddev",
-        "stdvar",
-        "count",
-        "count_values",
-        "bottomk",
-        "topk",
-        "quantile",
-    ];
-    const LABEL_LISTS: &[&str] = &[
-        "by",
-        "without",
-        "on",
-        "ignoring",
-        "group_left",
-        "group_right",
-    ];
-    let b: Vec<char> = clean.chars().collect();
-    let mut i = 0;
-    while i < b.len() {
-        let c = b[i];
-        if c.is_ascii_digit() || c == '.' {
-            // A number (0.5, 1e3, 0x1f): skip the whole run.
-            while i < b.len() && (b[i].is_alphanumeric() || b[i] == '.' || b[i] == '_') {
-                i += 1;
-            }
-            continue;
-        }
-        if c.is_alphabetic() || c == '_' || c == ':' {
-            let start = i;
-            while i < b.len() && (b[i].is_alphanumeric() || b[i] == '_' || b[i] == ':') {
-                i += 1;
-            }
-            let word: String = b[start..i].iter().collect();
-            let mut j = i;
-            while j < b.len() && b[j].is_whitespace() {
-                j += 1;
-            }
-            let call = j < b.len() && b[j] == '(';
-            if LABEL_LISTS.contains(&word.as_str()) {
-                if call {
-                    while j < b.len() && b[j] != ')' {
-                        j += 1;
-                    }
-                    i = j + 1;
-                }
-                continue;
-            }
-            if !call && !KEYWORDS.contains(&word.to_lowercase().as_str()) {
-                out.insert(word);
-            }
-            continue;
-        }
-        i += 1;
-    }
-    out
-}
-
 /// Metric names in the Grafana dashboard: its panels' `expr` and its query variables.
 fn dashboard_metric_names() -> BTreeSet<String> {
     let text = std::fs::read_to_string(format!("{DEPLOY}/grafana/ghostbuster.json")).unwrap();
@@ -531,7 +402,10 @@ fn dashboard_metric_names() -> BTreeSet<String> {
         }
     }
     assert!(!exprs.is_empty(), "no queries in the dashboard");
-    exprs.iter().flat_map(|e| promql_metric_names(e)).collect()
+    exprs
+        .iter()
+        .flat_map(|e| promql_support::metric_names(e))
+        .collect()
 }
 
 /// Metric names in the alert rules, minus `up` (Prometheus makes it for every target).
@@ -541,7 +415,7 @@ fn rules_metric_names() -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     for g in rules["groups"].as_sequence().unwrap() {
         for r in g["rules"].as_sequence().unwrap() {
-            names.extend(promql_metric_names(r["expr"].as_str().unwrap()));
+            names.extend(promql_support::metric_names(r["expr"].as_str().unwrap()));
         }
     }
     names.remove("up");
@@ -550,7 +424,7 @@ fn rules_metric_names() -> BTreeSet<String> {
 
 #[test]
 fn promql_names_are_extracted_without_functions_labels_or_variables() {
-    let got = promql_metric_names(
+    let got = promql_support::metric_names(
         r#"histogram_quantile(0.99, sum by (le, kind) (rate(a_seconds_bucket{instance=~"$instance", x="}"}[$__rate_interval]))) / on(instance) group_left(mode) b_info > 0.5 or vector(0) unless c offset 5m"#,
     );
     let want: BTreeSet<String> = ["a_seconds_bucket", "b_info", "c"]
@@ -558,7 +432,7 @@ fn promql_names_are_extracted_without_functions_labels_or_variables() {
         .map(String::from)
         .collect();
     assert_eq!(got, want);
-    let got = promql_metric_names("label_values(ghostbuster_build_info, instance)");
+    let got = promql_support::metric_names("label_values(ghostbuster_build_info, instance)");
     assert_eq!(
         got.into_iter().collect::<Vec<_>>(),
         ["ghostbuster_build_info"]

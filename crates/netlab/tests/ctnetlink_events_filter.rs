@@ -10,31 +10,17 @@
 //! Negative checks still end with a marker entry that must pass, received after everything
 //! created before it.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::{ip, root_or_skip};
 use ctnetlink::IPPROTO_TCP;
 use ctnetlink::{Conntrack, EventGroups, EventKind, EventSocket, FilterApplied, NewFlow, Tuple};
 use netlab::NetNs;
-
-/// Kernel tests need root. Outside CI they skip with a reason; in CI a missing privilege fails.
-fn root_or_skip(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("{test}: needs root (CAP_NET_ADMIN), and CI must run kernel tests");
-    }
-    eprintln!("SKIP {test}: needs root to create network namespaces (run as root, or CI=true)");
-    false
-}
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
 
 const A: &str = "203.0.113.10";
 const B: &str = "203.0.113.20";

@@ -3,34 +3,20 @@
 //! events (and their loss). These live in netlab's tests because ctnetlink cannot depend on
 //! netlab (a dev-dependency cycle would build two copies of ctnetlink).
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::{ip, root_or_skip};
 use ctnetlink::{
     Conntrack, DeleteKey, DeleteOutcome, EventGroups, EventKind, EventSocket, Family, Filter, Flow,
     FlowUpdate, Lookup, NewFlow, Status, TcpState, Tuple, TupleMatch,
 };
 use ctnetlink::{IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP};
 use netlab::NetNs;
-
-/// Kernel tests need root. Outside CI they skip with a reason; in CI a missing privilege fails.
-fn root_or_skip(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("{test}: needs root (CAP_NET_ADMIN), and CI must run kernel tests");
-    }
-    eprintln!("SKIP {test}: needs root to create network namespaces (run as root, or CI=true)");
-    false
-}
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
 
 fn tcp(src: &str, sport: u16, dst: &str, dport: u16) -> Tuple {
     Tuple::ports(ip(src), sport, ip(dst), dport, IPPROTO_TCP)

@@ -11,14 +11,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
 use std::time::Duration;
 
+use common::{backend, client, watched_pool, web, HTTP};
 use netlab::kube_proxy::example_services;
 use netlab::kube_proxy_iptables::{endpoint_chain_name, service_chain_name};
-use netlab::{
-    http_get, plan, Endpoint, Lab, PodSpec, ProxyConfig, ProxyMode, ServerSpec, Service,
-    ServicePort, TcpPool, TcpPoolConfig,
-};
+use netlab::{http_get, plan, Lab, ProxyConfig, ProxyMode};
 
-const HTTP: u16 = 8080;
 const TIMEOUT: Duration = Duration::from_secs(2);
 
 fn lab(mode: ProxyMode) -> Lab {
@@ -27,31 +24,6 @@ fn lab(mode: ProxyMode) -> Lab {
         ..ProxyConfig::default()
     })
     .expect("lab")
-}
-
-fn web(vip: u8, endpoints: Vec<Endpoint>) -> Service {
-    Service::new("shop", "web")
-        .cluster_ip(plan::vip_v4(vip))
-        .cluster_ip(plan::vip_v6(vip))
-        .port(ServicePort::tcp("http", 80, HTTP).with_node_port(30080))
-        .endpoints(endpoints)
-}
-
-fn backend(lab: &mut Lab, name: &str) -> Vec<Endpoint> {
-    lab.add_pod(
-        PodSpec::backend(name)
-            .in_namespace("shop")
-            .serve(ServerSpec::http(HTTP, 200, name)),
-    )
-    .expect("backend pod")
-    .endpoints()
-}
-
-fn client(lab: &mut Lab) -> String {
-    lab.add_pod(PodSpec::client("client"))
-        .expect("client pod")
-        .netns()
-        .to_string()
 }
 
 /// `nft list ruleset` of the node: what iptables-nft created there.
@@ -240,18 +212,7 @@ fn ghost_story(mode: ProxyMode) -> (usize, usize, usize, String) {
     let client = client(&mut lab);
     lab.sync_services(&[web(11, a)]).expect("sync");
     let vip = SocketAddr::from((plan::vip_v4(11), 80));
-    let pool = TcpPool::start(
-        &client,
-        vip,
-        TcpPoolConfig {
-            connections: 3,
-            interval: Duration::from_millis(100),
-            request_timeout: Duration::from_millis(300),
-            run_for: Duration::from_secs(10),
-            ..TcpPoolConfig::default()
-        },
-    )
-    .expect("pool");
+    let pool = watched_pool(&client, vip, 3, Duration::from_secs(10));
     assert!(pool.wait_answers(3, TIMEOUT), "{:#?}", pool.report());
     let b = backend(&mut lab, "web-b");
     lab.sync_services(&[web(11, b)]).expect("sync to B");

@@ -5,40 +5,13 @@ mod common;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use common::{backend, client, watched_pool, web, HTTP};
 use netlab::{
     http_get, plan, udp_query, Endpoint, Lab, PodSpec, ServerSpec, Service, ServicePort, TcpPool,
     TcpPoolConfig, UdpClient, UdpConfig,
 };
 
-const HTTP: u16 = 8080;
 const TIMEOUT: Duration = Duration::from_secs(2);
-
-fn web(vip: u8, endpoints: Vec<Endpoint>) -> Service {
-    Service::new("shop", "web")
-        .cluster_ip(plan::vip_v4(vip))
-        .cluster_ip(plan::vip_v6(vip))
-        .port(ServicePort::tcp("http", 80, HTTP).with_node_port(30080))
-        .endpoints(endpoints)
-}
-
-fn backend(lab: &mut Lab, name: &str) -> Vec<Endpoint> {
-    lab.add_pod(
-        PodSpec::backend(name)
-            .in_namespace("shop")
-            .label("app", "web")
-            .serve(ServerSpec::http(HTTP, 200, name))
-            .serve(ServerSpec::udp_echo(5353, name)),
-    )
-    .expect("backend pod")
-    .endpoints()
-}
-
-fn client(lab: &mut Lab) -> String {
-    lab.add_pod(PodSpec::client("client"))
-        .expect("client pod")
-        .netns()
-        .to_string()
-}
 
 #[test]
 fn tcp_through_vip_reaches_a_backend_and_is_dnatted() {
@@ -105,18 +78,7 @@ fn rolling_update_new_connections_move_while_pooled_ones_to_a_silent_pod_hang() 
     lab.sync_services(&[web(11, a)]).expect("sync");
     let vip = SocketAddr::from((plan::vip_v4(11), 80));
 
-    let pool = TcpPool::start(
-        &client,
-        vip,
-        TcpPoolConfig {
-            connections: 3,
-            interval: Duration::from_millis(100),
-            request_timeout: Duration::from_millis(300),
-            run_for: Duration::from_secs(20),
-            ..TcpPoolConfig::default()
-        },
-    )
-    .expect("pool");
+    let pool = watched_pool(&client, vip, 3, Duration::from_secs(20));
     assert!(
         pool.wait_answers(2, TIMEOUT),
         "pool never got answers: {:?}",
@@ -287,18 +249,7 @@ fn ipv6_service_and_nodeports_in_both_families() {
     }
 
     // A pooled IPv6 connection to a silently deleted pod hangs too (no NDP failure, no ICMPv6).
-    let pool = TcpPool::start(
-        &client,
-        v6,
-        TcpPoolConfig {
-            connections: 1,
-            interval: Duration::from_millis(100),
-            request_timeout: Duration::from_millis(300),
-            run_for: Duration::from_secs(10),
-            ..TcpPoolConfig::default()
-        },
-    )
-    .expect("pool");
+    let pool = watched_pool(&client, v6, 1, Duration::from_secs(10));
     assert!(pool.wait_answers(1, TIMEOUT));
     lab.delete_pod_silently("web-a").expect("silent delete");
     std::thread::sleep(Duration::from_millis(1500));

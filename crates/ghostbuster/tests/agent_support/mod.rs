@@ -273,6 +273,15 @@ impl Deref for NsApiServer {
     }
 }
 
+/// The machine-wide `nf_conntrack_max` (the limit every namespace's table shares).
+pub fn conntrack_max() -> u64 {
+    std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 pub fn now_secs() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

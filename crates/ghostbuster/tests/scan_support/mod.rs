@@ -189,20 +189,7 @@ impl Story {
 
     /// `ghostbuster explain --netns NODE --from-file FILE -o json TARGET...`
     pub fn explain(&self, file: &str, target: &[&str]) -> Run {
-        let node = self.node();
-        let mut args = vec![
-            "explain",
-            "--netns",
-            &node,
-            "--from-file",
-            file,
-            "-o",
-            "json",
-            "--clock-skew",
-            "0s",
-        ];
-        args.extend_from_slice(target);
-        Run::of(&args)
+        self.run("explain", file, target)
     }
 
     /// `ghostbuster scan --netns NODE --from-file FILE -o json EXTRA...`
@@ -772,38 +759,13 @@ pub fn http_request(stream: &mut TcpStream, timeout: Duration) -> io::Result<Str
     stream.set_read_timeout(Some(Duration::from_millis(50)))?;
     stream.write_all(b"GET / HTTP/1.1\r\nHost: netlab\r\n\r\n")?;
     let until = Instant::now() + timeout;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 2048];
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let len = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .unwrap_or(0);
-            if buf.len() >= end + 4 + len {
-                return Ok(String::from_utf8_lossy(&buf[end + 4..end + 4 + len])
-                    .trim()
-                    .to_string());
-            }
+    let answer = netlab::client::read_http_answer(stream, || {
+        if Instant::now() >= until {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "no answer"));
         }
-        match stream.read(&mut chunk) {
-            Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed")),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                if Instant::now() >= until {
-                    return Err(io::Error::new(io::ErrorKind::TimedOut, "no answer"));
-                }
-            }
-            Err(e) => return Err(e),
-        }
-    }
+        Ok(())
+    })?;
+    Ok(answer.backend)
 }
 
 /// Routes `ip` on the node into the lab's silent sink (like a vanished pod's address), so a

@@ -160,6 +160,22 @@ fn state_at(p: &PodRec, served_now: bool, t: f64) -> &'static str {
     }
 }
 
+/// How a violation names a client's failure: `12.3s tcp pool-a conn 4`, its time since the start.
+fn failure_of(f: &Failure, started: f64) -> String {
+    format!(
+        "{:.1}s {} {} conn {}",
+        f.t - started,
+        f.proto,
+        f.group,
+        f.conn
+    )
+}
+
+/// How a violation names a delete: `12.3s tcp 203.0.113.7:80 -> <to>`, its time since the start.
+fn delete_of(d: &AgentDelete, started: f64, to: impl std::fmt::Display) -> String {
+    format!("{:.1}s {} {} -> {to}", d.t - started, d.proto, d.vip)
+}
+
 fn in_window(w: &[(f64, Option<f64>)], t: f64, pad: f64) -> bool {
     w.iter()
         .any(|(a, b)| *a - pad <= t && b.is_none_or(|b| t <= b + pad))
@@ -218,11 +234,8 @@ pub fn judge(i: &Inputs<'_>) -> Verdict {
                 broken.violation(
                     &label(&pod.scenario, f.t),
                     format!(
-                        "{:.1}s {} {} conn {} to {}/{} ({st}): {}",
-                        f.t - i.started,
-                        f.proto,
-                        f.group,
-                        f.conn,
+                        "{} to {}/{} ({st}): {}",
+                        failure_of(f, i.started),
                         pod.ns,
                         pod.name,
                         f.kind
@@ -237,14 +250,7 @@ pub fn judge(i: &Inputs<'_>) -> Verdict {
                 n_broken += 1;
                 broken.violation(
                     &label(&svc.scenario, f.t),
-                    format!(
-                        "{:.1}s {} {} conn {} (no answer yet): {}",
-                        f.t - i.started,
-                        f.proto,
-                        f.group,
-                        f.conn,
-                        f.kind
-                    ),
+                    format!("{} (no answer yet): {}", failure_of(f, i.started), f.kind),
                 );
             }
         }
@@ -436,11 +442,8 @@ pub fn judge(i: &Inputs<'_>) -> Verdict {
             live_row.violation(
                 "unknown",
                 format!(
-                    "{:.1}s {} {} -> {} ({}): no such backend",
-                    d.t - i.started,
-                    d.proto,
-                    d.vip,
-                    d.backend,
+                    "{} ({}): no such backend",
+                    delete_of(d, i.started, d.backend),
                     d.verdict
                 ),
             );
@@ -452,6 +455,7 @@ pub fn judge(i: &Inputs<'_>) -> Verdict {
             .find(|s| std::net::IpAddr::V4(w.svcs[*s].vip) == d.vip.ip())
             .expect("matched above");
         let svc = &w.svcs[s];
+        let to = format!("{}/{}", pod.ns, pod.name);
         let alive = pod.gone.is_none_or(|(g, _)| g > d.t);
         let svc_deleted = svc.deleted.filter(|x| *x <= d.t).zip(svc.del_seq);
         let pod_deleted = pod.api_deleted.filter(|x| *x <= d.t).zip(pod.del_seq);
@@ -464,12 +468,8 @@ pub fn judge(i: &Inputs<'_>) -> Verdict {
                     live_row.violation(
                         &label(&pod.scenario, d.t),
                         format!(
-                            "{:.1}s {} {} -> {}/{} ({st}, alive) deleted as {}",
-                            d.t - i.started,
-                            d.proto,
-                            d.vip,
-                            pod.ns,
-                            pod.name,
+                            "{} ({st}, alive) deleted as {}",
+                            delete_of(d, i.started, &to),
                             d.verdict
                         ),
                     );
@@ -490,15 +490,14 @@ pub fn judge(i: &Inputs<'_>) -> Verdict {
             gate_row.violation(
                 &label(&pod.scenario, d.t),
                 format!(
-                    "{:.1}s {} {} -> {}/{} ({}, flow began {}): deleted before the API said anything",
-                    d.t - i.started,
-                    d.proto,
-                    d.vip,
-                    pod.ns,
-                    pod.name,
+                    "{} ({}, flow began {}): deleted before the API said anything",
+                    delete_of(d, i.started, &to),
                     d.verdict,
                     d.start
-                        .map_or("at an unknown time".to_string(), |s| format!("{:.2}s", s - i.started))
+                        .map_or("at an unknown time".to_string(), |s| format!(
+                            "{:.2}s",
+                            s - i.started
+                        ))
                 ),
             );
             continue;
@@ -510,12 +509,8 @@ pub fn judge(i: &Inputs<'_>) -> Verdict {
                 gate_row.violation(
                     &label(&pod.scenario, d.t),
                     format!(
-                        "{:.1}s {} {} -> {}/{} ({}): deleted {:.2}s after the change, gate opened {}",
-                        d.t - i.started,
-                        d.proto,
-                        d.vip,
-                        pod.ns,
-                        pod.name,
+                        "{} ({}): deleted {:.2}s after the change, gate opened {}",
+                        delete_of(d, i.started, &to),
                         d.verdict,
                         d.t - t_c,
                         g.map_or("never".to_string(), |g| format!("{:.2}s after it", g - t_c))

@@ -5,7 +5,7 @@
 //! that last answered on that connection, so the end of the run can tell a ghost that was
 //! reaped (its backend was gone) from a healthy connection that broke (its backend was alive).
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -174,42 +174,17 @@ fn read_answer(
 ) -> io::Result<String> {
     let sent = Instant::now();
     let mut late = false;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 1024];
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let len = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .unwrap_or(0);
-            if buf.len() >= end + 4 + len {
-                return Ok(String::from_utf8_lossy(&buf[end + 4..end + 4 + len])
-                    .trim()
-                    .to_string());
-            }
+    let answer = netlab::client::read_http_answer(s, || {
+        if !late && sent.elapsed() >= LATE {
+            late = true;
+            on_late();
         }
-        match s.read(&mut chunk) {
-            Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed")),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                if !late && sent.elapsed() >= LATE {
-                    late = true;
-                    on_late();
-                }
-                if sent.elapsed() >= GIVE_UP || stop.load(Ordering::Relaxed) {
-                    return Err(io::Error::new(io::ErrorKind::TimedOut, "no answer"));
-                }
-            }
-            Err(e) => return Err(e),
+        if sent.elapsed() >= GIVE_UP || stop.load(Ordering::Relaxed) {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "no answer"));
         }
-    }
+        Ok(())
+    })?;
+    Ok(answer.backend)
 }
 
 fn tcp_loop(group: &str, conn: usize, target: SocketAddr, stop: &AtomicBool, log: &Log) {

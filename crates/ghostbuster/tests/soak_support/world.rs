@@ -53,6 +53,52 @@ pub struct PodRec {
     pub scenario: String,
 }
 
+impl PodRec {
+    /// A pod born now, labelled `app: <app>`, on `node`, with no network of its own yet
+    /// (`lab` unset) and not hostNetwork; nothing has happened to it.
+    fn new(
+        ns: &str,
+        name: &str,
+        app: &str,
+        uid: String,
+        ip: IpAddr,
+        node: &str,
+        scenario: &str,
+    ) -> PodRec {
+        PodRec {
+            ns: ns.into(),
+            name: name.into(),
+            lab: None,
+            uid,
+            ip,
+            node: node.into(),
+            host_network: false,
+            labels: [("app".to_string(), app.to_string())].into(),
+            created: k8s::rfc3339_now(),
+            born: now_secs(),
+            gone: None,
+            api_deleted: None,
+            del_seq: None,
+            terminating: None,
+            scenario: scenario.into(),
+        }
+    }
+
+    /// netlab's description of it, serving `ports`.
+    fn object(&self, ports: Vec<(u16, Protocol)>) -> PodObject {
+        PodObject {
+            namespace: self.ns.clone(),
+            name: self.name.clone(),
+            uid: self.uid.clone(),
+            ips: vec![self.ip],
+            node_name: self.node.clone(),
+            labels: self.labels.clone(),
+            creation_timestamp: self.created.clone(),
+            ports,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct SvcRec {
     pub ns: String,
@@ -175,24 +221,11 @@ impl World {
         let ip = ip.unwrap_or_else(|| self.next_ip());
         spec = spec.with_ipv4(ip);
         let pod = lab.add_pod(spec).expect("add a pod");
-        let rec = PodRec {
-            ns: ns.into(),
-            name: name.into(),
+        let (uid, ip) = (pod.uid().to_string(), pod.ips()[0]);
+        self.pods.push(PodRec {
             lab: Some(lab_name.clone()),
-            uid: pod.uid().to_string(),
-            ip: pod.ips()[0],
-            node: node.into(),
-            host_network: false,
-            labels: [("app".to_string(), app.to_string())].into(),
-            created: k8s::rfc3339_now(),
-            born: now_secs(),
-            gone: None,
-            api_deleted: None,
-            del_seq: None,
-            terminating: None,
-            scenario: scenario.into(),
-        };
-        self.pods.push(rec);
+            ..PodRec::new(ns, name, app, uid, ip, node, scenario)
+        });
         let i = self.pods.len() - 1;
         if let Some(s) = svc {
             self.add_endpoint(s, i);
@@ -230,22 +263,10 @@ impl World {
         ip: IpAddr,
         host_network: bool,
     ) -> usize {
+        let uid = k8s::uid(&["Pod", ns, name, "api-only"]);
         self.pods.push(PodRec {
-            ns: ns.into(),
-            name: name.into(),
-            lab: None,
-            uid: k8s::uid(&["Pod", ns, name, "api-only"]),
-            ip,
-            node: OTHER_NODE.into(),
             host_network,
-            labels: [("app".to_string(), app.to_string())].into(),
-            created: k8s::rfc3339_now(),
-            born: now_secs(),
-            gone: None,
-            api_deleted: None,
-            del_seq: None,
-            terminating: None,
-            scenario: "api-only".into(),
+            ..PodRec::new(ns, name, app, uid, ip, OTHER_NODE, "api-only")
         });
         self.pods.len() - 1
     }
@@ -373,16 +394,7 @@ impl World {
     fn pod_object(&self, p: &PodRec) -> Value {
         let mut ports = vec![(TCP_PORT, Protocol::Tcp)];
         ports.push((UDP_PORT, Protocol::Udp));
-        let mut v = k8s::pod_object(&PodObject {
-            namespace: p.ns.clone(),
-            name: p.name.clone(),
-            uid: p.uid.clone(),
-            ips: vec![p.ip],
-            node_name: p.node.clone(),
-            labels: p.labels.clone(),
-            creation_timestamp: p.created.clone(),
-            ports,
-        });
+        let mut v = k8s::pod_object(&p.object(ports));
         if p.host_network {
             v["spec"]["hostNetwork"] = json!(true);
         }
@@ -406,19 +418,7 @@ impl World {
             .iter()
             .filter(|p| p.api_deleted.is_none())
             .collect();
-        let pod_objects: Vec<PodObject> = pods
-            .iter()
-            .map(|p| PodObject {
-                namespace: p.ns.clone(),
-                name: p.name.clone(),
-                uid: p.uid.clone(),
-                ips: vec![p.ip],
-                node_name: p.node.clone(),
-                labels: p.labels.clone(),
-                creation_timestamp: p.created.clone(),
-                ports: Vec::new(),
-            })
-            .collect();
+        let pod_objects: Vec<PodObject> = pods.iter().map(|p| p.object(Vec::new())).collect();
         for s in self.svcs.iter().filter(|s| s.deleted.is_none()) {
             let svc = self.netlab_service(s);
             out.insert(

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-pub use oneshot::{http_get, udp_query, HttpAnswer};
+pub use oneshot::{http_get, read_http_answer, udp_query, HttpAnswer};
 pub use pool::{AppProtocol, TcpPool, TcpPoolConfig, MAX_POOL};
 pub use report::{
     error_kind, ClientReport, ConnectionReport, ErrorRecord, Phase, Stall, StallEnd, MAX_RECORDS,

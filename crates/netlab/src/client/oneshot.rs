@@ -48,6 +48,40 @@ pub(crate) fn parse_http(buf: &[u8]) -> Option<std::result::Result<HttpAnswer, S
     }))
 }
 
+/// Reads one HTTP answer from `stream`, whose read timeout makes each read a tick: `on_tick` runs
+/// after every read that timed out, and its error ends the wait. A peer that closes before a
+/// whole answer is `UnexpectedEof`; a malformed answer is an error too.
+pub fn read_http_answer(
+    stream: &mut impl Read,
+    mut on_tick: impl FnMut() -> io::Result<()>,
+) -> io::Result<HttpAnswer> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(answer) = parse_http(&buf) {
+            return answer.map_err(io::Error::other);
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "closed before an answer",
+                ))
+            }
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                on_tick()?
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// One HTTP request on a fresh connection from namespace `netns`: which backend answers a *new*
 /// connection to `target` right now.
 pub fn http_get(netns: &str, target: SocketAddr, timeout: Duration) -> Result<HttpAnswer> {
@@ -56,33 +90,12 @@ pub fn http_get(netns: &str, target: SocketAddr, timeout: Duration) -> Result<Ht
         let mut stream = TcpStream::connect_timeout(&target, timeout)?;
         stream.set_read_timeout(Some(TICK))?;
         stream.write_all(b"GET / HTTP/1.1\r\nHost: netlab\r\nConnection: close\r\n\r\n")?;
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        loop {
-            if let Some(answer) = parse_http(&buf) {
-                return answer.map_err(io::Error::other);
+        read_http_answer(&mut stream, || {
+            if Instant::now() >= deadline {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "no answer"));
             }
-            match stream.read(&mut chunk) {
-                Ok(0) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "closed before an answer",
-                    ))
-                }
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    if Instant::now() >= deadline {
-                        return Err(io::Error::new(io::ErrorKind::TimedOut, "no answer"));
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-        }
+            Ok(())
+        })
     })?
     .map_err(|e| Error::io(format!("HTTP GET to {target} from {netns}"), e))
 }

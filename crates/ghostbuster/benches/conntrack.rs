@@ -205,6 +205,9 @@ fn one_size(n: usize, runs: usize) {
         entries: n,
         services: 200,
         stale_fraction: 0.02,
+        // The rounds at 1M take minutes: UDP entries must outlive them (the default 120 s
+        // would expire a third of the table mid-run, and the sweep's check would count them).
+        udp_timeout: 3600,
         ..BulkSpec::default()
     };
     // Entries carry their start time (docs/install.md recommends it): without it a flow's age is
@@ -365,6 +368,7 @@ fn one_size(n: usize, runs: usize) {
     }
     let rows = bench_rounds(&mut cases, runs);
     drop(cases);
+    print_rows(&rows, ctdump.is_some());
     let left = ct
         .borrow_mut()
         .dump_vec(&Filter::default())
@@ -401,7 +405,7 @@ fn one_size(n: usize, runs: usize) {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    print_rows(&rows, ctdump.is_some());
+
     let mut ct = ct.into_inner();
 
     // Delete phase alone (in process): exact deletes of the stale entries.

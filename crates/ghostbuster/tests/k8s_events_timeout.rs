@@ -133,9 +133,11 @@ fn a_hung_node_warning_gives_up_after_its_timeout() {
     let post = rt.spawn(k8s_events::post_node_warning_within(
         client(&api),
         "node-a".into(),
-        "RemoveConntrackEntries",
-        "GhostbusterCircuitOpen",
-        "stopped removing".into(),
+        k8s_events::NodeWarning {
+            action: "RemoveConntrackEntries",
+            reason: "GhostbusterCircuitOpen",
+            note: "stopped removing".into(),
+        },
         Duration::from_millis(300),
     ));
     rt.block_on(async {

@@ -260,18 +260,34 @@ pub async fn post_node_warning_for(
     reason: &'static str,
     note: String,
 ) {
-    post_node_warning_within(client, node, action, reason, note, EVENT_CALL_TIMEOUT).await
+    let warning = NodeWarning {
+        action,
+        reason,
+        note,
+    };
+    post_node_warning_within(client, node, warning, EVENT_CALL_TIMEOUT).await
+}
+
+/// What a Warning Event on the Node says.
+pub struct NodeWarning {
+    /// What the agent was doing.
+    pub action: &'static str,
+    pub reason: &'static str,
+    pub note: String,
 }
 
 /// [`post_node_warning_for`] giving up after `limit`: the Event is then dropped with a warning.
 pub async fn post_node_warning_within(
     client: kube::Client,
     node: String,
-    action: &'static str,
-    reason: &'static str,
-    note: String,
+    warning: NodeWarning,
     limit: Duration,
 ) {
+    let NodeWarning {
+        action,
+        reason,
+        note,
+    } = warning;
     let node = node.as_str();
     let ev = Event {
         metadata: ObjectMeta {

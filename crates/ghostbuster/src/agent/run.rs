@@ -210,10 +210,14 @@ pub async fn run(
         let (tx, rx) = std::sync::mpsc::channel();
         actors.add(
             super::socket_ender::spawn(
-                netns.clone(),
-                metrics.clone(),
-                admin_state.recent.clone(),
-                a.log_removed_flows,
+                super::socket_ender::Settings {
+                    node_netns: netns.clone(),
+                    log_each: a.log_removed_flows,
+                },
+                super::socket_ender::Outputs {
+                    metrics: metrics.clone(),
+                    recent: admin_state.recent.clone(),
+                },
                 rx,
                 actors.shutdown(),
             )

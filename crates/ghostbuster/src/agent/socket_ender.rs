@@ -22,15 +22,33 @@ use crate::telemetry::recent::Recent;
 /// bounded by the breakers).
 pub type Requests = Sender<Flow>;
 
-/// Starts the ender. `node_netns`: the node's namespace (`None`: the agent's own).
+/// How the ender works.
+pub struct Settings {
+    /// The node's namespace (`None`: the agent's own).
+    pub node_netns: Option<String>,
+    /// Log every result, not only destroyed sockets (`--log-removed-flows`).
+    pub log_each: bool,
+}
+
+/// Where its results go.
+pub struct Outputs {
+    pub metrics: Arc<Metrics>,
+    /// `/debug/recent`: the result is noted on the flow's entry.
+    pub recent: Recent,
+}
+
+/// Starts the ender.
 pub fn spawn(
-    node_netns: Option<String>,
-    metrics: Arc<Metrics>,
-    recent: Recent,
-    log_each: bool,
+    settings: Settings,
+    outputs: Outputs,
     requests: Receiver<Flow>,
     shutdown: Shutdown,
 ) -> std::io::Result<Actor> {
+    let Settings {
+        node_netns,
+        log_each,
+    } = settings;
+    let Outputs { metrics, recent } = outputs;
     Actor::thread("sockets", move || {
         let mut terminator = Terminator::new(node_netns);
         while !shutdown.is_set() {

@@ -3,8 +3,9 @@
 //! stream or pooled connection that waits on a dead backend until its keepalive fires.
 //!
 //! With the option the ghost's reader gets ECONNABORTED within 1 s of the removal, the healthy
-//! neighbour to the same Service (on the new backend) is untouched and the metric counts one
-//! destroyed socket; without it the reader stays blocked after the agent removed its entry.
+//! neighbour to the same Service (on the new backend) is untouched, and every removed flow's
+//! socket is counted destroyed (or already gone: the pool's clients close their own on timeouts);
+//! without it the reader stays blocked after the agent removed its entry.
 //!
 //! Kernel tests need root: outside CI they skip with a printed reason, in CI (`CI` set) they fail.
 
@@ -100,22 +101,27 @@ fn with_terminate_sockets_a_reader_blocked_on_a_ghost_returns_at_once() {
         return;
     };
     expect_aborted(&idle.ghost, idle.removed_at, "the ghost's reader");
-    // Every ghost's client is on this node (the idle one and the pool's two): each removed
-    // flow's socket was destroyed, nothing else.
+    // Every ghost's client is on this node: the idle one (blocked in read, ended above) and the
+    // pool's two, which the pool may already have closed itself (its requests time out on the
+    // dead backend and it reconnects): each removed flow's socket was destroyed, or was gone.
     let m = idle.rig.agent.metrics_until(Duration::from_secs(5), |m| {
         metric_sum(m, "ghostbuster_sockets_terminated_total")
             >= metric_sum(m, "ghostbuster_flows_removed_total")
     });
     let removed = metric_sum(&m, "ghostbuster_flows_removed_total");
-    let destroyed: f64 = m
-        .lines()
-        .filter(|l| l.starts_with("ghostbuster_sockets_terminated_total{result=\"destroyed\"}"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let result = |r: &str| -> f64 {
+        let prefix = format!("ghostbuster_sockets_terminated_total{{result=\"{r}\"}}");
+        m.lines()
+            .filter(|l| l.starts_with(&prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
     assert_eq!(removed, 3.0, "{m}");
-    assert_eq!(destroyed, removed, "{m}");
+    assert!(result("destroyed") >= 1.0, "{m}");
+    assert_eq!(result("destroyed") + result("no_socket"), removed, "{m}");
 
-    // Each deleted flow's /debug/recent entry says its socket was destroyed (schema-valid).
+    // The ghost's /debug/recent entry says its socket was destroyed; every entry is schema-valid
+    // and carries a socket result.
     let (code, recent) = http_get(idle.rig.agent.port, "/debug/recent").unwrap();
     assert_eq!(code, 200);
     let recent: serde_json::Value = serde_json::from_str(&recent).unwrap();
@@ -124,9 +130,18 @@ fn with_terminate_sockets_a_reader_blocked_on_a_ghost_returns_at_once() {
         .as_array()
         .or_else(|| recent["flows"].as_array())
         .unwrap();
+    let (client, _) = idle.ghost_tuple;
     for f in flows {
         assert_eq!(f["result"], "deleted", "{f:#}");
-        assert_eq!(f["socket"], "destroyed", "{f:#}");
+        let want: &[&str] = if f["original"]["sport"] == client.port() {
+            &["destroyed"]
+        } else {
+            &["destroyed", "no_socket"]
+        };
+        assert!(
+            want.iter().any(|w| f["socket"] == *w),
+            "{f:#}: socket should be one of {want:?}"
+        );
     }
 
     // explain --agent tells the removed flow's story: gone from the table, removed by the agent,

@@ -44,6 +44,9 @@ pub struct Config {
     pub kube_proxy_mode_interval: Duration,
     /// Receive buffer of the conntrack event socket, in bytes.
     pub event_buffer_bytes: usize,
+    /// Keep an index of DNAT'd entries by backend from conntrack events (removals without a
+    /// walk of the table).
+    pub flow_index: bool,
     /// Export per-CPU conntrack counters with a `cpu` label.
     pub per_cpu_metrics: bool,
     /// A watch silent for longer than this is stale.

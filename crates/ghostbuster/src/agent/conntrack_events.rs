@@ -5,11 +5,17 @@
 //! hash lookup; the reactor does the rest, coalesced. Lost events (ENOBUFS) mean "resync": one full
 //! pass once the overflows stop (at most `RESYNC_MAX_DELAY` later), however many happen.
 //!
-//! A busy node creates 10k–100k flows per second, nearly all toward live backends. The socket
-//! carries a kernel-side filter on the reply source (see `ctnetlink::bpf`), kept equal to the dead
-//! backends by [`Shared::refresh_dead_backends`], so the kernel drops the others before they are
-//! queued: no wake-up, and far fewer overflows. Every event that does arrive is still checked
-//! here: the filter lets through what it cannot read, and nothing when attaching fails.
+//! With the flow index (`--flow-index`, the default) the thread also keeps
+//! [`super::flow_index::FlowIndex`] current: it reads NEW and DESTROY events of every DNAT'd
+//! flow (the kernel drops the others: a filter on the status's DST_NAT bit), adds and removes
+//! them, and marks the index untrusted when events are lost or the thread ends.
+//!
+//! Without it, the socket reads NEW events only and carries a kernel-side filter on the reply
+//! source (see `ctnetlink::bpf`), kept equal to the dead backends by
+//! [`Shared::refresh_dead_backends`], so the kernel drops flows toward live backends before they
+//! are queued: no wake-up, and far fewer overflows. Either way every event that does arrive is
+//! still checked here: a filter lets through what it cannot read, and nothing when attaching
+//! fails.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -17,7 +23,7 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ctnetlink::{EventGroups, EventKind, EventSocket};
+use ctnetlink::{EventGroups, EventKind, EventSocket, Flow};
 
 use super::reactor::{Shared, Work};
 use super::supervisor::{Actor, Shutdown};
@@ -67,12 +73,29 @@ impl Backoff {
     }
 }
 
-/// Opens the subscription (so errors surface at start) and returns the loop to run on a thread.
-/// `buffer`: the receive buffer to ask for (bigger buffers lose fewer events in bursts).
-pub fn subscribe(netns: Option<&str>, buffer: usize) -> ctnetlink::Result<EventSocket> {
-    let s = EventSocket::open_in(netns, EventGroups::NEW, buffer)?;
-    s.set_timeout(Some(Duration::from_millis(250)))?;
-    Ok(s)
+/// An open event socket, and whether it feeds the flow index.
+pub struct Subscription {
+    sock: EventSocket,
+    index: bool,
+}
+
+/// Opens the subscription (so errors surface at start). `buffer`: the receive buffer to ask for
+/// (bigger buffers lose fewer events in bursts). `index`: also keep the flow index (NEW and
+/// DESTROY events of every DNAT'd flow), else NEW events toward dead backends only.
+pub fn subscribe(netns: Option<&str>, buffer: usize, index: bool) -> ctnetlink::Result<Subscription> {
+    let groups = if index {
+        EventGroups::NEW | EventGroups::DESTROY
+    } else {
+        EventGroups::NEW
+    };
+    let sock = EventSocket::open_in(netns, groups, buffer)?;
+    sock.set_timeout(Some(Duration::from_millis(250)))?;
+    Ok(Subscription { sock, index })
+}
+
+// TEMP until h/bpf lands.
+fn dnat_filter(_s: &EventSocket) -> ctnetlink::Result<()> {
+    Ok(())
 }
 
 /// Forgets the socket's filter handle when the event thread ends, however it ends.
@@ -86,12 +109,16 @@ impl Drop for FilterInstalled<'_> {
 
 /// Starts the event reader actor (a thread: `recv` blocks): [`run`] until the shutdown.
 pub fn spawn(
-    sock: EventSocket,
+    sock: Subscription,
     shared: Arc<Shared>,
     work: Sender<Work>,
     sink: impl EventSink + 'static,
     shutdown: Shutdown,
 ) -> std::io::Result<Actor> {
+    if sock.index {
+        // Before the thread runs: a full pass that starts meanwhile may trust what it builds.
+        shared.flows.set_live(true);
+    }
     Actor::thread("ct-events", move || {
         run(sock, shared, work, sink, shutdown);
         Ok(())
@@ -100,15 +127,37 @@ pub fn spawn(
 
 /// Reads events until the shutdown; sends work to the reactor.
 pub fn run(
-    mut sock: EventSocket,
+    sub: Subscription,
     shared: Arc<Shared>,
     work: Sender<Work>,
     sink: impl EventSink,
     stop: Shutdown,
 ) {
+    let Subscription {
+        mut sock,
+        index,
+    } = sub;
+    // While this thread reads events into the flow index, a full pass may make it trusted.
+    struct Indexing<'a>(&'a Shared);
+    impl Drop for Indexing<'_> {
+        fn drop(&mut self) {
+            self.0.flows.set_live(false);
+        }
+    }
+    let _indexing = if index {
+        if let Err(e) = dnat_filter(&sock) {
+            tracing::warn!(error = %e, "could not filter conntrack events in the kernel; reading every event");
+        }
+        shared.flows.set_live(true);
+        Some(Indexing(&shared))
+    } else {
+        None
+    };
     // From here on the dead-backend set and the kernel filter change together. Events queued
     // before are unfiltered, which is safe.
-    shared.set_event_filter(Some(sock.filter_handle()));
+    if !index {
+        shared.set_event_filter(Some(sock.filter_handle()));
+    }
     let _installed = FilterInstalled(&shared);
     let mut backoff = Backoff {
         next: HashMap::new(),
@@ -135,11 +184,19 @@ pub fn run(
         // Candidates first, the set after: the read lock is not held while blocked in recv, so
         // updating the set (and the filter) never waits for a read timeout.
         let mut hits: Vec<IpAddr> = Vec::new();
+        let mut changes: Vec<(EventKind, Flow)> = Vec::new();
         let r = sock.recv(|kind, f| {
-            if kind == EventKind::New && f.is_dnat() {
+            if !f.is_dnat() {
+                return;
+            }
+            if kind == EventKind::New {
                 hits.push(f.reply.src);
             }
+            if index && kind != EventKind::Update {
+                changes.push((kind, *f));
+            }
         });
+        shared.flows.apply(&changes);
         if !hits.is_empty() {
             let dead = shared.dead_backends();
             hits.retain(|ip| dead.contains(ip));
@@ -149,6 +206,7 @@ pub fn run(
             Ok(_) => {}
             Err(ctnetlink::Error::EventsLost) => {
                 shared.event_marks.lost();
+                shared.flows.lost();
                 sink.lost();
                 lost_since.get_or_insert(now);
                 lost_last = now;

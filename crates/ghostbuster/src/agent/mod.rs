@@ -17,6 +17,7 @@ pub mod config;
 pub mod conntrack_events;
 pub mod cpu;
 pub mod dataplane;
+pub mod flow_index;
 pub mod gate;
 pub mod k8s_events;
 pub mod kube_proxy_reader;

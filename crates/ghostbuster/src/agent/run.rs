@@ -266,14 +266,9 @@ pub async fn run(
         first_full_pass: Arc::new(AtomicBool::new(false)),
         top_services: top_services.clone(),
     };
-    let reactor = Reactor::new(ct, shared.clone(), world, a.reactor.clone());
-    actors.add(
-        super::reactor::spawn(reactor, work_rx, actors.shutdown())
-            .context("start the reactor thread")?,
-    );
-
-    // Conntrack NEW events.
-    match conntrack_events::subscribe(netns.as_deref(), a.event_buffer_bytes) {
+    // Conntrack events, before the reactor: its first full pass builds the flow index, which it
+    // trusts only if the event thread was already reading.
+    match conntrack_events::subscribe(netns.as_deref(), a.event_buffer_bytes, a.flow_index) {
         Ok(sock) => actors.add(
             conntrack_events::spawn(
                 sock,
@@ -288,6 +283,12 @@ pub async fn run(
         ),
         Err(e) => tracing::warn!(error = %e, "no conntrack events; relying on periodic scans"),
     }
+    let reactor = Reactor::new(ct, shared.clone(), world, a.reactor.clone());
+    actors.add(
+        super::reactor::spawn(reactor, work_rx, actors.shutdown())
+            .context("start the reactor thread")?,
+    );
+
     drop(work_tx);
 
     // Table sampler: size, limit, per-CPU counters every 15 s; warnings at 75 % and 90 %; the

@@ -182,6 +182,12 @@ impl World for AgentWorld {
             pass.scanned,
             pass.stale.iter().map(|(k, n)| (k.clone(), *n)),
         );
+        if pass.kind == PassKind::Targeted {
+            m.record_backend_read(pass.read_by_index);
+        }
+        if let Some(ix) = &pass.flow_index {
+            m.set_flow_index(ix);
+        }
         if pass.kind == PassKind::Full {
             m.set_entries_by_state(
                 pass.by_state

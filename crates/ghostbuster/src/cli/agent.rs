@@ -108,6 +108,12 @@ pub struct AgentArgs {
     /// it, events are lost and one full scan resynchronises (`ghostbuster_conntrack_events_lost_total`).
     #[arg(long, default_value_t = 8 << 20)]
     pub event_buffer_bytes: usize,
+    /// Keep an index of this node's DNAT'd conntrack entries by backend, from NEW and DESTROY
+    /// events (rebuilt by each full pass), so that removing a backend's flows reads only them
+    /// instead of walking the whole table. `--flow-index=false`: NEW events toward dead
+    /// backends only, and a kernel walk per removal.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub flow_index: bool,
     /// Export per-CPU conntrack counters with a `cpu` label (default: summed).
     #[arg(long)]
     pub per_cpu_metrics: bool,
@@ -224,6 +230,7 @@ impl AgentArgs {
             },
             kube_proxy_mode_interval: self.kube_proxy_mode_interval,
             event_buffer_bytes: self.event_buffer_bytes,
+            flow_index: self.flow_index,
             per_cpu_metrics: self.per_cpu_metrics,
             watch_stale_after: self.watch_stale_after,
         })

@@ -220,6 +220,50 @@ pub struct Metrics {
     forecast: Mutex<(Forecaster, u64)>,
     table_full_eta: GaugeSet,
     sysctl: GaugeSet,
+    flow_index: FlowIndexMetrics,
+}
+
+#[derive(Debug)]
+/// The flow index (`agent::flow_index`): how removed backends' flows were read, and its size.
+struct FlowIndexMetrics {
+    reads: Family<Labels, Counter>,
+    entries: Gauge,
+    bytes: Gauge,
+    trusted: Gauge,
+}
+
+impl FlowIndexMetrics {
+    fn register(r: &mut Registry) -> Self {
+        let m = FlowIndexMetrics {
+            reads: Family::default(),
+            entries: Gauge::default(),
+            bytes: Gauge::default(),
+            trusted: Gauge::default(),
+        };
+        r.register(
+            "ghostbuster_backend_reads",
+            "Targeted passes by how the backend's flows were read: `index` (exact reads of the \
+             entries the flow index names) or `walk` (a dump of the whole table)",
+            m.reads.clone(),
+        );
+        r.register(
+            "ghostbuster_flow_index_entries",
+            "DNAT'd conntrack entries in the flow index",
+            m.entries.clone(),
+        );
+        r.register(
+            "ghostbuster_flow_index_bytes",
+            "Heap held by the flow index's tables (estimate)",
+            m.bytes.clone(),
+        );
+        r.register(
+            "ghostbuster_flow_index_trusted",
+            "1 while the flow index is complete (rebuilt by a full pass, no conntrack event lost \
+             since); 0: removals walk the table",
+            m.trusted.clone(),
+        );
+        m
+    }
 }
 
 impl Metrics {
@@ -418,6 +462,7 @@ impl Metrics {
             "Result of each audit check: 0 ok, 1 info, 2 warn, 3 critical",
             sysctl.clone(),
         );
+        let flow_index = FlowIndexMetrics::register(&mut r);
         let admission = Admission::new(config.max_service_series);
         let m = Metrics {
             config,
@@ -453,6 +498,7 @@ impl Metrics {
             forecast: Mutex::new((Forecaster::new(), 0)),
             table_full_eta,
             sysctl,
+            flow_index,
         };
         m.set_mode(false);
         m
@@ -543,6 +589,23 @@ impl Metrics {
         self.sockets_ended
             .get_or_create(&vec![("result", e.label().to_string())])
             .inc();
+    }
+
+    /// A targeted pass read its backend's flows through the flow index (or walked the table).
+    pub fn record_backend_read(&self, by_index: bool) {
+        let how = if by_index { "index" } else { "walk" };
+        self.flow_index
+            .reads
+            .get_or_create(&vec![("how", how.to_string())])
+            .inc();
+    }
+
+    /// The flow index as a pass left it.
+    pub fn set_flow_index(&self, s: &crate::agent::flow_index::Summary) {
+        let m = &self.flow_index;
+        m.entries.set(s.flows as i64);
+        m.bytes.set(s.heap_bytes as i64);
+        m.trusted.set(i64::from(s.trusted));
     }
 
     pub fn record_recreated(&self, n: u64) {

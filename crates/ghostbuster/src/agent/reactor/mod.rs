@@ -35,6 +35,7 @@ use jiff::Timestamp;
 
 use self::asks::{next_retry, Asked, HolderAsks, IP_ANSWER_TTL};
 use self::report::{is_settled, keep_shown, Settled};
+use super::flow_index::{Entries, Indexing};
 use super::gate::{self, Breaker, DeleteBudget, Hold, KubeProxyView};
 use super::prefetch::{self, Snapshot};
 use super::supervisor::{Actor, Shutdown};
@@ -121,6 +122,8 @@ struct Ready {
     removed_at: Option<Timestamp>,
     flows: Vec<ctnetlink::Flow>,
     read_at: Instant,
+    /// Read through the flow index (exact reads), not a walk of the table.
+    by_index: bool,
 }
 
 impl<T: Table, W: World> Reactor<T, W> {
@@ -302,6 +305,23 @@ impl<T: Table, W: World> Reactor<T, W> {
     /// [`prefetch::REREAD_EVERY`]: each read walks the whole table. The opening reads it again
     /// anyway when its snapshot is not usable then.
     fn prefetch(&mut self, waiting: Vec<IpAddr>) {
+        if waiting.is_empty() {
+            return;
+        }
+        // With a trusted flow index nothing is read in advance (the opening reads the entries
+        // it names, exactly); the pod GETs start now all the same.
+        let counts: Option<Vec<(IpAddr, usize)>> = waiting
+            .iter()
+            .map(|ip| self.shared.flows.count_of(*ip).map(|n| (*ip, n)))
+            .collect();
+        if let Some(counts) = counts {
+            for (ip, n) in counts {
+                if n > 0 {
+                    confirm_pods(&self.shared, &mut self.world, ip);
+                }
+            }
+            return;
+        }
         let now = Instant::now();
         let marks = &self.shared.event_marks;
         let need: Vec<IpAddr> = waiting
@@ -332,8 +352,19 @@ impl<T: Table, W: World> Reactor<T, W> {
         }
     }
 
-    /// Gate open: the flows of each backend, from its snapshot when still good, else read now.
+    /// Gate open: the flows of each backend — through the flow index when it is trusted (an
+    /// exact read of each entry it names, no walk), else from its snapshot when still good, else
+    /// read now.
     fn read_open(&mut self, open: Vec<(IpAddr, Option<Timestamp>)>) -> Vec<Ready> {
+        if open.is_empty() {
+            return Vec::new();
+        }
+        if let Some(ready) = self.read_by_index(&open) {
+            for b in &ready {
+                self.prefetched.remove(&b.ip);
+            }
+            return ready;
+        }
         let now = Instant::now();
         let marks = &self.shared.event_marks;
         let mut ready = Vec::new();
@@ -345,6 +376,7 @@ impl<T: Table, W: World> Reactor<T, W> {
                     removed_at,
                     flows: s.flows,
                     read_at: s.taken,
+                    by_index: false,
                 }),
                 _ => reread.push((ip, removed_at)),
             }
@@ -363,12 +395,56 @@ impl<T: Table, W: World> Reactor<T, W> {
                         removed_at,
                         flows,
                         read_at,
+                        by_index: false,
                     });
                 }
             }
             Err(e) => tracing::warn!(error = %e, "reading a backend's flows failed"),
         }
         ready
+    }
+
+    /// The flows of `open` read through the flow index: every entry it names toward each backend
+    /// read again by its reply tuple, now. `None` (read the table instead) while the index is
+    /// not trusted, or when a read failed: a backend's flows must be read whole.
+    fn read_by_index(&mut self, open: &[(IpAddr, Option<Timestamp>)]) -> Option<Vec<Ready>> {
+        let ips: Vec<IpAddr> = open.iter().map(|(ip, _)| *ip).collect();
+        let keys = self.shared.flows.keys_of(&ips)?;
+        let all: Vec<ctnetlink::DeleteKey> =
+            keys.iter().flat_map(|(_, k)| k.iter().copied()).collect();
+        let read_at = Instant::now();
+        let found = match self.table.get(&all) {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading a backend's entries through the flow index failed; walking the table");
+                return None;
+            }
+        };
+        let mut found = found.into_iter();
+        let mut ready = Vec::with_capacity(open.len());
+        for ((ip, removed_at), (_, keys)) in open.iter().zip(&keys) {
+            let mut flows = Vec::with_capacity(keys.len());
+            for lookup in found.by_ref().take(keys.len()) {
+                match lookup {
+                    // The entry that holds the reply tuple now (a newer one is as much this
+                    // backend's flow as the one the index saw).
+                    ctnetlink::Lookup::Found(f) if f.reply.src == *ip => flows.push(f),
+                    ctnetlink::Lookup::Found(_) | ctnetlink::Lookup::Gone => {}
+                    failed => {
+                        tracing::warn!(backend = %ip, ?failed, "an exact read through the flow index failed; walking the table");
+                        return None;
+                    }
+                }
+            }
+            ready.push(Ready {
+                ip: *ip,
+                removed_at: *removed_at,
+                flows,
+                read_at,
+                by_index: true,
+            });
+        }
+        Some(ready)
     }
 
     /// One open backend: its pods confirmed (only now that this node holds flows to it), the
@@ -432,6 +508,8 @@ impl<T: Table, W: World> Reactor<T, W> {
             removed_at: b.removed_at,
             gate_opened: Some(gate_opened),
         });
+        let mut r = r;
+        r.read_by_index = b.by_index;
         if r.held.as_ref().is_some_and(Hold::lifts_by_itself) {
             self.held_back.insert(ip);
         }
@@ -449,10 +527,18 @@ impl<T: Table, W: World> Reactor<T, W> {
         // Kept findings no step of this pass can change are counted (and a few kept for the
         // report), not carried through it: the pass's memory follows what it may act on.
         let mut settled = Settled::default();
+        // The pass's dump also rebuilds the flow index (while the event thread feeds it).
+        let shared = self.shared.clone();
+        let mut rebuilding = shared.flows.is_live().then(|| shared.flows.begin_rebuild());
+        let mut fresh = Entries::default();
+        let mut table = Indexing {
+            table: &mut self.table,
+            fresh: &mut fresh,
+        };
         let report = {
             let ix = self.shared.index.read().unwrap_or_else(|e| e.into_inner());
             scan_into(
-                &mut self.table,
+                &mut table,
                 &ix,
                 &self.cfg.policy,
                 &Filter::default(),
@@ -474,9 +560,16 @@ impl<T: Table, W: World> Reactor<T, W> {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, "full scan failed");
+                // Dropped: the rebuild is abandoned, the index stays as it was.
+                drop(rebuilding);
                 return PassReport::nothing(PassKind::Full, started);
             }
         };
+        if let Some(mut r) = rebuilding.take() {
+            r.fresh = fresh;
+            let s = shared.flows.finish_rebuild(r);
+            tracing::debug!(flows = s.flows, backends = s.backends, heap_bytes = s.heap_bytes, trusted = s.trusted, "flow index rebuilt");
+        }
         let (by_state, by_service) = (report.by_state, report.by_service);
         let service_flows = report.scanned
             - report
@@ -669,6 +762,12 @@ impl<T: Table, W: World> Reactor<T, W> {
             gate_opened,
             by_state: BTreeMap::new(),
             by_service: HashMap::new(),
+            read_by_index: false,
+            flow_index: self
+                .shared
+                .flows
+                .is_live()
+                .then(|| self.shared.flows.summary()),
         }
     }
 

@@ -47,6 +47,11 @@ pub struct PassReport {
     /// Full passes: entries per (protocol, state) and service flows per Service.
     pub by_state: BTreeMap<(u8, &'static str), u64>,
     pub by_service: HashMap<(Name, Name), u64>,
+    /// Targeted passes: whether the backend's flows were read through the flow index (exact
+    /// reads of its entries) rather than a walk of the table.
+    pub read_by_index: bool,
+    /// The flow index after the pass (`None` when it is off).
+    pub flow_index: Option<crate::agent::flow_index::Summary>,
 }
 
 impl PassReport {
@@ -70,6 +75,8 @@ impl PassReport {
             gate_opened: None,
             by_state: BTreeMap::new(),
             by_service: HashMap::new(),
+            read_by_index: false,
+            flow_index: None,
         }
     }
 }

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use ctnetlink::{EventFilterHandle, FilterApplied};
 use jiff::Timestamp;
 
+use crate::agent::flow_index::FlowIndex;
 use crate::agent::prefetch::EventMarks;
 use crate::cluster::Index;
 
@@ -30,6 +31,9 @@ pub struct Shared {
     changed_at: Mutex<Timestamp>,
     /// What the event thread saw since a snapshot of a backend's flows was taken.
     pub event_marks: EventMarks,
+    /// This node's DNAT'd entries by backend (kept by the event thread, rebuilt by full passes):
+    /// a removed backend's flows without a walk of the table.
+    pub flows: FlowIndex,
     /// Backends whose gate waits on kube-proxy (behind, failing, unreadable): looked at again
     /// as soon as a reading moves its view ([`Work::KubeProxy`]).
     waiting_on_kube_proxy: Mutex<HashSet<IpAddr>>,
@@ -99,6 +103,7 @@ impl Shared {
             circuit_open: AtomicBool::new(false),
             changed_at: Mutex::new(Timestamp::now()),
             event_marks: EventMarks::default(),
+            flows: FlowIndex::default(),
             waiting_on_kube_proxy: Mutex::default(),
         })
     }

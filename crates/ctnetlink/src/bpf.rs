@@ -1,5 +1,6 @@
-//! A classic BPF socket filter for conntrack events: let through only the events whose REPLY
-//! tuple's source address (the backend of a DNAT'd flow) is in a given set.
+//! Classic BPF socket filters for conntrack events: let through only the events whose REPLY
+//! tuple's source address (the backend of a DNAT'd flow) is in a given set
+//! ([`reply_src_program`]), or only the events of DNAT'd flows ([`dnat_program`]).
 //!
 //! Why: a busy node creates 10k–100k flows per second, and a listener that only cares about flows
 //! toward a handful of backends would otherwise wake up, copy and parse every one of them (and
@@ -27,6 +28,15 @@
 //!   wrong length, unknown family) is accepted: fail open;
 //! - a set too large for one program ([`MAX_ADDRESSES`], or more than [`MAX_INSNS`] instructions)
 //!   yields no program at all ("accept everything") rather than an error.
+//!
+//! A second program, [`dnat_program`], accepts a conntrack NEW/DELETE event only when its
+//! `CTA_STATUS` has `IPS_DST_NAT`: the flow was DNAT'd (kube-proxy's Service flows). A listener
+//! that indexes DNAT'd flows by backend needs no address set for that, and the flows that were
+//! not DNAT'd (the bulk of a node's own traffic) never leave the kernel. It finds `CTA_STATUS`
+//! among the top-level attributes (`SKF_AD_NLATTR`) and tests the bit with `jset`; ctnetlink puts
+//! the status big-endian (`nla_put_be32`), which is how a packet load reads it. Same decisions:
+//! other messages are accepted, and so is an event the program cannot read (too short, no status,
+//! a status attribute whose `nla_len` is not 8).
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -58,6 +68,8 @@ const FAMILY_OFFSET: u32 = 16;
 const NLA_HDRLEN: u32 = 4;
 /// Longest forward distance of a conditional jump (`jt`/`jf` are one byte).
 const MAX_COND_JUMP: usize = u8::MAX as usize;
+/// `IPS_DST_NAT` in the status word (which loads as its value: both are big-endian).
+const IPS_DST_NAT: u32 = crate::flow::Status::DST_NAT.bits();
 
 // Opcodes, spelled like the kernel's (the values are fixed by the ABI).
 const LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
@@ -74,6 +86,7 @@ const TAX: u16 = (libc::BPF_MISC | libc::BPF_TAX) as u16;
 const JA: u16 = (libc::BPF_JMP | libc::BPF_JA) as u16;
 const JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
 const JGE_K: u16 = (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16;
+const JSET_K: u16 = (libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K) as u16;
 const RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
 
 /// `k` of the two ancillary loads (negative offsets, as the kernel's ABI spells them).
@@ -143,6 +156,43 @@ where
         match_reply_src(v4_body, v6_body)?
     };
     (prog.len() <= MAX_INSNS).then_some(prog)
+}
+
+/// Builds the program that accepts a conntrack NEW/DELETE event only when its status has
+/// [`Status::DST_NAT`](crate::Status::DST_NAT) (a DNAT'd flow), and accepts every other message.
+///
+/// Events it cannot judge (no `CTA_STATUS`, or one whose `nla_len` is not 8) are accepted: user
+/// space re-checks [`Flow::is_dnat`](crate::Flow::is_dnat) on every event it gets.
+pub fn dnat_program() -> Vec<sock_filter> {
+    let mut a = Asm::default();
+    let (ct, acc, drop) = (a.label(), a.label(), a.label());
+    // Shorter than nlmsghdr + nfgenmsg: not a message we can read; keep it.
+    a.stmt(LD_W_LEN, 0);
+    a.jump(JGE_K, ATTRS_OFFSET, To::Next, To::L(acc));
+    // Only conntrack NEW (new and update) and DELETE (destroy) events are judged.
+    a.stmt(LD_H_ABS, TYPE_OFFSET);
+    a.jump(JEQ_K, ct_new(), To::L(ct), To::Next);
+    a.jump(JEQ_K, ct_delete(), To::Next, To::L(acc));
+    a.bind(ct);
+    // CTA_STATUS among the top-level attributes; missing (0): accept, user space decides.
+    a.stmt(LD_IMM, ATTRS_OFFSET);
+    a.stmt(LDX_IMM, CTA_STATUS as u32);
+    a.stmt(LD_W_ABS, AD_NLATTR);
+    a.jump(JEQ_K, 0, To::L(acc), To::Next);
+    // X = offset of the status attribute. The kernel found it whole inside the packet; a status
+    // that is not 4 bytes is malformed: accept rather than read past it.
+    a.stmt(TAX, 0);
+    a.stmt(LD_H_IND, 0);
+    a.jump(JEQ_K, host_u16_as_loaded(8), To::Next, To::L(acc));
+    // Big-endian on the wire (nla_put_be32), big-endian as loaded: the value itself.
+    a.stmt(LD_W_IND, NLA_HDRLEN);
+    a.jump(JSET_K, IPS_DST_NAT, To::L(acc), To::L(drop));
+    a.bind(acc);
+    a.stmt(RET_K, ACCEPT);
+    a.bind(drop);
+    a.stmt(RET_K, DROP);
+    // Every jump here is a few instructions long: resolving cannot fail.
+    a.finish().unwrap_or_else(|| vec![stmt(RET_K, ACCEPT)])
 }
 
 /// The program for an empty set: every conntrack NEW/DELETE event is dropped, nothing else.
@@ -426,6 +476,7 @@ mod tests {
                 JA => pc += i.k as usize,
                 JEQ_K => pc += if a == i.k { i.jt } else { i.jf } as usize,
                 JGE_K => pc += if a >= i.k { i.jt } else { i.jf } as usize,
+                JSET_K => pc += if a & i.k != 0 { i.jt } else { i.jf } as usize,
                 RET_K => return Some(i.k),
                 _ => return None,
             }
@@ -441,7 +492,9 @@ mod tests {
             let rest = prog.len() - pc - 1;
             match i.code {
                 JA if i.k as usize >= rest => return None,
-                JEQ_K | JGE_K if i.jt as usize >= rest || i.jf as usize >= rest => return None,
+                JEQ_K | JGE_K | JSET_K if i.jt as usize >= rest || i.jf as usize >= rest => {
+                    return None
+                }
                 ST | LDX_MEM if i.k >= 16 => return None,
                 _ => {}
             }
@@ -509,21 +562,36 @@ mod tests {
     /// A NEW event as the kernel sends it for a DNAT'd TCP flow (type NEW, CREATE|EXCL, both
     /// tuples, status, id), built with the crate's own writer.
     fn event(orig_src: &str, vip: &str, backend: &str) -> Vec<u8> {
+        let status = Status::CONFIRMED | Status::DST_NAT;
+        ct_event(IPCTNL_MSG_CT_NEW, orig_src, vip, backend, Some(status))
+    }
+
+    /// A conntrack event of type `kind` (NEW: with CREATE|EXCL, DELETE: without flags, like the
+    /// kernel's) for a TCP flow from `orig_src` to `dst`:80 whose reply comes from `reply_src`,
+    /// with this status (`None`: no `CTA_STATUS` attribute).
+    fn ct_event(
+        kind: u16,
+        orig_src: &str,
+        dst: &str,
+        reply_src: &str,
+        status: Option<Status>,
+    ) -> Vec<u8> {
         let tcp = crate::consts::IPPROTO_TCP;
-        let orig = Tuple::ports(ip(orig_src), 40000, ip(vip), 80, tcp);
-        let reply = Tuple::ports(ip(backend), 8080, ip(orig_src), 40000, tcp);
+        let orig = Tuple::ports(ip(orig_src), 40000, ip(dst), 80, tcp);
+        let reply_port = if reply_src == dst { 80 } else { 8080 };
+        let reply = Tuple::ports(ip(reply_src), reply_port, ip(orig_src), 40000, tcp);
+        let flags = if kind == IPCTNL_MSG_CT_NEW {
+            crate::nl::NLM_F_CREATE | crate::nl::NLM_F_EXCL
+        } else {
+            0
+        };
         let mut w = MsgWriter::new();
-        let m = w.begin_msg(
-            msg_type(IPCTNL_MSG_CT_NEW),
-            crate::nl::NLM_F_CREATE | crate::nl::NLM_F_EXCL,
-            0,
-            Family::of(&orig.src).af(),
-            0,
-            0,
-        );
+        let m = w.begin_msg(msg_type(kind), flags, 0, Family::of(&orig.src).af(), 0, 0);
         put_tuple(&mut w, CTA_TUPLE_ORIG, &orig);
         put_tuple(&mut w, CTA_TUPLE_REPLY, &reply);
-        w.put_be32(CTA_STATUS, (Status::CONFIRMED | Status::DST_NAT).bits());
+        if let Some(status) = status {
+            w.put_be32(CTA_STATUS, status.bits());
+        }
         w.put_be32(CTA_ID, 7);
         w.end_msg(m);
         w.as_bytes().to_vec()
@@ -705,34 +773,207 @@ mod tests {
 
     /// Where the reply tuple attribute ends.
     fn reply_tuple_end(pkt: &[u8]) -> usize {
+        attr_end(pkt, CTA_TUPLE_REPLY)
+    }
+
+    /// Where the top-level attribute of type `kind` ends.
+    fn attr_end(pkt: &[u8], kind: u16) -> usize {
         let mut off = ATTRS_OFFSET as usize;
-        while let Some((len, kind)) = nla(pkt, off) {
-            if kind == CTA_TUPLE_REPLY {
+        while let Some((len, k)) = nla(pkt, off) {
+            if k == kind {
                 return off + len;
             }
             off += (len + 3) & !3;
         }
-        panic!("no reply tuple");
+        panic!("no attribute {kind}");
     }
 
     #[test]
     fn fixture_bytes_under_random_corruption_never_break_the_program() {
-        let prog = reply_src_program([ip("203.0.113.10"), ip("2001:db8::10")]).unwrap();
+        let progs = [
+            reply_src_program([ip("203.0.113.10"), ip("2001:db8::10")]).unwrap(),
+            dnat_program(),
+        ];
         let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for prog in &progs {
+            for name in FIXTURES {
+                let pkt = fixture(name);
+                for _ in 0..500 {
+                    let mut p = pkt.clone();
+                    for _ in 0..4 {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 7;
+                        seed ^= seed << 17;
+                        let at = (seed as usize) % p.len();
+                        p[at] = (seed >> 32) as u8;
+                    }
+                    let cut = (seed >> 40) as usize % (p.len() + 1);
+                    let got = run(prog, &p[..cut]);
+                    assert!(got == Some(ACCEPT) || got == Some(DROP), "{name}");
+                }
+            }
+        }
+    }
+
+    /// (client, VIP, backend) of a DNAT'd flow, per family.
+    const DNAT_V4: (&str, &str, &str) = ("192.0.2.2", "198.51.100.10", "203.0.113.7");
+    const DNAT_V6: (&str, &str, &str) = ("2001:db8:1::2", "2001:db8:3::10", "2001:db8:2::7");
+
+    /// A DNAT'd (`dnat`) or plain event of type `kind`, as the kernel would send it.
+    fn nat_event(kind: u16, (client, vip, backend): (&str, &str, &str), dnat: bool) -> Vec<u8> {
+        let mut status = Status::CONFIRMED | Status::SEEN_REPLY | Status::ASSURED;
+        if kind == IPCTNL_MSG_CT_DELETE {
+            status.insert(Status::DYING);
+        }
+        if dnat {
+            status.insert(Status::DST_NAT | Status::DST_NAT_DONE | Status::SRC_NAT_DONE);
+            ct_event(kind, client, vip, backend, Some(status))
+        } else {
+            status.insert(Status::SRC_NAT_DONE | Status::DST_NAT_DONE);
+            ct_event(kind, client, vip, vip, Some(status))
+        }
+    }
+
+    #[test]
+    fn dnat_program_passes_the_kernels_checks() {
+        let prog = dnat_program();
+        assert!(check(&prog).is_some());
+        // Small and fixed: the length the docs and the kernel test report.
+        assert_eq!(prog.len(), 16);
+        assert!(prog.iter().any(|i| i.code == JSET_K && i.k == 1 << 5));
+    }
+
+    #[test]
+    fn dnat_program_accepts_dnat_events_and_drops_the_others() {
+        let prog = dnat_program();
+        for (fam, addrs) in [("ipv4", DNAT_V4), ("ipv6", DNAT_V6)] {
+            for (kname, kind) in [("NEW", IPCTNL_MSG_CT_NEW), ("DELETE", IPCTNL_MSG_CT_DELETE)] {
+                let dnat = nat_event(kind, addrs, true);
+                let f = crate::parse_message(&dnat).unwrap().unwrap();
+                assert!(f.is_dnat() && f.reply.src == ip(addrs.2), "{f:?}");
+                assert_eq!(run(&prog, &dnat), Some(ACCEPT), "{fam} {kname} DNAT'd");
+                let plain = nat_event(kind, addrs, false);
+                let f = crate::parse_message(&plain).unwrap().unwrap();
+                assert!(!f.is_dnat() && f.reply.src == ip(addrs.1), "{f:?}");
+                assert_eq!(run(&prog, &plain), Some(DROP), "{fam} {kname} plain");
+            }
+        }
+        // The bit alone decides: DST_NAT without anything else passes, every other bit
+        // (SNAT'd, masqueraded, the NAT_DONE bits of a flow NAT left alone) does not.
+        let (c, v, b) = DNAT_V4;
+        let only = ct_event(IPCTNL_MSG_CT_NEW, c, v, b, Some(Status::DST_NAT));
+        assert_eq!(run(&prog, &only), Some(ACCEPT));
+        let others = Status::from_bits_retain(!Status::DST_NAT.bits());
+        let snat = ct_event(IPCTNL_MSG_CT_NEW, c, v, b, Some(others));
+        assert_eq!(run(&prog, &snat), Some(DROP));
+        let zero = ct_event(IPCTNL_MSG_CT_DELETE, c, v, v, Some(Status::empty()));
+        assert_eq!(run(&prog, &zero), Some(DROP));
+    }
+
+    #[test]
+    fn dnat_program_on_real_kernel_messages_follows_the_status() {
+        let prog = dnat_program();
+        let mut seen = [0; 2];
         for name in FIXTURES {
             let pkt = fixture(name);
-            for _ in 0..500 {
-                let mut p = pkt.clone();
-                for _ in 0..4 {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    let at = (seed as usize) % p.len();
-                    p[at] = (seed >> 32) as u8;
-                }
-                let cut = (seed >> 40) as usize % (p.len() + 1);
-                let got = run(&prog, &p[..cut]);
-                assert!(got == Some(ACCEPT) || got == Some(DROP), "{name}");
+            let dnat = crate::parse_message(&pkt).unwrap().unwrap().is_dnat();
+            seen[usize::from(dnat)] += 1;
+            let want = if dnat { ACCEPT } else { DROP };
+            assert_eq!(run(&prog, &pkt), Some(want), "{name}: DNAT'd {dnat}");
+            // The same entry as a destroy event: judged alike.
+            let mut destroy = pkt.clone();
+            destroy[4..6].copy_from_slice(&msg_type(IPCTNL_MSG_CT_DELETE).to_ne_bytes());
+            assert_eq!(run(&prog, &destroy), Some(want), "{name} as DELETE");
+        }
+        assert!(seen[0] > 0 && seen[1] > 0, "both kinds among the fixtures");
+    }
+
+    #[test]
+    fn dnat_program_accepts_other_messages() {
+        let prog = dnat_program();
+        // A plain flow's event under another type (GET, the expectation subsystem's NEW and
+        // DELETE, NLMSG_ERROR): only the conntrack NEW/DELETE types are judged.
+        let base = nat_event(IPCTNL_MSG_CT_NEW, DNAT_V4, false);
+        assert_eq!(run(&prog, &base), Some(DROP));
+        for kind in [
+            msg_type(IPCTNL_MSG_CT_GET),
+            (2 << 8) | IPCTNL_MSG_CT_NEW,
+            (2 << 8) | IPCTNL_MSG_CT_DELETE,
+            crate::nl::NLMSG_ERROR,
+        ] {
+            let mut pkt = base.clone();
+            pkt[4..6].copy_from_slice(&kind.to_ne_bytes());
+            assert_eq!(run(&prog, &pkt), Some(ACCEPT), "type {kind:#x}");
+        }
+        let mut w = MsgWriter::new();
+        let m = w.begin_bare_msg(crate::nl::NLMSG_DONE, 0, 1);
+        w.put_be32(1, 0);
+        w.end_msg(m);
+        assert_eq!(run(&prog, w.as_bytes()), Some(ACCEPT));
+        // The family byte does not matter: the status is the same attribute in every family.
+        let mut pkt = base.clone();
+        pkt[16] = libc::AF_BRIDGE as u8;
+        assert_eq!(run(&prog, &pkt), Some(DROP));
+    }
+
+    #[test]
+    fn dnat_program_fails_open_on_events_it_cannot_read() {
+        let prog = dnat_program();
+        let (c, v, _) = DNAT_V4;
+        // No status attribute at all.
+        for kind in [IPCTNL_MSG_CT_NEW, IPCTNL_MSG_CT_DELETE] {
+            let pkt = ct_event(kind, c, v, v, None);
+            assert_eq!(run(&prog, &pkt), Some(ACCEPT), "type {kind} without status");
+        }
+        // A status attribute of the wrong length (a flag-free u16, a u64 of zeros, empty).
+        for payload in [&[0u8, 0][..], &[0; 8][..], &[][..]] {
+            let mut w = MsgWriter::new();
+            let m = w.begin_msg(
+                msg_type(IPCTNL_MSG_CT_NEW),
+                0x600,
+                1,
+                libc::AF_INET as u8,
+                0,
+                0,
+            );
+            w.put(CTA_STATUS, payload);
+            w.put_be32(CTA_ID, 7);
+            w.end_msg(m);
+            assert_eq!(
+                run(&prog, w.as_bytes()),
+                Some(ACCEPT),
+                "status of {} bytes",
+                payload.len()
+            );
+        }
+        // A status nested somewhere (inside a tuple) is not the entry's: not found, accepted.
+        let mut w = MsgWriter::new();
+        let m = w.begin_msg(
+            msg_type(IPCTNL_MSG_CT_NEW),
+            0x600,
+            1,
+            libc::AF_INET as u8,
+            0,
+            0,
+        );
+        let n = w.begin_nest(CTA_TUPLE_ORIG);
+        w.put_be32(CTA_STATUS, 0);
+        w.end_nest(n);
+        w.end_msg(m);
+        assert_eq!(run(&prog, w.as_bytes()), Some(ACCEPT));
+        // Every truncation before the end of the status attribute is accepted (the kernel's
+        // lookup only sees attributes that fit whole); from there on the status is readable.
+        for dnat in [false, true] {
+            let pkt = nat_event(IPCTNL_MSG_CT_NEW, DNAT_V4, dnat);
+            let end = attr_end(&pkt, CTA_STATUS);
+            for n in 0..=pkt.len() {
+                let want = if n < end || dnat { ACCEPT } else { DROP };
+                assert_eq!(
+                    run(&prog, &pkt[..n]),
+                    Some(want),
+                    "DNAT'd {dnat}, truncated to {n} of {} bytes",
+                    pkt.len()
+                );
             }
         }
     }

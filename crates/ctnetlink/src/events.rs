@@ -6,9 +6,10 @@
 //!
 //! A listener that only cares about flows toward a few backends can have the kernel drop every
 //! other event before it is queued ([`EventSocket::set_reply_src_filter`], a classic BPF socket
-//! filter built by [`crate::bpf`]): no wake-up, no copy, no buffer space for the rest. The filter
-//! can be changed from another thread while one is blocked in [`EventSocket::recv`], through an
-//! [`EventFilterHandle`].
+//! filter built by [`crate::bpf`]): no wake-up, no copy, no buffer space for the rest. One that
+//! indexes every DNAT'd flow can have the kernel drop the events of flows that were not DNAT'd
+//! ([`EventSocket::set_dnat_filter`]). The filter can be changed from another thread while one is
+//! blocked in [`EventSocket::recv`], through an [`EventFilterHandle`].
 
 use std::io;
 use std::net::IpAddr;
@@ -92,8 +93,8 @@ pub enum EventKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum FilterApplied {
-    /// A program of this many instructions lets through only the events of the set's backends
-    /// (and every message that is not a conntrack event).
+    /// A program of this many instructions lets through only the events it was built for (the
+    /// set's backends, or DNAT'd flows) and every message that is not a conntrack event.
     Filtered {
         /// The program's length.
         instructions: usize,
@@ -161,6 +162,19 @@ impl EventSocket {
         I: IntoIterator<Item = IpAddr>,
     {
         apply_reply_src_filter(&self.sock, addrs)
+    }
+
+    /// Lets through only the NEW/UPDATE/DESTROY events of DNAT'd flows (status
+    /// [`Status::DST_NAT`](crate::Status::DST_NAT): kube-proxy's Service flows), replacing any
+    /// previous filter atomically. Always [`FilterApplied::Filtered`] when it succeeds. Events
+    /// already queued stay queued.
+    ///
+    /// The filter is an optimisation, never the only check: events it cannot read (no status,
+    /// a malformed one) are let through, and every event received should still be judged
+    /// ([`Flow::is_dnat`]). When attaching fails the socket is left without a filter (every event
+    /// arrives) rather than with a stale one, and the error says so.
+    pub fn set_dnat_filter(&self) -> Result<FilterApplied> {
+        apply_dnat_filter(&self.sock)
     }
 
     /// Removes the filter: every event arrives again.
@@ -251,6 +265,12 @@ impl EventFilterHandle {
         apply_reply_src_filter(&sock, addrs)
     }
 
+    /// Same as [`EventSocket::set_dnat_filter`].
+    pub fn set_dnat(&self) -> Result<FilterApplied> {
+        let sock = self.socket(OP_ATTACH)?;
+        apply_dnat_filter(&sock)
+    }
+
     /// Same as [`EventSocket::clear_filter`].
     pub fn clear(&self) -> Result<()> {
         let sock = self.socket(OP_DETACH)?;
@@ -276,8 +296,17 @@ where
         clear_filter(sock)?;
         return Ok(FilterApplied::Unfiltered);
     };
+    attach_filter(sock, &prog)
+}
+
+fn apply_dnat_filter(sock: &Socket) -> Result<FilterApplied> {
+    attach_filter(sock, &crate::bpf::dnat_program())
+}
+
+/// Attaches `prog` in place of the socket's filter; on failure leaves no filter at all.
+fn attach_filter(sock: &Socket, prog: &[libc::sock_filter]) -> Result<FilterApplied> {
     let instructions = prog.len();
-    let first = match sock.attach_filter(&prog) {
+    let first = match sock.attach_filter(prog) {
         Ok(()) => return Ok(FilterApplied::Filtered { instructions }),
         Err(e) => e,
     };
@@ -285,9 +314,7 @@ where
     // old program still is: a large program can fit alone but not next to its predecessor.
     // Detaching first lets every event through for a moment, which is safe.
     let err = if first.raw_os_error() == Some(libc::ENOMEM) {
-        let retried = sock
-            .detach_filter()
-            .and_then(|()| sock.attach_filter(&prog));
+        let retried = sock.detach_filter().and_then(|()| sock.attach_filter(prog));
         match retried {
             Ok(()) => return Ok(FilterApplied::Filtered { instructions }),
             Err(e) => e,

@@ -7,8 +7,8 @@
 //! - [`Conntrack`]: streamed and filtered dumps, exact batched deletes and reads (reply tuple +
 //!   zone + id), batched creates, global and per-CPU statistics, in any named network namespace.
 //! - [`EventSocket`]: NEW/UPDATE/DESTROY events with a distinct "events were lost" signal, and a
-//!   kernel-side filter on the reply source ([`bpf`]) so a listener wakes only for the flows it
-//!   wants.
+//!   kernel-side filter on the reply source or on DNAT ([`bpf`]) so a listener wakes only for the
+//!   flows it wants.
 //!
 //! Facts about the kernel it relies on are documented where they matter: [`Filter`] (the
 //! kernel's inverted IPv6 compare) and [`DeleteKey`] (why entries are addressed by their reply

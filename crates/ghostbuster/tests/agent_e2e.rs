@@ -42,20 +42,30 @@ fn rendered_rbac() -> Option<Rbac> {
 /// waits for kube-proxy to catch up, then removes the ghosts; the pooled connections fail fast
 /// and recover; a healthy connection to the live backend keeps working; metrics, /debug/recent and
 /// an Event tell about it; the API server never refused a request of the rendered ClusterRole.
-/// In kube-proxy's nftables mode.
+/// In kube-proxy's nftables mode, with the flow index (the default): the ghosts are read
+/// through it, no walk of the table.
 #[test]
 fn an_endpoint_removed_by_a_watch_event_is_swept_once_kube_proxy_caught_up_nftables() {
-    watch_event_story(ProxyMode::Nftables, "agent_e2e_main", 30);
+    watch_event_story(ProxyMode::Nftables, "agent_e2e_main", 30, Read::ByIndex);
 }
 
 /// The same story on a node whose rules are kube-proxy's iptables mode's (`KUBE-SVC-*` picking
-/// a `KUBE-SEP-*` with `statistic --mode random`), its `/proxyMode` answering `iptables`.
+/// a `KUBE-SEP-*` with `statistic --mode random`), its `/proxyMode` answering `iptables`; and
+/// with `--flow-index=false`, so the removal walks the table (the path the agent falls back to
+/// after lost events).
 #[test]
 fn an_endpoint_removed_by_a_watch_event_is_swept_once_kube_proxy_caught_up_iptables() {
-    watch_event_story(ProxyMode::Iptables, "agent_e2e_main_ipt", 37);
+    watch_event_story(ProxyMode::Iptables, "agent_e2e_main_ipt", 37, Read::ByWalk);
 }
 
-fn watch_event_story(mode: ProxyMode, test: &str, vip: u8) {
+/// How the story's agent reads a removed backend's flows.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Read {
+    ByIndex,
+    ByWalk,
+}
+
+fn watch_event_story(mode: ProxyMode, test: &str, vip: u8, read: Read) {
     let rbac = rendered_rbac();
     if rbac.is_none() && std::env::var_os("CI").is_some() {
         panic!("kubectl kustomize deploy/ failed: CI must prove the ClusterRole sufficient");
@@ -63,7 +73,11 @@ fn watch_event_story(mode: ProxyMode, test: &str, vip: u8) {
     let role = rbac.clone();
     // Rolling update: kube-proxy's rules move to B, A vanishes silently, the API says so.
     let Some(g) = GhostStory::start_in(mode, test, vip, Duration::from_secs(1), |r| {
-        r.api(move |api| api.set_rbac(role))
+        let r = r.api(move |api| api.set_rbac(role));
+        match read {
+            Read::ByIndex => r,
+            Read::ByWalk => r.args(&["--flow-index=false"]),
+        }
     }) else {
         return;
     };
@@ -106,6 +120,25 @@ fn watch_event_story(mode: ProxyMode, test: &str, vip: u8) {
         "{m}"
     );
     assert_eq!(metric_sum(&m, "ghostbuster_cluster_synced"), 1.0, "{m}");
+    // How the ghosts were read: exact reads of what the flow index named, or a walk.
+    let (index, walk) = (
+        metric_sum(&m, r#"ghostbuster_backend_reads_total{how="index"}"#),
+        metric_sum(&m, r#"ghostbuster_backend_reads_total{how="walk"}"#),
+    );
+    match read {
+        Read::ByIndex => {
+            assert!(index >= 1.0 && walk == 0.0, "{m}");
+            assert_eq!(metric_sum(&m, "ghostbuster_flow_index_trusted"), 1.0, "{m}");
+            assert!(
+                metric_sum(&m, "ghostbuster_flow_index_entries") >= 1.0,
+                "{m}"
+            );
+        }
+        Read::ByWalk => {
+            assert!(walk >= 1.0 && index == 0.0, "{m}");
+            assert_eq!(metric_sum(&m, "ghostbuster_flow_index_entries"), 0.0, "{m}");
+        }
+    }
     // The mode is one the agent acts on: no report-only hold for the dataplane.
     assert_eq!(
         metric_sum(&m, r#"ghostbuster_report_only{reason="dataplane"}"#),

@@ -82,7 +82,11 @@ pub struct Subscription {
 /// Opens the subscription (so errors surface at start). `buffer`: the receive buffer to ask for
 /// (bigger buffers lose fewer events in bursts). `index`: also keep the flow index (NEW and
 /// DESTROY events of every DNAT'd flow), else NEW events toward dead backends only.
-pub fn subscribe(netns: Option<&str>, buffer: usize, index: bool) -> ctnetlink::Result<Subscription> {
+pub fn subscribe(
+    netns: Option<&str>,
+    buffer: usize,
+    index: bool,
+) -> ctnetlink::Result<Subscription> {
     let groups = if index {
         EventGroups::NEW | EventGroups::DESTROY
     } else {
@@ -91,11 +95,6 @@ pub fn subscribe(netns: Option<&str>, buffer: usize, index: bool) -> ctnetlink::
     let sock = EventSocket::open_in(netns, groups, buffer)?;
     sock.set_timeout(Some(Duration::from_millis(250)))?;
     Ok(Subscription { sock, index })
-}
-
-// TEMP until h/bpf lands.
-fn dnat_filter(_s: &EventSocket) -> ctnetlink::Result<()> {
-    Ok(())
 }
 
 /// Forgets the socket's filter handle when the event thread ends, however it ends.
@@ -133,10 +132,7 @@ pub fn run(
     sink: impl EventSink,
     stop: Shutdown,
 ) {
-    let Subscription {
-        mut sock,
-        index,
-    } = sub;
+    let Subscription { mut sock, index } = sub;
     // While this thread reads events into the flow index, a full pass may make it trusted.
     struct Indexing<'a>(&'a Shared);
     impl Drop for Indexing<'_> {
@@ -145,7 +141,7 @@ pub fn run(
         }
     }
     let _indexing = if index {
-        if let Err(e) = dnat_filter(&sock) {
+        if let Err(e) = sock.set_dnat_filter() {
             tracing::warn!(error = %e, "could not filter conntrack events in the kernel; reading every event");
         }
         shared.flows.set_live(true);

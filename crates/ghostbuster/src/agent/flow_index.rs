@@ -32,7 +32,9 @@ use std::sync::{Mutex, MutexGuard};
 
 use std::ops::ControlFlow;
 
-use ctnetlink::{DeleteKey, DeleteOutcome, DumpSummary, EventKind, Family, Filter, Flow, Lookup, Tuple, L4};
+use ctnetlink::{
+    DeleteKey, DeleteOutcome, DumpSummary, EventKind, Family, Filter, Flow, Lookup, Tuple, L4,
+};
 
 use crate::table::Table;
 
@@ -115,7 +117,10 @@ impl<A, K> Default for ByBackend<A, K> {
 impl<A: Copy + Eq + Hash, K: Packed> ByBackend<A, K> {
     fn insert(&mut self, backend: A, proto: u8, zone: u16, key: K) -> bool {
         let groups = self.map.entry(backend).or_default();
-        let g = match groups.iter().position(|g| g.proto == proto && g.zone == zone) {
+        let g = match groups
+            .iter()
+            .position(|g| g.proto == proto && g.zone == zone)
+        {
             Some(i) => &mut groups[i],
             None => {
                 groups.push(Group {
@@ -133,7 +138,10 @@ impl<A: Copy + Eq + Hash, K: Packed> ByBackend<A, K> {
         let Some(groups) = self.map.get_mut(&backend) else {
             return false;
         };
-        let Some(i) = groups.iter().position(|g| g.proto == proto && g.zone == zone) else {
+        let Some(i) = groups
+            .iter()
+            .position(|g| g.proto == proto && g.zone == zone)
+        else {
             return false;
         };
         let g = &mut groups[i];
@@ -203,8 +211,9 @@ impl Entries {
             return false;
         }
         let added = match f.reply.src {
-            IpAddr::V4(b) => u64::pack(&f.reply)
-                .is_some_and(|k| self.v4.insert(b, f.reply.proto, f.zone, k)),
+            IpAddr::V4(b) => {
+                u64::pack(&f.reply).is_some_and(|k| self.v4.insert(b, f.reply.proto, f.zone, k))
+            }
             IpAddr::V6(b) => <[u8; 20]>::pack(&f.reply)
                 .is_some_and(|k| self.v6.insert(b, f.reply.proto, f.zone, k)),
         };
@@ -215,8 +224,9 @@ impl Entries {
     /// Forgets the entry with `f`'s reply tuple and zone. True if it was there.
     pub fn remove(&mut self, f: &Flow) -> bool {
         let removed = match f.reply.src {
-            IpAddr::V4(b) => u64::pack(&f.reply)
-                .is_some_and(|k| self.v4.remove(b, f.reply.proto, f.zone, k)),
+            IpAddr::V4(b) => {
+                u64::pack(&f.reply).is_some_and(|k| self.v4.remove(b, f.reply.proto, f.zone, k))
+            }
             IpAddr::V6(b) => <[u8; 20]>::pack(&f.reply)
                 .is_some_and(|k| self.v6.remove(b, f.reply.proto, f.zone, k)),
         };
@@ -418,8 +428,11 @@ impl FlowIndex {
     /// not trusted (read the table instead).
     pub fn keys_of(&self, ips: &[IpAddr]) -> Option<Vec<(IpAddr, Vec<DeleteKey>)>> {
         let st = self.state();
-        st.trusted
-            .then(|| ips.iter().map(|ip| (*ip, st.entries.keys_of(*ip))).collect())
+        st.trusted.then(|| {
+            ips.iter()
+                .map(|ip| (*ip, st.entries.keys_of(*ip)))
+                .collect()
+        })
     }
 
     /// How many entries lead to `ip`, or `None` while the index is not trusted.
@@ -588,7 +601,10 @@ mod tests {
         let ix = FlowIndex::default();
         let a = v4(5, 40000, 7);
         assert_eq!(ix.keys_of(&[a.reply.src]), None, "never built");
-        assert!(!rebuilt(&ix, &[a]).trusted, "no event thread during the dump");
+        assert!(
+            !rebuilt(&ix, &[a]).trusted,
+            "no event thread during the dump"
+        );
         ix.set_live(true);
         assert!(rebuilt(&ix, &[a]).trusted);
         assert_eq!(ix.count_of(a.reply.src), Some(1));
@@ -658,7 +674,11 @@ mod tests {
         let mut e = Entries::default();
         let n = 1_000_000u32;
         for i in 0..n {
-            let mut f = v4((i % 250) as u8, (i / 250 % 60000) as u16, (i % 600 / 3) as u8);
+            let mut f = v4(
+                (i % 250) as u8,
+                (i / 250 % 60000) as u16,
+                (i % 600 / 3) as u8,
+            );
             f.reply.dst = IpAddr::V4(Ipv4Addr::from(0xC000_0200u32 + i / 60000 * 256 + i % 250));
             f.reply.src = IpAddr::V4(Ipv4Addr::from(0xCB00_7100u32 + i % 600));
             e.insert(&f);

@@ -568,7 +568,13 @@ impl<T: Table, W: World> Reactor<T, W> {
         if let Some(mut r) = rebuilding.take() {
             r.fresh = fresh;
             let s = shared.flows.finish_rebuild(r);
-            tracing::debug!(flows = s.flows, backends = s.backends, heap_bytes = s.heap_bytes, trusted = s.trusted, "flow index rebuilt");
+            tracing::debug!(
+                flows = s.flows,
+                backends = s.backends,
+                heap_bytes = s.heap_bytes,
+                trusted = s.trusted,
+                "flow index rebuilt"
+            );
         }
         let (by_state, by_service) = (report.by_state, report.by_service);
         let service_flows = report.scanned
@@ -987,6 +993,8 @@ enum Confirmed {
     Unanswered,
 }
 
+#[cfg(test)]
+mod index_tests;
 #[cfg(test)]
 mod scenario;
 #[cfg(test)]

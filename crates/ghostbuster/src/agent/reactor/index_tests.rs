@@ -1,0 +1,149 @@
+//! The reactor with the flow index ([`crate::agent::flow_index`]): a removal reads exactly the
+//! entries the index names and walks nothing, judges them as a walk would have, and falls back
+//! to the walk as soon as the index cannot be trusted. Each "kept" or "not read" assertion
+//! follows the pass report that proves the backend was looked at.
+
+use ctnetlink::{EventKind, Flow};
+
+use super::scenario::*;
+use super::{PodFate, Turn};
+use crate::sweep::Outcome;
+
+/// A reactor whose event thread "runs" and whose first full pass has rebuilt the index.
+fn indexed(flows: Vec<Flow>) -> (super::Reactor<crate::table::MemTable, Script>, Script) {
+    let (mut r, world) = rig(flows, config());
+    r.shared().flows.set_live(true);
+    r.turn(Turn::full());
+    assert!(r.shared().flows.is_trusted(), "rebuilt by the full pass");
+    world.take_reports();
+    (r, world)
+}
+
+#[test]
+fn with_a_trusted_index_a_removal_reads_only_the_backends_entries_and_walks_nothing() {
+    let (mut r, world) = indexed(vec![
+        tcp(40000, WEB_0),
+        udp(40001, WEB_0),
+        tcp(40002, WEB_1),
+    ]);
+    assert_eq!(r.shared().flows.summary().flows, 3);
+    let dumps = r.table().dumps;
+    let changed = r.endpoints_leave(&[WEB_0]);
+    world.synced();
+    world.pod("web-0", PodFate::Gone);
+    r.turn(Turn::backends(changed));
+    let pass = world.last_targeted();
+    assert!(pass.read_by_index, "{pass:#?}");
+    assert_eq!((pass.scanned, pass.totals.deleted), (2, 2), "{pass:#?}");
+    assert_eq!(r.table().dumps, dumps, "no walk of the table");
+    assert_eq!(r.flows_to(WEB_0), 0);
+    assert_eq!(r.flows_to(WEB_1), 1);
+}
+
+/// While kube-proxy is behind, nothing is read in advance (the opening reads exactly), but the
+/// pod GET starts during the wait.
+#[test]
+fn a_waiting_backend_is_not_read_in_advance_but_its_pods_are_asked_about() {
+    let (mut r, world) = indexed(vec![tcp(40000, WEB_0)]);
+    world.synced_at(later(-10));
+    world.pod("web-0", PodFate::Gone);
+    let dumps = r.table().dumps;
+    let changed = r.endpoints_leave(&[WEB_0]);
+    r.turn(Turn::backends(changed));
+    assert!(r.parked_until(WEB_0).is_some(), "waits for kube-proxy");
+    assert!(!r.has_snapshot_of(WEB_0));
+    assert_eq!(world.state().asked_pods, ["shop/web-0"]);
+    world.synced();
+    r.turn(Turn::backends([WEB_0]));
+    assert_eq!(world.last_targeted().totals.deleted, 1);
+    assert_eq!(r.table().dumps, dumps);
+}
+
+/// A flow created after the rebuild is in the index through its NEW event, and removed with
+/// the others; one whose DESTROY event arrived is not read at all.
+#[test]
+fn flows_created_and_ended_after_the_rebuild_follow_their_events() {
+    let (mut r, world) = indexed(vec![tcp(40000, WEB_0), tcp(40001, WEB_0)]);
+    let late = tcp(40009, WEB_0);
+    r.table_mut().flows.push(late);
+    let ended = r.table().flows[1];
+    r.table_mut().flows.remove(1);
+    r.shared()
+        .flows
+        .apply(&[(EventKind::New, late), (EventKind::Destroy, ended)]);
+    let changed = r.endpoints_leave(&[WEB_0]);
+    world.synced();
+    world.pod("web-0", PodFate::Gone);
+    r.turn(Turn::backends(changed));
+    let pass = world.last_targeted();
+    assert!(pass.read_by_index);
+    assert_eq!((pass.scanned, pass.totals.deleted), (2, 2), "{pass:#?}");
+    assert_eq!(r.flows_to(WEB_0), 0);
+}
+
+/// Lost events: the index may miss a flow, so the removal walks the table (and finds the flow
+/// no event announced) until a full pass has rebuilt the index.
+#[test]
+fn after_lost_events_a_removal_walks_the_table_until_a_full_pass_rebuilt_the_index() {
+    let (mut r, world) = indexed(vec![tcp(40000, WEB_0)]);
+    // Created while events were being lost: no NEW event for it.
+    r.table_mut().flows.push(tcp(40009, WEB_0));
+    r.shared().flows.lost();
+    let dumps = r.table().dumps;
+    let changed = r.endpoints_leave(&[WEB_0]);
+    world.synced();
+    world.pod("web-0", PodFate::Gone);
+    r.turn(Turn::backends(changed));
+    let pass = world.last_targeted();
+    assert!(!pass.read_by_index);
+    assert_eq!(pass.totals.deleted, 2, "{pass:#?}");
+    assert_eq!(r.table().dumps, dumps + 1, "one walk");
+
+    r.turn(Turn::full());
+    assert!(r.shared().flows.is_trusted(), "the full pass rebuilt it");
+}
+
+/// The index only says where to look: what is read is judged like a walk's flows. A pod that is
+/// still alive (deselected, draining) keeps its flows.
+#[test]
+fn flows_read_through_the_index_are_judged_like_a_walks() {
+    let (mut r, world) = indexed(vec![tcp(40000, WEB_0), tcp(40001, WEB_0)]);
+    let changed = r.endpoints_leave(&[WEB_0]);
+    world.synced();
+    world.pod("web-0", PodFate::Alive);
+    r.turn(Turn::backends(changed));
+    let pass = world.last_targeted();
+    assert!(pass.read_by_index);
+    assert_eq!(pass.scanned, 2, "both read: {pass:#?}");
+    assert!(pass
+        .findings
+        .iter()
+        .all(|(f, o)| *o == Outcome::Kept && !f.verdict.removable));
+    assert_eq!(pass.totals.deleted, 0);
+    assert_eq!(r.flows_to(WEB_0), 2);
+}
+
+/// The entry that holds an indexed tuple now may be a newer one (another id): that entry is
+/// what is judged, and deleted by its own id — never by the id the index once saw.
+#[test]
+fn the_entry_that_holds_the_tuple_now_is_the_one_judged_and_deleted() {
+    let (mut r, world) = indexed(vec![tcp(40000, WEB_0)]);
+    let mut newer = tcp(40000, WEB_0);
+    newer.id = Some(77);
+    r.table_mut().flows = vec![newer];
+    let changed = r.endpoints_leave(&[WEB_0]);
+    world.synced();
+    world.pod("web-0", PodFate::Gone);
+    r.turn(Turn::backends(changed));
+    let pass = world.last_targeted();
+    assert!(pass.read_by_index);
+    assert_eq!(pass.totals.deleted, 1, "{pass:#?}");
+    assert_eq!(
+        r.table()
+            .deleted_keys
+            .iter()
+            .map(|k| k.id)
+            .collect::<Vec<_>>(),
+        [Some(77)]
+    );
+}

@@ -2,11 +2,12 @@
 //! bulk-filled with cluster-shaped DNAT entries, the in-process fake API server and a fake
 //! kube-proxy whose sync time the benchmark controls.
 //!
-//! 1. **Reaction** (default 1,000,000 entries): repeatedly remove one live backend (IPv4, then a
-//!    few IPv6) from its
-//!    EndpointSlice (its pod is absent, so the agent's pod GET answers 404), let kube-proxy "sync"
-//!    one second later (its `minSyncPeriod` default), and time until every entry of that backend
-//!    is gone. Two clocks: the agent's own `ghostbuster_reaction_seconds` (gate opening → flows
+//! 1. **Reaction** (default 1,000,000 entries): repeatedly remove live backends from their
+//!    EndpointSlices (their pods are absent, so the agent's pod GETs answer 404), let kube-proxy
+//!    "sync" `--sync-after-ms` later (200 ms by default), and time until every entry of them is
+//!    gone. Four shapes of round: one IPv4 backend, one IPv6 backend, one backend that 20 more
+//!    Services select too (it leaves 21 slices), and 20 backends of different Services at once
+//!    (a rolling update's step). Two clocks: the agent's own `ghostbuster_reaction_seconds` (gate opening → flows
 //!    deleted, one observation per removal, read as the histogram's sum difference) and an
 //!    outside one (kube-proxy's sync visible → the last DESTROY event of the backend's entries,
 //!    read by this process on its own event socket), which adds the agent's polling of
@@ -21,7 +22,8 @@
 //!    Every full pass judges all of them stale and keeps them; the agent's RSS is sampled after
 //!    each pass and must stay flat (the reports carry exact counts and only a few details).
 //!
-//! `cargo bench -p ghostbuster --bench agent -- [--removals K] [--removals-v6 K] [--entries N]
+//! `cargo bench -p ghostbuster --bench agent -- [--removals K] [--removals-v6 K]
+//! [--shared-removals K] [--batch-removals K] [--sync-after-ms MS] [--entries N]
 //! [--steady-entries N] [--services S] [--backends B] [--rate R] [--window SECONDS]
 //! [--kept N] [--kept-healthy N] [--kept-passes P] [--skip-reaction] [--skip-steady] [--skip-kept]`.
 //! Needs root; raises `nf_conntrack_max` for the run when needed and restores it. Figures belong
@@ -59,6 +61,9 @@ const TARGETED_PASSES: &str = "ghostbuster_scan_duration_seconds_count{kind=\"ta
 struct Args {
     removals: usize,
     removals_v6: usize,
+    shared_removals: usize,
+    batch_removals: usize,
+    sync_after: Duration,
     entries: usize,
     steady_entries: usize,
     services: usize,
@@ -77,6 +82,9 @@ fn parse_args() -> Args {
     let mut a = Args {
         removals: 30,
         removals_v6: 10,
+        shared_removals: 10,
+        batch_removals: 5,
+        sync_after: Duration::from_millis(200),
         entries: 1_000_000,
         steady_entries: 262_144,
         services: 10_000,
@@ -102,6 +110,9 @@ fn parse_args() -> Args {
             "--bench" => {}
             "--removals" => a.removals = num(it.next(), &x),
             "--removals-v6" => a.removals_v6 = num(it.next(), &x),
+            "--shared-removals" => a.shared_removals = num(it.next(), &x),
+            "--batch-removals" => a.batch_removals = num(it.next(), &x),
+            "--sync-after-ms" => a.sync_after = Duration::from_millis(num(it.next(), &x) as u64),
             "--entries" => a.entries = num(it.next(), &x),
             "--steady-entries" => a.steady_entries = num(it.next(), &x),
             "--services" => a.services = num(it.next(), &x),
@@ -116,7 +127,7 @@ fn parse_args() -> Args {
             "--skip-kept" => a.kept_phase = false,
             _ => {
                 eprintln!(
-                    "usage: agent [--removals K] [--removals-v6 K] [--entries N] [--steady-entries N] [--services S] \
+                    "usage: agent [--removals K] [--removals-v6 K] [--shared-removals K] [--batch-removals K] [--sync-after-ms MS] [--entries N] [--steady-entries N] [--services S] \
                      [--backends B] [--rate R] [--window SECONDS] [--kept N] [--kept-healthy N] \
                      [--kept-passes P] [--skip-reaction] [--skip-steady] [--skip-kept]"
                 );
@@ -274,28 +285,6 @@ fn destroy_events(ns: &str) -> std::sync::mpsc::Receiver<(IpAddr, Instant)> {
     rx
 }
 
-/// Waits until `want` entries of `ip` were destroyed (or `deadline`); the time of the last one.
-fn wait_destroyed(
-    rx: &std::sync::mpsc::Receiver<(IpAddr, Instant)>,
-    ip: IpAddr,
-    want: usize,
-    deadline: Instant,
-) -> (usize, Option<Instant>) {
-    let (mut seen, mut last) = (0, None);
-    while seen < want {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok((src, at)) if src == ip => {
-                seen += 1;
-                last = Some(at);
-            }
-            Ok(_) => {}
-            Err(_) => break,
-        }
-    }
-    (seen, last)
-}
-
 /// The value of one exact series (`name{labels}`), 0 when absent.
 fn series(text: &str, series: &str) -> f64 {
     text.lines()
@@ -346,17 +335,14 @@ fn reaction(args: &Args) {
     let (cluster, truth) = bulk::fill(Some(&name), &spec).expect("fill");
     assert_eq!(truth.failed, 0, "fill failed: {truth:?}");
     println!(
-        "## Reaction: {} entries, {} services; filled in {:.1} s",
+        "## Reaction: {} entries, {} services; filled in {:.1} s; kube-proxy syncs {} ms after each removal",
         truth.created,
         spec.services,
-        t.elapsed().as_secs_f64()
+        t.elapsed().as_secs_f64(),
+        args.sync_after.as_millis()
     );
     let api = FakeApiServer::start_in_thread().expect("fake API server");
     publish(&api, &cluster);
-    let kp = FakeKubeProxy::start("nftables");
-    let agent = start_agent(&api, &name, &kp, &[]);
-    let mut ct = Conntrack::open_in(Some(&name)).expect("open");
-
     // Live backends of a family, one per service first, so consecutive removals hit different
     // services.
     let order_of = |v6: bool| -> Vec<IpAddr> {
@@ -381,133 +367,75 @@ fn reaction(args: &Args) {
         }
         order
     };
-    let order = order_of(false);
-    let order6 = order_of(true);
+    let mut order = order_of(false).into_iter();
+    let mut order6 = order_of(true).into_iter();
+    let singles: Vec<Vec<IpAddr>> = order
+        .by_ref()
+        .take(args.removals)
+        .map(|ip| vec![ip])
+        .collect();
+    let singles6: Vec<Vec<IpAddr>> = order6
+        .by_ref()
+        .take(args.removals_v6)
+        .map(|ip| vec![ip])
+        .collect();
+    // Backends that other Services select too: each also listed by SHARED_BY more Services
+    // (API objects only; their flows are the first Service's).
+    let shared: Vec<Vec<IpAddr>> = order
+        .by_ref()
+        .take(args.shared_removals)
+        .map(|ip| vec![ip])
+        .collect();
+    for (k, round) in shared.iter().enumerate() {
+        publish_sharing(&api, round[0], k);
+    }
+    // A rolling update's step: BATCH backends of different Services leave at once.
+    let batches: Vec<Vec<IpAddr>> = (0..args.batch_removals)
+        .map(|_| order.by_ref().take(BATCH).collect())
+        .collect();
+    let kp = FakeKubeProxy::start("nftables");
+    // ~1,650 deletes a round, a round a second: far past the default budget of 20,000 a minute.
+    let agent = start_agent(&api, &name, &kp, &["--max-deletes-per-minute", "0"]);
+    let mut ct = Conntrack::open_in(Some(&name)).expect("open");
+
     println!("| clock | removals | p50 ms | p90 ms | p99 ms | max ms |");
     println!("|---|---:|---:|---:|---:|---:|");
-    for (family, order, count) in [
-        ("IPv4", &order, args.removals),
-        ("IPv6", &order6, args.removals_v6),
+    let mut all_outside = Vec::new();
+    for (label, rounds) in [
+        ("IPv4, one backend", singles),
+        ("IPv6, one backend", singles6),
+        (SHARED_LABEL, shared),
+        (BATCH_LABEL, batches),
     ] {
-        let mut agent_side = Vec::new();
-        let mut gate_waits = Vec::new();
-        let mut outside = Vec::new();
-        let mut entries_per_removal = Vec::new();
-        for &ip in order.iter().take(count) {
-            // Forget destructions seen so far (other backends, timeouts), then count.
-            while destroyed.try_recv().is_ok() {}
-            let want = count_to(&mut ct, ip);
-            if want == 0 {
-                continue;
-            }
-            let m0 = agent.metrics();
-            let (sum0, n0) = (
-                metric_sum(&m0, "ghostbuster_reaction_seconds_sum"),
-                metric_sum(&m0, "ghostbuster_reaction_seconds_count"),
-            );
-            let (wsum0, wn0) = (
-                metric_sum(&m0, "ghostbuster_gate_wait_seconds_sum"),
-                metric_sum(&m0, "ghostbuster_gate_wait_seconds_count"),
-            );
-            assert!(remove_endpoint(&api, ip), "no slice lists {ip}");
-            let removed = Instant::now();
-            if std::env::var_os("GB_BENCH_WATCH_LATENCY").is_some() {
-                let c0 = metric_sum(&m0, "ghostbuster_endpoint_changes_total");
-                while metric_sum(&agent.metrics(), "ghostbuster_endpoint_changes_total") <= c0
-                    && removed.elapsed() < Duration::from_secs(3)
-                {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                eprintln!(
-                    "{ip}: the agent counted the change {:?} after it",
-                    removed.elapsed()
-                );
-            }
-            // kube-proxy's minSyncPeriod (1 s): synced_now sleeps 300 ms, then publishes.
-            std::thread::sleep(Duration::from_millis(700));
-            kp.synced_now();
-            let synced = Instant::now();
-            let (seen, last) = wait_destroyed(
-                &destroyed,
-                ip,
-                want,
-                Instant::now() + Duration::from_secs(30),
-            );
-            if seen != want {
-                let m = agent.metrics();
-                let lines: Vec<&str> = m
-                    .lines()
-                    .filter(|l| !l.starts_with('#') && !l.contains("_bucket"))
-                    .collect();
-                let reqs: Vec<String> = api
-                    .requests()
-                    .iter()
-                    .rev()
-                    .take(20)
-                    .map(|r| format!("{r:?}"))
-                    .collect();
-                panic!(
-                "{seen} of {want} entries of {ip} removed within 30 s; the agent's metrics:\n{}\n\
-                 /readyz: {:?}\nlast API requests:\n{}",
-                lines.join("\n"),
-                agent.get("/readyz"),
-                reqs.join("\n")
-            );
-            }
-            let last = last.expect("a last DESTROY");
-            if std::env::var_os("GB_BENCH_VERBOSE").is_some() {
-                eprintln!(
-                    "{ip}: {want} entries; sync {:?} after the removal, last DESTROY {:?} after it",
-                    synced - removed,
-                    last.saturating_duration_since(removed)
-                );
-            }
-            outside.push(last.saturating_duration_since(synced).as_secs_f64());
-            // The agent's own observation of this removal.
-            let until = Instant::now() + Duration::from_secs(5);
-            loop {
-                let m = agent.metrics();
-                let n = metric_sum(&m, "ghostbuster_reaction_seconds_count");
-                let wn = metric_sum(&m, "ghostbuster_gate_wait_seconds_count");
-                if n > n0 && wn > wn0 {
-                    let s = metric_sum(&m, "ghostbuster_reaction_seconds_sum");
-                    agent_side.push((s - sum0) / (n - n0));
-                    let ws = metric_sum(&m, "ghostbuster_gate_wait_seconds_sum");
-                    gate_waits.push((ws - wsum0) / (wn - wn0));
-                    break;
-                }
-                if Instant::now() > until {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            entries_per_removal.push(want);
-        }
-        if entries_per_removal.is_empty() {
+        let r = measure_rounds(args, &api, &kp, &agent, &mut ct, &destroyed, &rounds);
+        if r.entries.is_empty() {
             continue;
         }
         summary(
             &format!(
-            "{family}, {}..{} entries: agent, gate open → deleted (`ghostbuster_reaction_seconds`)",
-            entries_per_removal.iter().min().unwrap_or(&0),
-            entries_per_removal.iter().max().unwrap_or(&0),
-        ),
-            agent_side,
+                "{label}, {}..{} entries per round: agent, gate open → deleted (`ghostbuster_reaction_seconds`)",
+                r.entries.iter().min().unwrap_or(&0),
+                r.entries.iter().max().unwrap_or(&0),
+            ),
+            r.agent_side,
+        );
+        all_outside.extend(r.outside.iter().copied());
+        summary(
+            &format!("{label}: outside, kube-proxy sync visible → last DESTROY"),
+            r.outside,
         );
         summary(
-            &format!("{family}: outside, kube-proxy sync visible → last DESTROY"),
-            outside,
+            &format!("{label}: agent, removal seen → gate open (`ghostbuster_gate_wait_seconds`)"),
+            r.gate_waits,
         );
-        summary(
-        &format!(
-            "{family}: agent, removal seen → gate open (`ghostbuster_gate_wait_seconds`; kube-proxy syncs 1 s after the removal)"
-        ),
-        gate_waits,
-    );
     }
+    summary(
+        "every round: outside, kube-proxy sync visible → last DESTROY",
+        all_outside,
+    );
     // Targeted dump alone, for comparison: what a pass that must walk the table costs.
     let mut walks = Vec::new();
-    for &ip in order.iter().skip(args.removals).take(5) {
+    for ip in order.take(5) {
         let t = Instant::now();
         count_to(&mut ct, ip);
         walks.push(t.elapsed().as_secs_f64());
@@ -515,10 +443,167 @@ fn reaction(args: &Args) {
     summary("reference: filtered dump of one IPv4 backend", walks);
     let m = agent.metrics();
     println!(
-        "\nfull passes during the run (incl. the first): {}\n",
-        series(&m, FULL_PASSES)
+        "\nfull passes during the run (incl. the first): {}; targeted passes read through the flow index: {}, by a walk: {}; flow index: {} entries, {:.1} MiB ({:.1} bytes/entry), trusted {}\n",
+        series(&m, FULL_PASSES),
+        series(&m, "ghostbuster_backend_reads_total{how=\"index\"}"),
+        series(&m, "ghostbuster_backend_reads_total{how=\"walk\"}"),
+        series(&m, "ghostbuster_flow_index_entries"),
+        series(&m, "ghostbuster_flow_index_bytes") / 1048576.0,
+        series(&m, "ghostbuster_flow_index_bytes") / series(&m, "ghostbuster_flow_index_entries").max(1.0),
+        series(&m, "ghostbuster_flow_index_trusted"),
     );
     agent.stop();
+}
+
+/// Backends removed together in a rolling update's step.
+const BATCH: usize = 20;
+const BATCH_LABEL: &str = "IPv4, 20 backends at once";
+/// How many more Services select a shared backend.
+const SHARED_BY: usize = 20;
+const SHARED_LABEL: &str = "IPv4, one backend in 21 Services";
+
+/// Publishes SHARED_BY Services (`shared-K-J`, no ports of their own that matter) whose
+/// EndpointSlices list `ip`: the backend is in 1 + SHARED_BY Services when it leaves.
+fn publish_sharing(api: &FakeApiServer, ip: IpAddr, k: usize) {
+    let family = if ip.is_ipv6() { "IPv6" } else { "IPv4" };
+    for j in 0..SHARED_BY {
+        let name = format!("shared-{k}-{j}");
+        api.apply(serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": "bench", "uid": format!("uid-{name}")},
+            "spec": {"type": "ClusterIP", "clusterIP": "None", "clusterIPs": ["None"],
+                     "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}]}
+        }));
+        api.apply(serde_json::json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": format!("{name}-x"), "namespace": "bench",
+                         "uid": format!("uid-{name}-x"),
+                         "labels": {"kubernetes.io/service-name": name}},
+            "addressType": family,
+            "endpoints": [{"addresses": [ip.to_string()],
+                           "conditions": {"ready": true, "serving": true, "terminating": false}}],
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]
+        }));
+    }
+}
+
+/// What the rounds of one shape measured, in seconds (and entries per round).
+#[derive(Default)]
+struct Rounds {
+    agent_side: Vec<f64>,
+    gate_waits: Vec<f64>,
+    outside: Vec<f64>,
+    entries: Vec<usize>,
+}
+
+/// Each round removes its backends from every slice at once, lets kube-proxy "sync"
+/// `--sync-after-ms` later, and waits for the DESTROY event of every entry of them.
+fn measure_rounds(
+    args: &Args,
+    api: &FakeApiServer,
+    kp: &FakeKubeProxy,
+    agent: &Agent,
+    ct: &mut Conntrack,
+    destroyed: &std::sync::mpsc::Receiver<(IpAddr, Instant)>,
+    rounds: &[Vec<IpAddr>],
+) -> Rounds {
+    let mut out = Rounds::default();
+    for ips in rounds {
+        // Forget destructions seen so far (other backends, timeouts), then count.
+        while destroyed.try_recv().is_ok() {}
+        let want: Vec<(IpAddr, usize)> = ips.iter().map(|ip| (*ip, count_to(ct, *ip))).collect();
+        let total: usize = want.iter().map(|(_, n)| n).sum();
+        if total == 0 {
+            continue;
+        }
+        let m0 = agent.metrics();
+        let (sum0, n0) = (
+            metric_sum(&m0, "ghostbuster_reaction_seconds_sum"),
+            metric_sum(&m0, "ghostbuster_reaction_seconds_count"),
+        );
+        let (wsum0, wn0) = (
+            metric_sum(&m0, "ghostbuster_gate_wait_seconds_sum"),
+            metric_sum(&m0, "ghostbuster_gate_wait_seconds_count"),
+        );
+        let removed = Instant::now();
+        for ip in ips {
+            while remove_endpoint(api, *ip) {}
+        }
+        std::thread::sleep(args.sync_after);
+        let now = agent_support::now_secs();
+        kp.synced(now - 0.01, now);
+        let synced = Instant::now();
+        let (seen, last) =
+            wait_destroyed_all(destroyed, &want, Instant::now() + Duration::from_secs(30));
+        if seen != total {
+            let m = agent.metrics();
+            let lines: Vec<&str> = m
+                .lines()
+                .filter(|l| !l.starts_with('#') && !l.contains("_bucket"))
+                .collect();
+            panic!(
+                "{seen} of {total} entries of {ips:?} removed within 30 s; the agent's metrics:\n{}\n/readyz: {:?}",
+                lines.join("\n"),
+                agent.get("/readyz"),
+            );
+        }
+        let last = last.expect("a last DESTROY");
+        if std::env::var_os("GB_BENCH_VERBOSE").is_some() {
+            eprintln!(
+                "{ips:?}: {total} entries; sync {:?} after the removal, last DESTROY {:?} after the sync",
+                synced - removed,
+                last.saturating_duration_since(synced)
+            );
+        }
+        out.outside
+            .push(last.saturating_duration_since(synced).as_secs_f64());
+        // The agent's own observations of this round (one per backend).
+        let until = Instant::now() + Duration::from_secs(5);
+        loop {
+            let m = agent.metrics();
+            let n = metric_sum(&m, "ghostbuster_reaction_seconds_count");
+            let wn = metric_sum(&m, "ghostbuster_gate_wait_seconds_count");
+            if n >= n0 + ips.len() as f64 && wn >= wn0 + ips.len() as f64 {
+                let s = metric_sum(&m, "ghostbuster_reaction_seconds_sum");
+                out.agent_side.push((s - sum0) / (n - n0));
+                let ws = metric_sum(&m, "ghostbuster_gate_wait_seconds_sum");
+                out.gate_waits.push((ws - wsum0) / (wn - wn0));
+                break;
+            }
+            if Instant::now() > until {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        out.entries.push(total);
+    }
+    out
+}
+
+/// Waits until every entry of every backend in `want` was destroyed (or `deadline`); how many
+/// were, and the time of the last one.
+fn wait_destroyed_all(
+    rx: &std::sync::mpsc::Receiver<(IpAddr, Instant)>,
+    want: &[(IpAddr, usize)],
+    deadline: Instant,
+) -> (usize, Option<Instant>) {
+    let mut left: std::collections::HashMap<IpAddr, usize> = want.iter().copied().collect();
+    let total: usize = want.iter().map(|(_, n)| n).sum();
+    let (mut seen, mut last) = (0, None);
+    while seen < total {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(wait) {
+            Ok((src, at)) => {
+                if let Some(n) = left.get_mut(&src).filter(|n| **n > 0) {
+                    *n -= 1;
+                    seen += 1;
+                    last = Some(at);
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    (seen, last)
 }
 
 /// Reads (utime, stime) in seconds and the RSS/peak RSS in KiB of `pid`.

@@ -234,7 +234,14 @@ impl SyncTracker {
     }
 }
 
-/// How often a backend whose gate waits on kube-proxy is looked at again.
+/// How often a backend whose gate waits on kube-proxy is looked at again while its change is
+/// young: the sync that programs it usually comes within kube-proxy's `minSyncPeriod` (1 s by
+/// default), and each look may read kube-proxy's metrics, so how soon that sync is *noticed* is
+/// this interval plus one reading. Only while a removal waits: an idle agent reads nothing.
+const KUBE_PROXY_FAST_POLL: Duration = Duration::from_millis(20);
+/// ... for this long after the change;
+const KUBE_PROXY_FAST_FOR: Duration = Duration::from_secs(3);
+/// ... then this often;
 const KUBE_PROXY_POLL: Duration = Duration::from_millis(100);
 /// ... once it has waited longer than `max_wait`.
 const KUBE_PROXY_SLOW_POLL: Duration = Duration::from_secs(1);
@@ -261,6 +268,8 @@ pub fn kube_proxy_caught_up(
     // within one short poll, also after a failure), less often once it has waited long.
     let again = if elapsed >= max_wait {
         KUBE_PROXY_SLOW_POLL
+    } else if elapsed < KUBE_PROXY_FAST_FOR {
+        KUBE_PROXY_FAST_POLL
     } else {
         KUBE_PROXY_POLL
     };
@@ -457,6 +466,8 @@ mod tests {
         let r = kube_proxy_caught_up(t(10), &view(Some(9.0)), g, MAX, t(45));
         assert!(matches!(r, Err((Hold::KubeProxyBehind, d)) if d == Duration::from_secs(1)));
         let r = kube_proxy_caught_up(t(10), &view(None), g, MAX, t(11));
+        assert!(matches!(r, Err((Hold::KubeProxyBehind, d)) if d == Duration::from_millis(20)));
+        let r = kube_proxy_caught_up(t(10), &view(None), g, MAX, t(14));
         assert!(matches!(r, Err((Hold::KubeProxyBehind, d)) if d == Duration::from_millis(100)));
     }
 
@@ -614,7 +625,7 @@ mod tests {
             ..view(Some(9.0))
         };
         let r = kube_proxy_caught_up(t(10), &failing, Duration::ZERO, MAX, t(11));
-        assert!(matches!(r, Err((Hold::KubeProxyFailing, d)) if d == Duration::from_millis(100)));
+        assert!(matches!(r, Err((Hold::KubeProxyFailing, d)) if d == Duration::from_millis(20)));
         let r = kube_proxy_caught_up(t(10), &failing, Duration::ZERO, MAX, t(100));
         assert!(matches!(r, Err((Hold::KubeProxyFailing, d)) if d == Duration::from_secs(1)));
     }

@@ -283,7 +283,18 @@ pub async fn run(
         ),
         Err(e) => tracing::warn!(error = %e, "no conntrack events; relying on periodic scans"),
     }
-    let reactor = Reactor::new(ct, shared.clone(), world, a.reactor.clone());
+    // Full passes walk the table on a thread of their own, so that no walk delays a removal.
+    let walker_ct = ctnetlink::Conntrack::open_in(netns.as_deref()).context("open conntrack")?;
+    let (walker, walker_actor) = super::reactor::spawn_walker(
+        walker_ct,
+        shared.clone(),
+        a.reactor.policy.clone(),
+        work_tx.clone(),
+        actors.shutdown(),
+    )
+    .context("start the walker thread")?;
+    actors.add(walker_actor);
+    let reactor = Reactor::new(ct, shared.clone(), world, a.reactor.clone()).with_walker(walker);
     actors.add(
         super::reactor::spawn(reactor, work_rx, actors.shutdown())
             .context("start the reactor thread")?,

@@ -20,6 +20,7 @@
 mod asks;
 mod report;
 mod shared;
+mod walker;
 mod work;
 mod world;
 
@@ -30,19 +31,17 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ctnetlink::Filter;
 use jiff::Timestamp;
 
 use self::asks::{next_retry, Asked, HolderAsks, IP_ANSWER_TTL};
-use self::report::{is_settled, keep_shown, Settled};
-use super::flow_index::{Entries, Indexing};
+use self::report::{keep_shown, Settled};
 use super::gate::{self, Breaker, DeleteBudget, Hold, KubeProxyView};
 use super::prefetch::{self, Snapshot};
 use super::supervisor::{Actor, Shutdown};
 use crate::classify::classify;
 use crate::cluster::ObjectKey;
 use crate::policy::Policy;
-use crate::scan::{classify_flows, scan_into, Finding, ScanOptions};
+use crate::scan::{classify_flows, Finding};
 use crate::sweep::{sweep, Outcome, SweepTotals};
 use crate::table::Table;
 use crate::telemetry::metrics::stale_counts;
@@ -50,6 +49,7 @@ use crate::verdict::VerdictKind;
 
 pub use self::report::{services_of, PassKind, PassReport, MAX_KEPT_SHOWN};
 pub use self::shared::Shared;
+pub use self::walker::{spawn as spawn_walker, walk, Walked, Walker};
 pub use self::work::{work_from_changes, Turn, Work};
 pub use self::world::{HoldersAnswer, PodFate, World};
 
@@ -91,6 +91,11 @@ pub struct Reactor<T, W> {
     backoff: HashMap<IpAddr, Duration>,
     asks: HolderAsks,
     next_full: Instant,
+    /// A full pass was asked for (due, or lost events) and has not begun yet: the walker was
+    /// busy with the previous one.
+    full_wanted: bool,
+    /// The thread that walks the table for full passes; `None`: walks run inline.
+    walker: Option<Walker>,
     /// The resync interval last logged (logged when it moves by more than a tenth).
     resync_logged: Duration,
 }
@@ -142,7 +147,15 @@ impl<T: Table, W: World> Reactor<T, W> {
             backoff: HashMap::new(),
             asks: HolderAsks::default(),
             next_full: Instant::now(),
+            full_wanted: false,
+            walker: None,
         }
+    }
+
+    /// Full passes walk the table on `walker`'s thread; the reactor acts on what it finds.
+    pub fn with_walker(mut self, walker: Walker) -> Self {
+        self.walker = Some(walker);
+        self
     }
 
     /// Runs turns until the shutdown or until the work channel closes.
@@ -209,22 +222,37 @@ impl<T: Table, W: World> Reactor<T, W> {
         }
         expire_tombstones(&self.shared, self.cfg.tombstone_ttl);
         self.asks.begin_turn();
-        if turn.full {
-            let (r, cost) = super::cpu::cost_of(|| self.full_pass());
-            if r.held.as_ref().is_some_and(Hold::lifts_by_itself) {
-                self.held_back.extend(r.held_backends.iter().copied());
+        self.full_wanted |= turn.full;
+        let mut acted_on_full = false;
+        if self.full_wanted {
+            match &mut self.walker {
+                Some(w) => {
+                    if w.start() {
+                        self.full_wanted = false;
+                        // Scheduled again when this walk is acted on.
+                        self.next_full = Instant::now() + Duration::from_secs(3600);
+                    }
+                }
+                None => {
+                    self.full_wanted = false;
+                    let walked = walker::walk(&mut self.table, &self.shared, &self.cfg.policy);
+                    self.full_pass(walked);
+                    acted_on_full = true;
+                }
             }
-            let now = Instant::now();
-            self.parked
-                .extend(r.redo_backends.iter().map(|ip| (*ip, now)));
-            self.schedule_next_full(r.elapsed, cost);
-            self.world.report(&r);
+        }
+        if let Some(walked) = self.walker.as_mut().and_then(Walker::finished) {
+            self.full_pass(walked);
+            acted_on_full = true;
         }
         self.prefetched
             .retain(|_, s| s.taken.elapsed() <= prefetch::MAX_AGE);
         let many = turn.backends.len() > prefetch::MAX_SEPARATE_READS;
-        self.targeted(turn.backends, turn.full);
-        if turn.full || many {
+        // An inline pass in this turn has judged every flow with the index as it is now; a walk
+        // on the walker's thread may be older than the turn's backends.
+        let judged_all = acted_on_full && self.walker.is_none();
+        self.targeted(turn.backends, judged_all);
+        if acted_on_full || many {
             // The peaks of a pass are over (findings, flows read for many backends at once).
             super::memory::release_freed_memory();
         }
@@ -519,63 +547,41 @@ impl<T: Table, W: World> Reactor<T, W> {
         self.world.report(&r);
     }
 
-    /// A walk of the whole table: every flow judged with the current index. Backends whose
-    /// change kube-proxy may not have programmed yet are left to their targeted pass; the pods
-    /// of the others are confirmed, and ghosts without a tombstone asked about.
-    fn full_pass(&mut self) -> PassReport {
-        let started = Instant::now();
-        // Kept findings no step of this pass can change are counted (and a few kept for the
-        // report), not carried through it: the pass's memory follows what it may act on.
-        let mut settled = Settled::default();
-        // The pass's dump also rebuilds the flow index (while the event thread feeds it).
-        let shared = self.shared.clone();
-        let mut rebuilding = shared.flows.is_live().then(|| shared.flows.begin_rebuild());
-        let mut fresh = Entries::default();
-        let mut table = Indexing {
-            table: &mut self.table,
-            fresh: &mut fresh,
-        };
-        let report = {
-            let ix = self.shared.index.read().unwrap_or_else(|e| e.into_inner());
-            scan_into(
-                &mut table,
-                &ix,
-                &self.cfg.policy,
-                &Filter::default(),
-                ScanOptions {
-                    tally: true,
-                    pipelined: false,
-                },
-                |f| {
-                    if is_settled(&f, &ix) {
-                        settled.take(f);
-                        None
-                    } else {
-                        Some(f)
-                    }
-                },
-            )
-        };
+    /// Acts on a full pass's walk ([`walker::walk`]): backends whose change kube-proxy may not
+    /// have programmed yet are left to their targeted pass; the pods of the others are
+    /// confirmed, ghosts without a tombstone asked about, and what is removable removed. Then
+    /// the pass is reported and the next one scheduled.
+    fn full_pass(&mut self, walked: Walked) {
+        let Walked {
+            started,
+            report,
+            settled,
+            cost,
+        } = walked;
+        let (r, act_cost) = super::cpu::cost_of(|| self.act_on_walk(started, report, settled));
+        if r.held.as_ref().is_some_and(Hold::lifts_by_itself) {
+            self.held_back.extend(r.held_backends.iter().copied());
+        }
+        let now = Instant::now();
+        self.parked
+            .extend(r.redo_backends.iter().map(|ip| (*ip, now)));
+        self.schedule_next_full(r.elapsed, cost + act_cost);
+        self.world.report(&r);
+    }
+
+    fn act_on_walk(
+        &mut self,
+        started: Instant,
+        report: ctnetlink::Result<crate::scan::ScanReport>,
+        settled: Settled,
+    ) -> PassReport {
         let report = match report {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, "full scan failed");
-                // Dropped: the rebuild is abandoned, the index stays as it was.
-                drop(rebuilding);
                 return PassReport::nothing(PassKind::Full, started);
             }
         };
-        if let Some(mut r) = rebuilding.take() {
-            r.fresh = fresh;
-            let s = shared.flows.finish_rebuild(r);
-            tracing::debug!(
-                flows = s.flows,
-                backends = s.backends,
-                heap_bytes = s.heap_bytes,
-                trusted = s.trusted,
-                "flow index rebuilt"
-            );
-        }
         let (by_state, by_service) = (report.by_state, report.by_service);
         let service_flows = report.scanned
             - report
@@ -585,7 +591,7 @@ impl<T: Table, W: World> Reactor<T, W> {
                 .unwrap_or(0);
         let mut findings = report.findings;
         let mut synced = None;
-        let (not_yet, reclassify) = self.gate_backends_of(&findings, &mut synced);
+        let not_yet = self.gate_backends_of(&findings, &mut synced);
         // A removable flow without a backend leans on the baseline alone.
         let baseline_open = gate::kube_proxy_caught_up(
             self.shared.changed_at(),
@@ -595,8 +601,10 @@ impl<T: Table, W: World> Reactor<T, W> {
             Timestamp::now(),
         )
         .is_ok();
-        if reclassify {
-            // Evidence may have changed (pods confirmed gone): judge the stale flows again.
+        // Judge the findings again with the index as it is now: evidence may have been recorded
+        // on the way (pods confirmed gone, an API answer), and the walk read the index flow by
+        // flow while the watch changed it, up to a whole walk ago (a backend may be back).
+        {
             let ix = self.shared.index.read().unwrap_or_else(|e| e.into_inner());
             let now = Timestamp::now();
             for f in &mut findings {
@@ -631,20 +639,19 @@ impl<T: Table, W: World> Reactor<T, W> {
     }
 
     /// The gates of the backends of a full pass's stale and removable findings: those whose
-    /// gate is closed (`not_yet`: parked for their targeted pass), and whether any evidence was
-    /// recorded on the way (pods confirmed gone, an API answer): then the flows are judged again.
+    /// gate is closed (`not_yet`: parked for their targeted pass). Evidence recorded on the way
+    /// (pods confirmed gone, an API answer) is in the index when the findings are judged again.
     fn gate_backends_of(
         &mut self,
         findings: &[Finding],
         synced: &mut Option<KubeProxyView>,
-    ) -> (HashSet<IpAddr>, bool) {
+    ) -> HashSet<IpAddr> {
         let backends: BTreeMap<IpAddr, ()> = findings
             .iter()
             .filter(|f| f.verdict.kind.is_stale() || f.verdict.removable)
             .filter_map(|f| f.verdict.backend.map(|b| (b.ip, ())))
             .collect();
         let mut not_yet: HashSet<IpAddr> = HashSet::new();
-        let mut reclassify = false;
         for ip in backends.into_keys() {
             match self.gate(ip, synced) {
                 Ok(Some(_)) => {
@@ -659,7 +666,6 @@ impl<T: Table, W: World> Reactor<T, W> {
                         // Kept for now; the answer wakes the reactor.
                         Confirmed::Pending => {}
                     }
-                    reclassify = true;
                 }
                 Ok(None) => {
                     // No tombstone, and kube-proxy has synced since the agent started (and the
@@ -670,7 +676,6 @@ impl<T: Table, W: World> Reactor<T, W> {
                             .ask(&self.shared, &mut self.world, &self.cfg, ip, findings);
                     match asked {
                         Asked::Recorded(soon) => {
-                            reclassify = true;
                             // The answer is the change: its flows wait for a sync that began
                             // after it (their targeted pass deletes them then).
                             if let Err(again) = self.gate(ip, synced) {
@@ -692,7 +697,7 @@ impl<T: Table, W: World> Reactor<T, W> {
                 }
             }
         }
-        (not_yet, reclassify)
+        not_yet
     }
 
     /// Applies the global gate and the circuit breakers (this pass's share, and the budget across

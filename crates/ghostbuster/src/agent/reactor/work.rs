@@ -14,6 +14,8 @@ pub enum Work {
     Full,
     /// A reading of kube-proxy moved the gate's view: look again at the backends waiting on it.
     KubeProxy,
+    /// The walker thread finished a full pass's walk: act on its findings.
+    Walked,
 }
 
 /// Backends that left a Service (or whose pod just ended), from an index change: what the
@@ -73,6 +75,8 @@ impl Turn {
                 self.backends.insert(ip);
             }
             Work::KubeProxy => self.backends.extend(shared.take_kube_proxy_waiters()),
+            // The turn collects the walk itself.
+            Work::Walked => {}
         }
     }
 }

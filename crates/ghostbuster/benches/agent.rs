@@ -12,9 +12,10 @@
 //!    outside one (kube-proxy's sync visible → the last DESTROY event of the backend's entries,
 //!    read by this process on its own event socket), which adds the agent's polling of
 //!    kube-proxy.
-//! 2. **Steady state** (default 262,144 entries, 10,000 services / 100,000 endpoints loaded,
-//!    1,000 new flows per second, default agent settings): the agent's CPU (utime + stime from
-//!    /proc over the window, which includes the periodic full resyncs) and RSS.
+//! 2. **Steady state** (default 262,144 entries, 10,000 services / 100,000 endpoints and 50,000
+//!    Pods on other nodes loaded, 1,000 new flows per second, default agent settings): how soon
+//!    the agent is ready, its CPU (utime + stime from /proc over the window, which includes the
+//!    periodic full resyncs), RSS, the effective full-pass interval and the flow index's size.
 //! 3. **Kept stale flows** (issue #12 §3, default 100,000 kept + 100,000 healthy entries): flows
 //!    to backends that left their Service before the agent started (no tombstone), on a node
 //!    without `nf_conntrack_timestamp` (their age is unknown, so even the API server's "no pod at
@@ -24,7 +25,7 @@
 //!
 //! `cargo bench -p ghostbuster --bench agent -- [--removals K] [--removals-v6 K]
 //! [--shared-removals K] [--batch-removals K] [--sync-after-ms MS] [--entries N]
-//! [--steady-entries N] [--services S] [--backends B] [--rate R] [--window SECONDS]
+//! [--steady-entries N] [--services S] [--backends B] [--pods P] [--rate R] [--window SECONDS]
 //! [--kept N] [--kept-healthy N] [--kept-passes P] [--skip-reaction] [--skip-steady] [--skip-kept]`.
 //! Needs root; raises `nf_conntrack_max` for the run when needed and restores it. Figures belong
 //! here and in docs/performance.md, never in timed tests.
@@ -73,6 +74,7 @@ struct Args {
     kept: usize,
     kept_healthy: usize,
     kept_passes: usize,
+    pods: usize,
     reaction: bool,
     steady: bool,
     kept_phase: bool,
@@ -94,6 +96,7 @@ fn parse_args() -> Args {
         kept: 100_000,
         kept_healthy: 100_000,
         kept_passes: 6,
+        pods: 50_000,
         reaction: true,
         steady: true,
         kept_phase: true,
@@ -124,11 +127,12 @@ fn parse_args() -> Args {
             "--kept" => a.kept = num(it.next(), &x),
             "--kept-healthy" => a.kept_healthy = num(it.next(), &x),
             "--kept-passes" => a.kept_passes = num(it.next(), &x).max(2),
+            "--pods" => a.pods = num(it.next(), &x),
             "--skip-kept" => a.kept_phase = false,
             _ => {
                 eprintln!(
                     "usage: agent [--removals K] [--removals-v6 K] [--shared-removals K] [--batch-removals K] [--sync-after-ms MS] [--entries N] [--steady-entries N] [--services S] \
-                     [--backends B] [--rate R] [--window SECONDS] [--kept N] [--kept-healthy N] \
+                     [--backends B] [--pods P] [--rate R] [--window SECONDS] [--kept N] [--kept-healthy N] \
                      [--kept-passes P] [--skip-reaction] [--skip-steady] [--skip-kept]"
                 );
                 std::process::exit(2);
@@ -204,18 +208,42 @@ fn start_agent(api: &FakeApiServer, ns: &str, kp: &FakeKubeProxy, extra: &[&str]
     if let Some(l) = &log {
         args.extend(["--log", l.as_str()]);
     }
+    let started = Instant::now();
     let agent = Agent::start(api, ns, kp, &args);
     assert!(
         agent.wait_ready(Duration::from_secs(120)),
         "the agent never became ready"
     );
+    // `/readyz` answers 200 once every watch synced and the first full pass over that view
+    // finished.
+    let ready = started.elapsed();
     // Ready means synced; wait for the first full pass too (it sweeps nothing here).
     let until = Instant::now() + Duration::from_secs(120);
     while metric_sum(&agent.metrics(), "ghostbuster_scan_duration_seconds_count") < 1.0 {
         assert!(Instant::now() < until, "no full pass within 120 s");
         std::thread::sleep(Duration::from_millis(200));
     }
+    println!(
+        "agent started; /readyz 200 after {:.1} s (lists, watches, the first full pass)",
+        ready.as_secs_f64()
+    );
     agent
+}
+
+/// Publishes the first `n` of the cluster's Pods (they run on other nodes); how many.
+fn publish_pods(api: &FakeApiServer, cluster: &bulk::Cluster, n: usize) -> usize {
+    let objects = cluster.kubernetes_objects();
+    let mut published = 0;
+    for item in objects["items"].as_array().into_iter().flatten() {
+        if published >= n {
+            break;
+        }
+        if item["kind"] == "Pod" {
+            api.apply(item.clone());
+            published += 1;
+        }
+    }
+    published
 }
 
 /// Removes `ip` from the EndpointSlice that lists it; returns whether one did.
@@ -668,6 +696,8 @@ fn steady(args: &Args) {
     );
     let api = FakeApiServer::start_in_thread().expect("fake API server");
     publish(&api, &cluster);
+    let pods = publish_pods(&api, &cluster, args.pods);
+    println!("published {pods} Pods (on other nodes: the agent lists only its own node's)");
     let kp = FakeKubeProxy::start("nftables");
     let agent = start_agent(&api, &name, &kp, &[]);
     let pid = agent.child.id();
@@ -754,6 +784,18 @@ fn steady(args: &Args) {
     println!(
         "| agent peak RSS (VmHWM, includes start-up) | {:.1} MiB | |",
         hwm as f64 / 1024.0
+    );
+    println!(
+        "| effective full-pass interval (`ghostbuster_full_pass_interval_seconds`, stretched by `--resync-cpu-percent`) | {:.0} s | as designed |",
+        series(&m1, "ghostbuster_full_pass_interval_seconds")
+    );
+    println!(
+        "| flow index | {} entries, {:.1} MiB ({:.1} bytes/entry), trusted {} | |",
+        series(&m1, "ghostbuster_flow_index_entries"),
+        series(&m1, "ghostbuster_flow_index_bytes") / 1048576.0,
+        series(&m1, "ghostbuster_flow_index_bytes")
+            / series(&m1, "ghostbuster_flow_index_entries").max(1.0),
+        series(&m1, "ghostbuster_flow_index_trusted"),
     );
     let (anon, file) = rss_split(pid);
     println!(

@@ -188,6 +188,9 @@ impl World for AgentWorld {
         if let Some(ix) = &pass.flow_index {
             m.set_flow_index(ix);
         }
+        if let Some(every) = pass.next_full_in {
+            m.set_full_pass_interval(every);
+        }
         if pass.kind == PassKind::Full {
             m.set_entries_by_state(
                 pass.by_state

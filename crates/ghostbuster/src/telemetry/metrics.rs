@@ -220,26 +220,35 @@ pub struct Metrics {
     forecast: Mutex<(Forecaster, u64)>,
     table_full_eta: GaugeSet,
     sysctl: GaugeSet,
-    flow_index: FlowIndexMetrics,
+    flow_index: TableReadMetrics,
 }
 
 #[derive(Debug)]
-/// The flow index (`agent::flow_index`): how removed backends' flows were read, and its size.
-struct FlowIndexMetrics {
+/// The reactor's reading of the table: the full passes' effective interval, how removed
+/// backends' flows were read, and the flow index's size (`agent::flow_index`).
+struct TableReadMetrics {
+    full_pass_interval: Gauge<f64, AtomicU64>,
     reads: Family<Labels, Counter>,
     entries: Gauge,
     bytes: Gauge,
     trusted: Gauge,
 }
 
-impl FlowIndexMetrics {
+impl TableReadMetrics {
     fn register(r: &mut Registry) -> Self {
-        let m = FlowIndexMetrics {
+        let m = TableReadMetrics {
+            full_pass_interval: Gauge::default(),
             reads: Family::default(),
             entries: Gauge::default(),
             bytes: Gauge::default(),
             trusted: Gauge::default(),
         };
+        r.register(
+            "ghostbuster_full_pass_interval_seconds",
+            "Time from the last full pass to the next: --resync-interval, stretched so that full \
+             passes stay under --resync-cpu-percent of a core",
+            m.full_pass_interval.clone(),
+        );
         r.register(
             "ghostbuster_backend_reads",
             "Targeted passes by how the backend's flows were read: `index` (exact reads of the \
@@ -462,7 +471,7 @@ impl Metrics {
             "Result of each audit check: 0 ok, 1 info, 2 warn, 3 critical",
             sysctl.clone(),
         );
-        let flow_index = FlowIndexMetrics::register(&mut r);
+        let flow_index = TableReadMetrics::register(&mut r);
         let admission = Admission::new(config.max_service_series);
         let m = Metrics {
             config,
@@ -598,6 +607,11 @@ impl Metrics {
             .reads
             .get_or_create(&vec![("how", how.to_string())])
             .inc();
+    }
+
+    /// The time to the next full pass, as the last one scheduled it.
+    pub fn set_full_pass_interval(&self, d: Duration) {
+        self.flow_index.full_pass_interval.set(d.as_secs_f64());
     }
 
     /// The flow index as a pass left it.

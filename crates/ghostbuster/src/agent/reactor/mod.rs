@@ -259,8 +259,8 @@ impl<T: Table, W: World> Reactor<T, W> {
     }
 
     /// The next periodic full pass: the interval, stretched by `--resync-cpu-percent` after a
-    /// pass that cost `cost` of the thread's CPU.
-    fn schedule_next_full(&mut self, elapsed: Duration, cost: Duration) {
+    /// pass that cost `cost` of CPU (the walk's thread and the reactor's). Returns the interval.
+    fn schedule_next_full(&mut self, elapsed: Duration, cost: Duration) -> Duration {
         let every = resync_every(self.cfg.resync_interval, self.cfg.resync_cpu_percent, cost);
         // Logged when it starts and when it moves by more than a tenth.
         let moved = every.abs_diff(self.resync_logged) > self.resync_logged / 10;
@@ -276,6 +276,7 @@ impl<T: Table, W: World> Reactor<T, W> {
             self.resync_logged = every;
         }
         self.next_full = Instant::now() + every;
+        every
     }
 
     /// Parks `ip` until `due`, or earlier if it is already parked for sooner.
@@ -565,7 +566,8 @@ impl<T: Table, W: World> Reactor<T, W> {
         let now = Instant::now();
         self.parked
             .extend(r.redo_backends.iter().map(|ip| (*ip, now)));
-        self.schedule_next_full(r.elapsed, cost + act_cost);
+        let mut r = r;
+        r.next_full_in = Some(self.schedule_next_full(r.elapsed, cost + act_cost));
         self.world.report(&r);
     }
 
@@ -774,6 +776,7 @@ impl<T: Table, W: World> Reactor<T, W> {
             by_state: BTreeMap::new(),
             by_service: HashMap::new(),
             read_by_index: false,
+            next_full_in: None,
             flow_index: self
                 .shared
                 .flows

@@ -52,6 +52,9 @@ pub struct PassReport {
     pub read_by_index: bool,
     /// The flow index after the pass (`None` when it is off).
     pub flow_index: Option<crate::agent::flow_index::Summary>,
+    /// Full passes: the time to the next one (the interval, stretched by
+    /// `--resync-cpu-percent`).
+    pub next_full_in: Option<Duration>,
 }
 
 impl PassReport {
@@ -77,6 +80,7 @@ impl PassReport {
             by_service: HashMap::new(),
             read_by_index: false,
             flow_index: None,
+            next_full_in: None,
         }
     }
 }

@@ -18,7 +18,7 @@ use ctnetlink::Filter;
 use super::report::{is_settled, Settled};
 use super::{Shared, Work};
 use crate::agent::cpu::cost_of;
-use crate::agent::flow_index::{Entries, Indexing};
+use crate::agent::flow_index::{Builder, Indexing};
 use crate::agent::supervisor::{Actor, Shutdown};
 use crate::policy::Policy;
 use crate::scan::{scan_into, Locked, ScanOptions, ScanReport};
@@ -42,7 +42,7 @@ pub fn walk(table: &mut impl Table, shared: &Shared, policy: &Policy) -> Walked 
     let ((report, settled), cost) = cost_of(|| {
         let mut settled = Settled::default();
         let rebuilding = shared.flows.is_live().then(|| shared.flows.begin_rebuild());
-        let mut fresh = Entries::default();
+        let mut fresh = Builder::default();
         let mut indexing = Indexing {
             table,
             fresh: &mut fresh,
@@ -71,7 +71,6 @@ pub fn walk(table: &mut impl Table, shared: &Shared, policy: &Policy) -> Walked 
             let s = shared.flows.finish_rebuild(r);
             tracing::debug!(
                 flows = s.flows,
-                backends = s.backends,
                 heap_bytes = s.heap_bytes,
                 trusted = s.trusted,
                 "flow index rebuilt"

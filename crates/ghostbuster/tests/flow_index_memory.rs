@@ -1,0 +1,124 @@
+//! Memory of the agent's flow index (`agent::flow_index`, issue #15 §1: "show its memory per
+//! flow"), measured with a counting allocator: the heap a million IPv4 entries and a quarter
+//! million IPv6 entries keep alive, spread over many backends as on a busy node, and the
+//! estimate the agent exports (`ghostbuster_flow_index_bytes`) against it.
+//! Run with `--nocapture` to see the numbers.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use ctnetlink::{Flow, Status, Tuple};
+use ghostbuster::agent::flow_index::{Builder, Entries};
+
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is forwarded unchanged to the system allocator; we only count sizes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        // SAFETY: same contract as ours, forwarded.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: ptr came from System.alloc with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(new_size, Ordering::Relaxed);
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: ptr came from System with this layout.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+/// A DNAT'd TCP flow from `client:sport` to a Service, answered by `backend:8080`.
+fn flow(client: IpAddr, sport: u16, vip: IpAddr, backend: IpAddr) -> Flow {
+    let mut f = Flow::new(
+        Tuple::ports(client, sport, vip, 80, 6),
+        Tuple::ports(backend, 8080, client, sport, 6),
+    );
+    f.status = Status::DST_NAT | Status::SEEN_REPLY;
+    f
+}
+
+/// Fills an index with `n` entries over `backends` backends (`make(i)` is the i-th flow) — as a
+/// full pass builds it (`built`) or as events grow it, one insert at a time — and returns (heap
+/// bytes per entry, the index's own estimate per entry).
+fn measure(n: u32, backends: u32, built: bool, make: impl Fn(u32) -> Flow) -> (f64, f64) {
+    let before = LIVE.load(Ordering::Relaxed);
+    let e = if built {
+        let mut b = Builder::default();
+        for i in 0..n {
+            b.push(&make(i));
+        }
+        b.finish()
+    } else {
+        let mut e = Entries::default();
+        for i in 0..n {
+            assert!(e.insert(&make(i)), "entry {i} was not new");
+        }
+        e
+    };
+    let held = LIVE.load(Ordering::Relaxed) - before;
+    assert_eq!(e.len(), n as usize);
+    // Every backend's range holds its share.
+    let one = make(0).reply.src;
+    assert_eq!(e.count_of(one), n.div_ceil(backends) as usize);
+    (held as f64 / n as f64, e.heap_bytes() as f64 / n as f64)
+}
+
+fn v4_flow(i: u32) -> Flow {
+    let b = IpAddr::V4(Ipv4Addr::from(0xCB00_7100u32 + i % 600));
+    let client = IpAddr::V4(Ipv4Addr::from(
+        0xC000_0200u32 + (i / 60_000) * 256 + i % 250,
+    ));
+    let vip = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 10));
+    flow(client, (i / 250 % 60_000) as u16 + 1, vip, b)
+}
+
+fn v6_flow(i: u32) -> Flow {
+    let b = IpAddr::V6(Ipv6Addr::from(
+        0x2001_0db8_0002_0000_0000_0000_0000_0000u128 + u128::from(i % 100_000),
+    ));
+    let client = IpAddr::V6(Ipv6Addr::from(
+        0x2001_0db8_0001_0000_0000_0000_0000_0000u128 + u128::from(i % 250),
+    ));
+    let vip = IpAddr::V6(Ipv6Addr::from(
+        0x2001_0db8_0003_0000_0000_0000_0000_0010u128,
+    ));
+    flow(client, (i / 250) as u16 + 1, vip, b)
+}
+
+#[test]
+fn a_million_ipv4_entries_and_a_quarter_million_ipv6_take_a_few_dozen_bytes_each() {
+    for built in [true, false] {
+        let (v4, v4_est) = measure(1_000_000, 600, built, v4_flow);
+        let (v6, v6_est) = measure(262_144, 100_000, built, v6_flow);
+        let how = if built {
+            "built by a full pass"
+        } else {
+            "grown by events"
+        };
+        println!(
+            "flow index heap, {how}: IPv4 {v4:.1} bytes/entry (estimate {v4_est:.1}), \
+             IPv6 {v6:.1} bytes/entry (estimate {v6_est:.1})"
+        );
+        // Keys of 16 and 40 bytes in B-tree nodes.
+        assert!(v4 <= 32.0, "IPv4, {how}: {v4:.1} bytes per entry");
+        assert!(v6 <= 72.0, "IPv6, {how}: {v6:.1} bytes per entry");
+        // The exported estimate is within half of the truth at either end.
+        for (real, est) in [(v4, v4_est), (v6, v6_est)] {
+            assert!(
+                (est - real).abs() <= real / 2.0,
+                "{how}: estimate {est:.1} for {real:.1}"
+            );
+        }
+    }
+}

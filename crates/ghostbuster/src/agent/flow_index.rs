@@ -21,15 +21,16 @@
 //! an overflowing replay log or the event thread's end make it untrusted, and reads fall back
 //! to the kernel walk until a full pass has rebuilt it.
 //!
-//! Memory: an entry is its reply tuple and zone packed into one ordered key that starts with the
-//! backend address (16 bytes for IPv4, 40 for IPv6), in a B-tree: a backend's entries are one
-//! range of it, and there is no per-backend table to pay for on a node with 100,000 backends of
-//! a few entries each (a first version kept a hash set per backend: 130 bytes per entry there).
-//! The tree's nodes add 5 % to the keys when a full pass has built it (from sorted keys, full
-//! nodes) and up to 90 % as events grow it.
+//! Memory: an entry is its reply tuple and zone packed into one 16-byte key, IPv4 or IPv6 alike:
+//! the addresses become small ids (a node's entries name few distinct backends and clients, many
+//! times each), and the key starts with the backend's id, so that a backend's entries are one
+//! range of a B-tree — no per-backend table to pay for on a node with 100,000 backends of a few
+//! entries each (a first version kept a hash set per backend: 130 bytes an entry there; a
+//! second, addresses in the keys: 52 bytes an IPv6 entry). The tree's nodes add 5 % to the keys
+//! when a full pass has built it (from sorted keys, full nodes) and up to 90 % as events grow it.
 
-use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
 use std::sync::{Mutex, MutexGuard};
 
 use std::ops::ControlFlow;
@@ -44,178 +45,205 @@ use crate::table::Table;
 /// 5 s pass logs ~100,000). Beyond it the fresh index is not trusted (the next pass rebuilds).
 pub const MAX_REPLAY: usize = 400_000;
 
-/// One entry, packed into an ordered key that starts with its backend address, so that a
-/// backend's entries are one range of a B-tree: no per-backend table (a node has up to 100,000
-/// backends, most with a few entries each), and the keys are all the memory there is.
-trait Packed: Copy + Ord {
-    /// `None` when the tuple has no ports (ICMP: kube-proxy DNATs only TCP, UDP and SCTP).
-    fn pack(reply: &Tuple, zone: u16) -> Option<Self>;
-    fn unpack(self) -> (Tuple, u16);
-    /// The first and last keys of backend `ip`.
-    fn range_of(ip: IpAddr) -> Option<(Self, Self)>;
+/// Addresses as small numbers: a node's entries name few distinct addresses (its backends, its
+/// clients) many times each, and an IPv6 address is 16 bytes. Each id counts the entries that
+/// use it and is freed with the last, so churning pods leave nothing behind.
+#[derive(Debug, Clone, Default)]
+struct Interner {
+    ids: HashMap<IpAddr, Id>,
+    addrs: Vec<IpAddr>,
+    free: Vec<u32>,
 }
 
-/// IPv4 in 120 bits: backend, protocol, zone, the reply's destination (the client, or the node
-/// after SNAT), the backend's port, the client's port.
-impl Packed for u128 {
-    fn pack(reply: &Tuple, zone: u16) -> Option<u128> {
-        let (IpAddr::V4(b), IpAddr::V4(dst), L4::Ports { src, dst: dport }) =
-            (reply.src, reply.dst, reply.l4)
-        else {
-            return None;
-        };
-        Some(
-            (u128::from(u32::from(b)) << 88)
-                | (u128::from(reply.proto) << 80)
-                | (u128::from(zone) << 64)
-                | (u128::from(u32::from(dst)) << 32)
-                | (u128::from(src) << 16)
-                | u128::from(dport),
-        )
-    }
-
-    fn unpack(self) -> (Tuple, u16) {
-        let b = Ipv4Addr::from((self >> 88) as u32);
-        let dst = Ipv4Addr::from((self >> 32) as u32);
-        let t = Tuple::ports(
-            IpAddr::V4(b),
-            (self >> 16) as u16,
-            IpAddr::V4(dst),
-            self as u16,
-            (self >> 80) as u8,
-        );
-        (t, (self >> 64) as u16)
-    }
-
-    fn range_of(ip: IpAddr) -> Option<(u128, u128)> {
-        let IpAddr::V4(b) = ip else { return None };
-        let lo = u128::from(u32::from(b)) << 88;
-        Some((lo, lo | ((1u128 << 88) - 1)))
-    }
+#[derive(Debug, Clone, Copy)]
+struct Id {
+    id: u32,
+    uses: u32,
 }
 
-/// IPv6 in five words: backend (2), the reply's destination (2), then protocol, zone and both
-/// ports.
-type V6Key = [u64; 5];
-
-impl Packed for V6Key {
-    fn pack(reply: &Tuple, zone: u16) -> Option<V6Key> {
-        let (IpAddr::V6(b), IpAddr::V6(dst), L4::Ports { src, dst: dport }) =
-            (reply.src, reply.dst, reply.l4)
-        else {
-            return None;
-        };
-        let (b, dst) = (u128::from(b), u128::from(dst));
-        Some([
-            (b >> 64) as u64,
-            b as u64,
-            (dst >> 64) as u64,
-            dst as u64,
-            (u64::from(reply.proto) << 48)
-                | (u64::from(zone) << 32)
-                | (u64::from(src) << 16)
-                | u64::from(dport),
-        ])
+impl Interner {
+    fn id(&self, ip: IpAddr) -> Option<u32> {
+        self.ids.get(&ip).map(|i| i.id)
     }
 
-    fn unpack(self) -> (Tuple, u16) {
-        let b = (u128::from(self[0]) << 64) | u128::from(self[1]);
-        let dst = (u128::from(self[2]) << 64) | u128::from(self[3]);
-        let rest = self[4];
-        let t = Tuple::ports(
-            IpAddr::V6(Ipv6Addr::from(b)),
-            (rest >> 16) as u16,
-            IpAddr::V6(Ipv6Addr::from(dst)),
-            rest as u16,
-            (rest >> 48) as u8,
-        );
-        (t, (rest >> 32) as u16)
-    }
-
-    fn range_of(ip: IpAddr) -> Option<(V6Key, V6Key)> {
-        let IpAddr::V6(b) = ip else { return None };
-        let b = u128::from(b);
-        let (hi, lo) = ((b >> 64) as u64, b as u64);
-        Some(([hi, lo, 0, 0, 0], [hi, lo, u64::MAX, u64::MAX, u64::MAX]))
-    }
-}
-
-fn keys_in<K: Packed>(set: &BTreeSet<K>, ip: IpAddr, family: Family, out: &mut Vec<DeleteKey>) {
-    let Some((lo, hi)) = K::range_of(ip) else {
-        return;
-    };
-    out.extend(set.range(lo..=hi).map(|k| {
-        let (reply, zone) = k.unpack();
-        DeleteKey {
-            family,
-            reply,
-            zone,
-            id: None,
+    /// The id of `ip`, made if needed; counts one more use.
+    fn take(&mut self, ip: IpAddr) -> u32 {
+        if let Some(i) = self.ids.get_mut(&ip) {
+            i.uses += 1;
+            return i.id;
         }
-    }));
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.addrs[id as usize] = ip;
+                id
+            }
+            None => {
+                self.addrs.push(ip);
+                (self.addrs.len() - 1) as u32
+            }
+        };
+        self.ids.insert(ip, Id { id, uses: 1 });
+        id
+    }
+
+    /// One use fewer of `ip`'s id; the last frees it.
+    fn release(&mut self, ip: IpAddr) {
+        if let Some(i) = self.ids.get_mut(&ip) {
+            i.uses -= 1;
+            if i.uses == 0 {
+                self.free.push(i.id);
+                self.ids.remove(&ip);
+            }
+        }
+    }
+
+    fn addr(&self, id: u32) -> IpAddr {
+        self.addrs[id as usize]
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.ids.capacity() * (std::mem::size_of::<(IpAddr, Id)>() + 1)
+            + self.addrs.capacity() * std::mem::size_of::<IpAddr>()
+            + self.free.capacity() * 4
+    }
 }
 
-fn count_in<K: Packed>(set: &BTreeSet<K>, ip: IpAddr) -> usize {
-    K::range_of(ip).map_or(0, |(lo, hi)| set.range(lo..=hi).count())
+/// An entry's key, 120 bits: the backend's id, the protocol, the zone, the backend's port, the
+/// id of the reply's destination (the client, or the node after SNAT) and the client's port. The
+/// backend's id comes first, so a backend's entries are one range of the tree.
+fn key(backend: u32, reply: &Tuple, zone: u16, client: u32) -> Option<u128> {
+    let L4::Ports { src, dst } = reply.l4 else {
+        return None;
+    };
+    Some(
+        (u128::from(backend) << 88)
+            | (u128::from(reply.proto) << 80)
+            | (u128::from(zone) << 64)
+            | (u128::from(src) << 48)
+            | (u128::from(client) << 16)
+            | u128::from(dst),
+    )
+}
+
+/// The parts of a key: (backend id, protocol, zone, backend port, client id, client port).
+fn parts(k: u128) -> (u32, u8, u16, u16, u32, u16) {
+    (
+        (k >> 88) as u32,
+        (k >> 80) as u8,
+        (k >> 64) as u16,
+        (k >> 48) as u16,
+        (k >> 16) as u32,
+        k as u16,
+    )
+}
+
+fn range_of(backend: u32) -> std::ops::RangeInclusive<u128> {
+    let lo = u128::from(backend) << 88;
+    lo..=(lo | ((1u128 << 88) - 1))
+}
+
+/// A flow the index holds: DNAT'd, with ports (kube-proxy DNATs only TCP, UDP and SCTP), both
+/// addresses of one family.
+fn indexable(f: &Flow) -> bool {
+    f.is_dnat()
+        && matches!(f.reply.l4, L4::Ports { .. })
+        && f.reply.src.is_ipv4() == f.reply.dst.is_ipv4()
 }
 
 /// This node's DNAT'd entries by backend: the index itself, without the bookkeeping of when it
 /// may be trusted ([`FlowIndex`]). A full pass builds one of these from its dump.
 #[derive(Debug, Clone, Default)]
 pub struct Entries {
-    v4: BTreeSet<u128>,
-    v6: BTreeSet<V6Key>,
+    keys: BTreeSet<u128>,
+    backends: Interner,
+    clients: Interner,
 }
 
 impl Entries {
     /// Adds `f` if it is a DNAT'd flow with ports (whatever else: nothing). True if it was new.
     pub fn insert(&mut self, f: &Flow) -> bool {
-        if !f.is_dnat() {
+        if !indexable(f) {
             return false;
         }
-        match f.reply.src {
-            IpAddr::V4(_) => u128::pack(&f.reply, f.zone).is_some_and(|k| self.v4.insert(k)),
-            IpAddr::V6(_) => V6Key::pack(&f.reply, f.zone).is_some_and(|k| self.v6.insert(k)),
+        let (b, c) = (f.reply.src, f.reply.dst);
+        if let (Some(bi), Some(ci)) = (self.backends.id(b), self.clients.id(c)) {
+            if key(bi, &f.reply, f.zone, ci).is_some_and(|k| self.keys.contains(&k)) {
+                return false;
+            }
+        }
+        let (bi, ci) = (self.backends.take(b), self.clients.take(c));
+        match key(bi, &f.reply, f.zone, ci) {
+            Some(k) => self.keys.insert(k),
+            None => false,
         }
     }
 
     /// Forgets the entry with `f`'s reply tuple and zone. True if it was there.
     pub fn remove(&mut self, f: &Flow) -> bool {
-        match f.reply.src {
-            IpAddr::V4(_) => u128::pack(&f.reply, f.zone).is_some_and(|k| self.v4.remove(&k)),
-            IpAddr::V6(_) => V6Key::pack(&f.reply, f.zone).is_some_and(|k| self.v6.remove(&k)),
+        let (b, c) = (f.reply.src, f.reply.dst);
+        let (Some(bi), Some(ci)) = (self.backends.id(b), self.clients.id(c)) else {
+            return false;
+        };
+        let removed = key(bi, &f.reply, f.zone, ci).is_some_and(|k| self.keys.remove(&k));
+        if removed {
+            self.backends.release(b);
+            self.clients.release(c);
         }
+        removed
     }
 
     /// The exact-read keys (reply tuple and zone, no id) of every entry toward `ip`.
     pub fn keys_of(&self, ip: IpAddr) -> Vec<DeleteKey> {
-        let mut out = Vec::new();
-        keys_in(&self.v4, ip, Family::Ipv4, &mut out);
-        keys_in(&self.v6, ip, Family::Ipv6, &mut out);
-        out
+        let Some(b) = self.backends.id(ip) else {
+            return Vec::new();
+        };
+        let family = if ip.is_ipv4() {
+            Family::Ipv4
+        } else {
+            Family::Ipv6
+        };
+        self.keys
+            .range(range_of(b))
+            .map(|k| {
+                let (_, proto, zone, sport, client, dport) = parts(*k);
+                DeleteKey {
+                    family,
+                    reply: Tuple::ports(ip, sport, self.clients.addr(client), dport, proto),
+                    zone,
+                    id: None,
+                }
+            })
+            .collect()
     }
 
     /// How many entries lead to `ip`.
     pub fn count_of(&self, ip: IpAddr) -> usize {
-        count_in(&self.v4, ip) + count_in(&self.v6, ip)
+        self.backends
+            .id(ip)
+            .map_or(0, |b| self.keys.range(range_of(b)).count())
     }
 
     pub fn len(&self) -> usize {
-        self.v4.len() + self.v6.len()
+        self.keys.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.keys.is_empty()
     }
 
     /// An estimate of the heap the index holds: the keys and the B-tree nodes around them (11
     /// keys a node: full when a pass built the tree, about two thirds full once events have
-    /// grown it), 1.3 times the keys. `tests/flow_index_memory.rs` measures both ends: 18 and 31
-    /// bytes an IPv4 entry, 42 and 60 an IPv6 one.
+    /// grown it), 1.3 times the keys; and the address tables. `tests/flow_index_memory.rs`
+    /// measures both ends.
     pub fn heap_bytes(&self) -> usize {
-        (self.v4.len() * std::mem::size_of::<u128>() + self.v6.len() * std::mem::size_of::<V6Key>())
-            * 13
-            / 10
+        self.keys.len() * std::mem::size_of::<u128>() * 13 / 10
+            + self.backends.heap_bytes()
+            + self.clients.heap_bytes()
     }
 
     fn apply(&mut self, kind: EventKind, f: &Flow) {
@@ -233,30 +261,70 @@ impl Entries {
 }
 
 /// The entries a full pass's dump saw, gathered unordered and built into [`Entries`] at the
-/// end in one go: the tree built from sorted keys has full nodes (about 18 bytes an IPv4 entry
-/// instead of 25-31 when inserted one by one), and a push costs a fraction of an insert.
+/// end in one go: the tree built from sorted keys has full nodes (18 bytes an entry instead of
+/// up to 31 when inserted one by one), and a push costs a fraction of an insert.
 #[derive(Debug, Default)]
 pub struct Builder {
-    v4: Vec<u128>,
-    v6: Vec<V6Key>,
+    keys: Vec<u128>,
+    backends: Interner,
+    clients: Interner,
 }
 
 impl Builder {
     /// Gathers `f` if it is a DNAT'd flow with ports.
     pub fn push(&mut self, f: &Flow) {
-        if !f.is_dnat() {
+        if !indexable(f) {
             return;
         }
-        match f.reply.src {
-            IpAddr::V4(_) => self.v4.extend(u128::pack(&f.reply, f.zone)),
-            IpAddr::V6(_) => self.v6.extend(V6Key::pack(&f.reply, f.zone)),
-        }
+        let (bi, ci) = (
+            self.backends.take(f.reply.src),
+            self.clients.take(f.reply.dst),
+        );
+        self.keys.extend(key(bi, &f.reply, f.zone, ci));
     }
 
     pub fn finish(self) -> Entries {
+        let Builder {
+            keys,
+            mut backends,
+            mut clients,
+        } = self;
+        let before = keys.len();
+        let keys: BTreeSet<u128> = keys.into_iter().collect();
+        if keys.len() != before {
+            // The dump named an entry twice (it can, when the table changes under it): count
+            // the uses again from the keys.
+            for i in backends.ids.values_mut().chain(clients.ids.values_mut()) {
+                i.uses = 0;
+            }
+            for k in &keys {
+                let (b, _, _, _, c, _) = parts(*k);
+                let (b, c) = (backends.addr(b), clients.addr(c));
+                if let Some(i) = backends.ids.get_mut(&b) {
+                    i.uses += 1;
+                }
+                if let Some(i) = clients.ids.get_mut(&c) {
+                    i.uses += 1;
+                }
+            }
+            for table in [&mut backends, &mut clients] {
+                let unused: Vec<IpAddr> = table
+                    .ids
+                    .iter()
+                    .filter(|(_, i)| i.uses == 0)
+                    .map(|(ip, _)| *ip)
+                    .collect();
+                for ip in unused {
+                    if let Some(i) = table.ids.remove(&ip) {
+                        table.free.push(i.id);
+                    }
+                }
+            }
+        }
         Entries {
-            v4: self.v4.into_iter().collect(),
-            v6: self.v6.into_iter().collect(),
+            keys,
+            backends,
+            clients,
         }
     }
 }
@@ -481,6 +549,7 @@ fn summary(st: &State) -> Summary {
 mod tests {
     use super::*;
     use ctnetlink::Status;
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     fn v4(last: u8, sport: u16, backend: u8) -> Flow {
         let client = IpAddr::V4(Ipv4Addr::new(192, 0, 2, last));
@@ -566,6 +635,10 @@ mod tests {
         assert!(e.remove(&udp));
         assert!(e.is_empty());
         assert_eq!(e.count_of(a.reply.src), 0);
+        // The address ids went with the last entry that used them.
+        assert_eq!((e.backends.len(), e.clients.len()), (0, 0));
+        assert!(e.insert(&v6(1, 3)));
+        assert_eq!(e.backends.addrs.len(), 1, "the freed id is reused");
     }
 
     fn rebuilt(ix: &FlowIndex, dumped: &[Flow]) -> Summary {
@@ -645,6 +718,20 @@ mod tests {
         ix.apply(&[(EventKind::New, v4(1, 1, 1))]);
         assert!(ix.state().rebuild.is_none());
         assert_eq!(ix.summary().flows, before.flows + 1);
+    }
+
+    /// A dump that names an entry twice builds it once, its addresses counted once.
+    #[test]
+    fn a_built_index_counts_each_entry_once() {
+        let mut b = Builder::default();
+        let (a, c) = (v4(5, 40000, 7), v4(6, 40001, 7));
+        for f in [a, a, c] {
+            b.push(&f);
+        }
+        let mut e = b.finish();
+        assert_eq!(e.len(), 2);
+        assert!(e.remove(&a) && e.remove(&c));
+        assert_eq!((e.backends.len(), e.clients.len()), (0, 0));
     }
 
     /// Neighbouring backends' ranges never overlap, whatever their entries' ports and zones.

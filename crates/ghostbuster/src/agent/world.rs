@@ -168,6 +168,10 @@ impl World for AgentWorld {
         self.admin.liveness.beat();
     }
 
+    fn flow_index(&mut self, index: &crate::agent::flow_index::Summary) {
+        self.admin.metrics.set_flow_index(index);
+    }
+
     fn report(&mut self, pass: &PassReport) {
         let m = &self.admin.metrics;
         let kind = match pass.kind {

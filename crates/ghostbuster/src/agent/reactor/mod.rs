@@ -53,6 +53,9 @@ pub use self::walker::{spawn as spawn_walker, walk, Walked, Walker};
 pub use self::work::{work_from_changes, Turn, Work};
 pub use self::world::{HoldersAnswer, PodFate, World};
 
+/// How often the flow index's size and state are reported between passes.
+const FLOW_INDEX_EVERY: Duration = Duration::from_secs(5);
+
 /// Reactor settings.
 #[derive(Debug, Clone)]
 pub struct ReactorConfig {
@@ -163,11 +166,16 @@ impl<T: Table, W: World> Reactor<T, W> {
         // A first reading of kube-proxy's sync metrics: the duration of the first sync after a
         // removal is measured against it.
         self.world.kube_proxy();
+        let mut index_told = Instant::now();
         loop {
             if stop.is_set() {
                 return;
             }
             self.world.tick();
+            if index_told.elapsed() >= FLOW_INDEX_EVERY && self.shared.flows.is_live() {
+                index_told = Instant::now();
+                self.world.flow_index(&self.shared.flows.summary());
+            }
             let wait = self
                 .next_due()
                 .saturating_duration_since(Instant::now())

@@ -57,6 +57,8 @@ pub trait World: Send {
     fn report(&mut self, pass: &PassReport);
     /// Called on every turn of the loop (at least every 250 ms): the liveness heartbeat.
     fn tick(&mut self) {}
+    /// The flow index now (every few seconds while it is on).
+    fn flow_index(&mut self, _index: &crate::agent::flow_index::Summary) {}
     /// The deletes-per-minute budget tripped the circuit breaker (once: it stays open).
     fn circuit_tripped(&mut self, _trip: &Trip) {}
 }

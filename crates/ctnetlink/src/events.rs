@@ -104,12 +104,41 @@ pub enum FilterApplied {
     Unfiltered,
 }
 
+/// How many datagrams (one event each) one [`EventSocket::recv`] reads at most, in one
+/// `recvmmsg(2)`.
+const DATAGRAMS_PER_RECV: usize = crate::socket::RECV_MANY_MAX;
+
+/// The receive slot of one datagram. The kernel sends each conntrack event as a datagram of its
+/// own, sized by `ctnetlink_nlmsg_size()` (net/netfilter/nf_conntrack_netlink.c): headers, three
+/// tuples, status, timeout, counters, timestamps, protocol info, helper name, mark, zone, labels
+/// and the security context. An event carries no more than a dump's entry (270–400 bytes as
+/// captured in `tests/fixtures`; the IPv4 events the kernel tests read are 160–190 bytes, and
+/// they check that events stay under 1 KiB), and well under 1 KiB with every attribute; only a
+/// security context (an LSM label string) has no fixed bound. 8 KiB is netlink's own message-size convention (`NLMSG_GOODSIZE` is at most 8 KiB,
+/// libmnl's `MNL_SOCKET_BUFFER_SIZE` is 8 KiB), so a datagram that does not fit is one no
+/// netlink reader is sized for; it is counted as malformed and skipped, never read past its
+/// slot. Only the pages the kernel writes are ever touched: one per slot in practice, so the
+/// 512 KiB buffer costs about 256 KiB of memory once 64 datagrams have arrived at once.
+const SLOT: usize = 8 * 1024;
+
+/// After a batch read found at most one datagram waiting, this many reads ask for one datagram
+/// only; the next asks for a batch again. A batch read that empties the queue tries once more
+/// for a datagram that is not there (`MSG_WAITFORONE` reads on until the kernel's queue is
+/// empty), which costs about as much as reading one; a reader that keeps up with a steady
+/// stream of events finds one waiting at each read and would pay that at every event.
+const SINGLE_READS_WHEN_IDLE: u8 = 7;
+
 /// A subscription to conntrack events in one network namespace.
 #[derive(Debug)]
 pub struct EventSocket {
     /// Shared (weakly) with [`EventFilterHandle`]s, which only ever set socket options on it.
     sock: Arc<Socket>,
+    /// [`DATAGRAMS_PER_RECV`] slots of [`SLOT`] bytes.
     rx: Vec<u8>,
+    /// The length of the datagram in each slot, as the last read left them.
+    lens: [usize; DATAGRAMS_PER_RECV],
+    /// Reads left that ask for one datagram ([`SINGLE_READS_WHEN_IDLE`]).
+    single_reads: u8,
     rcvbuf: usize,
 }
 
@@ -133,7 +162,9 @@ impl EventSocket {
         let rcvbuf = sock.set_rcvbuf(rcvbuf);
         Ok(EventSocket {
             sock: Arc::new(sock),
-            rx: vec![0; 64 * 1024],
+            rx: vec![0; DATAGRAMS_PER_RECV * SLOT],
+            lens: [0; DATAGRAMS_PER_RECV],
+            single_reads: 0,
             rcvbuf,
         })
     }
@@ -191,24 +222,93 @@ impl EventSocket {
         }
     }
 
-    /// Reads one datagram and hands each event in it to `f`. Returns the number of events, 0 when
-    /// the timeout expired. Malformed events are skipped (counted in the second value).
+    /// Reads the events already queued, up to 64 datagrams (one event each) in one system
+    /// call, and hands each to `f` in the order the kernel sent them. Blocks (up to the timeout,
+    /// [`set_timeout`](Self::set_timeout)) only until the first event arrives, never to wait for
+    /// more. Returns the number of events, 0 when the timeout expired. Malformed events are
+    /// skipped (counted in the second value), and so is a datagram too large for its 8 KiB
+    /// receive slot (a conntrack event is under 1 KiB).
+    ///
+    /// While events trickle in no faster than they are read (each read finds at most one
+    /// waiting), 7 reads out of 8 ask for a single event: asking for more than is queued costs
+    /// the kernel a wasted attempt. Once a read finds several waiting, or events were lost (a
+    /// burst), every read asks for 64 until one finds at most one waiting again.
+    ///
+    /// [`Error::EventsLost`] says that the kernel dropped events since the last call (the
+    /// receive buffer overflowed). It never costs events already read: when the kernel drops
+    /// events while this call is reading, the events read before are handed to `f` and returned
+    /// now, and the loss is reported by the next call (the kernel keeps the error for it). Events
+    /// still queued when the loss is reported are delivered by the calls after it.
     pub fn recv<F>(&mut self, f: F) -> Result<(usize, usize)>
     where
         F: FnMut(EventKind, &Flow),
     {
-        const OP: &str = "read conntrack events";
-        let n = match self.sock.recv(&mut self.rx) {
+        let ask = if self.single_reads > 0 {
+            self.single_reads -= 1;
+            1
+        } else {
+            DATAGRAMS_PER_RECV
+        };
+        let n = match self.read(ask) {
             Ok(n) => n,
             Err(e) => {
-                return match e.raw_os_error() {
-                    Some(libc::ENOBUFS) => Err(Error::EventsLost),
-                    Some(libc::EAGAIN) => Ok((0, 0)),
-                    _ => Err(crate::conntrack::io_to_error(OP, e)),
-                }
+                self.single_reads = 0;
+                return Err(e);
             }
         };
-        Ok(parse_events(&self.rx[..n], f))
+        if ask > 1 && n <= 1 {
+            self.single_reads = SINGLE_READS_WHEN_IDLE;
+        }
+        Ok(parse_slots(&self.rx, SLOT, &self.lens[..n], f))
+    }
+
+    /// Reads up to `max` datagrams into the first slots; returns how many arrived.
+    fn read(&mut self, max: usize) -> Result<usize> {
+        if max != 1 {
+            return self
+                .sock
+                .recv_many(&mut self.rx, SLOT, &mut self.lens[..max])
+                .map_err(recv_error);
+        }
+        // One: plain recv(2), a little cheaper than recvmmsg(2) (no message header to copy in
+        // and out), with the same outcome.
+        match self.sock.recv_trunc(&mut self.rx[..SLOT]) {
+            Ok(len) => {
+                self.lens[0] = len;
+                Ok(1)
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => Ok(0),
+            Err(e) => Err(recv_error(e)),
+        }
+    }
+}
+
+/// Hands each event of the datagrams in `rx`'s first `lens.len()` slots of `slot` bytes (datagram
+/// `i` is `lens[i]` bytes long) to `f`, in order. A datagram longer than its slot was truncated
+/// by the kernel: it counts as one malformed event and is skipped, since parsing its start could
+/// hand `f` an event whose attributes were cut off.
+fn parse_slots<F>(rx: &[u8], slot: usize, lens: &[usize], mut f: F) -> (usize, usize)
+where
+    F: FnMut(EventKind, &Flow),
+{
+    let (mut events, mut bad) = (0, 0);
+    for (slot, &len) in rx.chunks_exact(slot).zip(lens) {
+        let Some(datagram) = slot.get(..len) else {
+            bad += 1;
+            continue;
+        };
+        let (e, b) = parse_events(datagram, &mut f);
+        events += e;
+        bad += b;
+    }
+    (events, bad)
+}
+
+/// The error of a failed event read: ENOBUFS is lost events, the rest an I/O error.
+fn recv_error(e: io::Error) -> Error {
+    match e.raw_os_error() {
+        Some(libc::ENOBUFS) => Error::EventsLost,
+        _ => crate::conntrack::io_to_error("read conntrack events", e),
     }
 }
 
@@ -355,6 +455,100 @@ impl AsRawFd for EventSocket {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_fixtures::{fixture, flow};
+
+    /// The policy of [`EventSocket::recv`]: 64 at a time while several wait, one at a time (7
+    /// reads of 8) once reads find at most one.
+    #[test]
+    fn reads_take_one_event_while_idle_and_64_once_several_wait() {
+        use crate::test_kernel::{root_or_skip, ThrowawayNs};
+        use crate::{Conntrack, NewFlow, Tuple, IPPROTO_UDP};
+        if !root_or_skip("reads_take_one_event_while_idle_and_64_once_several_wait") {
+            return;
+        }
+        let ns = ThrowawayNs::new("gbmm");
+        let mut ct = Conntrack::open_in(Some(&ns.0)).expect("open conntrack");
+        let mut ev =
+            EventSocket::open_in(Some(&ns.0), EventGroups::NEW, 1 << 20).expect("subscribe");
+        ev.set_timeout(Some(Duration::from_millis(50))).unwrap();
+        let flows = |from: u16, n: u16| -> Vec<NewFlow> {
+            (from..from + n)
+                .map(|port| {
+                    let t = Tuple::ports(
+                        "192.0.2.1".parse().unwrap(),
+                        port,
+                        "198.51.100.53".parse().unwrap(),
+                        53,
+                        IPPROTO_UDP,
+                    );
+                    NewFlow::established(t, None)
+                })
+                .collect()
+        };
+        let mut ports = Vec::new();
+        let mut read = |ev: &mut EventSocket| {
+            let (n, bad) = ev
+                .recv(|_, f| ports.push(f.orig.sport().unwrap()))
+                .expect("read");
+            assert_eq!(bad, 0);
+            n
+        };
+        // A fresh socket asks for 64: a burst may be waiting.
+        assert_eq!(ct.create(&flows(1000, 100)).unwrap().created, 100);
+        assert_eq!(read(&mut ev), 64);
+        // Each NEW event is its own datagram, far from filling its slot.
+        let (least, most) = (ev.lens.iter().min(), ev.lens.iter().max());
+        eprintln!("NEW events of UDP entries: {least:?} to {most:?} bytes");
+        assert!(
+            ev.lens.iter().all(|l| (100..1024).contains(l)),
+            "{:?}",
+            ev.lens
+        );
+        assert_eq!(read(&mut ev), 36);
+        // That read found fewer than 64 but several: the next asks for 64 again, and finds none.
+        assert_eq!(read(&mut ev), 0);
+        // Idle: one at a time, 7 reads, then 64 again.
+        assert_eq!(ct.create(&flows(2000, 100)).unwrap().created, 100);
+        let per_read: Vec<usize> = (0..10).map(|_| read(&mut ev)).collect();
+        assert_eq!(per_read, [1, 1, 1, 1, 1, 1, 1, 64, 29, 0]);
+        // A loss switches to batches at once.
+        assert_eq!(read(&mut ev), 0, "idle: one at a time next");
+        ev.sock.set_rcvbuf(16 << 10);
+        assert_eq!(ct.create(&flows(3000, 2000)).unwrap().created, 2000);
+        assert!(matches!(ev.recv(|_, _| {}), Err(Error::EventsLost)));
+        assert!(read(&mut ev) > 1, "a batch after the loss");
+        let want: Vec<u16> = (1000..1100).chain(2000..2100).collect();
+        assert_eq!(ports[..200], want[..], "in order");
+        assert_eq!(ports[200], 3000, "the first queued after the idle reads");
+    }
+
+    #[test]
+    fn slots_are_parsed_in_order_and_a_truncated_datagram_is_skipped() {
+        let names = [
+            "ipv4-tcp-dnat-established.bin",
+            "ipv6-udp-unreplied.bin",
+            "ipv6-tcp-dnat-established.bin",
+            "ipv4-icmp-echo.bin",
+        ];
+        const SLOT: usize = 512;
+        let mut rx = vec![0u8; 5 * SLOT];
+        let mut lens = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            let bytes = fixture(name);
+            rx[i * SLOT..][..bytes.len()].copy_from_slice(&bytes);
+            lens.push(bytes.len());
+        }
+        // The third did not fit its slot (the kernel reported its real length).
+        lens[2] = SLOT + 1;
+        let mut seen = Vec::new();
+        let (events, bad) = parse_slots(&rx, SLOT, &lens, |_, f| seen.push(*f));
+        assert_eq!((events, bad), (3, 1));
+        let want: Vec<Flow> = [0, 1, 3].iter().map(|&i| flow(names[i])).collect();
+        assert_eq!(seen, want);
+        // Only the slots named by `lens` are read.
+        assert_eq!(parse_slots(&rx, SLOT, &lens[..1], |_, _| {}), (1, 0));
+        assert_eq!(parse_slots(&rx, SLOT, &[], |_, _| {}), (0, 0));
+    }
 
     #[test]
     fn event_groups_combine_with_or() {

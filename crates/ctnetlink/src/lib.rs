@@ -33,6 +33,8 @@ mod socket;
 mod stats;
 #[cfg(test)]
 mod test_fixtures;
+#[cfg(test)]
+mod test_kernel;
 
 pub use conntrack::{Conntrack, CreateSummary, DeleteOutcome, DumpSummary, Lookup};
 pub use consts::{

@@ -80,45 +80,8 @@ where
 
 #[cfg(test)]
 mod tests {
-    use std::process::Command;
-
     use super::*;
-
-    /// Kernel tests need root. Outside CI they skip with a reason; in CI a missing privilege fails.
-    fn root_or_skip(test: &str) -> bool {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } == 0 {
-            return true;
-        }
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{test}: needs root (CAP_SYS_ADMIN), and CI must run kernel tests");
-        }
-        eprintln!("SKIP {test}: needs root to create network namespaces (run as root, or CI=true)");
-        false
-    }
-
-    /// A namespace made with `ip netns add`, removed on drop (also when the test fails).
-    struct ThrowawayNs(String);
-
-    impl ThrowawayNs {
-        fn new(tag: &str) -> Self {
-            let name = format!("ctnl-runin-{tag}-{}", std::process::id());
-            let _ = Command::new("ip").args(["netns", "del", &name]).status();
-            let ok = Command::new("ip")
-                .args(["netns", "add", &name])
-                .status()
-                .expect("run ip")
-                .success();
-            assert!(ok, "ip netns add {name}");
-            ThrowawayNs(name)
-        }
-    }
-
-    impl Drop for ThrowawayNs {
-        fn drop(&mut self) {
-            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-        }
-    }
+    use crate::test_kernel::{root_or_skip, ThrowawayNs};
 
     fn netns_inode(path: &str) -> u64 {
         use std::os::unix::fs::MetadataExt;
@@ -130,7 +93,7 @@ mod tests {
         if !root_or_skip("run_in_runs_the_closure_in_the_namespace_and_returns_its_value") {
             return;
         }
-        let ns = ThrowawayNs::new("value");
+        let ns = ThrowawayNs::new("ctnl-runin");
         let here = netns_inode("/proc/thread-self/ns/net");
         let target = netns_inode(&path_of(&ns.0).to_string_lossy());
         assert_ne!(here, target);
@@ -174,7 +137,7 @@ mod tests {
         if !root_or_skip("run_in_returns_a_panic_as_an_error") {
             return;
         }
-        let ns = ThrowawayNs::new("panic");
+        let ns = ThrowawayNs::new("ctnl-runin");
         let e = run_in(&ns.0, || -> u32 { panic!("boom") }).expect_err("the panic is an error");
         assert!(matches!(e, Error::Io { .. }), "{e:?}");
     }

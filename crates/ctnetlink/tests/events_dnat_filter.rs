@@ -11,8 +11,6 @@
 //! `CI` is set.
 
 use std::net::IpAddr;
-use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use ctnetlink::{
@@ -20,42 +18,10 @@ use ctnetlink::{
     FilterApplied, Flow, NewFlow, Status, Tuple, IPPROTO_TCP,
 };
 
-/// Kernel tests need root. Outside CI they skip with a reason; in CI a missing privilege fails.
-fn root_or_skip(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("{test}: needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN), and CI must run kernel tests");
-    }
-    eprintln!("SKIP {test}: needs root to create network namespaces (run as root, or set CI)");
-    false
-}
+#[path = "../src/test_kernel.rs"]
+mod test_kernel;
 
-/// A namespace made with `ip netns add gbbpf-<pid>-<n>`, removed on drop (also on panic).
-struct ThrowawayNs(String);
-
-impl ThrowawayNs {
-    fn new() -> Self {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let name = format!("gbbpf-{}-{n}", std::process::id());
-        let ok = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .expect("run ip")
-            .success();
-        assert!(ok, "ip netns add {name}");
-        ThrowawayNs(name)
-    }
-}
-
-impl Drop for ThrowawayNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
+use test_kernel::{root_or_skip, ThrowawayNs};
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -118,7 +84,7 @@ fn only_dnat_entries_events_pass_the_dnat_filter() {
     if !root_or_skip("only_dnat_entries_events_pass_the_dnat_filter") {
         return;
     }
-    let ns = ThrowawayNs::new();
+    let ns = ThrowawayNs::new("gbbpf");
     let mut ct = Conntrack::open_in(Some(&ns.0)).expect("open conntrack in the namespace");
     let groups = EventGroups::NEW | EventGroups::DESTROY;
     let mut filtered = EventSocket::open_in(Some(&ns.0), groups, 1 << 20).expect("subscribe");

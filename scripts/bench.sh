@@ -3,9 +3,10 @@
 # limit (../shared/bench/ctdump.c) and the anchor users know (`conntrack -L`), medians of >= 5
 # rounds on the same table in one run:
 #   1. the CLI on 262,144 and 1,000,000 entries (benches/conntrack.rs): list, stats, scan, sweep
-#      against ctdump's bare dump, parse and delete — ratios first;
+#      against ctdump's bare dump, parse and delete — ratios first — and a perf profile of a scan;
 #   2. the agent (benches/agent.rs): reaction from kube-proxy's sync to a removed backend's last
-#      flow gone at 1,000,000 entries, steady-state CPU and RSS, RSS with kept stale flows.
+#      flow gone at 1,000,000 entries (one backend, IPv6, shared by 21 Services, 20 at once),
+#      steady-state readiness, CPU, RSS and full-pass interval, RSS with kept stale flows.
 # Needs root (network namespaces, conntrack). Takes ~15-25 min on 2 cores; run it on a quiet
 # machine (other builds make every figure noisy).
 #
@@ -15,6 +16,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
+# The profile of one scan per size (GB_BENCH_PERF): Debian's perf, if it can be had.
+command -v perf >/dev/null || apt-get install -y linux-perf >/dev/null 2>&1 || true
+export GB_BENCH_PERF=${GB_BENCH_PERF:-1}
 runs=${RUNS:-5}
 sizes=${SIZES:-262144 1000000}
 cli_only=0

@@ -14,6 +14,7 @@
 //! and 1000000); `scripts/bench.sh` runs it with the agent benchmark. Needs root. When N exceeds the machine-wide `nf_conntrack_max`, the limit is raised
 //! for the run and restored at the end (printed), since a child namespace cannot hold more.
 //! Performance figures live here and in docs/performance.md, never in timed tests.
+//! `GB_BENCH_PERF=1` adds a `perf record` profile of one `ghostbuster scan` per table size.
 
 mod support;
 
@@ -148,6 +149,50 @@ fn ctdump() -> Option<PathBuf> {
         return None;
     }
     Some(out)
+}
+
+/// `GB_BENCH_PERF=1`: one more `ghostbuster scan` of the same table under `perf record` (Debian's
+/// `linux-perf`), and where its time went, kernel and user space together, by symbol.
+fn profile(ns: &str, export: &str) {
+    let data = std::env::temp_dir().join(format!("gb-bench-perf-{}.data", std::process::id()));
+    let data = data.to_string_lossy().to_string();
+    let recorded = Command::new("perf")
+        .args(["record", "-q", "-F", "4999", "-o", &data, "--"])
+        .arg(env!("CARGO_BIN_EXE_ghostbuster"))
+        .args(["scan", "--netns", ns, "--from-file", export])
+        .stdout(Stdio::null())
+        .status();
+    if !recorded.is_ok_and(|s| s.success()) {
+        println!(
+            "(no profile: `perf record` failed or is not installed — apt-get install linux-perf)\n"
+        );
+        return;
+    }
+    let report = Command::new("perf")
+        .args([
+            "report",
+            "-i",
+            &data,
+            "--stdio",
+            "--sort",
+            "dso,symbol",
+            "--percent-limit",
+            "1",
+        ])
+        .output()
+        .expect("perf report");
+    println!(
+        "Profile of `ghostbuster scan` (perf record -F 4999; samples by where they landed):\n```"
+    );
+    for l in String::from_utf8_lossy(&report.stdout)
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .take(25)
+    {
+        println!("{l}");
+    }
+    println!("```\n");
+    let _ = std::fs::remove_file(&data);
 }
 
 fn gb(ns: &str, args: &[&str]) -> Command {
@@ -369,6 +414,9 @@ fn one_size(n: usize, runs: usize) {
     let rows = bench_rounds(&mut cases, runs);
     drop(cases);
     print_rows(&rows, ctdump.is_some());
+    if std::env::var_os("GB_BENCH_PERF").is_some() {
+        profile(&name, &f);
+    }
     let left = ct
         .borrow_mut()
         .dump_vec(&Filter::default())

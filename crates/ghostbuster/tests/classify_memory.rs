@@ -3,9 +3,7 @@
 //! index keeps alive after every API object has been streamed through it and dropped.
 //! Run with `--nocapture` to see the numbers.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ghostbuster::cluster::{Index, IndexConfig, Object};
 use k8s_openapi::api::core::v1::{
@@ -15,32 +13,10 @@ use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every call is forwarded unchanged to the system allocator; we only count sizes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
-        // SAFETY: same contract as ours, forwarded.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        // SAFETY: ptr came from System.alloc with this layout.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(new_size, Ordering::Relaxed);
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        // SAFETY: ptr came from System with this layout.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+mod memory_support;
 
 #[global_allocator]
-static ALLOC: Counting = Counting;
+static ALLOC: memory_support::Counting = memory_support::Counting;
 
 const SERVICES: usize = 10_000;
 const ENDPOINTS_PER_SERVICE: usize = 10;
@@ -195,13 +171,13 @@ fn mib(bytes: usize) -> f64 {
 #[test]
 fn index_of_10k_services_and_100k_endpoints_fits_64_mib() {
     let now = "2025-06-01T12:00:00Z".parse().unwrap();
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = memory_support::live();
     let mut index = Index::new(IndexConfig::default());
     for s in 0..SERVICES {
         index.insert(&service(s), now).unwrap();
         index.insert(&slice(s), now).unwrap();
     }
-    let services_and_endpoints = LIVE.load(Ordering::Relaxed) - before;
+    let services_and_endpoints = memory_support::live() - before;
     let counts = index.counts();
     assert_eq!(counts.services, SERVICES);
     assert_eq!(counts.endpoints, SERVICES * ENDPOINTS_PER_SERVICE);
@@ -224,7 +200,7 @@ fn index_of_10k_services_and_100k_endpoints_fits_64_mib() {
             index.insert(&pod(s, e), now).unwrap();
         }
     }
-    let with_pods = LIVE.load(Ordering::Relaxed) - before;
+    let with_pods = memory_support::live() - before;
     println!(
         "index with {} pods: {:.1} MiB",
         index.counts().pods,

@@ -4,39 +4,15 @@
 //! estimate the agent exports (`ghostbuster_flow_index_bytes`) against it.
 //! Run with `--nocapture` to see the numbers.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ctnetlink::{Flow, Status, Tuple};
 use ghostbuster::agent::flow_index::{Builder, Entries};
 
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every call is forwarded unchanged to the system allocator; we only count sizes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
-        // SAFETY: same contract as ours, forwarded.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        // SAFETY: ptr came from System.alloc with this layout.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(new_size, Ordering::Relaxed);
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        // SAFETY: ptr came from System with this layout.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+mod memory_support;
 
 #[global_allocator]
-static ALLOC: Counting = Counting;
+static ALLOC: memory_support::Counting = memory_support::Counting;
 
 /// A DNAT'd TCP flow from `client:sport` to a Service, answered by `backend:8080`.
 fn flow(client: IpAddr, sport: u16, vip: IpAddr, backend: IpAddr) -> Flow {
@@ -52,7 +28,7 @@ fn flow(client: IpAddr, sport: u16, vip: IpAddr, backend: IpAddr) -> Flow {
 /// full pass builds it (`built`) or as events grow it, one insert at a time — and returns (heap
 /// bytes per entry, the index's own estimate per entry).
 fn measure(n: u32, backends: u32, built: bool, make: impl Fn(u32) -> Flow) -> (f64, f64) {
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = memory_support::live();
     let e = if built {
         let mut b = Builder::default();
         for i in 0..n {
@@ -66,7 +42,7 @@ fn measure(n: u32, backends: u32, built: bool, make: impl Fn(u32) -> Flow) -> (f
         }
         e
     };
-    let held = LIVE.load(Ordering::Relaxed) - before;
+    let held = memory_support::live() - before;
     assert_eq!(e.len(), n as usize);
     // Every backend's range holds its share.
     let one = make(0).reply.src;

@@ -19,6 +19,20 @@ fn indexed(flows: Vec<Flow>) -> (super::Reactor<crate::table::MemTable, Script>,
     (r, world)
 }
 
+/// `web-0` leaves the slice, kube-proxy has synced since, the API says `fate` of its pod: the
+/// turn that looks at it, and its report.
+fn remove_web_0(
+    r: &mut super::Reactor<crate::table::MemTable, Script>,
+    world: &Script,
+    fate: PodFate,
+) -> super::PassReport {
+    let changed = r.endpoints_leave(&[WEB_0]);
+    world.synced();
+    world.pod("web-0", fate);
+    r.turn(Turn::backends(changed));
+    world.last_targeted()
+}
+
 #[test]
 fn with_a_trusted_index_a_removal_reads_only_the_backends_entries_and_walks_nothing() {
     let (mut r, world) = indexed(vec![
@@ -28,11 +42,7 @@ fn with_a_trusted_index_a_removal_reads_only_the_backends_entries_and_walks_noth
     ]);
     assert_eq!(r.shared().flows.summary().flows, 3);
     let dumps = r.table().dumps;
-    let changed = r.endpoints_leave(&[WEB_0]);
-    world.synced();
-    world.pod("web-0", PodFate::Gone);
-    r.turn(Turn::backends(changed));
-    let pass = world.last_targeted();
+    let pass = remove_web_0(&mut r, &world, PodFate::Gone);
     assert!(pass.read_by_index, "{pass:#?}");
     assert_eq!((pass.scanned, pass.totals.deleted), (2, 2), "{pass:#?}");
     assert_eq!(r.table().dumps, dumps, "no walk of the table");
@@ -71,11 +81,7 @@ fn flows_created_and_ended_after_the_rebuild_follow_their_events() {
     r.shared()
         .flows
         .apply(&[(EventKind::New, late), (EventKind::Destroy, ended)]);
-    let changed = r.endpoints_leave(&[WEB_0]);
-    world.synced();
-    world.pod("web-0", PodFate::Gone);
-    r.turn(Turn::backends(changed));
-    let pass = world.last_targeted();
+    let pass = remove_web_0(&mut r, &world, PodFate::Gone);
     assert!(pass.read_by_index);
     assert_eq!((pass.scanned, pass.totals.deleted), (2, 2), "{pass:#?}");
     assert_eq!(r.flows_to(WEB_0), 0);
@@ -90,11 +96,7 @@ fn after_lost_events_a_removal_walks_the_table_until_a_full_pass_rebuilt_the_ind
     r.table_mut().flows.push(tcp(40009, WEB_0));
     r.shared().flows.lost();
     let dumps = r.table().dumps;
-    let changed = r.endpoints_leave(&[WEB_0]);
-    world.synced();
-    world.pod("web-0", PodFate::Gone);
-    r.turn(Turn::backends(changed));
-    let pass = world.last_targeted();
+    let pass = remove_web_0(&mut r, &world, PodFate::Gone);
     assert!(!pass.read_by_index);
     assert_eq!(pass.totals.deleted, 2, "{pass:#?}");
     assert_eq!(r.table().dumps, dumps + 1, "one walk");
@@ -108,11 +110,7 @@ fn after_lost_events_a_removal_walks_the_table_until_a_full_pass_rebuilt_the_ind
 #[test]
 fn flows_read_through_the_index_are_judged_like_a_walks() {
     let (mut r, world) = indexed(vec![tcp(40000, WEB_0), tcp(40001, WEB_0)]);
-    let changed = r.endpoints_leave(&[WEB_0]);
-    world.synced();
-    world.pod("web-0", PodFate::Alive);
-    r.turn(Turn::backends(changed));
-    let pass = world.last_targeted();
+    let pass = remove_web_0(&mut r, &world, PodFate::Alive);
     assert!(pass.read_by_index);
     assert_eq!(pass.scanned, 2, "both read: {pass:#?}");
     assert!(pass
@@ -131,11 +129,7 @@ fn the_entry_that_holds_the_tuple_now_is_the_one_judged_and_deleted() {
     let mut newer = tcp(40000, WEB_0);
     newer.id = Some(77);
     r.table_mut().flows = vec![newer];
-    let changed = r.endpoints_leave(&[WEB_0]);
-    world.synced();
-    world.pod("web-0", PodFate::Gone);
-    r.turn(Turn::backends(changed));
-    let pass = world.last_targeted();
+    let pass = remove_web_0(&mut r, &world, PodFate::Gone);
     assert!(pass.read_by_index);
     assert_eq!(pass.totals.deleted, 1, "{pass:#?}");
     assert_eq!(

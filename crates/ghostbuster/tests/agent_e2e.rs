@@ -58,11 +58,26 @@ fn an_endpoint_removed_by_a_watch_event_is_swept_once_kube_proxy_caught_up_iptab
     watch_event_story(ProxyMode::Iptables, "agent_e2e_main_ipt", 37, Read::ByWalk);
 }
 
+/// The story with a flow index too small for the node's table (`--flow-index-max-entries 1`):
+/// the index is dropped, the removal walks the table, and the ghosts go all the same.
+#[test]
+fn an_endpoint_removed_by_a_watch_event_is_swept_when_the_flow_index_is_over_its_bound() {
+    watch_event_story(
+        ProxyMode::Nftables,
+        "agent_e2e_main_bound",
+        42,
+        Read::OverBound,
+    );
+}
+
 /// How the story's agent reads a removed backend's flows.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Read {
     ByIndex,
+    /// `--flow-index=false`.
     ByWalk,
+    /// The index on, over its bound.
+    OverBound,
 }
 
 fn watch_event_story(mode: ProxyMode, test: &str, vip: u8, read: Read) {
@@ -77,6 +92,7 @@ fn watch_event_story(mode: ProxyMode, test: &str, vip: u8, read: Read) {
         match read {
             Read::ByIndex => r,
             Read::ByWalk => r.args(&["--flow-index=false"]),
+            Read::OverBound => r.args(&["--flow-index-max-entries", "1"]),
         }
     }) else {
         return;
@@ -134,9 +150,10 @@ fn watch_event_story(mode: ProxyMode, test: &str, vip: u8, read: Read) {
                 "{m}"
             );
         }
-        Read::ByWalk => {
+        Read::ByWalk | Read::OverBound => {
             assert!(walk >= 1.0 && index == 0.0, "{m}");
             assert_eq!(metric_sum(&m, "ghostbuster_flow_index_entries"), 0.0, "{m}");
+            assert_eq!(metric_sum(&m, "ghostbuster_flow_index_trusted"), 0.0, "{m}");
         }
     }
     // The mode is one the agent acts on: no report-only hold for the dataplane.

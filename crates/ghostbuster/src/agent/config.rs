@@ -47,6 +47,8 @@ pub struct Config {
     /// Keep an index of DNAT'd entries by backend from conntrack events (removals without a
     /// walk of the table).
     pub flow_index: bool,
+    /// The most entries the flow index holds (0: no bound); past it, removals walk the table.
+    pub flow_index_max_entries: usize,
     /// Export per-CPU conntrack counters with a `cpu` label.
     pub per_cpu_metrics: bool,
     /// A watch silent for longer than this is stale.

@@ -268,12 +268,23 @@ pub struct Builder {
     keys: Vec<u128>,
     backends: Interner,
     clients: Interner,
+    /// Gather at most this many (0: no bound); past it, gather nothing more.
+    limit: usize,
+    over: bool,
 }
 
 impl Builder {
     /// Gathers `f` if it is a DNAT'd flow with ports.
     pub fn push(&mut self, f: &Flow) {
-        if !indexable(f) {
+        if self.over || !indexable(f) {
+            return;
+        }
+        if self.limit > 0 && self.keys.len() >= self.limit {
+            // More DNAT'd entries than the index may hold: this pass builds nothing.
+            self.over = true;
+            self.keys = Vec::new();
+            self.backends = Interner::default();
+            self.clients = Interner::default();
             return;
         }
         let (bi, ci) = (
@@ -288,6 +299,7 @@ impl Builder {
             keys,
             mut backends,
             mut clients,
+            ..
         } = self;
         let before = keys.len();
         let keys: BTreeSet<u128> = keys.into_iter().collect();
@@ -353,6 +365,31 @@ struct State {
     live: bool,
     /// A full pass is dumping: the events seen meanwhile, to replay onto its fresh index.
     rebuild: Option<Rebuild>,
+    /// The most entries the index may hold (`--flow-index-max-entries`; 0: no bound). Past it
+    /// the index is dropped and untrusted — removals walk the table — until a pass finds the
+    /// table back under it: its memory stays bounded whatever the table's size.
+    limit: usize,
+    /// The index is off for being over `limit` (logged on the change).
+    over_limit: bool,
+}
+
+impl State {
+    fn go_over_limit(&mut self) {
+        if !self.over_limit {
+            tracing::warn!(
+                limit = self.limit,
+                "more DNAT'd conntrack entries than --flow-index-max-entries: the flow index is \
+                 off (removals walk the table) until a full pass finds fewer"
+            );
+        }
+        self.over_limit = true;
+        self.trusted = false;
+        self.entries = Entries::default();
+        if let Some(r) = &mut self.rebuild {
+            r.lost = true;
+            r.log = Vec::new();
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -382,6 +419,11 @@ impl Drop for Rebuilding<'_> {
 impl FlowIndex {
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Bounds the index to `max` entries (0: no bound); see `State::limit`.
+    pub fn set_limit(&self, max: usize) {
+        self.state().limit = max;
     }
 
     /// The event thread started (true) or ended (false). Without it the index goes stale at
@@ -414,8 +456,16 @@ impl FlowIndex {
             return;
         }
         let mut st = self.state();
-        for (kind, f) in events {
-            st.entries.apply(*kind, f);
+        // Over the bound the index holds nothing, but a rebuild under way still logs: the pass
+        // may find the table back under it.
+        if !st.over_limit {
+            for (kind, f) in events {
+                st.entries.apply(*kind, f);
+            }
+            if st.limit > 0 && st.entries.len() > st.limit {
+                st.go_over_limit();
+                return;
+            }
         }
         if let Some(r) = &mut st.rebuild {
             if r.lost {
@@ -444,7 +494,10 @@ impl FlowIndex {
         });
         Rebuilding {
             index: self,
-            fresh: Builder::default(),
+            fresh: Builder {
+                limit: st.limit,
+                ..Builder::default()
+            },
             done: false,
         }
     }
@@ -453,14 +506,28 @@ impl FlowIndex {
     /// the index; trusted if nothing was lost meanwhile and the event thread still runs.
     pub fn finish_rebuild(&self, mut r: Rebuilding<'_>) -> Summary {
         r.done = true;
-        let mut fresh = std::mem::take(&mut r.fresh).finish();
+        let built = std::mem::take(&mut r.fresh);
+        let over = built.over;
+        let mut fresh = built.finish();
         let mut st = self.state();
         let rebuild = st.rebuild.take().unwrap_or(Rebuild {
             log: Vec::new(),
             lost: true,
         });
+        if over {
+            st.go_over_limit();
+            return summary(&st);
+        }
         for (kind, f) in &rebuild.log {
             fresh.apply(*kind, f);
+        }
+        if st.over_limit {
+            tracing::info!(
+                entries = fresh.len(),
+                limit = st.limit,
+                "the flow index is back: the table's DNAT'd entries fit --flow-index-max-entries"
+            );
+            st.over_limit = false;
         }
         st.entries = fresh;
         st.trusted = !rebuild.lost && st.live;
@@ -718,6 +785,37 @@ mod tests {
         ix.apply(&[(EventKind::New, v4(1, 1, 1))]);
         assert!(ix.state().rebuild.is_none());
         assert_eq!(ix.summary().flows, before.flows + 1);
+    }
+
+    /// Past its bound the index holds nothing and is not trusted (removals walk); a pass that
+    /// finds the table back under it brings it back.
+    #[test]
+    fn past_its_bound_the_index_is_dropped_until_a_pass_finds_fewer() {
+        let ix = FlowIndex::default();
+        ix.set_live(true);
+        ix.set_limit(2);
+        let (a, b, c) = (v4(5, 40000, 7), v4(6, 40001, 7), v4(7, 40002, 8));
+        assert!(rebuilt(&ix, &[a, b]).trusted);
+        ix.apply(&[(EventKind::New, c)]);
+        assert_eq!(
+            ix.summary(),
+            Summary::default(),
+            "dropped: {:?}",
+            ix.summary()
+        );
+        assert_eq!(ix.count_of(a.reply.src), None);
+        // Events alone never bring it back, nor does a pass over too many entries.
+        ix.apply(&[(EventKind::Destroy, c)]);
+        assert!(!ix.is_trusted());
+        let s = rebuilt(&ix, &[a, b, c]);
+        assert!(!s.trusted && s.flows == 0, "{s:?}");
+        // Events during the pass that finds fewer are replayed as ever.
+        let mut r = ix.begin_rebuild();
+        r.fresh.push(&a);
+        ix.apply(&[(EventKind::New, c)]);
+        let s = ix.finish_rebuild(r);
+        assert!(s.trusted && s.flows == 2, "{s:?}");
+        assert_eq!(ix.count_of(c.reply.src), Some(1));
     }
 
     /// A dump that names an entry twice builds it once, its addresses counted once.

@@ -268,6 +268,7 @@ pub async fn run(
     };
     // Conntrack events, before the reactor: its first full pass builds the flow index, which it
     // trusts only if the event thread was already reading.
+    shared.flows.set_limit(a.flow_index_max_entries);
     match conntrack_events::subscribe(netns.as_deref(), a.event_buffer_bytes, a.flow_index) {
         Ok(sock) => actors.add(
             conntrack_events::spawn(

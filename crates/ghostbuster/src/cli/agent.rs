@@ -114,6 +114,11 @@ pub struct AgentArgs {
     /// backends only, and a kernel walk per removal.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub flow_index: bool,
+    /// The most DNAT'd entries the flow index holds (18-34 bytes each: at most ~50 MiB at the
+    /// default). On a table with more, the index is dropped and removals walk the table, until a
+    /// full pass finds fewer. 0: no bound.
+    #[arg(long, default_value_t = 1_500_000)]
+    pub flow_index_max_entries: usize,
     /// Export per-CPU conntrack counters with a `cpu` label (default: summed).
     #[arg(long)]
     pub per_cpu_metrics: bool,
@@ -231,6 +236,7 @@ impl AgentArgs {
             kube_proxy_mode_interval: self.kube_proxy_mode_interval,
             event_buffer_bytes: self.event_buffer_bytes,
             flow_index: self.flow_index,
+            flow_index_max_entries: self.flow_index_max_entries,
             per_cpu_metrics: self.per_cpu_metrics,
             watch_stale_after: self.watch_stale_after,
         })

@@ -198,7 +198,13 @@ fn publish(api: &FakeApiServer, cluster: &bulk::Cluster) {
     println!("published {n} Services and EndpointSlices");
 }
 
-fn start_agent(api: &FakeApiServer, ns: &str, kp: &FakeKubeProxy, extra: &[&str]) -> Agent {
+/// The agent, ready, and how long that took.
+fn start_agent(
+    api: &FakeApiServer,
+    ns: &str,
+    kp: &FakeKubeProxy,
+    extra: &[&str],
+) -> (Agent, Duration) {
     // GB_BENCH_AGENT_LOG=debug shows the agent's reasoning (noisy); GB_BENCH_AGENT_ARGS adds
     // flags (e.g. "--resync-interval 300s" to measure the cost between full passes).
     let log = std::env::var("GB_BENCH_AGENT_LOG").ok();
@@ -227,7 +233,7 @@ fn start_agent(api: &FakeApiServer, ns: &str, kp: &FakeKubeProxy, extra: &[&str]
         "agent started; /readyz 200 after {:.1} s (lists, watches, the first full pass)",
         ready.as_secs_f64()
     );
-    agent
+    (agent, ready)
 }
 
 /// Publishes the first `n` of the cluster's Pods (they run on other nodes); how many.
@@ -423,7 +429,7 @@ fn reaction(args: &Args) {
         .collect();
     let kp = FakeKubeProxy::start("nftables");
     // ~1,650 deletes a round, a round a second: far past the default budget of 20,000 a minute.
-    let agent = start_agent(&api, &name, &kp, &["--max-deletes-per-minute", "0"]);
+    let (agent, _) = start_agent(&api, &name, &kp, &["--max-deletes-per-minute", "0"]);
     let mut ct = Conntrack::open_in(Some(&name)).expect("open");
 
     println!("| clock | removals | p50 ms | p90 ms | p99 ms | max ms |");
@@ -447,6 +453,18 @@ fn reaction(args: &Args) {
             ),
             r.agent_side,
         );
+        let mut sorted = r.outside.clone();
+        sorted.sort_by(f64::total_cmp);
+        let figure = match label {
+            "IPv4, one backend" => &support::REACTION_P99,
+            _ => &support::REACTION_P99_SHAPES,
+        };
+        let context = format!("{label}, {} entries", support::thousands(args.entries));
+        let (p99, over) = (
+            percentile(&sorted, 99.0) * 1e3,
+            format!("p99 of {} rounds", sorted.len()),
+        );
+        support::summary(figure, &context, p99, &over, sorted.len());
         all_outside.extend(r.outside.iter().copied());
         summary(
             &format!("{label}: outside, kube-proxy sync visible → last DESTROY"),
@@ -480,6 +498,11 @@ fn reaction(args: &Args) {
         series(&m, "ghostbuster_flow_index_bytes") / series(&m, "ghostbuster_flow_index_entries").max(1.0),
         series(&m, "ghostbuster_flow_index_trusted"),
     );
+    let flows = series(&m, "ghostbuster_flow_index_entries");
+    let context = format!("{} entries", support::thousands(args.entries));
+    let per_flow = series(&m, "ghostbuster_flow_index_bytes") / flows.max(1.0);
+    let indexed = format!("{} flows", support::thousands(flows as usize));
+    support::summary(&support::FLOW_INDEX_BYTES, &context, per_flow, &indexed, 1);
     agent.stop();
 }
 
@@ -699,7 +722,7 @@ fn steady(args: &Args) {
     let pods = publish_pods(&api, &cluster, args.pods);
     println!("published {pods} Pods (on other nodes: the agent lists only its own node's)");
     let kp = FakeKubeProxy::start("nftables");
-    let agent = start_agent(&api, &name, &kp, &[]);
+    let (agent, ready) = start_agent(&api, &name, &kp, &[]);
     let pid = agent.child.id();
 
     // New flows: UDP entries DNAT'd to live backends, created in batches every 100 ms, that
@@ -804,6 +827,32 @@ fn steady(args: &Args) {
         file as f64 / 1024.0
     );
     println!();
+    let t = support::thousands;
+    let big = format!(
+        "{} entries + {} Services / {} endpoints / {} Pods",
+        t(truth.created as usize),
+        t(cluster.services.len()),
+        t(endpoints),
+        t(pods)
+    );
+    let (mib, w) = (1.0 / 1024.0, format!("{wall:.0} s window"));
+    let rate = format!("{} new flows/s", t(args.rate));
+    support::summary(&support::READY, &big, ready.as_secs_f64(), "once", 1);
+    support::summary(&support::CPU, &rate, (user + sys) / wall * 100.0, &w, 1);
+    support::summary(&support::STEADY_RSS, "", rss_max as f64 * mib, &w, 1);
+    support::summary(&support::PEAK_RSS, "", hwm as f64 * mib, "since start", 1);
+    let interval = series(&m1, "ghostbuster_full_pass_interval_seconds");
+    support::summary(&support::FULL_PASS_INTERVAL, "", interval, "at the end", 1);
+    let flows = series(&m1, "ghostbuster_flow_index_entries");
+    let per_flow = series(&m1, "ghostbuster_flow_index_bytes") / flows.max(1.0);
+    let indexed = format!("{} flows", support::thousands(flows as usize));
+    support::summary(
+        &support::FLOW_INDEX_BYTES,
+        "steady state",
+        per_flow,
+        &indexed,
+        1,
+    );
     agent.stop();
 }
 
@@ -904,7 +953,7 @@ fn kept(args: &Args) {
     publish(&api, &cluster);
     let kp = FakeKubeProxy::start("nftables");
     // Short full-pass interval, never stretched: many passes in a short run.
-    let agent = start_agent(
+    let (agent, _) = start_agent(
         &api,
         &name,
         &kp,
@@ -1006,5 +1055,9 @@ fn kept(args: &Args) {
         if judged_kept { "yes" } else { "NO" }
     );
     println!();
+    let n = format!("N = {}", support::thousands(args.kept));
+    let over = format!("{passes} full passes");
+    support::summary(&support::KEPT_RSS, &n, mib(in_passes), &over, 1);
+    support::summary(&support::KEPT_SPREAD, &n, spread, &over, 1);
     agent.stop();
 }

@@ -414,6 +414,11 @@ fn one_size(n: usize, runs: usize) {
     let rows = bench_rounds(&mut cases, runs);
     drop(cases);
     print_rows(&rows, ctdump.is_some());
+    let walls: Vec<(&str, f64)> = rows
+        .iter()
+        .map(|r| (r.name.as_str(), r.wall.as_secs_f64()))
+        .collect();
+    support::cli_summary(n, runs, &walls);
     if std::env::var_os("GB_BENCH_PERF").is_some() {
         profile(&name, &f);
     }

@@ -24,12 +24,13 @@
 //! Memory: an entry is its reply tuple and zone packed into one 16-byte key, IPv4 or IPv6 alike:
 //! the addresses become small ids (a node's entries name few distinct backends and clients, many
 //! times each), and the key starts with the backend's id, so that a backend's entries are one
-//! range of a B-tree — no per-backend table to pay for on a node with 100,000 backends of a few
+//! range of sorted keys — no per-backend table to pay for on a node with 100,000 backends of a few
 //! entries each (a first version kept a hash set per backend: 130 bytes an entry there; a
-//! second, addresses in the keys: 52 bytes an IPv6 entry). The tree's nodes add 5 % to the keys
-//! when a full pass has built it (from sorted keys, full nodes) and up to 90 % as events grow it.
+//! second, addresses in the keys: 52 bytes an IPv6 entry; a third, the keys in a B-tree, whose
+//! nodes added 16 % to them when built and up to 90 % as events grew it). The keys live in one
+//! sorted vector with the changes since its last merge beside it ([`KeySet`]).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Mutex, MutexGuard};
 
@@ -39,6 +40,7 @@ use ctnetlink::{
     DeleteKey, DeleteOutcome, DumpSummary, EventKind, Family, Filter, Flow, Lookup, Tuple, L4,
 };
 
+use super::flow_keys::KeySet;
 use crate::table::Table;
 
 /// The most events logged while a full pass dumps (two per new flow: at 10,000 new flows/s a
@@ -159,7 +161,7 @@ fn indexable(f: &Flow) -> bool {
 /// may be trusted ([`FlowIndex`]). A full pass builds one of these from its dump.
 #[derive(Debug, Clone, Default)]
 pub struct Entries {
-    keys: BTreeSet<u128>,
+    keys: KeySet,
     backends: Interner,
     clients: Interner,
 }
@@ -210,7 +212,7 @@ impl Entries {
         self.keys
             .range(range_of(b))
             .map(|k| {
-                let (_, proto, zone, sport, client, dport) = parts(*k);
+                let (_, proto, zone, sport, client, dport) = parts(k);
                 DeleteKey {
                     family,
                     reply: Tuple::ports(ip, sport, self.clients.addr(client), dport, proto),
@@ -225,7 +227,7 @@ impl Entries {
     pub fn count_of(&self, ip: IpAddr) -> usize {
         self.backends
             .id(ip)
-            .map_or(0, |b| self.keys.range(range_of(b)).count())
+            .map_or(0, |b| self.keys.count(range_of(b)))
     }
 
     pub fn len(&self) -> usize {
@@ -236,12 +238,10 @@ impl Entries {
         self.keys.is_empty()
     }
 
-    /// An estimate of the heap the index holds: the keys and the B-tree nodes around them (11
-    /// keys a node: full when a pass built the tree, about two thirds full once events have
-    /// grown it), 1.3 times the keys; and the address tables. `tests/flow_index_memory.rs`
-    /// measures both ends.
+    /// An estimate of the heap the index holds: the keys ([`KeySet::heap_bytes`]) and the
+    /// address tables. `tests/flow_index_memory.rs` measures it.
     pub fn heap_bytes(&self) -> usize {
-        self.keys.len() * std::mem::size_of::<u128>() * 13 / 10
+        self.keys.heap_bytes()
             + self.backends.heap_bytes()
             + self.clients.heap_bytes()
     }
@@ -261,8 +261,7 @@ impl Entries {
 }
 
 /// The entries a full pass's dump saw, gathered unordered and built into [`Entries`] at the
-/// end in one go: the tree built from sorted keys has full nodes (18 bytes an entry instead of
-/// up to 31 when inserted one by one), and a push costs a fraction of an insert.
+/// end in one go: the vector is sorted in place, and a push costs a fraction of an insert.
 #[derive(Debug, Default)]
 pub struct Builder {
     keys: Vec<u128>,
@@ -302,15 +301,15 @@ impl Builder {
             ..
         } = self;
         let before = keys.len();
-        let keys: BTreeSet<u128> = keys.into_iter().collect();
+        let keys = KeySet::from_vec(keys);
         if keys.len() != before {
             // The dump named an entry twice (it can, when the table changes under it): count
             // the uses again from the keys.
             for i in backends.ids.values_mut().chain(clients.ids.values_mut()) {
                 i.uses = 0;
             }
-            for k in &keys {
-                let (b, _, _, _, c, _) = parts(*k);
+            for k in keys.iter() {
+                let (b, _, _, _, c, _) = parts(k);
                 let (b, c) = (backends.addr(b), clients.addr(c));
                 if let Some(i) = backends.ids.get_mut(&b) {
                     i.uses += 1;

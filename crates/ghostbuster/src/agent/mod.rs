@@ -18,6 +18,7 @@ pub mod conntrack_events;
 pub mod cpu;
 pub mod dataplane;
 pub mod flow_index;
+mod flow_keys;
 pub mod gate;
 pub mod k8s_events;
 pub mod kube_proxy_reader;

@@ -329,7 +329,17 @@ impl<T: Table, W: World> Reactor<T, W> {
             }
         }
         self.prefetch(waiting);
-        for b in self.read_open(open) {
+        let reading = Instant::now();
+        let ready = self.read_open(open);
+        if !ready.is_empty() {
+            tracing::debug!(
+                backends = ready.len(),
+                flows = ready.iter().map(|b| b.flows.len()).sum::<usize>(),
+                read_ms = reading.elapsed().as_secs_f64() * 1e3,
+                "read the flows of the backends whose gate opened"
+            );
+        }
+        for b in ready {
             if b.flows.is_empty() {
                 continue;
             }

@@ -86,11 +86,11 @@ fn a_million_entries_of_either_family_take_a_few_dozen_bytes_each() {
             "flow index heap, {how}: IPv4 {v4:.1} bytes/entry (estimate {v4_est:.1}), \
              IPv6 {v6:.1} bytes/entry (estimate {v6_est:.1})"
         );
-        // 16-byte keys in one sorted vector (the changes since its last merge beside it: at
+        // 12-byte keys in one sorted vector (the changes since its last merge beside it: at
         // most a thirty-second of it), and the address tables: 100,000 IPv6 backends cost ~6
-        // bytes an entry here. (Keys in a B-tree took 18.6 / 31.4 and 24.2 / 33.5.)
-        assert!(v4 <= 20.0, "IPv4, {how}: {v4:.1} bytes per entry");
-        assert!(v6 <= 28.0, "IPv6, {how}: {v6:.1} bytes per entry");
+        // bytes an entry here. (16-byte keys in a B-tree took 18.6 / 31.4 and 24.2 / 33.5.)
+        assert!(v4 <= 16.0, "IPv4, {how}: {v4:.1} bytes per entry");
+        assert!(v6 <= 24.0, "IPv6, {how}: {v6:.1} bytes per entry");
         // The exported estimate is within half of the truth at either end.
         for (real, est) in [(v4, v4_est), (v6, v6_est)] {
             assert!(

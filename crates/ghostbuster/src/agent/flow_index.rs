@@ -68,24 +68,26 @@ impl Interner {
         self.ids.get(&ip).map(|i| i.id)
     }
 
-    /// The id of `ip`, made if needed; counts one more use.
-    fn take(&mut self, ip: IpAddr) -> u32 {
+    /// The id of `ip`, made if needed; counts one more use. `None` when every id below `cap`
+    /// is in use.
+    fn take(&mut self, ip: IpAddr, cap: u32) -> Option<u32> {
         if let Some(i) = self.ids.get_mut(&ip) {
             i.uses += 1;
-            return i.id;
+            return Some(i.id);
         }
         let id = match self.free.pop() {
             Some(id) => {
                 self.addrs[id as usize] = ip;
                 id
             }
-            None => {
+            None if self.addrs.len() < cap as usize => {
                 self.addrs.push(ip);
                 (self.addrs.len() - 1) as u32
             }
+            None => return None,
         };
         self.ids.insert(ip, Id { id, uses: 1 });
-        id
+        Some(id)
     }
 
     /// One use fewer of `ip`'s id; the last frees it.
@@ -115,18 +117,36 @@ impl Interner {
     }
 }
 
-/// An entry's key, 120 bits: the backend's id, the protocol, the zone, the backend's port, the
-/// id of the reply's destination (the client, or the node after SNAT) and the client's port. The
-/// backend's id comes first, so a backend's entries are one range of the tree.
+/// The key's bits for a backend's id and for a reply destination's (a client, or the node after
+/// SNAT): 4,194,304 and 16,777,216 distinct addresses at once.
+const BACKEND_BITS: u32 = 22;
+const CLIENT_BITS: u32 = 24;
+/// How many backend ids may be in use at once. Past it an entry cannot be named and the index
+/// is dropped (as past `--flow-index-max-entries`); the unit tests make it small to get there.
+#[cfg(not(test))]
+const BACKEND_IDS: u32 = 1 << BACKEND_BITS;
+#[cfg(test)]
+const BACKEND_IDS: u32 = 16;
+const CLIENT_IDS: u32 = 1 << CLIENT_BITS;
+/// The protocols kube-proxy DNATs (a Service port is TCP, UDP or SCTP), as the key's 2 bits, and
+/// DCCP, which has ports too. A DNAT'd flow of another protocol can be no Service's flow.
+const PROTOCOLS: [u8; 4] = [6, 17, 132, 33];
+
+/// An entry's key, 96 bits ([`KeySet`]'s width): the backend's id (22 bits), the protocol (2),
+/// the zone (16), the backend's port (16), the id of the reply's destination (24: the client,
+/// or the node after SNAT) and the client's port (16). The backend's id comes first, so a
+/// backend's entries are one range of the keys.
 fn key(backend: u32, reply: &Tuple, zone: u16, client: u32) -> Option<u128> {
     let L4::Ports { src, dst } = reply.l4 else {
         return None;
     };
+    let proto = PROTOCOLS.iter().position(|p| *p == reply.proto)?;
+    debug_assert!(backend < 1 << BACKEND_BITS && client < 1 << CLIENT_BITS);
     Some(
-        (u128::from(backend) << 88)
-            | (u128::from(reply.proto) << 80)
-            | (u128::from(zone) << 64)
-            | (u128::from(src) << 48)
+        (u128::from(backend) << 74)
+            | ((proto as u128) << 72)
+            | (u128::from(zone) << 56)
+            | (u128::from(src) << 40)
             | (u128::from(client) << 16)
             | u128::from(dst),
     )
@@ -135,25 +155,26 @@ fn key(backend: u32, reply: &Tuple, zone: u16, client: u32) -> Option<u128> {
 /// The parts of a key: (backend id, protocol, zone, backend port, client id, client port).
 fn parts(k: u128) -> (u32, u8, u16, u16, u32, u16) {
     (
-        (k >> 88) as u32,
-        (k >> 80) as u8,
-        (k >> 64) as u16,
-        (k >> 48) as u16,
-        (k >> 16) as u32,
+        (k >> 74) as u32,
+        PROTOCOLS[(k >> 72) as usize & 3],
+        (k >> 56) as u16,
+        (k >> 40) as u16,
+        (k >> 16) as u32 & ((1 << CLIENT_BITS) - 1),
         k as u16,
     )
 }
 
 fn range_of(backend: u32) -> std::ops::RangeInclusive<u128> {
-    let lo = u128::from(backend) << 88;
-    lo..=(lo | ((1u128 << 88) - 1))
+    let lo = u128::from(backend) << 74;
+    lo..=(lo | ((1u128 << 74) - 1))
 }
 
-/// A flow the index holds: DNAT'd, with ports (kube-proxy DNATs only TCP, UDP and SCTP), both
-/// addresses of one family.
+/// A flow the index holds: DNAT'd, with ports, of a protocol the key can name ([`PROTOCOLS`]:
+/// every protocol a Service can have), both addresses of one family.
 fn indexable(f: &Flow) -> bool {
     f.is_dnat()
         && matches!(f.reply.l4, L4::Ports { .. })
+        && PROTOCOLS.contains(&f.reply.proto)
         && f.reply.src.is_ipv4() == f.reply.dst.is_ipv4()
 }
 
@@ -164,6 +185,9 @@ pub struct Entries {
     keys: KeySet,
     backends: Interner,
     clients: Interner,
+    /// An entry could not be added: every id of its backends' or clients' was in use. The index
+    /// is incomplete then, and must be dropped (see `State::go_over_limit`).
+    full: bool,
 }
 
 impl Entries {
@@ -178,11 +202,24 @@ impl Entries {
                 return false;
             }
         }
-        let (bi, ci) = (self.backends.take(b), self.clients.take(c));
+        let Some(bi) = self.backends.take(b, BACKEND_IDS) else {
+            self.full = true;
+            return false;
+        };
+        let Some(ci) = self.clients.take(c, CLIENT_IDS) else {
+            self.backends.release(b);
+            self.full = true;
+            return false;
+        };
         match key(bi, &f.reply, f.zone, ci) {
             Some(k) => self.keys.insert(k),
             None => false,
         }
+    }
+
+    /// An entry could not be added for want of ids: the index is incomplete.
+    pub fn is_full(&self) -> bool {
+        self.full
     }
 
     /// Forgets the entry with `f`'s reply tuple and zone. True if it was there.
@@ -241,9 +278,7 @@ impl Entries {
     /// An estimate of the heap the index holds: the keys ([`KeySet::heap_bytes`]) and the
     /// address tables. `tests/flow_index_memory.rs` measures it.
     pub fn heap_bytes(&self) -> usize {
-        self.keys.heap_bytes()
-            + self.backends.heap_bytes()
-            + self.clients.heap_bytes()
+        self.keys.heap_bytes() + self.backends.heap_bytes() + self.clients.heap_bytes()
     }
 
     fn apply(&mut self, kind: EventKind, f: &Flow) {
@@ -278,19 +313,25 @@ impl Builder {
         if self.over || !indexable(f) {
             return;
         }
+        // More DNAT'd entries than the index may hold, or more distinct addresses than its
+        // keys can name: this pass builds nothing.
         if self.limit > 0 && self.keys.len() >= self.limit {
-            // More DNAT'd entries than the index may hold: this pass builds nothing.
-            self.over = true;
-            self.keys = Vec::new();
-            self.backends = Interner::default();
-            self.clients = Interner::default();
-            return;
+            return self.give_up();
         }
-        let (bi, ci) = (
-            self.backends.take(f.reply.src),
-            self.clients.take(f.reply.dst),
-        );
+        let Some(bi) = self.backends.take(f.reply.src, BACKEND_IDS) else {
+            return self.give_up();
+        };
+        let Some(ci) = self.clients.take(f.reply.dst, CLIENT_IDS) else {
+            return self.give_up();
+        };
         self.keys.extend(key(bi, &f.reply, f.zone, ci));
+    }
+
+    fn give_up(&mut self) {
+        self.over = true;
+        self.keys = Vec::new();
+        self.backends = Interner::default();
+        self.clients = Interner::default();
     }
 
     pub fn finish(self) -> Entries {
@@ -336,6 +377,7 @@ impl Builder {
             keys,
             backends,
             clients,
+            full: false,
         }
     }
 }
@@ -377,8 +419,9 @@ impl State {
         if !self.over_limit {
             tracing::warn!(
                 limit = self.limit,
-                "more DNAT'd conntrack entries than --flow-index-max-entries: the flow index is \
-                 off (removals walk the table) until a full pass finds fewer"
+                "more DNAT'd conntrack entries than --flow-index-max-entries (or more distinct \
+                 addresses than it can name): the flow index is off (removals walk the table) \
+                 until a full pass finds fewer"
             );
         }
         self.over_limit = true;
@@ -461,7 +504,7 @@ impl FlowIndex {
             for (kind, f) in events {
                 st.entries.apply(*kind, f);
             }
-            if st.limit > 0 && st.entries.len() > st.limit {
+            if st.entries.is_full() || st.limit > 0 && st.entries.len() > st.limit {
                 st.go_over_limit();
                 return;
             }
@@ -519,6 +562,10 @@ impl FlowIndex {
         }
         for (kind, f) in &rebuild.log {
             fresh.apply(*kind, f);
+        }
+        if fresh.is_full() {
+            st.go_over_limit();
+            return summary(&st);
         }
         if st.over_limit {
             tracing::info!(
@@ -815,6 +862,62 @@ mod tests {
         let s = ix.finish_rebuild(r);
         assert!(s.trusted && s.flows == 2, "{s:?}");
         assert_eq!(ix.count_of(c.reply.src), Some(1));
+    }
+
+    /// More distinct backends than the keys can name (16 in the unit tests, 4,194,304 in the
+    /// agent): the entry that finds no id drops the index, by event or in a pass, as past the
+    /// bound; a backend leaving frees its id for the next.
+    #[test]
+    fn an_entry_without_a_free_id_drops_the_index() {
+        let ix = FlowIndex::default();
+        ix.set_live(true);
+        let of = |backend: u8| v4(5, 40000, backend);
+        let fill: Vec<Flow> = (0..BACKEND_IDS as u8).map(of).collect();
+        assert!(rebuilt(&ix, &fill).trusted);
+        // An id freed and taken again: still complete.
+        ix.apply(&[(EventKind::Destroy, of(0)), (EventKind::New, of(100))]);
+        assert!(ix.is_trusted());
+        assert_eq!(ix.count_of(of(100).reply.src), Some(1));
+        // One backend too many.
+        ix.apply(&[(EventKind::New, of(101))]);
+        assert!(!ix.is_trusted());
+        assert_eq!(ix.summary().flows, 0);
+        // A pass over too many builds nothing; one over few enough brings it back.
+        let mut too_many = fill.clone();
+        too_many.push(of(101));
+        assert!(!rebuilt(&ix, &too_many).trusted);
+        let s = rebuilt(&ix, &fill);
+        assert!(s.trusted && s.flows == fill.len(), "{s:?}");
+        // The same through an event replayed after the dump.
+        let mut r = ix.begin_rebuild();
+        for f in &fill {
+            r.fresh.push(f);
+        }
+        ix.apply(&[(EventKind::New, of(101))]);
+        assert!(!ix.finish_rebuild(r).trusted);
+    }
+
+    /// The key names TCP, UDP, SCTP and DCCP (every protocol a Service port can have, and one
+    /// more); a DNAT'd UDP-Lite flow is no Service's and is not indexed.
+    #[test]
+    fn the_protocols_a_key_can_name_come_back() {
+        let mut e = Entries::default();
+        for proto in PROTOCOLS {
+            let mut f = v4(5, 40000, 7);
+            f.orig.proto = proto;
+            f.reply.proto = proto;
+            assert!(e.insert(&f), "{proto}");
+        }
+        let mut lite = v4(5, 40000, 7);
+        lite.reply.proto = 136;
+        assert!(!e.insert(&lite) && !e.is_full());
+        let mut protos: Vec<u8> = e
+            .keys_of(lite.reply.src)
+            .iter()
+            .map(|k| k.reply.proto)
+            .collect();
+        protos.sort_unstable();
+        assert_eq!(protos, [6, 17, 33, 132]);
     }
 
     /// A dump that names an entry twice builds it once, its addresses counted once.

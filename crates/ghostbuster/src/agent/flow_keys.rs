@@ -135,11 +135,15 @@ impl KeySet {
             + self.added.range(range).count()
     }
 
-    /// Every key, in order.
-    pub fn iter(&self) -> impl Iterator<Item = u128> + '_ {
+    /// Every key, in order (straight from the vector when no change is pending, as after
+    /// [`KeySet::from_vec`]).
+    pub fn iter(&self) -> Box<dyn Iterator<Item = u128> + '_> {
+        if self.added.is_empty() && self.removed.is_empty() {
+            return Box::new(self.base.iter().map(|p| p.key()));
+        }
         let mut all: Vec<u128> = self.range(0..=MAX_KEY).collect();
         all.sort_unstable();
-        all.into_iter()
+        Box::new(all.into_iter())
     }
 
     /// The heap it holds: the vector's capacity, and the pending changes with their B-tree

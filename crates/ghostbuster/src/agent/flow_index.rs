@@ -227,11 +227,6 @@ impl Entries {
             return false;
         }
         let (b, c) = (f.reply.src, f.reply.dst);
-        if let (Some(bi), Some(ci)) = (self.backends.id(b), self.clients.id(c)) {
-            if key(bi, &f.reply, f.zone, ci).is_some_and(|k| self.keys.contains(&k)) {
-                return false;
-            }
-        }
         let Some(bi) = self.backends.take(b, BACKEND_IDS) else {
             self.full = true;
             return false;
@@ -241,10 +236,14 @@ impl Entries {
             self.full = true;
             return false;
         };
-        match key(bi, &f.reply, f.zone, ci) {
-            Some(k) => self.keys.insert(k),
-            None => false,
+        // One lookup: the ids' uses are given back when the entry was there already (a NEW
+        // replayed onto the pass that saw the flow).
+        let new = key(bi, &f.reply, f.zone, ci).is_some_and(|k| self.keys.insert(k));
+        if !new {
+            self.backends.release(b);
+            self.clients.release(c);
         }
+        new
     }
 
     /// An entry could not be added for want of ids: the index is incomplete.

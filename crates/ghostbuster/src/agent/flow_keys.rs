@@ -23,14 +23,29 @@ use std::ops::RangeInclusive;
 const MERGE_FRACTION: usize = 32;
 /// Below this many changes nothing is merged: small tables stay all-B-tree-cheap.
 const MERGE_MIN: usize = 4096;
+/// One fence every this many keys of the vector (see `KeySet::fences`).
+const BLOCK: usize = 64;
 
 /// The largest key a [`KeySet`] holds: 96 bits.
 pub const MAX_KEY: u128 = (1 << 96) - 1;
 
 /// A key as the vector stores it: its low 96 bits, big-endian, so that the bytes' order is the
-/// numbers' order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+/// numbers' order. Compared as the number (a byte swap), not byte by byte: a lookup compares
+/// ~20 of them, once per conntrack event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 struct Packed([u8; 12]);
+
+impl Ord for Packed {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key().cmp(&other.key())
+    }
+}
+
+impl PartialOrd for Packed {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 impl Packed {
     fn of(k: u128) -> Self {
@@ -41,6 +56,7 @@ impl Packed {
         Packed(p)
     }
 
+    #[inline]
     fn key(self) -> u128 {
         let mut b = [0; 16];
         b[4..].copy_from_slice(&self.0);
@@ -53,6 +69,11 @@ impl Packed {
 pub struct KeySet {
     /// Sorted, unique.
     base: Vec<Packed>,
+    /// Every [`BLOCK`]th key of `base` (a quarter of a byte an entry): a lookup searches these
+    /// first — they stay in the cache — and then one block of 768 bytes, instead of ~20 probes
+    /// spread over megabytes (a cache miss each: measured 0.5 µs more per conntrack event than
+    /// a B-tree without them).
+    fences: Vec<u128>,
     /// In the set, not in `base`.
     added: BTreeSet<u128>,
     /// In `base`, not in the set.
@@ -68,24 +89,43 @@ impl KeySet {
         base.sort_unstable();
         base.dedup();
         base.shrink_to_fit();
-        KeySet {
+        let mut set = KeySet {
             base,
             ..KeySet::default()
+        };
+        set.set_fences();
+        set
+    }
+
+    fn set_fences(&mut self) {
+        self.fences = self.base.iter().step_by(BLOCK).map(|p| p.key()).collect();
+    }
+
+    /// The number of keys of the vector for which `below` holds (it must hold for a prefix):
+    /// the fences first, then the one block where it stops holding.
+    fn partition(&self, below: impl Fn(u128) -> bool) -> usize {
+        let b = self.fences.partition_point(|f| below(*f));
+        if b == 0 {
+            return 0;
         }
+        let lo = (b - 1) * BLOCK;
+        let hi = (b * BLOCK).min(self.base.len());
+        lo + self.base[lo..hi].partition_point(|p| below(p.key()))
     }
 
     fn in_base(&self, k: &u128) -> bool {
-        self.base.binary_search(&Packed::of(*k)).is_ok()
+        let i = self.partition(|x| x < *k);
+        self.base.get(i).is_some_and(|p| p.key() == *k)
     }
 
     /// The part of the vector within `range`.
     fn base_range(&self, range: &RangeInclusive<u128>) -> &[Packed] {
-        let (start, end) = (Packed::of(*range.start()), Packed::of(*range.end()));
-        let lo = self.base.partition_point(|k| *k < start);
-        let hi = self.base.partition_point(|k| *k <= end);
-        &self.base[lo..hi]
+        let lo = self.partition(|x| x < *range.start());
+        let hi = self.partition(|x| x <= *range.end());
+        &self.base[lo..hi.max(lo)]
     }
 
+    #[cfg(test)]
     pub fn contains(&self, k: &u128) -> bool {
         self.added.contains(k) || (self.in_base(k) && !self.removed.contains(k))
     }
@@ -151,6 +191,7 @@ impl KeySet {
     pub fn heap_bytes(&self) -> usize {
         let pending = std::mem::size_of::<u128>() * 3 / 2;
         self.base.capacity() * std::mem::size_of::<Packed>()
+            + self.fences.capacity() * std::mem::size_of::<u128>()
             + (self.added.len() + self.removed.len()) * pending
     }
 
@@ -174,6 +215,7 @@ impl KeySet {
         }
         let added = std::mem::take(&mut self.added);
         if added.is_empty() {
+            self.set_fences();
             return;
         }
         let old = self.base.len();
@@ -192,6 +234,7 @@ impl KeySet {
                 news.next();
             }
         }
+        self.set_fences();
     }
 
     #[cfg(test)]
@@ -254,6 +297,17 @@ mod tests {
             assert_eq!(set.len(), model.len());
         }
         assert!(merges >= 10, "the changes were merged ({merges} times)");
+        assert!(set.iter().eq(model.iter().copied()));
+        // Removals alone, through a merge: every key still answers right.
+        let gone: Vec<u128> = model.iter().copied().step_by(2).take(6_000).collect();
+        for k in &gone {
+            assert!(set.remove(k) && model.remove(k));
+        }
+        set.merge();
+        assert_eq!(set.pending(), 0);
+        for k in gone.iter().chain(model.iter()) {
+            assert_eq!(set.contains(k), model.contains(k), "{k}");
+        }
         assert!(set.iter().eq(model.iter().copied()));
     }
 

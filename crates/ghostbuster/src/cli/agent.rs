@@ -114,7 +114,7 @@ pub struct AgentArgs {
     /// backends only, and a kernel walk per removal.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub flow_index: bool,
-    /// The most DNAT'd entries the flow index holds (18-34 bytes each: at most ~50 MiB at the
+    /// The most DNAT'd entries the flow index holds (12-16 bytes each: at most ~25 MiB at the
     /// default). On a table with more, the index is dropped and removals walk the table, until a
     /// full pass finds fewer. 0: no bound.
     #[arg(long, default_value_t = 1_500_000)]

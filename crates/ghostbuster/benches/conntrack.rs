@@ -419,7 +419,8 @@ fn one_size(n: usize, runs: usize) {
         .map(|r| (r.name.as_str(), r.wall.as_secs_f64()))
         .collect();
     support::cli_summary(n, runs, &walls);
-    if std::env::var_os("GB_BENCH_PERF").is_some() {
+    // Any value but empty or "0" (scripts/bench.sh sets 1 unless told GB_BENCH_PERF=0).
+    if std::env::var("GB_BENCH_PERF").is_ok_and(|v| !v.is_empty() && v != "0") {
         profile(&name, &f);
     }
     let left = ct

@@ -42,7 +42,7 @@ use ctnetlink::{
 
 use hashbrown::HashTable;
 
-use super::flow_keys::KeySet;
+use super::flow_keys::{Gathered, KeySet};
 use crate::table::Table;
 
 /// The most events logged while a full pass dumps (two per new flow: at 10,000 new flows/s a
@@ -325,10 +325,11 @@ impl Entries {
 }
 
 /// The entries a full pass's dump saw, gathered unordered and built into [`Entries`] at the
-/// end in one go: the vector is sorted in place, and a push costs a fraction of an insert.
+/// end in one go: the keys are gathered packed and sorted in place, and a push costs a fraction
+/// of an insert.
 #[derive(Debug, Default)]
 pub struct Builder {
-    keys: Vec<u128>,
+    keys: Gathered,
     backends: Interner,
     clients: Interner,
     /// Gather at most this many (0: no bound); past it, gather nothing more.
@@ -353,12 +354,14 @@ impl Builder {
         let Some(ci) = self.clients.take(f.reply.dst, CLIENT_IDS) else {
             return self.give_up();
         };
-        self.keys.extend(key(bi, &f.reply, f.zone, ci));
+        if let Some(k) = key(bi, &f.reply, f.zone, ci) {
+            self.keys.push(k);
+        }
     }
 
     fn give_up(&mut self) {
         self.over = true;
-        self.keys = Vec::new();
+        self.keys = Gathered::default();
         self.backends = Interner::default();
         self.clients = Interner::default();
     }
@@ -371,7 +374,7 @@ impl Builder {
             ..
         } = self;
         let before = keys.len();
-        let keys = KeySet::from_vec(keys);
+        let keys = KeySet::from_gathered(keys);
         if keys.len() != before {
             // The dump named an entry twice (it can, when the table changes under it): count
             // the uses again from the keys.

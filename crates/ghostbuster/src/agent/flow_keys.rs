@@ -80,12 +80,31 @@ pub struct KeySet {
     removed: BTreeSet<u128>,
 }
 
+/// Keys gathered for a [`KeySet`] (a full pass gathers every DNAT'd entry), packed as they come:
+/// the set is then built by sorting this vector in place, with no second copy of a million keys.
+#[derive(Debug, Default)]
+pub struct Gathered(Vec<Packed>);
+
+impl Gathered {
+    pub fn push(&mut self, k: u128) {
+        self.0.push(Packed::of(k));
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
 impl KeySet {
-    /// The set of `keys` (any order, duplicates allowed), built in place: sorting the vector
-    /// it is given costs no second copy.
+    /// The set of `keys` (any order, duplicates allowed).
+    #[cfg(test)]
     pub fn from_vec(keys: Vec<u128>) -> Self {
-        let mut base: Vec<Packed> = Vec::with_capacity(keys.len());
-        base.extend(keys.into_iter().map(Packed::of));
+        Self::from_gathered(Gathered(keys.into_iter().map(Packed::of).collect()))
+    }
+
+    /// The set of the gathered keys (any order, duplicates allowed), sorted in place.
+    pub fn from_gathered(keys: Gathered) -> Self {
+        let mut base = keys.0;
         base.sort_unstable();
         base.dedup();
         base.shrink_to_fit();

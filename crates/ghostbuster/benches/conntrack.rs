@@ -10,8 +10,8 @@
 //! a third of this table (the per-family counts are printed first) and is no floor for a tool
 //! that must see every flow.
 //!
-//! `cargo bench -p ghostbuster --bench conntrack -- [--runs R] [N ...]` (default R 5, N: 262144
-//! and 1000000); `scripts/bench.sh` runs it with the agent benchmark. Needs root. When N exceeds the machine-wide `nf_conntrack_max`, the limit is raised
+//! `cargo bench -p ghostbuster --bench conntrack -- [--runs R] [--deletes-only] [N ...]` (default R
+//! 5, N: 262144 and 1000000; `--deletes-only`: only the delete phases); `scripts/bench.sh` runs it with the agent benchmark. Needs root. When N exceeds the machine-wide `nf_conntrack_max`, the limit is raised
 //! for the run and restored at the end (printed), since a child namespace cannot hold more.
 //! Performance figures live here and in docs/performance.md, never in timed tests.
 //! `GB_BENCH_PERF=1` adds a `perf record` profile of one `ghostbuster scan` per table size.
@@ -210,15 +210,17 @@ fn in_ns<S: AsRef<OsStr>>(ns: &str, args: &[S]) -> Command {
 fn main() {
     let mut sizes = Vec::new();
     let mut runs = 5;
+    let mut deletes_only = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--bench" => {}
             "--runs" => runs = args.next().and_then(|v| v.parse().ok()).unwrap_or(5),
+            "--deletes-only" => deletes_only = true,
             other => match other.parse::<usize>() {
                 Ok(n) => sizes.push(n),
                 Err(_) => {
-                    eprintln!("usage: conntrack [--runs R] [N ...]");
+                    eprintln!("usage: conntrack [--runs R] [--deletes-only] [N ...]");
                     std::process::exit(2);
                 }
             },
@@ -239,12 +241,12 @@ fn main() {
         .unwrap_or(1);
     println!("ghostbuster benchmark: {cpus} CPUs, median of {runs} runs\n");
     for n in sizes {
-        one_size(n, runs);
+        one_size(n, runs, deletes_only);
     }
     drop(guard);
 }
 
-fn one_size(n: usize, runs: usize) {
+fn one_size(n: usize, runs: usize, deletes_only: bool) {
     let ns = NetNs::create("bnch").expect("namespace");
     let spec = BulkSpec {
         entries: n,
@@ -297,6 +299,11 @@ fn one_size(n: usize, runs: usize) {
         .collect();
     std::fs::write(&ips, ip_list).expect("write stale IPs");
     let ips = ips.to_string_lossy().to_string();
+    if deletes_only {
+        let ct = Conntrack::open_in(Some(&name)).expect("open");
+        delete_phases(ct, &name, &stale, &cluster);
+        return;
+    }
     // Sweeps delete: their stale entries are re-created before each run, outside the timing.
     let ct = std::cell::RefCell::new(Conntrack::open_in(Some(&name)).expect("open"));
     let recreate = &|| {
@@ -460,33 +467,77 @@ fn one_size(n: usize, runs: usize) {
         );
     }
 
-    let mut ct = ct.into_inner();
+    let ct = ct.into_inner();
 
-    // Delete phase alone (in process): exact deletes of the stale entries.
-    ct.create(&stale).expect("re-create stale entries");
+    delete_phases(ct, &name, &stale, &cluster);
+}
+
+/// The kernel's delete alone, in process: exact, batched deletes of the stale entries (re-created
+/// first), with 0, 1 and 2 DESTROY listeners subscribed while they were created — the agent's
+/// event thread is one, an exporter or `conntrack -E` another. This is the floor of a removal's
+/// deletes: with `nf_conntrack_events=2` (the default) an entry created while someone listens
+/// carries the event extension, and each delete then builds a DESTROY message and hands a copy
+/// to every listener.
+fn delete_phases(
+    mut ct: Conntrack,
+    ns: &str,
+    stale: &[ctnetlink::NewFlow],
+    cluster: &bulk::Cluster,
+) {
     let deleted: std::collections::HashSet<std::net::IpAddr> =
         cluster.deleted.iter().map(|d| d.ip).collect();
-    let mut keys = Vec::new();
-    ct.dump(&Filter::default(), |f| {
-        if deleted.contains(&f.reply.src) {
-            keys.push(DeleteKey::from(f));
-        }
-        std::ops::ControlFlow::Continue(())
-    })
-    .expect("dump");
-    let t = Instant::now();
-    let out = ct.delete(&keys).expect("delete");
-    let d = t.elapsed();
-    let ok = out
-        .iter()
-        .filter(|o| **o == ctnetlink::DeleteOutcome::Deleted)
-        .count();
-    println!(
-        "\ndelete phase: {ok} of {} stale entries deleted in {:.1} ms = {:.0} deletes/s\n",
-        keys.len(),
-        d.as_secs_f64() * 1e3,
-        ok as f64 / d.as_secs_f64()
-    );
+    println!("| delete phase | entries | ms | µs per entry |\n|---|---:|---:|---:|");
+    for listeners in 0..=2 {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let drains: Vec<_> = (0..listeners)
+            .map(|_| {
+                let mut ev = ctnetlink::EventSocket::open_in(
+                    Some(ns),
+                    ctnetlink::EventGroups::DESTROY,
+                    64 << 20,
+                )
+                .expect("subscribe to DESTROY events");
+                ev.set_timeout(Some(Duration::from_millis(50)))
+                    .expect("timeout");
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut n = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        match ev.recv(|_, _| n += 1) {
+                            Ok(_) | Err(ctnetlink::Error::EventsLost) => {}
+                            Err(e) => panic!("events: {e}"),
+                        }
+                    }
+                    n
+                })
+            })
+            .collect();
+        ct.create(stale).expect("re-create stale entries");
+        let mut keys = Vec::new();
+        ct.dump(&Filter::default(), |f| {
+            if deleted.contains(&f.reply.src) {
+                keys.push(DeleteKey::from(f));
+            }
+            std::ops::ControlFlow::Continue(())
+        })
+        .expect("dump");
+        let t = Instant::now();
+        let out = ct.delete(&keys).expect("delete");
+        let d = t.elapsed();
+        let ok = out
+            .iter()
+            .filter(|o| **o == ctnetlink::DeleteOutcome::Deleted)
+            .count();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let events: u64 = drains.into_iter().map(|h| h.join().unwrap_or(0)).sum();
+        println!(
+            "| {listeners} DESTROY listener(s) ({events} events read) | {ok} of {} | {:.1} | {:.2} |",
+            keys.len(),
+            d.as_secs_f64() * 1e3,
+            d.as_secs_f64() * 1e6 / ok.max(1) as f64
+        );
+    }
+    println!();
 }
 
 /// The table: ratios first (this / ctdump's bare dump, `conntrack -L` / this), then the figures.

@@ -72,6 +72,8 @@ pub struct MemTable {
     /// How many dumps were made, and how many of them were filtered (a whole-table walk either
     /// way in the kernel).
     pub dumps: u64,
+    /// Every key an exact read was asked for, in order.
+    pub read_keys: Vec<DeleteKey>,
     /// Every key a delete was asked for, in order.
     pub deleted_keys: Vec<DeleteKey>,
 }
@@ -140,6 +142,7 @@ impl Table for MemTable {
 
     fn get(&mut self, keys: &[DeleteKey]) -> ctnetlink::Result<Vec<Lookup>> {
         self.changes_happen();
+        self.read_keys.extend_from_slice(keys);
         Ok(keys
             .iter()
             .map(|k| match self.position(k) {

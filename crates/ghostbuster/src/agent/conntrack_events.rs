@@ -202,16 +202,20 @@ pub fn run(
         }
         let now = Instant::now();
         match r {
-            // An event that could not be read may have been a NEW or a DESTROY the index needed:
-            // like a lost one, it costs the index its trust and one full pass.
-            Ok((_, malformed)) if malformed > 0 && index => {
-                tracing::warn!(
-                    malformed,
-                    "unreadable conntrack events; the flow index is rebuilt by a full pass"
-                );
-                shared.flows.lost();
-                lost_since.get_or_insert(now);
-                lost_last = now;
+            // An event that could not be read may have been a NEW toward a waiting backend (no
+            // snapshot taken before stands in for a fresh read), or a NEW or a DESTROY the index
+            // needed: like a lost one, it costs the index its trust and one full pass.
+            Ok((_, malformed)) if malformed > 0 => {
+                shared.event_marks.lost();
+                if index {
+                    tracing::warn!(
+                        malformed,
+                        "unreadable conntrack events; the flow index is rebuilt by a full pass"
+                    );
+                    shared.flows.lost();
+                    lost_since.get_or_insert(now);
+                    lost_last = now;
+                }
             }
             Ok(_) => {}
             Err(ctnetlink::Error::EventsLost) => {

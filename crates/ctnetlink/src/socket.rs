@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 
 const SOL_NETLINK: i32 = 270;
 const NETLINK_ADD_MEMBERSHIP: i32 = 1;
+const NETLINK_DROP_MEMBERSHIP: i32 = 2;
 const NETLINK_CAP_ACK: i32 = 10;
 const NETLINK_EXT_ACK: i32 = 11;
 
@@ -191,6 +192,18 @@ impl Socket {
             .map_err(|e| {
                 Error::from_errno(
                     "subscribe to conntrack events",
+                    e.raw_os_error().unwrap_or(0),
+                    None,
+                )
+            })
+    }
+
+    /// Leaves a multicast group.
+    pub fn drop_membership(&self, group: u32) -> Result<()> {
+        self.set_int(SOL_NETLINK, NETLINK_DROP_MEMBERSHIP, group as i32)
+            .map_err(|e| {
+                Error::from_errno(
+                    "unsubscribe from conntrack events",
                     e.raw_os_error().unwrap_or(0),
                     None,
                 )

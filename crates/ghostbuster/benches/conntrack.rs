@@ -487,7 +487,14 @@ fn delete_phases(
     let deleted: std::collections::HashSet<std::net::IpAddr> =
         cluster.deleted.iter().map(|d| d.ip).collect();
     println!("| delete phase | entries | ms | µs per entry |\n|---|---:|---:|---:|");
-    for listeners in 0..=2 {
+    for (listeners, paused, threads) in [
+        (0, false, 1),
+        (1, false, 1),
+        (2, false, 1),
+        (1, true, 1),
+        (0, false, 2),
+        (1, true, 2),
+    ] {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let drains: Vec<_> = (0..listeners)
             .map(|_| {
@@ -500,7 +507,8 @@ fn delete_phases(
                 ev.set_timeout(Some(Duration::from_millis(50)))
                     .expect("timeout");
                 let stop = stop.clone();
-                std::thread::spawn(move || {
+                let handle = ev.filter_handle();
+                let thread = std::thread::spawn(move || {
                     let mut n = 0u64;
                     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                         match ev.recv(|_, _| n += 1) {
@@ -509,7 +517,8 @@ fn delete_phases(
                         }
                     }
                     n
-                })
+                });
+                (handle, thread)
             })
             .collect();
         ct.create(stale).expect("re-create stale entries");
@@ -521,17 +530,56 @@ fn delete_phases(
             std::ops::ControlFlow::Continue(())
         })
         .expect("dump");
+        let mut socks: Vec<Conntrack> = (1..threads)
+            .map(|_| Conntrack::open_in(Some(ns)).expect("open"))
+            .collect();
         let t = Instant::now();
-        let out = ct.delete(&keys).expect("delete");
+        if paused {
+            for (h, _) in &drains {
+                h.set_destroy_events(false).expect("leave DESTROY");
+            }
+        }
+        let out = if threads == 1 {
+            ct.delete(&keys).expect("delete")
+        } else {
+            // The same deletes split over `threads` sockets on as many threads.
+            let chunk = keys.len().div_ceil(threads);
+            std::thread::scope(|s| {
+                let handles: Vec<_> = keys[chunk..]
+                    .chunks(chunk)
+                    .map(|part| {
+                        let mut own = socks.pop().expect("a socket per thread");
+                        s.spawn(move || own.delete(part).expect("delete"))
+                    })
+                    .collect();
+                let mut out = ct.delete(&keys[..chunk]).expect("delete");
+                for h in handles {
+                    out.extend(h.join().expect("deleter"));
+                }
+                out
+            })
+        };
+        if paused {
+            for (h, _) in &drains {
+                h.set_destroy_events(true).expect("join DESTROY");
+            }
+        }
         let d = t.elapsed();
         let ok = out
             .iter()
             .filter(|o| **o == ctnetlink::DeleteOutcome::Deleted)
             .count();
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let events: u64 = drains.into_iter().map(|h| h.join().unwrap_or(0)).sum();
+        let events: u64 = drains.into_iter().map(|(_, t)| t.join().unwrap_or(0)).sum();
+        let mut how = String::new();
+        if paused {
+            how.push_str(", out of the group during the deletes");
+        }
+        if threads > 1 {
+            how.push_str(&format!(", {threads} deleting threads"));
+        }
         println!(
-            "| {listeners} DESTROY listener(s) ({events} events read) | {ok} of {} | {:.1} | {:.2} |",
+            "| {listeners} DESTROY listener(s){how} ({events} events read) | {ok} of {} | {:.1} | {:.2} |",
             keys.len(),
             d.as_secs_f64() * 1e3,
             d.as_secs_f64() * 1e6 / ok.max(1) as f64

@@ -137,6 +137,7 @@ pub fn run(
     struct Indexing<'a>(&'a Shared);
     impl Drop for Indexing<'_> {
         fn drop(&mut self) {
+            self.0.set_destroy_events(None);
             self.0.flows.set_live(false);
         }
     }
@@ -145,6 +146,7 @@ pub fn run(
             tracing::warn!(error = %e, "could not filter conntrack events in the kernel; reading every event");
         }
         shared.flows.set_live(true);
+        shared.set_destroy_events(Some(Arc::new(sock.filter_handle())));
         Some(Indexing(&shared))
     } else {
         None

@@ -264,9 +264,9 @@ impl World for AgentWorld {
             }
         }
         if let (Some(opened), true) = (pass.gate_opened, deleted > 0) {
-            m.observe_reaction(opened.elapsed());
+            m.observe_reaction(pass.acted_at.saturating_duration_since(opened));
             if let Some(removed) = pass.removed_at {
-                let waited = Instant::now().duration_since(opened);
+                let waited = Instant::now().saturating_duration_since(opened);
                 if let Ok(total) = Duration::try_from(now.duration_since(removed)) {
                     m.observe_gate_wait(total.saturating_sub(waited));
                 }

@@ -212,3 +212,63 @@ fn the_entry_that_holds_the_tuple_now_is_the_one_judged_and_deleted() {
         [Some(77)]
     );
 }
+
+/// A removal of [`super::QUIET_AT`] entries or more deletes them with the event socket out of
+/// the DESTROY group (the kernel then builds no DESTROY message for them), and the index forgets
+/// exactly the entries deleted: the backend's other flow, kept, is still named; the next
+/// removal still reads through the index.
+#[test]
+fn a_large_removal_deletes_without_destroy_events_and_the_index_forgets_exactly_its_deletes() {
+    let n = super::QUIET_AT as u16 + 10;
+    let mut flows: Vec<Flow> = (0..n).map(|i| tcp(40000 + i, WEB_0)).collect();
+    flows.push(tcp(50000, WEB_1));
+    let (mut r, world) = indexed(flows);
+    let rec = std::sync::Arc::new(Recorder::default());
+    r.shared().set_destroy_events(Some(rec.clone()));
+    // Read while kube-proxy is behind; then one of web-0's entries is replaced by a twin with
+    // the same reply tuple and another id before the delete: that delete misses, and the twin
+    // stays indexed.
+    r.shared().event_marks.set_live(true);
+    remove_web_0_while_kube_proxy_is_behind(&mut r, &world);
+    r.table_mut().then(|flows| {
+        let f = flows
+            .iter_mut()
+            .find(|f| f.reply.dport() == Some(40003))
+            .expect("flow");
+        f.id = Some(4242);
+    });
+    world.synced();
+    r.turn(Turn::backends([WEB_0]));
+    let pass = world.last_targeted();
+    assert!(pass.read_by_index, "{pass:#?}");
+    assert_eq!(
+        (pass.totals.deleted, pass.totals.already_gone),
+        (u64::from(n) - 1, 1),
+        "{pass:#?}"
+    );
+    assert_eq!(
+        *rec.calls.lock().unwrap(),
+        [false, true],
+        "left, then joined"
+    );
+    assert_eq!(r.flows_to(WEB_0), 1);
+    assert_eq!(
+        r.shared().flows.count_of(WEB_0),
+        Some(1),
+        "the entry not deleted is still named"
+    );
+    assert!(r.shared().flows.is_trusted());
+
+    let changed = r.endpoints_leave(&[WEB_1]);
+    world.synced();
+    world.pod("web-1", PodFate::Gone);
+    r.turn(Turn::backends(changed));
+    let pass = world.last_targeted();
+    assert!(pass.read_by_index);
+    assert_eq!(pass.totals.deleted, 1, "{pass:#?}");
+    assert_eq!(
+        *rec.calls.lock().unwrap(),
+        [false, true],
+        "one delete: with its event"
+    );
+}

@@ -44,6 +44,9 @@ pub struct PassReport {
     /// For targeted passes: when the backend left its Service, and when the gate opened.
     pub removed_at: Option<Timestamp>,
     pub gate_opened: Option<Instant>,
+    /// When its deletes were done: the end of the reaction (the report may be handed over
+    /// later, once every backend of the turn is done).
+    pub acted_at: Instant,
     /// Full passes: entries per (protocol, state) and service flows per Service.
     pub by_state: BTreeMap<(u8, &'static str), u64>,
     pub by_service: HashMap<(Name, Name), u64>,
@@ -76,6 +79,7 @@ impl PassReport {
             circuit_open: false,
             removed_at: None,
             gate_opened: None,
+            acted_at: Instant::now(),
             by_state: BTreeMap::new(),
             by_service: HashMap::new(),
             read_by_index: false,

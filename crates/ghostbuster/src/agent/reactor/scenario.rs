@@ -310,3 +310,21 @@ fn base(sport: u16, backend: IpAddr, proto: u8, port: u16, target: u16) -> Flow 
     f.id = Some(u32::from(sport));
     f
 }
+
+/// The event socket's DESTROY subscription, recorded: every change asked for, in order.
+#[derive(Default)]
+pub struct Recorder {
+    pub calls: Mutex<Vec<bool>>,
+    pub fail_join: bool,
+    pub fail_leave: bool,
+}
+
+impl super::DestroyEvents for Recorder {
+    fn subscribe(&self, on: bool) -> Result<(), String> {
+        self.calls.lock().unwrap().push(on);
+        if (on && self.fail_join) || (!on && self.fail_leave) {
+            return Err("refused".into());
+        }
+        Ok(())
+    }
+}

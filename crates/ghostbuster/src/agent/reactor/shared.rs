@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use ctnetlink::{EventFilterHandle, FilterApplied};
 use jiff::Timestamp;
 
+use super::quiet_deletes::DestroyEvents;
 use crate::agent::flow_index::FlowIndex;
 use crate::agent::prefetch::EventMarks;
 use crate::cluster::Index;
@@ -37,6 +38,9 @@ pub struct Shared {
     /// Backends whose gate waits on kube-proxy (behind, failing, unreadable): looked at again
     /// as soon as a reading moves its view ([`Work::KubeProxy`]).
     waiting_on_kube_proxy: Mutex<HashSet<IpAddr>>,
+    /// The event socket's DESTROY subscription while it keeps the flow index: left during the
+    /// reactor's own large batches of deletes ([`super::quiet_deletes`]).
+    destroy_events: Mutex<Option<Arc<dyn DestroyEvents>>>,
 }
 
 /// The event socket's filter and what was last said about it (each condition is logged once).
@@ -105,7 +109,24 @@ impl Shared {
             event_marks: EventMarks::default(),
             flows: FlowIndex::default(),
             waiting_on_kube_proxy: Mutex::default(),
+            destroy_events: Mutex::new(None),
         })
+    }
+
+    /// Installs (or, with `None`, forgets) the event socket's DESTROY subscription.
+    pub fn set_destroy_events(&self, events: Option<Arc<dyn DestroyEvents>>) {
+        *self
+            .destroy_events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = events;
+    }
+
+    /// The event socket's DESTROY subscription, while the event thread keeps the flow index.
+    pub fn destroy_events(&self) -> Option<Arc<dyn DestroyEvents>> {
+        self.destroy_events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// A Service was removed at `at` (its flows' `service_gone` waits for kube-proxy).

@@ -16,8 +16,8 @@ use ctnetlink::{Flow, Status, TcpState};
 use jiff::Timestamp;
 
 use crate::cluster::{
-    Conditions, FrontendKind, FrontendMatch, Index, IpFamily, ObjectKey, Pod, PodTarget, Protocol,
-    Service, Tombstone, Uid,
+    Conditions, FrontendKind, FrontendMatch, Index, IpFamily, Name, Pod, PodRef, PodTarget,
+    Protocol, Service, Tombstone, Uid,
 };
 use crate::policy::Policy;
 use crate::verdict::{
@@ -186,7 +186,7 @@ impl<'a> Classifier<'a> {
             let ready = self.index.slices_of(&fm.service.key).any(|s| {
                 s.family == family
                     && s.port_for(&fm.port.name, protocol).is_some()
-                    && s.endpoints.iter().any(|e| e.conditions.ready())
+                    && s.endpoints().any(|e| e.conditions.ready())
             });
             self.step(Step::ReadyEndpoints(ready));
             if ready {
@@ -217,7 +217,9 @@ impl<'a> Classifier<'a> {
                     let c = view.endpoint.conditions;
                     found.member = Some(found.member.map_or(c, |m| m.merge(c)));
                 }
-                Some(p) => found.other_port = Some((p, view.endpoint.pod.clone())),
+                Some(p) => {
+                    found.other_port = Some((p, view.endpoint.pod.as_ref().map(PodRef::to_target)));
+                }
                 None => found.unresolved = true,
             }
         }
@@ -280,15 +282,11 @@ impl<'a> Classifier<'a> {
             self.v.now_owned_by = Some(Owner {
                 namespace: Some(view.slice.key.namespace.clone()),
                 service: Some(view.slice.service.name.clone()),
-                pod: view.endpoint.pod.as_ref().map(|p| p.name.clone()),
+                pod: view.endpoint.pod.as_ref().map(|p| Name::new(p.name)),
             });
             let holder = view.endpoint.pod.as_ref();
-            let holder_pod = holder.and_then(|t| {
-                index.pod(&ObjectKey {
-                    namespace: view.slice.key.namespace.clone(),
-                    name: t.name.clone(),
-                })
-            });
+            let holder_pod =
+                holder.and_then(|t| index.pod_named(&view.slice.key.namespace, t.name));
             let holder_uid = holder.and_then(|t| t.uid.as_ref());
             return self.owned_by_another(protocol, tombstone, holder_uid, holder_pod, pods, true);
         }
@@ -556,7 +554,7 @@ impl<'a> Classifier<'a> {
         let serving = self.index.slices_of(&fm.service.key).any(|s| {
             s.family == family
                 && s.port_for(&fm.port.name, protocol).is_some()
-                && s.endpoints.iter().any(|e| e.conditions.serving())
+                && s.endpoints().any(|e| e.conditions.serving())
         });
         self.step(Step::ServingEndpoints(serving));
         if !serving {

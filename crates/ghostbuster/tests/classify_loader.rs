@@ -73,9 +73,9 @@ fn endpoints_keep_conditions_and_targets() {
     let loaded = cluster();
     let views: Vec<_> = loaded.index.endpoints_at(&ip("10.244.2.20")).collect();
     assert_eq!(views.len(), 1);
-    let e = views[0].endpoint;
+    let e = &views[0].endpoint;
     assert!(!e.conditions.ready() && e.conditions.serving() && e.conditions.terminating());
-    assert_eq!(&*e.pod.as_ref().unwrap().name, "web-6b7f9c8d5-kq8zn");
+    assert_eq!(e.pod.as_ref().unwrap().name, "web-6b7f9c8d5-kq8zn");
     assert!(views[0].slice.managed);
     // 10.244.1.10 is in web and in the headless service's slice.
     let services: Vec<String> = loaded

@@ -22,6 +22,7 @@ use super::cidr::Cidr;
 use super::error::Result;
 use super::event::{Event, Kind, Object};
 use super::ip_answers::IpAnswers;
+use super::keyless::KeylessMultimap;
 use super::meta;
 use super::model::{IpFamily, ObjectKey, Protocol, Uid};
 use super::name::{Name, NamePool};
@@ -30,8 +31,8 @@ use super::node::{Node, ServiceCidr};
 use super::one_or_many::OneOrMany;
 use super::pod::Pod;
 use super::service::{EffectiveMode, FrontendKind, ModeSource, Service, ServicePort, SweepMode};
-use super::slab::Slab;
-use super::slice::{Endpoint, Slice};
+use super::slab::{Keyed, KeyedSlab};
+use super::slice::{Endpoint, PodRef, Slice};
 use super::tombstone::{Tombstone, Tombstones};
 
 /// What the index needs to know that is not in the API objects.
@@ -84,10 +85,10 @@ pub struct FrontendMatch<'a> {
 }
 
 /// One listing of an IP: an endpoint in a slice.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct EndpointView<'a> {
     pub slice: &'a Slice,
-    pub endpoint: &'a Endpoint,
+    pub endpoint: Endpoint<'a>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -104,17 +105,18 @@ struct PortRef {
     kind: FrontendKind,
 }
 
+/// Endpoint `endpoint` of slice `slice`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct EndpointRef {
     slice: u32,
     endpoint: u32,
 }
 
-#[derive(Debug, Default)]
-struct ServiceSlices {
-    ids: Vec<u32>,
-    /// How many of them prove nothing about pods ([`Slice::proves_nothing`]).
-    proving_nothing: u32,
+/// Address `ip` (its position in [`Pod::ips`]) of pod `pod`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PodIpRef {
+    pod: u32,
+    ip: u32,
 }
 
 /// An object already reduced to its compact form.
@@ -158,22 +160,24 @@ pub struct Index {
     configured_cidrs: Vec<Cidr>,
     pool: NamePool,
 
-    services: Slab<Service>,
-    service_ids: HashMap<ObjectKey, u32>,
+    services: KeyedSlab<Service>,
     frontends: HashMap<FrontendKey, OneOrMany<PortRef>>,
     node_ports: HashMap<(u16, Protocol), OneOrMany<PortRef>>,
     /// Addresses of Services another proxy programs ([`Service::other_proxy_addresses`]), with
     /// how many such Services have each.
     other_proxy: HashMap<IpAddr, u32>,
 
-    slices: Slab<Slice>,
-    slice_ids: HashMap<ObjectKey, u32>,
-    slices_of: HashMap<ObjectKey, ServiceSlices>,
-    by_ip: HashMap<IpAddr, OneOrMany<EndpointRef>>,
+    slices: KeyedSlab<Slice>,
+    /// Service → its slices' ids (a Service may have slices before or after itself).
+    slices_of: KeylessMultimap<u32>,
+    /// Services with slices that prove nothing about pods ([`Slice::proves_nothing`]), with how
+    /// many: few Services have any, so only they take a slot.
+    proving_nothing: HashMap<ObjectKey, u32>,
+    /// Backend IP → the slice endpoints listing it.
+    by_ip: KeylessMultimap<EndpointRef>,
 
-    pods: Slab<Pod>,
-    pod_ids: HashMap<ObjectKey, u32>,
-    pods_by_ip: HashMap<IpAddr, OneOrMany<u32>>,
+    pods: KeyedSlab<Pod>,
+    pods_by_ip: KeylessMultimap<PodIpRef>,
     pods_complete: bool,
 
     nodes: HashMap<ObjectKey, Node>,
@@ -324,7 +328,7 @@ impl Index {
         Counts {
             services: self.services.len(),
             slices: self.slices.len(),
-            endpoints: self.slices.iter().map(|(_, s)| s.endpoints.len()).sum(),
+            endpoints: self.slices.iter().map(|(_, s)| s.endpoint_count()).sum(),
             pods: self.pods.len(),
             nodes: self.nodes.len(),
             tombstones: self.tombstones.len(),
@@ -378,7 +382,7 @@ impl Index {
     }
 
     pub fn service(&self, key: &ObjectKey) -> Option<&Service> {
-        self.services.get(*self.service_ids.get(key)?)
+        self.services.by_key(key)
     }
 
     pub fn services(&self) -> impl Iterator<Item = &Service> {
@@ -418,12 +422,12 @@ impl Index {
 
     /// Every slice endpoint listing `ip`, in any Service.
     pub fn endpoints_at(&self, ip: &IpAddr) -> impl Iterator<Item = EndpointView<'_>> {
-        let refs = self.by_ip.get(ip).map_or(&[][..], OneOrMany::as_slice);
+        let refs = self.by_ip.get(*ip, |r| endpoint_ip(&self.slices, r));
         refs.iter().filter_map(|r| {
             let slice = self.slices.get(r.slice)?;
             Some(EndpointView {
                 slice,
-                endpoint: slice.endpoints.get(r.endpoint as usize)?,
+                endpoint: slice.endpoint(r.endpoint as usize)?,
             })
         })
     }
@@ -432,27 +436,29 @@ impl Index {
     pub fn slices_of(&self, key: &ObjectKey) -> impl Iterator<Item = &Slice> {
         let ids = self
             .slices_of
-            .get(key)
-            .map_or(&[][..], |s| s.ids.as_slice());
+            .get(service_of(key), |&id| service_of_slice(&self.slices, id));
         ids.iter().filter_map(|&id| self.slices.get(id))
     }
 
     /// True when some slice of the Service is not the pod controller's, or lists an endpoint that
     /// is not a Pod: the Service's endpoint changes prove nothing about pods.
     pub fn proves_nothing(&self, key: &ObjectKey) -> bool {
-        self.slices_of
-            .get(key)
-            .is_some_and(|s| s.proving_nothing > 0)
+        self.proving_nothing.contains_key(key)
     }
 
     /// Pods whose `status.podIPs` include `ip`.
     pub fn pods_at(&self, ip: &IpAddr) -> impl Iterator<Item = &Pod> {
-        let ids = self.pods_by_ip.get(ip).map_or(&[][..], OneOrMany::as_slice);
-        ids.iter().filter_map(|&id| self.pods.get(id))
+        let refs = self.pods_by_ip.get(*ip, |r| pod_ip(&self.pods, r));
+        refs.iter().filter_map(|r| self.pods.get(r.pod))
     }
 
     pub fn pod(&self, key: &ObjectKey) -> Option<&Pod> {
-        self.pods.get(*self.pod_ids.get(key)?)
+        self.pods.by_key(key)
+    }
+
+    /// The pod `namespace/name`, without building its key.
+    pub fn pod_named(&self, namespace: &str, name: &str) -> Option<&Pod> {
+        self.pods.get(self.pods.id_of(namespace, name)?)
     }
 
     /// True for an address of any Node in the index, or of this node (host-network endpoints
@@ -547,20 +553,19 @@ impl Index {
         let stale = |stored: Option<&Uid>| matches!((stored, uid), (Some(a), Some(b)) if a != b);
         match kind {
             Kind::Service => {
-                let Some(&id) = self.service_ids.get(key) else {
+                let Some(id) = self.services.id(key) else {
                     return;
                 };
                 if stale(self.services.get(id).and_then(|s| s.uid.as_ref())) {
                     return;
                 }
-                self.service_ids.remove(key);
                 if let Some(old) = self.services.remove(id) {
                     self.unlink_frontends(id, &old);
                     changes.services_removed.push(old.key);
                 }
             }
             Kind::EndpointSlice => {
-                let Some(&id) = self.slice_ids.get(key) else {
+                let Some(id) = self.slices.id(key) else {
                     return;
                 };
                 if stale(self.slices.get(id).and_then(|s| s.uid.as_ref())) {
@@ -569,15 +574,14 @@ impl Index {
                 self.replace_slice(key, None, now, changes);
             }
             Kind::Pod => {
-                let Some(&id) = self.pod_ids.get(key) else {
+                let Some(id) = self.pods.id(key) else {
                     return;
                 };
                 if stale(self.pods.get(id).and_then(|p| p.uid.as_ref())) {
                     return;
                 }
-                self.pod_ids.remove(key);
+                self.unlink_pod(id);
                 if let Some(old) = self.pods.remove(id) {
-                    self.unlink_pod(id, &old);
                     self.pod_ended(&old, now, changes);
                 }
             }
@@ -615,9 +619,9 @@ impl Index {
             .chain(&relist.rejected)
             .collect();
         let current: Vec<ObjectKey> = match kind {
-            Kind::Service => self.service_ids.keys().cloned().collect(),
-            Kind::EndpointSlice => self.slice_ids.keys().cloned().collect(),
-            Kind::Pod => self.pod_ids.keys().cloned().collect(),
+            Kind::Service => self.services.keys().cloned().collect(),
+            Kind::EndpointSlice => self.slices.keys().cloned().collect(),
+            Kind::Pod => self.pods.keys().cloned().collect(),
             Kind::Node => self.nodes.keys().cloned().collect(),
             Kind::ServiceCidr => self.cidr_objects.keys().cloned().collect(),
             Kind::Namespace => self
@@ -653,23 +657,10 @@ impl Index {
     }
 
     fn upsert_service(&mut self, s: Service) {
-        let id = match self.service_ids.get(&s.key) {
-            Some(&id) => {
-                if let Some(old) = self.services.get(id).cloned() {
-                    self.unlink_frontends(id, &old);
-                }
-                if let Some(slot) = self.services.get_mut(id) {
-                    *slot = s;
-                }
-                id
-            }
-            None => {
-                let key = s.key.clone();
-                let id = self.services.insert(s);
-                self.service_ids.insert(key, id);
-                id
-            }
-        };
+        let (id, old) = self.services.upsert(s);
+        if let Some(old) = old {
+            self.unlink_frontends(id, &old);
+        }
         let Some(s) = self.services.get(id) else {
             return;
         };
@@ -735,13 +726,13 @@ impl Index {
         now: Timestamp,
         changes: &mut Changes,
     ) {
-        let old_id = self.slice_ids.get(key).copied();
+        let old_id = self.slices.id(key);
         // (service, ip) pairs whose membership may change, and whether they were members before.
         let mut affected: Vec<(ObjectKey, IpAddr, bool)> = Vec::new();
         let mut seen = HashSet::new();
         let old_slice = old_id.and_then(|id| self.slices.get(id));
         for s in old_slice.into_iter().chain(new.as_ref()) {
-            for e in &s.endpoints {
+            for e in s.endpoints() {
                 if seen.insert((s.service.clone(), e.ip)) {
                     let was = self.lists(&s.service, &e.ip);
                     affected.push((s.service.clone(), e.ip, was));
@@ -750,14 +741,11 @@ impl Index {
         }
 
         let old = old_id.and_then(|id| {
-            let old = self.slices.remove(id)?;
-            self.unlink_slice(id, &old);
-            self.slice_ids.remove(key);
-            Some(old)
+            self.unlink_slice(id);
+            self.slices.remove(id)
         });
         if let Some(s) = new {
-            let id = self.slices.insert(s);
-            self.slice_ids.insert(key.clone(), id);
+            let (id, _) = self.slices.upsert(s);
             self.link_slice(id);
         }
 
@@ -767,13 +755,13 @@ impl Index {
                 let last = old
                     .as_ref()
                     .filter(|s| s.service == service)
-                    .and_then(|s| Some((s, s.endpoints.iter().find(|e| e.ip == ip)?)));
+                    .and_then(|s| Some((s, s.endpoints().find(|e| e.ip == ip)?)));
                 if let Some((s, e)) = last {
                     self.tombstones.bury(Tombstone {
                         service: service.clone(),
                         ip,
-                        ports: s.ports.clone(),
-                        pod: e.pod.clone(),
+                        ports: s.ports.to_vec(),
+                        pod: e.pod.as_ref().map(PodRef::to_target),
                         conditions: e.conditions,
                         managed: s.managed && e.pod.is_some(),
                         removed_at: now,
@@ -794,28 +782,41 @@ impl Index {
     }
 
     fn link_slice(&mut self, id: u32) {
-        let Some(s) = self.slices.get(id) else { return };
-        for (i, e) in s.endpoints.iter().enumerate() {
+        let slices = &self.slices;
+        let Some(s) = slices.get(id) else { return };
+        for (i, e) in s.endpoints().enumerate() {
             let r = EndpointRef {
                 slice: id,
                 endpoint: i as u32,
             };
-            push(&mut self.by_ip, e.ip, r);
+            self.by_ip.push(e.ip, r, |r| endpoint_ip(slices, r));
         }
-        let group = self.slices_of.entry(s.service.clone()).or_default();
-        group.ids.push(id);
-        group.proving_nothing += u32::from(s.proves_nothing());
+        let service = service_of(&s.service);
+        self.slices_of
+            .push(service, id, |&id| service_of_slice(slices, id));
+        if s.proves_nothing() {
+            *self.proving_nothing.entry(s.service.clone()).or_default() += 1;
+        }
     }
 
-    fn unlink_slice(&mut self, id: u32, s: &Slice) {
-        for e in &s.endpoints {
-            pull(&mut self.by_ip, e.ip, |r| r.slice == id);
+    /// Takes slice `id` out of the reverse tables; it must still be in the slab (they find their
+    /// keys through it).
+    fn unlink_slice(&mut self, id: u32) {
+        let slices = &self.slices;
+        let Some(s) = slices.get(id) else { return };
+        for e in s.endpoints() {
+            self.by_ip
+                .pull(e.ip, |r| endpoint_ip(slices, r), |r| r.slice == id);
         }
-        if let Some(group) = self.slices_of.get_mut(&s.service) {
-            group.ids.retain(|&i| i != id);
-            group.proving_nothing -= u32::from(s.proves_nothing());
-            if group.ids.is_empty() {
-                self.slices_of.remove(&s.service);
+        let service = service_of(&s.service);
+        self.slices_of
+            .pull(service, |&id| service_of_slice(slices, id), |&i| i == id);
+        if s.proves_nothing() {
+            if let Some(n) = self.proving_nothing.get_mut(&s.service) {
+                *n -= 1;
+                if *n == 0 {
+                    self.proving_nothing.remove(&s.service);
+                }
             }
         }
     }
@@ -825,26 +826,18 @@ impl Index {
             // Succeeded or Failed (evicted): its containers stopped and its IP was released.
             self.pod_ended(&p, now, changes);
         }
-        let id = match self.pod_ids.get(&p.key) {
-            Some(&id) => {
-                if let Some(old) = self.pods.get(id).cloned() {
-                    self.unlink_pod(id, &old);
-                }
-                if let Some(slot) = self.pods.get_mut(id) {
-                    *slot = p;
-                }
-                id
-            }
-            None => {
-                let key = p.key.clone();
-                let id = self.pods.insert(p);
-                self.pod_ids.insert(key, id);
-                id
-            }
-        };
-        let ips = self.pods.get(id).map(|p| p.ips.clone()).unwrap_or_default();
-        for ip in ips {
-            push(&mut self.pods_by_ip, ip, id);
+        if let Some(id) = self.pods.id(&p.key) {
+            self.unlink_pod(id);
+        }
+        let (id, _) = self.pods.upsert(p);
+        let pods = &self.pods;
+        let Some(p) = pods.get(id) else { return };
+        for (i, ip) in p.ips.iter().enumerate() {
+            let r = PodIpRef {
+                pod: id,
+                ip: i as u32,
+            };
+            self.pods_by_ip.push(*ip, r, |r| pod_ip(pods, r));
         }
     }
 
@@ -860,9 +853,13 @@ impl Index {
         }
     }
 
-    fn unlink_pod(&mut self, id: u32, p: &Pod) {
+    /// Takes pod `id` out of `pods_by_ip`; it must still be in the slab.
+    fn unlink_pod(&mut self, id: u32) {
+        let pods = &self.pods;
+        let Some(p) = pods.get(id) else { return };
         for ip in &p.ips {
-            pull(&mut self.pods_by_ip, *ip, |&i| i == id);
+            self.pods_by_ip
+                .pull(*ip, |r| pod_ip(pods, r), |r| r.pod == id);
         }
     }
 
@@ -941,6 +938,43 @@ pub struct Counts {
     pub tombstones: usize,
     /// Namespaces that carry a `ghostbuster.io/mode` annotation (the others are not kept).
     pub namespace_modes: usize,
+}
+
+/// The address an [`EndpointRef`] points at.
+fn endpoint_ip(slices: &KeyedSlab<Slice>, r: &EndpointRef) -> Option<IpAddr> {
+    slices.get(r.slice)?.endpoint_ip(r.endpoint as usize)
+}
+
+/// The Service of slice `id`, as `slices_of` files it.
+fn service_of_slice(slices: &KeyedSlab<Slice>, id: u32) -> Option<(&str, &str)> {
+    slices.get(id).map(|s| service_of(&s.service))
+}
+
+fn service_of(key: &ObjectKey) -> (&str, &str) {
+    (key.namespace.as_str(), key.name.as_str())
+}
+
+/// The address a [`PodIpRef`] points at.
+fn pod_ip(pods: &KeyedSlab<Pod>, r: &PodIpRef) -> Option<IpAddr> {
+    pods.get(r.pod)?.ips.get(r.ip as usize).copied()
+}
+
+impl Keyed for Service {
+    fn key(&self) -> &ObjectKey {
+        &self.key
+    }
+}
+
+impl Keyed for Slice {
+    fn key(&self) -> &ObjectKey {
+        &self.key
+    }
+}
+
+impl Keyed for Pod {
+    fn key(&self) -> &ObjectKey {
+        &self.key
+    }
 }
 
 fn push<K: std::hash::Hash + Eq, V: Copy + PartialEq>(

@@ -9,6 +9,7 @@ mod event;
 pub mod file;
 mod index;
 mod ip_answers;
+mod keyless;
 pub mod kube;
 mod meta;
 mod model;
@@ -36,5 +37,5 @@ pub use service::{
     EffectiveMode, FrontendKind, ModeSource, NotProxied, Service, ServicePort, SweepMode,
     MODE_ANNOTATION,
 };
-pub use slice::{Endpoint, Slice, SlicePort, POD_CONTROLLER};
+pub use slice::{Endpoint, PodRef, Slice, SlicePort, POD_CONTROLLER};
 pub use tombstone::{Tombstone, Tombstones};

@@ -27,7 +27,7 @@ pub struct Pod {
     pub key: ObjectKey,
     pub uid: Option<Uid>,
     /// `status.podIPs` (or `status.podIP`).
-    pub ips: Vec<IpAddr>,
+    pub ips: Box<[IpAddr]>,
     pub phase: PodPhase,
     pub created: Option<Timestamp>,
     /// Set while the pod terminates: it still runs and drains.
@@ -78,7 +78,7 @@ impl Pod {
         Ok(Pod {
             uid: meta::uid(&pod.metadata, pool),
             key,
-            ips,
+            ips: ips.into_boxed_slice(),
             phase,
             created: pod.metadata.creation_timestamp.as_ref().map(|t| t.0),
             deleting: pod.metadata.deletion_timestamp.as_ref().map(|t| t.0),

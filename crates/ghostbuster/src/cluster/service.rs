@@ -62,15 +62,15 @@ pub struct Service {
     /// has a ClusterIP): its addresses (ClusterIPs, external and load-balancer IPs). A flow to
     /// them was DNAT'd by that proxy, not by kube-proxy: never ours to judge or remove, and never
     /// `service_gone`.
-    pub other_proxy_addresses: Vec<IpAddr>,
+    pub other_proxy_addresses: Box<[IpAddr]>,
     /// A Service without selector gets its endpoints from someone else (manual Endpoints mirrored
     /// into slices, a custom controller): their disappearance proves nothing about a pod.
     pub has_selector: bool,
     /// Families of the ClusterIPs.
     pub families: IpFamilies,
     /// Address frontends (ClusterIPs, external IPs, load-balancer IPs), already family-filtered.
-    pub frontends: Vec<(IpAddr, FrontendKind)>,
-    pub ports: Vec<ServicePort>,
+    pub frontends: Box<[(IpAddr, FrontendKind)]>,
+    pub ports: Box<[ServicePort]>,
     /// The Service's own `ghostbuster.io/mode` annotation. What applies to its flows also depends
     /// on its Namespace's: ask [`Index::mode_of`](super::Index::mode_of), never read this alone.
     pub mode: Option<SweepMode>,
@@ -211,43 +211,61 @@ impl Service {
             });
         }
 
-        let mut svc_out = Service {
+        let uid = meta::uid(&svc.metadata, pool);
+        // Its lists are boxed slices, without a vector's spare capacity.
+        let svc_out = |ports: Vec<_>, families, frontends: Vec<_>, other_proxy: Vec<_>| Service {
             key: key.clone(),
-            uid: meta::uid(&svc.metadata, pool),
+            uid,
             not_proxied,
-            other_proxy_addresses: Vec::new(),
+            other_proxy_addresses: other_proxy.into_boxed_slice(),
             has_selector: spec.selector.as_ref().is_some_and(|s| !s.is_empty()),
-            families: IpFamilies::default(),
-            frontends: Vec::new(),
-            ports,
+            families,
+            frontends: frontends.into_boxed_slice(),
+            ports: ports.into_boxed_slice(),
             mode: SweepMode::of(&svc.metadata),
         };
         if let Some(why) = not_proxied {
-            if matches!(why, NotProxied::ProxyNameLabel | NotProxied::HeadlessLabel) {
-                svc_out.other_proxy_addresses = other_proxy_addresses(svc, &cluster_ips);
-            }
-            return Ok(svc_out);
+            let other_proxy = match why {
+                NotProxied::ProxyNameLabel | NotProxied::HeadlessLabel => {
+                    other_proxy_addresses(svc, &cluster_ips)
+                }
+                NotProxied::Headless | NotProxied::ExternalName => Vec::new(),
+            };
+            return Ok(svc_out(
+                ports,
+                IpFamilies::default(),
+                Vec::new(),
+                other_proxy,
+            ));
         }
         if cluster_ips.is_empty() {
             return Err(invalid(
                 "spec.clusterIP is missing (was the object exported from the API server?)".into(),
             ));
         }
-        if svc_out.ports.is_empty() {
+        if ports.is_empty() {
             return Err(invalid("spec.ports is empty".into()));
         }
+        let mut families = IpFamilies::default();
+        let mut frontends = Vec::new();
         for (i, ip) in cluster_ips.iter().enumerate() {
             let ip: IpAddr = ip.parse().map_err(|_| {
                 invalid(format!("spec.clusterIPs[{i}] {ip:?} is not an IP address"))
             })?;
-            svc_out.families.insert(IpFamily::of(&ip));
-            svc_out.frontends.push((ip, FrontendKind::ClusterIp));
+            families.insert(IpFamily::of(&ip));
+            frontends.push((ip, FrontendKind::ClusterIp));
         }
+        // External and load-balancer IPs only in the ClusterIPs' families, each address once.
+        let mut push_frontend = |ip: IpAddr, kind| {
+            if families.contains(IpFamily::of(&ip)) && !frontends.iter().any(|(a, _)| *a == ip) {
+                frontends.push((ip, kind));
+            }
+        };
         for (i, ip) in spec.external_ips.iter().flatten().enumerate() {
             let ip: IpAddr = ip.parse().map_err(|_| {
                 invalid(format!("spec.externalIPs[{i}] {ip:?} is not an IP address"))
             })?;
-            svc_out.push_frontend(ip, FrontendKind::ExternalIp);
+            push_frontend(ip, FrontendKind::ExternalIp);
         }
         let ingress = svc
             .status
@@ -266,17 +284,9 @@ impl Service {
                     "status.loadBalancer.ingress[{i}].ip {ip:?} is not an IP address"
                 ))
             })?;
-            svc_out.push_frontend(ip, FrontendKind::LoadBalancer);
+            push_frontend(ip, FrontendKind::LoadBalancer);
         }
-        Ok(svc_out)
-    }
-
-    fn push_frontend(&mut self, ip: IpAddr, kind: FrontendKind) {
-        if self.families.contains(IpFamily::of(&ip))
-            && !self.frontends.iter().any(|(a, _)| *a == ip)
-        {
-            self.frontends.push((ip, kind));
-        }
+        Ok(svc_out(ports, families, frontends, Vec::new()))
     }
 }
 

@@ -472,6 +472,56 @@ fn one_size(n: usize, runs: usize, deletes_only: bool) {
     delete_phases(ct, &name, &stale, &cluster);
 }
 
+/// The kernel's exact read (`CT_GET` by reply tuple, what the agent's removal reads through the
+/// flow index) of the stale entries, on one thread and split over two (a socket each); best of
+/// three.
+fn read_phases(ct: &mut Conntrack, ns: &str, deleted: &std::collections::HashSet<std::net::IpAddr>) {
+    let mut keys = Vec::new();
+    ct.dump(&Filter::default(), |f| {
+        if deleted.contains(&f.reply.src) {
+            let mut k = DeleteKey::from(f);
+            k.id = None;
+            keys.push(k);
+        }
+        std::ops::ControlFlow::Continue(())
+    })
+    .expect("dump");
+    let mut second = Conntrack::open_in(Some(ns)).expect("open");
+    println!("| exact reads | entries | ms | µs per entry |\n|---|---:|---:|---:|");
+    for threads in [1, 2, 1, 2] {
+        let mut best = Duration::MAX;
+        let mut found = 0;
+        for _ in 0..3 {
+            let t = Instant::now();
+            let out = if threads == 1 {
+                ct.get(&keys).expect("get")
+            } else {
+                let half = keys.len() / 2;
+                let (a, b) = keys.split_at(half);
+                let sec = &mut second;
+                std::thread::scope(|s| {
+                    let h = s.spawn(move || sec.get(b).expect("get"));
+                    let mut out = ct.get(a).expect("get");
+                    out.extend(h.join().expect("reader"));
+                    out
+                })
+            };
+            best = best.min(t.elapsed());
+            found = out
+                .iter()
+                .filter(|l| matches!(l, ctnetlink::Lookup::Found(_)))
+                .count();
+        }
+        println!(
+            "| {threads} thread(s) | {found} of {} | {:.1} | {:.2} |",
+            keys.len(),
+            best.as_secs_f64() * 1e3,
+            best.as_secs_f64() * 1e6 / keys.len().max(1) as f64
+        );
+    }
+    println!();
+}
+
 /// The kernel's delete alone, in process: exact, batched deletes of the stale entries (re-created
 /// first), with 0, 1 and 2 DESTROY listeners subscribed while they were created — the agent's
 /// event thread is one, an exporter or `conntrack -E` another. This is the floor of a removal's
@@ -486,6 +536,7 @@ fn delete_phases(
 ) {
     let deleted: std::collections::HashSet<std::net::IpAddr> =
         cluster.deleted.iter().map(|d| d.ip).collect();
+    read_phases(&mut ct, ns, &deleted);
     println!("| delete phase | entries | ms | µs per entry |\n|---|---:|---:|---:|");
     for (listeners, paused, threads) in [
         (0, false, 1),

@@ -475,7 +475,11 @@ fn one_size(n: usize, runs: usize, deletes_only: bool) {
 /// The kernel's exact read (`CT_GET` by reply tuple, what the agent's removal reads through the
 /// flow index) of the stale entries, on one thread and split over two (a socket each); best of
 /// three.
-fn read_phases(ct: &mut Conntrack, ns: &str, deleted: &std::collections::HashSet<std::net::IpAddr>) {
+fn read_phases(
+    ct: &mut Conntrack,
+    ns: &str,
+    deleted: &std::collections::HashSet<std::net::IpAddr>,
+) {
     let mut keys = Vec::new();
     ct.dump(&Filter::default(), |f| {
         if deleted.contains(&f.reply.src) {

@@ -188,26 +188,25 @@ impl Socket {
 
     /// Joins a multicast group (conntrack events).
     pub fn add_membership(&self, group: u32) -> Result<()> {
-        self.set_int(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group as i32)
-            .map_err(|e| {
-                Error::from_errno(
-                    "subscribe to conntrack events",
-                    e.raw_os_error().unwrap_or(0),
-                    None,
-                )
-            })
+        self.membership(
+            NETLINK_ADD_MEMBERSHIP,
+            group,
+            "subscribe to conntrack events",
+        )
     }
 
     /// Leaves a multicast group.
     pub fn drop_membership(&self, group: u32) -> Result<()> {
-        self.set_int(SOL_NETLINK, NETLINK_DROP_MEMBERSHIP, group as i32)
-            .map_err(|e| {
-                Error::from_errno(
-                    "unsubscribe from conntrack events",
-                    e.raw_os_error().unwrap_or(0),
-                    None,
-                )
-            })
+        self.membership(
+            NETLINK_DROP_MEMBERSHIP,
+            group,
+            "unsubscribe from conntrack events",
+        )
+    }
+
+    fn membership(&self, option: i32, group: u32, op: &'static str) -> Result<()> {
+        self.set_int(SOL_NETLINK, option, group as i32)
+            .map_err(|e| Error::from_errno(op, e.raw_os_error().unwrap_or(0), None))
     }
 
     /// A receive timeout; `None` blocks forever.

@@ -706,19 +706,7 @@ impl<T: Table, W: World> Reactor<T, W> {
         } else {
             quiet_deletes::begin(&self.shared.flows, self.shared.destroy_events(), &findings)
         };
-        let swept = sweep(&mut self.table, &findings, dry, span.dumped_at);
-        if let Some(q) = quiet {
-            let failed;
-            let outcomes = match &swept {
-                Ok((o, _, _)) => o.as_slice(),
-                Err(_) => {
-                    failed = vec![Outcome::Failed; findings.len()];
-                    failed.as_slice()
-                }
-            };
-            q.end(&findings, outcomes);
-        }
-        let (outcomes, totals) = match swept {
+        let (outcomes, totals) = match sweep(&mut self.table, &findings, dry, span.dumped_at) {
             Ok((o, t, _)) => (o, t),
             Err(e) => {
                 tracing::warn!(error = %e, "delete failed");
@@ -731,6 +719,9 @@ impl<T: Table, W: World> Reactor<T, W> {
                 )
             }
         };
+        if let Some(q) = quiet {
+            q.end(&findings, &outcomes);
+        }
         self.budget.spend(totals.deleted, Instant::now());
         let held = if planned > 0 { held } else { None };
         let stale = stale_counts(&findings);

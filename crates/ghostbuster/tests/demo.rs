@@ -267,13 +267,58 @@ fn agent_act(mode: &str) -> Value {
             String::from_utf8_lossy(&out.stdout)
         )
     });
-    assert_eq!(out.status.code(), Some(0), "{mode}: {doc:#}");
+    if out.status.code() != Some(0) {
+        // CI shows the head and the tail of a failure's output: the whole document first, then
+        // the few lines that say what went wrong, last.
+        eprintln!("{doc:#}");
+        panic!(
+            "demo --act agent in {mode} exited {:?}; what failed:\n{}",
+            out.status.code(),
+            agent_act_failures(&doc)
+        );
+    }
     assert_eq!(doc["proxy_mode"], mode, "{doc:#}");
     let acts = doc["acts"].as_array().expect("acts");
     assert_eq!(acts.len(), 1, "{doc:#}");
     assert_eq!(acts[0]["act"], 0, "{doc:#}");
     assert_eq!(acts[0]["name"], "agent", "{doc:#}");
     acts[0].clone()
+}
+
+/// A few lines naming what an agent act's document shows went wrong: per run the figures
+/// [`ActReport`]'s verdict reads, per event the checks of the agent and the client.
+fn agent_act_failures(doc: &Value) -> String {
+    let mut lines = Vec::new();
+    for act in doc["acts"].as_array().into_iter().flatten() {
+        for run in ["control", "fixed"] {
+            let r = &act[run];
+            lines.push(format!(
+                "{run}: failed {} recovered {} healthy_broken {} ghosts_left {} healthy {}",
+                r["failed"], r["recovered"], r["healthy_broken"], r["ghosts_left"], r["healthy"]
+            ));
+            for e in r["details"]["events"].as_array().into_iter().flatten() {
+                lines.push(format!(
+                    "  {}: ghosts {} removed {} before_sync {} left {} failed {} recovered {} \
+                     gauge {}/{:?}/{} event {} sync_ms {} removed_ms {} client {}",
+                    e["event"],
+                    e["ghosts"],
+                    e["removed"],
+                    e["removed_before_sync"],
+                    e["ghosts_left"],
+                    e["failed"],
+                    e["client_recovered"],
+                    e["gauge_max"],
+                    e["gauge_end"].as_f64(),
+                    e["gauge_fell"],
+                    e["event_posted"],
+                    e["sync_ms_after_change"],
+                    e["removed_ms_after_sync"],
+                    e["client"]
+                ));
+            }
+        }
+    }
+    lines.join("\n")
 }
 
 /// The events of a run, by name.

@@ -714,3 +714,158 @@ fn a_namespace_annotated_off_keeps_its_ghosts_while_the_same_ghosts_elsewhere_go
         api.forbidden()
     );
 }
+
+/// Flows made for [`a_large_removal_deletes_out_of_the_destroy_group_and_the_index_stays_exact`]
+/// toward each backend: over the 64 planned deletes from which the agent leaves the DESTROY group.
+const MANY: u16 = 150;
+
+/// An established TCP entry from 192.0.2.200-249 (ports 3000 and up: below the clients'
+/// ephemeral range, so no real connection holds the tuple) to `vip`, DNAT'd to `backend`:8080.
+fn made_flow(i: u16, vip: SocketAddr, backend: std::net::IpAddr) -> ctnetlink::NewFlow {
+    let src = std::net::Ipv4Addr::new(192, 0, 2, 200 + (i % 50) as u8);
+    let t = ctnetlink::Tuple::ports(src.into(), 3000 + i, vip.ip(), vip.port(), 6);
+    ctnetlink::NewFlow::established(t, Some((backend, HTTP)))
+}
+
+/// The node's entries the flow index holds (DNAT'd, with ports), read from the kernel.
+fn dnat_entries(node: &str) -> Vec<ctnetlink::Flow> {
+    let mut ct = ctnetlink::Conntrack::open_in(Some(node)).expect("open conntrack");
+    let mut out = Vec::new();
+    ct.dump(&ctnetlink::Filter::default(), |f| {
+        if f.is_dnat() && matches!(f.reply.l4, ctnetlink::L4::Ports { .. }) {
+            out.push(*f);
+        }
+        std::ops::ControlFlow::Continue(())
+    })
+    .expect("dump");
+    out
+}
+
+/// Of the node's DNAT'd entries, those toward `backend`.
+fn dnat_entries_to(node: &str, backend: std::net::IpAddr) -> Vec<ctnetlink::Flow> {
+    let mut all = dnat_entries(node);
+    all.retain(|f| f.reply.src == backend);
+    all
+}
+
+/// Waits until the agent's `ghostbuster_flow_index_entries` equals the node's DNAT'd entries
+/// (the gauge is refreshed every 5 s and after each pass).
+#[track_caller]
+fn expect_index_exact(agent: &Agent, node: &str, when: &str) {
+    let mut seen = (0.0, 0);
+    let ok = wait_for_every(Duration::from_millis(200), Duration::from_secs(15), || {
+        let indexed = metric_sum(&agent.metrics(), "ghostbuster_flow_index_entries");
+        seen = (indexed, dnat_entries(node).len());
+        indexed == seen.1 as f64
+    });
+    assert!(
+        ok,
+        "{when}: the flow index holds {} entries, the node {} DNAT'd ones",
+        seen.0, seen.1
+    );
+}
+
+/// Test 7. A removal of 150 flows of one backend, over the 64 planned deletes from which the
+/// agent deletes with its event socket out of the DESTROY group (its own deletes would otherwise
+/// cost it ~4 µs each in DESTROY messages): every ghost goes, every flow of the live backends
+/// stays, the flow index forgets exactly the deleted entries (its size converges to the node's
+/// DNAT'd entries, no more, no less), it hears DESTROY again afterwards (entries deleted behind
+/// its back are forgotten too), and it stays trusted: no backend is read by a walk.
+#[test]
+fn a_large_removal_deletes_out_of_the_destroy_group_and_the_index_stays_exact() {
+    let Some(mut s) = Story::start("agent_more_quiet", false) else {
+        return;
+    };
+    let a = s.backend("web-a", "shop", "web", &[]);
+    let b = s.backend("web-b", "shop", "web", &[]);
+    let c = s.backend("web-c", "shop", "web", &[]);
+    let vip = SocketAddr::from((vip_v4(47), 80));
+    // The healthy pool connects while web-c alone serves: none of its connections is on a or b.
+    s.lab.sync_services(&[web("shop", 47, &c)]).unwrap();
+    let healthy = pool(&s.client, vip, 2);
+    expect_answers(&healthy, 2, "healthy pool");
+    let all: Vec<Endpoint> = a.iter().chain(&b).chain(&c).cloned().collect();
+    s.lab.sync_services(&[web("shop", 47, &all)]).unwrap();
+    let AgentRig { api, kp, agent, .. } = AgentRig::of(&s)
+        .kube_proxy_synced()
+        // No periodic full pass: it rebuilds the index and would hide what the removal did to it.
+        .args(&["--resync-interval", "3600s"])
+        .capture_log()
+        .start();
+    let node = s.node();
+    let (dead, live) = (ip_of(&a, false), ip_of(&b, false));
+    let mut ct = ctnetlink::Conntrack::open_in(Some(&node)).expect("open conntrack");
+    let flows: Vec<ctnetlink::NewFlow> = (0..MANY)
+        .map(|i| made_flow(i, vip, dead))
+        .chain((MANY..2 * MANY).map(|i| made_flow(i, vip, live)))
+        .collect();
+    assert_eq!(
+        ct.create(&flows).expect("create").created,
+        2 * u64::from(MANY)
+    );
+    // The index learnt them from their NEW events.
+    expect_index_exact(&agent, &node, "after the flows were made");
+    let before = mark(&healthy);
+
+    // web-a leaves the Service and its pod is deleted.
+    let rest: Vec<Endpoint> = b.iter().chain(&c).cloned().collect();
+    s.lab.sync_services(&[web("shop", 47, &rest)]).unwrap();
+    publish_pod_gone(&api, &s.lab.kubernetes_objects(), "shop", "web-a");
+    let took = kp.sync_until(Duration::from_secs(20), || {
+        dnat_entries_to(&node, dead).is_empty()
+    });
+    assert!(
+        dnat_entries_to(&node, dead).is_empty(),
+        "web-a's flows are still there {took:?} after its removal"
+    );
+    assert_eq!(
+        dnat_entries_to(&node, live).len(),
+        usize::from(MANY),
+        "a flow of the live web-b was deleted"
+    );
+    // One targeted pass deleted all of them, out of the DESTROY group.
+    let quiet: Vec<String> = agent
+        .log_lines()
+        .iter()
+        .map(|l| strip_ansi(l))
+        .filter(|l| l.contains(" pass ") && l.contains("kind=\"targeted\""))
+        .filter(|l| field(l, "without_destroy_events") == Some("true"))
+        .collect();
+    assert_eq!(quiet.len(), 1, "{quiet:#?}");
+    assert_eq!(field(&quiet[0], "deleted"), Some("150"), "{}", quiet[0]);
+    // The index forgot exactly those.
+    expect_index_exact(&agent, &node, "after the removal");
+
+    // Back in the DESTROY group: entries that go behind the agent's back (a timeout, `conntrack
+    // -D`) are forgotten, new ones learnt.
+    let gone: Vec<ctnetlink::DeleteKey> = dnat_entries_to(&node, live)
+        .iter()
+        .filter(|f| f.orig.sport().is_some_and(|p| p >= 3000))
+        .take(40)
+        .map(ctnetlink::DeleteKey::from)
+        .collect();
+    assert_eq!(gone.len(), 40);
+    let deleted = ct.delete(&gone).expect("delete");
+    assert!(deleted
+        .iter()
+        .all(|d| *d == ctnetlink::DeleteOutcome::Deleted));
+    let more: Vec<ctnetlink::NewFlow> = (2 * MANY..2 * MANY + 20)
+        .map(|i| made_flow(i, vip, live))
+        .collect();
+    assert_eq!(ct.create(&more).expect("create").created, 20);
+    expect_index_exact(&agent, &node, "after entries went and came behind its back");
+
+    let m = agent.metrics();
+    assert_eq!(metric_sum(&m, "ghostbuster_flow_index_trusted"), 1.0, "{m}");
+    assert!(
+        metric_sum(&m, r#"ghostbuster_backend_reads_total{how="index"}"#) >= 1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_sum(&m, r#"ghostbuster_backend_reads_total{how="walk"}"#),
+        0.0,
+        "{m}"
+    );
+    expect_removed(&m, f64::from(MANY));
+    expect_untouched(healthy, &before, &["web-c"], "healthy pool");
+}

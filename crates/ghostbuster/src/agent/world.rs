@@ -310,6 +310,7 @@ impl World for AgentWorld {
                 deleted = pass.totals.deleted,
                 already_gone = pass.totals.already_gone,
                 failed = pass.totals.failed,
+                without_destroy_events = pass.without_destroy_events,
                 held = ?pass.held.as_ref().map(|h| h.label()),
                 elapsed_ms = pass.elapsed.as_millis() as u64,
                 "pass"

@@ -719,6 +719,7 @@ impl<T: Table, W: World> Reactor<T, W> {
                 )
             }
         };
+        let without_destroy_events = quiet.is_some();
         if let Some(q) = quiet {
             q.end(&findings, &outcomes);
         }
@@ -764,6 +765,7 @@ impl<T: Table, W: World> Reactor<T, W> {
             by_state: BTreeMap::new(),
             by_service: HashMap::new(),
             read_by_index: false,
+            without_destroy_events,
             next_full_in: None,
             flow_index: self
                 .shared

@@ -53,6 +53,9 @@ pub struct PassReport {
     /// Targeted passes: whether the backend's flows were read through the flow index (exact
     /// reads of its entries) rather than a walk of the table.
     pub read_by_index: bool,
+    /// Its deletes were made with the event socket out of the DESTROY group
+    /// ([`super::quiet_deletes`]): the flow index forgot them itself.
+    pub without_destroy_events: bool,
     /// The flow index after the pass (`None` when it is off).
     pub flow_index: Option<crate::agent::flow_index::Summary>,
     /// Full passes: the time to the next one (the interval, stretched by
@@ -83,6 +86,7 @@ impl PassReport {
             by_state: BTreeMap::new(),
             by_service: HashMap::new(),
             read_by_index: false,
+            without_destroy_events: false,
             flow_index: None,
             next_full_in: None,
         }

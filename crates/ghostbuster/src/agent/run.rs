@@ -295,9 +295,6 @@ pub async fn run(
     )
     .context("start the walker thread")?;
     actors.add(walker_actor);
-    // A second socket for the reactor's large exact reads and deletes (crate::table::SpreadTable).
-    let second_ct = ctnetlink::Conntrack::open_in(netns.as_deref()).context("open conntrack")?;
-    let ct = crate::table::SpreadTable::new(ct, second_ct);
     let reactor = Reactor::new(ct, shared.clone(), world, a.reactor.clone()).with_walker(walker);
     actors.add(
         super::reactor::spawn(reactor, work_rx, actors.shutdown())

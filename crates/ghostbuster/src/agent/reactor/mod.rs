@@ -379,6 +379,7 @@ impl<T: Table, W: World> Reactor<T, W> {
         if need.is_empty() {
             return;
         }
+        let reading = Instant::now();
         let snaps = match prefetch::read_indexed(&mut self.table, marks, &self.shared.flows, &need)
         {
             Some(snaps) => snaps,
@@ -390,6 +391,13 @@ impl<T: Table, W: World> Reactor<T, W> {
                 }
             },
         };
+        tracing::debug!(
+            backends = snaps.len(),
+            flows = snaps.iter().map(|(_, s)| s.flows.len()).sum::<usize>(),
+            by_index = snaps.first().is_some_and(|(_, s)| s.by_index),
+            read_ms = reading.elapsed().as_secs_f64() * 1e3,
+            "read the flows of waiting backends"
+        );
         for (ip, snap) in snaps {
             if !snap.flows.is_empty() {
                 // The pod GET, too, starts during the wait (its answer is used when the gate

@@ -526,6 +526,112 @@ fn read_phases(
     println!();
 }
 
+/// What an entry's age and the order of the deletes cost the kernel's delete (no listener, one
+/// thread). The agent deletes entries made long ago, in the flow index's order (by backend, then
+/// client), not in the hash's order; the phases below re-create theirs just before, so they are
+/// in the CPU's caches, at the head of their hash chains, and deleted in dump order (bucket by
+/// bucket). Here, first, the entries as the fill made them (behind the newer ones in their
+/// chains), half in dump order and half shuffled, each after the caches were flushed by touching
+/// 256 MiB; then re-created ones, cold or warm, in either order, and cold ones read (`CT_GET`)
+/// right before — what the agent's read while it waits does.
+fn locality_phases(
+    ct: &mut Conntrack,
+    stale: &[ctnetlink::NewFlow],
+    deleted: &std::collections::HashSet<std::net::IpAddr>,
+) {
+    let keys_now = |ct: &mut Conntrack| {
+        let mut keys = Vec::new();
+        ct.dump(&Filter::default(), |f| {
+            if deleted.contains(&f.reply.src) {
+                keys.push(DeleteKey::from(f));
+            }
+            std::ops::ControlFlow::Continue(())
+        })
+        .expect("dump");
+        keys
+    };
+    println!(
+        "| delete, by age and order (no listener) | entries | ms | µs per entry |\n|---|---:|---:|---:|"
+    );
+    let timed = |ct: &mut Conntrack, what: &str, keys: &[DeleteKey]| {
+        let t = Instant::now();
+        let out = ct.delete(keys).expect("delete");
+        let d = t.elapsed();
+        let ok = out
+            .iter()
+            .filter(|o| **o == ctnetlink::DeleteOutcome::Deleted)
+            .count();
+        println!(
+            "| {what} | {ok} of {} | {:.1} | {:.2} |",
+            keys.len(),
+            d.as_secs_f64() * 1e3,
+            d.as_secs_f64() * 1e6 / ok.max(1) as f64
+        );
+    };
+    let keys = keys_now(ct);
+    let (first, second) = keys.split_at(keys.len() / 2);
+    evict_caches();
+    timed(ct, "as filled, cold, dump order (half)", first);
+    let mut second = second.to_vec();
+    shuffle(&mut second);
+    evict_caches();
+    timed(ct, "as filled, cold, shuffled (the other half)", &second);
+    for (cold, shuffled, read_first) in [
+        (false, false, false),
+        (false, true, false),
+        (true, false, false),
+        (true, true, false),
+        (true, true, true),
+    ] {
+        ct.create(stale).expect("re-create stale entries");
+        let mut keys = keys_now(ct);
+        if shuffled {
+            shuffle(&mut keys);
+        }
+        if cold {
+            evict_caches();
+        }
+        let mut what = format!(
+            "re-created, {}, {}",
+            if cold { "cold" } else { "warm" },
+            if shuffled { "shuffled" } else { "dump order" }
+        );
+        if read_first {
+            let t = Instant::now();
+            ct.get(&keys).expect("get");
+            what.push_str(&format!(
+                ", read first ({:.1} ms)",
+                t.elapsed().as_secs_f64() * 1e3
+            ));
+        }
+        timed(ct, &what, &keys);
+    }
+    // As found: the read phases that follow read them.
+    ct.create(stale).expect("re-create stale entries");
+    println!();
+}
+
+/// Pushes the kernel's conntrack entries out of the CPU's caches (32 MiB of L3 here) by writing
+/// a line in every 64 bytes of 256 MiB.
+fn evict_caches() {
+    let mut buf = vec![0u8; 256 << 20];
+    for i in (0..buf.len()).step_by(64) {
+        buf[i] = i as u8;
+    }
+    std::hint::black_box(&buf);
+}
+
+/// A fixed permutation (Fisher–Yates over a xorshift sequence): the same order every run.
+fn shuffle<T>(items: &mut [T]) {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for i in (1..items.len()).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        items.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+}
+
 /// The kernel's delete alone, in process: exact, batched deletes of the stale entries (re-created
 /// first), with 0, 1 and 2 DESTROY listeners subscribed while they were created — the agent's
 /// event thread is one, an exporter or `conntrack -E` another. This is the floor of a removal's
@@ -540,6 +646,7 @@ fn delete_phases(
 ) {
     let deleted: std::collections::HashSet<std::net::IpAddr> =
         cluster.deleted.iter().map(|d| d.ip).collect();
+    locality_phases(&mut ct, stale, &deleted);
     read_phases(&mut ct, ns, &deleted);
     println!("| delete phase | entries | ms | µs per entry |\n|---|---:|---:|---:|");
     for (listeners, paused, threads) in [

@@ -99,19 +99,20 @@ impl Interner {
         Some(id)
     }
 
-    /// One use fewer of `ip`'s id; the last frees it.
-    fn release(&mut self, ip: IpAddr) {
-        let addrs = &self.addrs;
-        let hash = self.hasher.hash_one(ip);
-        if let Ok(entry) = self.table.find_entry(hash, |&id| addrs[id as usize] == ip) {
-            let id = *entry.get();
-            let uses = &mut self.uses[id as usize];
-            *uses -= 1;
-            if *uses == 0 {
-                entry.remove();
-                self.free.push(id);
-            }
+    /// One use fewer of `id`; the last frees it. By id, not by address: the caller has just
+    /// found the id, and only the last use needs the table (a DESTROY event thus costs one
+    /// lookup an address, not two).
+    fn release(&mut self, id: u32) {
+        let uses = &mut self.uses[id as usize];
+        *uses -= 1;
+        if *uses > 0 {
+            return;
         }
+        let hash = self.hasher.hash_one(self.addrs[id as usize]);
+        if let Ok(entry) = self.table.find_entry(hash, |&i| i == id) {
+            entry.remove();
+        }
+        self.free.push(id);
     }
 
     /// Counts the uses again as `ids` names them (each once per entry), freeing the ids it
@@ -232,7 +233,7 @@ impl Entries {
             return false;
         };
         let Some(ci) = self.clients.take(c, CLIENT_IDS) else {
-            self.backends.release(b);
+            self.backends.release(bi);
             self.full = true;
             return false;
         };
@@ -240,8 +241,8 @@ impl Entries {
         // replayed onto the pass that saw the flow).
         let new = key(bi, &f.reply, f.zone, ci).is_some_and(|k| self.keys.insert(k));
         if !new {
-            self.backends.release(b);
-            self.clients.release(c);
+            self.backends.release(bi);
+            self.clients.release(ci);
         }
         new
     }
@@ -259,8 +260,8 @@ impl Entries {
         };
         let removed = key(bi, &f.reply, f.zone, ci).is_some_and(|k| self.keys.remove(&k));
         if removed {
-            self.backends.release(b);
-            self.clients.release(c);
+            self.backends.release(bi);
+            self.clients.release(ci);
         }
         removed
     }

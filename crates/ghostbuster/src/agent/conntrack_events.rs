@@ -39,8 +39,9 @@ const GATHER_BELOW: usize = 16;
 /// ... and the thread pauses this long before the next read, so that events are taken in
 /// batches rather than one wake-up each. Why: the kernel's conntrack garbage collector destroys
 /// expired entries a few at a time, so at ~700 expiries a second (the agent bench's steady
-/// state) the thread woke ~1,000 times a second for one or two DESTROY events each, and the
-/// wake-ups, not the events, were most of its CPU. A pause only delays what the events feed
+/// state) the thread woke up to ~1,000 times a second for one or two DESTROY events each;
+/// reading them in batches took a quarter off the agent's CPU at 10,000 new flows a second
+/// (docs/performance.md, session 13). A pause only delays what the events feed
 /// (the flow index, a recreated ghost's removal) by at most this much, as a busy scheduler
 /// could; it never makes the reactor trust anything it would not trust otherwise.
 const GATHER_PAUSE: Duration = Duration::from_millis(10);

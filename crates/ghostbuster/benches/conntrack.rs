@@ -480,16 +480,9 @@ fn read_phases(
     ns: &str,
     deleted: &std::collections::HashSet<std::net::IpAddr>,
 ) {
-    let mut keys = Vec::new();
-    ct.dump(&Filter::default(), |f| {
-        if deleted.contains(&f.reply.src) {
-            let mut k = DeleteKey::from(f);
-            k.id = None;
-            keys.push(k);
-        }
-        std::ops::ControlFlow::Continue(())
-    })
-    .expect("dump");
+    // Reads carry no id (the kernel ignores one on a read).
+    let mut keys = stale_keys(ct, deleted);
+    keys.iter_mut().for_each(|k| k.id = None);
     let mut second = Conntrack::open_in(Some(ns)).expect("open");
     println!("| exact reads | entries | ms | µs per entry |\n|---|---:|---:|---:|");
     for threads in [1, 2, 1, 2] {
@@ -539,17 +532,6 @@ fn locality_phases(
     stale: &[ctnetlink::NewFlow],
     deleted: &std::collections::HashSet<std::net::IpAddr>,
 ) {
-    let keys_now = |ct: &mut Conntrack| {
-        let mut keys = Vec::new();
-        ct.dump(&Filter::default(), |f| {
-            if deleted.contains(&f.reply.src) {
-                keys.push(DeleteKey::from(f));
-            }
-            std::ops::ControlFlow::Continue(())
-        })
-        .expect("dump");
-        keys
-    };
     println!(
         "| delete, by age and order (no listener) | entries | ms | µs per entry |\n|---|---:|---:|---:|"
     );
@@ -568,7 +550,7 @@ fn locality_phases(
             d.as_secs_f64() * 1e6 / ok.max(1) as f64
         );
     };
-    let keys = keys_now(ct);
+    let keys = stale_keys(ct, deleted);
     let (first, second) = keys.split_at(keys.len() / 2);
     evict_caches();
     timed(ct, "as filled, cold, dump order (half)", first);
@@ -584,7 +566,7 @@ fn locality_phases(
         (true, true, true),
     ] {
         ct.create(stale).expect("re-create stale entries");
-        let mut keys = keys_now(ct);
+        let mut keys = stale_keys(ct, deleted);
         if shuffled {
             shuffle(&mut keys);
         }
@@ -609,6 +591,23 @@ fn locality_phases(
     // As found: the read phases that follow read them.
     ct.create(stale).expect("re-create stale entries");
     println!();
+}
+
+/// The delete keys (reply tuple, zone, id) of the entries toward the deleted backends, in dump
+/// order.
+fn stale_keys(
+    ct: &mut Conntrack,
+    deleted: &std::collections::HashSet<std::net::IpAddr>,
+) -> Vec<DeleteKey> {
+    let mut keys = Vec::new();
+    ct.dump(&Filter::default(), |f| {
+        if deleted.contains(&f.reply.src) {
+            keys.push(DeleteKey::from(f));
+        }
+        std::ops::ControlFlow::Continue(())
+    })
+    .expect("dump");
+    keys
 }
 
 /// Pushes the kernel's conntrack entries out of the CPU's caches (32 MiB of L3 here) by writing
@@ -684,14 +683,7 @@ fn delete_phases(
             })
             .collect();
         ct.create(stale).expect("re-create stale entries");
-        let mut keys = Vec::new();
-        ct.dump(&Filter::default(), |f| {
-            if deleted.contains(&f.reply.src) {
-                keys.push(DeleteKey::from(f));
-            }
-            std::ops::ControlFlow::Continue(())
-        })
-        .expect("dump");
+        let keys = stale_keys(&mut ct, &deleted);
         let mut socks: Vec<Conntrack> = (1..threads)
             .map(|_| Conntrack::open_in(Some(ns)).expect("open"))
             .collect();
